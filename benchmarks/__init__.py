@@ -1,0 +1,1 @@
+"""lineside's benchmarks: latency, parity and accuracy reports (python -m benchmarks...)."""

@@ -1,0 +1,111 @@
+"""python -m export {clip,sam,all} --out DIR ...  (see models/README.md)"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .build import build_bundle
+from .clip_export import ClipSpec
+from .profiles import PROFILES
+from .sam_export import SAM_PRESETS, SamSpec
+
+log = logging.getLogger("lineside.export")
+
+
+def _csv(cast):
+    return lambda text: tuple(cast(v) for v in text.split(",") if v)
+
+
+def _weights(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument(f"--{prefix}checkpoint", type=Path, help="local checkpoint file (works offline)")
+    p.add_argument("--random-init", action="store_true", help="random weights: tests and speed work only")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m export", description="Build a lineside bundle.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", type=Path, required=True, help="bundle folder (created, or updated in place)")
+    common.add_argument("--precisions", type=_csv(str), help="comma list of fp32,fp16,int8 (fp32 always)")
+    common.add_argument("-q", "--quiet", action="store_true", help="only the closing table")
+
+    clip = sub.add_parser("clip", parents=[common], help="CLIP image + text graphs and tokenizer")
+    clip.add_argument("--arch", default=ClipSpec.arch, help="open_clip architecture (default %(default)s)")
+    clip.add_argument("--pretrained", help="open_clip pretrained tag, e.g. openai (needs the model hub)")
+    _weights(clip)
+    clip.add_argument("--image-size", type=int, help="input size; position embeddings are interpolated")
+    clip.add_argument("--vv-from", type=int, help="first block (1-based) of the V-V stream")
+    clip.add_argument("--no-vv", action="store_true", help="no V-V stream; taps read the original stream")
+    clip.add_argument("--taps", type=_csv(int), help="comma list of 1-based tap blocks, e.g. 6,9,12")
+
+    sam = sub.add_parser("sam", parents=[common], help="SAM encoder + prompt decoder graphs")
+    sam.add_argument("--variant", default=SamSpec.variant, choices=sorted(SAM_PRESETS))
+    _weights(sam)
+
+    every = sub.add_parser("all", parents=[common], help="CLIP and SAM for a profile")
+    every.add_argument("--profile", required=True, choices=sorted(PROFILES))
+    every.add_argument("--clip-checkpoint", type=Path, help="CLIP checkpoint instead of the profile's tag")
+    every.add_argument("--sam-checkpoint", type=Path, help="SAM checkpoint (SAM has no download)")
+    every.add_argument("--random-init", action="store_true", help="random weights for both")
+    return ap
+
+
+def _need_weights(given: bool, random_init: bool, what: str) -> None:
+    if given and random_init:
+        raise SystemExit(f"error: give weights for {what} or --random-init, not both")
+    if not given and not random_init:
+        raise SystemExit(f"error: no weights for {what}: pass a checkpoint (or tag) or --random-init")
+
+
+def specs(args) -> tuple[str, ClipSpec | None, SamSpec | None]:
+    """Turn parsed arguments into (profile name, clip spec, sam spec)."""
+    prec = {"precisions": args.precisions} if args.precisions else {}
+    if args.command == "clip":
+        _need_weights(bool(args.pretrained or args.checkpoint), args.random_init, "CLIP")
+        spec = ClipSpec(args.arch, args.pretrained, args.checkpoint, args.image_size, args.vv_from,
+                        args.taps, args.no_vv, **prec)  # fmt: skip
+        return "custom", spec, None
+    if args.command == "sam":
+        _need_weights(bool(args.checkpoint), args.random_init, "SAM")
+        return "custom", None, SamSpec(args.variant, args.checkpoint, **prec)
+    profile = PROFILES[args.profile]
+    clip, sam = replace(profile.clip, **prec), replace(profile.sam, **prec)
+    if args.profile == "tiny" or args.random_init:
+        clip, sam = replace(clip, pretrained=None, checkpoint=None), replace(sam, checkpoint=None)
+    else:
+        if args.clip_checkpoint:
+            clip = replace(clip, pretrained=None, checkpoint=args.clip_checkpoint)
+        _need_weights(bool(args.sam_checkpoint), False, "SAM (--sam-checkpoint)")
+        sam = replace(sam, checkpoint=args.sam_checkpoint)
+    return args.profile, clip, sam
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # Third-party loggers (open_clip, onnxruntime.quantization) chat at INFO/WARNING
+    # about things this stage handles itself; keep their errors only.
+    logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("lineside").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    profile, clip, sam = specs(args)
+    started = time.perf_counter()
+    try:
+        manifest = build_bundle(args.out, profile, clip, sam)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotImplementedError, RuntimeError) as e:
+        print(f"export failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"export interrupted; {args.out} was left as it was", file=sys.stderr)
+        return 130
+    from .report import closing_table
+
+    print(closing_table(args.out, manifest, time.perf_counter() - started))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

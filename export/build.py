@@ -1,0 +1,33 @@
+"""The export stage's one entry: build (or update) a bundle from specs."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from runtime.manifest import Manifest
+
+from .clip_export import ClipSpec, export_clip
+from .sam_export import SamSpec, export_sam
+from .writer import BundleWriter
+
+VERSIONED = ("lineside", "torch", "onnx", "onnxruntime", "open_clip_torch", "segment-anything", "numpy")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def build_bundle(out: Path, profile: str, clip: ClipSpec | None, sam: SamSpec | None) -> Manifest:
+    """Export the given components into `out` atomically and return the new manifest."""
+    with BundleWriter(out, profile, library_versions()) as writer:
+        for component in (export_clip(clip, writer) if clip else []) + (export_sam(sam, writer) if sam else []):
+            writer.add(component)
+        return writer.commit()

@@ -1,0 +1,21 @@
+"""The closing table an export prints: component, precision, size, parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runtime.manifest import Manifest
+
+from .parity import summary
+
+
+def closing_table(out: Path, manifest: Manifest, seconds: float) -> str:
+    rows = [("component", "precision", "MB", "parity vs torch")]
+    for name, component in sorted(manifest.components.items()):
+        for precision, entry in component.files.items():
+            rows.append((name, precision, f"{entry.bytes / 1e6:.1f}", summary(entry.parity)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    head = f"bundle {manifest.bundle_id} ({manifest.profile}) -> {out}  in {seconds:.1f}s"
+    return "\n".join([head, *lines])

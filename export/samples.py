@@ -1,0 +1,31 @@
+"""Fixed, seeded inputs for parity checks: the same bytes on every machine."""
+
+from __future__ import annotations
+
+import numpy as np
+
+PARITY_PROMPTS = [
+    "a photo of a flawless screw.",
+    "a cropped photo of a damaged metal nut with a scratch on its thread",
+    "Café crème — naïve façade, Ünïcödé & “quotes” &amp; entities",
+    "螺丝上有划痕",  # non-Latin script
+    "a bottle with a crack 🍾 and 3 dents, 42mm long",
+    "   lots   of\twhitespace\n and CAPITALS  ",
+    " ".join(["a very long prompt about a transistor with a bent lead"] * 12),  # > 77 tokens
+    "",
+]
+
+
+def parity_image(height: int, width: int, seed: int) -> np.ndarray:
+    """HxWx3 uint8 RGB: smooth gradients, a bright square and mild noise.
+
+    Structure matters: on pure noise every patch looks alike and parity figures
+    say little about the attention paths.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([xx / width, yy / height, (xx + yy) / (width + height)], axis=-1) * 200.0
+    top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
+    base[top : top + height // 4, left : left + width // 4] = 240.0
+    noise = rng.normal(0.0, 8.0, size=base.shape)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)

@@ -1,0 +1,96 @@
+"""A small onnxruntime session wrapper: explicit providers, numpy in, numpy out.
+
+Provider order is TensorRT -> CUDA -> CPU, and only what the session really got
+counts: `get_available_providers()` lists CUDA on a machine without a GPU when the
+GPU build is installed, so we ask the session afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger("lineside.session")
+
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise RuntimeError(
+            "onnxruntime is not installed: pip install 'lineside[cpu]' (or 'lineside[gpu]' on a GPU box)"
+        ) from e
+    return onnxruntime
+
+
+def _trt_shapes(profile: dict, which: str) -> str:
+    """{"pixels": {"min": [1, 3, 224, 224], ...}} -> "pixels:1x3x224x224" for TensorRT."""
+    return ",".join(f"{name}:{'x'.join(map(str, dims[which]))}" for name, dims in profile.items())
+
+
+def provider_list(
+    providers: Sequence[str],
+    trt_cache_dir: Path | None = None,
+    trt_fp16: bool = False,
+    trt_profile: dict | None = None,
+) -> list:
+    """Short names ("tensorrt", "cuda", "cpu") -> onnxruntime provider entries, in order."""
+    out = []
+    for short in providers:
+        if short not in PROVIDER_NAMES:
+            raise ValueError(f"unknown provider {short!r}; choose from {', '.join(PROVIDER_NAMES)}")
+        name = PROVIDER_NAMES[short]
+        if short == "tensorrt":
+            opts = {"trt_fp16_enable": trt_fp16}
+            if trt_profile:  # the manifest's min/opt/max shapes for dynamic inputs
+                opts |= {f"trt_profile_{w}_shapes": _trt_shapes(trt_profile, w) for w in ("min", "opt", "max")}
+            if trt_cache_dir is not None:
+                # The engine is keyed by the onnx file's hash inside this folder, so a
+                # new bundle or GPU builds a new engine instead of loading a stale one.
+                opts |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache_dir)}
+            out.append((name, opts))
+        else:
+            out.append(name)
+    return out
+
+
+class OnnxSession:
+    """One graph, loaded once. `run` takes and returns dicts of numpy arrays by name."""
+
+    def __init__(
+        self,
+        path: Path,
+        providers: Sequence[str] = ("cpu",),
+        threads: int | None = None,
+        trt_cache_dir: Path | None = None,
+        trt_fp16: bool = False,
+        trt_profile: dict | None = None,
+    ):
+        ort = _import_ort()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only; our own logger says what ran where
+        if threads:
+            options.intra_op_num_threads = threads
+        self.path = Path(path)
+        self.session = ort.InferenceSession(
+            str(self.path), options, providers=provider_list(providers, trt_cache_dir, trt_fp16, trt_profile)
+        )
+        self.providers = tuple(self.session.get_providers())
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        log.info("%s runs on %s", self.path.name, ", ".join(self.providers))
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs or self.output_names)
+        values = self.session.run(names, feeds)
+        return dict(zip(names, values))
