@@ -1,8 +1,9 @@
 """lineside's runtime: runs a bundle on the box beside the line. Never imports torch."""
 
 from .bundle import Bundle
-from .manifest import BundleError, Manifest
-from .session import OnnxSession
-from .tokenizer import ClipTokenizer
+from .detector import Detector
+from .manifest import BundleError
+from .result import Region, Result
+from .settings import DetectorSettings
 
-__all__ = ["Bundle", "BundleError", "ClipTokenizer", "Manifest", "OnnxSession"]
+__all__ = ["Bundle", "BundleError", "Detector", "DetectorSettings", "Region", "Result"]

@@ -75,13 +75,19 @@ class OnnxSession:
         trt_fp16: bool = False,
         trt_profile: dict | None = None,
     ):
+        self.path = Path(path)
+        self._options = (threads, trt_cache_dir, trt_fp16, trt_profile)
+        self._open(tuple(providers))
+
+    def _open(self, providers: tuple[str, ...]) -> None:
         ort = _import_ort()
+        threads, trt_cache_dir, trt_fp16, trt_profile = self._options
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only; our own logger says what ran where
         if threads:
             options.intra_op_num_threads = threads
-        self.path = Path(path)
+        self.requested = providers
         self.session = ort.InferenceSession(
             str(self.path), options, providers=provider_list(providers, trt_cache_dir, trt_fp16, trt_profile)
         )
@@ -91,6 +97,15 @@ class OnnxSession:
         log.info("%s runs on %s", self.path.name, ", ".join(self.providers))
 
     def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run once; if an accelerated provider fails at run time, fall back to the next one."""
         names = list(outputs or self.output_names)
-        values = self.session.run(names, feeds)
+        try:
+            values = self.session.run(names, feeds)
+        except Exception as e:  # onnxruntime's pybind errors share no useful base class
+            fallback = self.requested[1:]
+            if not fallback or self.providers == (PROVIDER_NAMES["cpu"],):
+                raise RuntimeError(f"{self.path.name} failed on {', '.join(self.providers)}: {e}") from e
+            log.warning("%s failed on %s (%s); retrying on %s", self.path.name, self.providers[0], e, fallback)
+            self._open(fallback)
+            return self.run(feeds, outputs)
         return dict(zip(names, values))

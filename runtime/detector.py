@@ -1,0 +1,230 @@
+"""The detector: zero-shot CLIP scoring, optional few-shot references, SAM regions.
+
+    detector = Detector.from_bundle("bundles/edge")
+    result = detector.detect(frame_bgr, "screw")          # Result: OK / NG / ERROR
+
+OK frames pay for one CLIP image pass (text embeddings are cached); SAM runs only
+on frames the CLIP gate finds suspicious.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from .bundle import Bundle
+from .images import to_rgb_uint8
+from .language import CategoryText, build_category_text
+from .preprocess import clip_input
+from .regions import candidates, explain, polygon, pool_tokens, work_size
+from .result import Region, Result
+from .sam import SamRefiner
+from .scoring import (abnormal_probability, fuse, image_score, l2_normalize, language_grid, reference_grid,
+                      sigma_at, upsample_smooth)  # fmt: skip
+from .settings import DetectorSettings
+from .text_encoder import TextEncoder
+
+log = logging.getLogger("lineside.detector")
+
+
+class Detector:
+    """One bundle, loaded once. Use `Detector.from_bundle(path, **settings)`."""
+
+    def __init__(self, bundle: Bundle, settings: DetectorSettings):
+        self.bundle = bundle
+        self.settings = settings
+        self.image_c = bundle.component("clip_image")
+        opts = {"threads": settings.threads, "trt_cache_dir": settings.trt_cache_dir}
+        precision = settings.precision if settings.precision in self.image_c.files else "fp32"
+        self.image = bundle.session("clip_image", precision, settings.providers, **opts)
+        self.text = TextEncoder(bundle, settings.providers, settings.text_cache_dir, **opts)
+        has_sam = {"sam_encoder", "sam_decoder"} <= set(bundle.manifest.components)
+        self.sam = SamRefiner(bundle, settings.precision, settings.providers, **opts) \
+            if settings.use_sam and has_sam else None  # fmt: skip
+        self.prompt_dir = Path(settings.prompt_dir or bundle.path / "prompts")
+        cfg = self.image_c.config
+        self.grid = tuple(cfg["grid"])
+        self.size = tuple(self.image_c.preprocessing["size"])
+        self.taps = [t["output"] for t in cfg["taps"]]
+        self.global_name = self.image_c.outputs[0].name
+        self._categories: dict[str, CategoryText] = {}
+        self._memory: tuple[str, np.ndarray, list[np.ndarray]] | None = None
+        log.info("detector on %s: clip %s on %s, refiner %s", bundle.path, precision,
+                 ", ".join(self.image.providers), "sam" if self.sam else "contours")  # fmt: skip
+
+    @classmethod
+    def from_bundle(cls, path: Path | str, settings: DetectorSettings | None = None, **overrides) -> Detector:
+        return cls(Bundle.open(path), replace(settings or DetectorSettings(), **overrides))
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return self.image.providers
+
+    # --- public -------------------------------------------------------------------
+
+    def detect(self, image: np.ndarray, category: str, references: Sequence[np.ndarray] | None = None,
+               colour: str = "BGR") -> Result:  # fmt: skip
+        """Score one frame. Bad input raises ValueError; a failed inference returns ERROR."""
+        rgb = to_rgb_uint8(image, colour)
+        refs = [to_rgb_uint8(r, colour) for r in references] if references else None
+        try:
+            return self._detect(rgb, category, refs)
+        except ValueError:
+            raise
+        except Exception as e:  # whatever broke, the frame must not pass as OK
+            log.exception("inference failed on a %dx%d frame", rgb.shape[1], rgb.shape[0])
+            return self._error(f"inference failed: {e}", category)
+
+    def stream(self, frames: Iterable[np.ndarray], category: str, references=None, colour: str = "BGR") -> Iterator[Result]:
+        """detect() over a sequence; a bad frame yields an ERROR result and the stream goes on."""
+        for frame in frames:
+            try:
+                yield self.detect(frame, category, references, colour)
+            except ValueError as e:
+                yield self._error(str(e), category)
+
+    def calibrate(self, normal_images: Sequence[np.ndarray], category: str, references=None,
+                  colour: str = "BGR", margin: float = 0.02) -> float:  # fmt: skip
+        """Set the NG threshold just above the highest score of known-good images."""
+        if not normal_images:
+            raise ValueError("calibrate needs at least one normal image")
+        scores = [self.detect(img, category, references, colour).image_score for img in normal_images]
+        threshold = min(1.0, max(scores) + margin)
+        self.settings = replace(self.settings, threshold=threshold)
+        log.info("calibrated %s on %d normal images: threshold %.4f", category, len(scores), threshold)
+        return threshold
+
+    # --- steps ----------------------------------------------------------------------
+
+    def _error(self, message: str, category: str) -> Result:
+        return Result("ERROR", 1.0, None, category=category, providers=self.providers,
+                      bundle_id=self.bundle.bundle_id, settings=self.settings.to_dict(), error=message)  # fmt: skip
+
+    def category_text(self, category: str) -> CategoryText:
+        if category not in self._categories:
+            self._categories[category] = build_category_text(self.text, category, self.prompt_dir)
+        return self._categories[category]
+
+    def encode(self, rgb: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """HxWx3 uint8 RGB -> global embedding (D,) and patch tokens per tap [(N, D)]."""
+        out = self.image.run({self.image_c.inputs[0].name: clip_input(rgb, self.image_c.preprocessing)})
+        return out[self.global_name][0], [out[name][0] for name in self.taps]
+
+    def _reference_memory(self, refs: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Global embeddings (R, D) and per-tap token memories (R * N, D), cached by content."""
+        digest = hashlib.blake2b(digest_size=16)
+        for r in refs:
+            digest.update(str(r.shape).encode())
+            digest.update(np.ascontiguousarray(r).data)
+        key = digest.hexdigest()
+        if self._memory is None or self._memory[0] != key:
+            encoded = [self.encode(r) for r in refs]  # other sizes are resized like any frame
+            globals_ = np.stack([g for g, _ in encoded])
+            taps = [np.concatenate([t[i] for _, t in encoded]) for i in range(len(self.taps))]
+            self._memory = (key, globals_, taps)
+        return self._memory[1], self._memory[2]
+
+    def _detect(self, rgb: np.ndarray, category: str, refs: list[np.ndarray] | None) -> Result:
+        s, times = self.settings, {}
+        t0 = time.perf_counter()
+        global_emb, taps = self.encode(rgb)
+        times["clip_image"] = _ms(t0)
+
+        t = time.perf_counter()
+        text = self.category_text(category)
+        grid = language_grid(taps, text.classes, s.logit_scale, self.grid)
+        global_p = float(abnormal_probability(global_emb, text.classes, s.logit_scale))
+        branches = ["language"]
+        times["language"] = _ms(t)
+        if refs:
+            t = time.perf_counter()
+            ref_globals, memory = self._reference_memory(refs)
+            grid = fuse(grid, reference_grid(taps, memory, self.grid), s.reference_weight)
+            ref_global_p = float((1.0 - (ref_globals @ global_emb).max()) / 2.0)
+            global_p = (1 - s.reference_weight) * global_p + s.reference_weight * ref_global_p
+            branches.append("reference")
+            times["reference"] = _ms(t)
+
+        t = time.perf_counter()
+        model_map = upsample_smooth(grid, self.size, sigma_at(self.size[0], s.smoothing_sigma))
+        score = image_score(global_p, model_map, s.map_weight)
+        work_hw = work_size(*rgb.shape[:2])
+        work_map = cv2.resize(model_map, (work_hw[1], work_hw[0]), interpolation=cv2.INTER_LINEAR)
+        times["map"] = _ms(t)
+
+        regions, refiner = [], "none"
+        if score >= s.sam_gate or float(model_map.max()) >= s.sam_gate:
+            regions, refiner, work_map = self._regions(rgb, work_map, taps, text, times)
+        t = time.perf_counter()
+        frame_map = cv2.resize(work_map, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+        frame_regions = [self._to_frame(r, rgb.shape[:2], work_hw) for r in regions]
+        times["output"] = _ms(t)
+        times["total"] = _ms(t0)
+        return Result(
+            "NG" if score >= s.threshold else "OK", score, np.clip(frame_map, 0, 1).astype(np.float32),
+            frame_regions, category, tuple(branches), refiner, times, self.providers,
+            self.bundle.bundle_id, s.to_dict(),
+        )  # fmt: skip
+
+    def _regions(self, rgb, work_map, taps, text: CategoryText, times) -> tuple[list[dict], str, np.ndarray]:
+        """Candidates -> masks (SAM or the components themselves) -> explained, refined map."""
+        s = self.settings
+        t = time.perf_counter()
+        found = candidates(work_map, s.region_threshold, s.min_region_frac, s.max_region_frac, s.max_regions)
+        times["candidates"] = _ms(t)
+        if not found:
+            return [], "none", work_map
+        if self.sam is not None:
+            t = time.perf_counter()
+            embeddings = self.sam.embed(rgb)
+            times["sam_encoder"] = _ms(t)
+            t = time.perf_counter()
+            masks = [(m.mask, m.iou) for m in self.sam.masks(embeddings, work_map.shape, found)
+                     if self._keep_sam_mask(m.mask, m.iou, work_map)]  # fmt: skip
+            times["sam_decoder"] = _ms(t)
+            refiner = "sam"
+        else:
+            masks, refiner = [(c.mask, None) for c in found], "contours"
+        t = time.perf_counter()
+        tokens = l2_normalize(np.mean(taps, axis=0))  # (N, D): the V-V tokens, averaged over taps
+        regions, region_map = [], np.zeros_like(work_map)
+        for mask, iou in masks:
+            pooled = pool_tokens(tokens, mask, self.grid)
+            if pooled is None:
+                continue
+            score, prompt, prob = explain(pooled, text.labels, list(text.texts), s.logit_scale)
+            regions.append({"mask": mask, "score": score, "prompt": prompt, "probability": prob,
+                            "refiner": refiner, "sam_iou": iou})  # fmt: skip
+            region_map = np.maximum(region_map, mask * score)
+        if regions:
+            work_map = ((1 - s.refine_mix) * work_map + s.refine_mix * region_map).astype(np.float32)
+        times["explain"] = _ms(t)
+        return regions, refiner, work_map
+
+    def _keep_sam_mask(self, mask: np.ndarray, iou: float, work_map: np.ndarray) -> bool:
+        s = self.settings
+        area = mask.sum() / mask.size
+        if iou < s.sam_min_iou or not s.min_region_frac <= area <= s.max_region_frac:
+            return False
+        return float(work_map[mask].mean()) >= s.sam_min_mass
+
+    @staticmethod
+    def _to_frame(region: dict, frame_hw: tuple[int, int], work_hw: tuple[int, int]) -> Region:
+        mask = region["mask"]
+        full = cv2.resize(mask.astype(np.uint8), (frame_hw[1], frame_hw[0]), interpolation=cv2.INTER_NEAREST) > 0
+        ys, xs = np.nonzero(full)
+        bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, 0, 0)
+        scale = (frame_hw[1] / work_hw[1], frame_hw[0] / work_hw[0])
+        return Region(full, bbox, polygon(mask, scale), int(full.sum()), region["score"], region["prompt"],
+                      region["probability"], region["refiner"], region["sam_iou"])  # fmt: skip
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3

@@ -1,0 +1,99 @@
+"""What a detection returns: the decision, its evidence, and how it was made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+LABELS = ("OK", "NG", "ERROR")
+
+
+@dataclass
+class Region:
+    """One defect region, in frame pixels, with the prompt that explains it."""
+
+    mask: np.ndarray  # (H, W) bool
+    bbox: tuple[int, int, int, int]  # x0, y0, x1, y1
+    polygon: list[list[int]]
+    area: int  # pixels
+    score: float  # abnormality of the region's pooled tokens, 0..1
+    prompt: str  # the abnormal prompt it matches best
+    probability: float  # that prompt's share of the softmax
+    refiner: str  # "sam" or "contours"
+    sam_iou: float | None = None
+
+    def summary(self) -> dict:
+        return {
+            "bbox": list(self.bbox),
+            "polygon": self.polygon,
+            "area": self.area,
+            "score": round(self.score, 4),
+            "prompt": self.prompt,
+            "probability": round(self.probability, 4),
+            "refiner": self.refiner,
+            "sam_iou": None if self.sam_iou is None else round(self.sam_iou, 4),
+        }
+
+
+@dataclass
+class Result:
+    """One frame's verdict. `label` is ERROR (never OK) when inference failed."""
+
+    label: str
+    image_score: float
+    anomaly_map: np.ndarray | None  # (H, W) float32 0..1
+    regions: list[Region] = field(default_factory=list)
+    category: str = ""
+    branches: tuple[str, ...] = ()  # "language", "reference"
+    refiner: str = "none"  # "sam", "contours" or "none" (frame not suspicious)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    providers: tuple[str, ...] = ()
+    bundle_id: str = ""
+    settings: dict = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def is_ng(self) -> bool:
+        return self.label == "NG"
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (maps and masks left out; `save` writes them as PNG)."""
+        return {
+            "label": self.label,
+            "image_score": round(self.image_score, 6),
+            "category": self.category,
+            "branches": list(self.branches),
+            "refiner": self.refiner,
+            "regions": [r.summary() for r in self.regions],
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "providers": list(self.providers),
+            "bundle_id": self.bundle_id,
+            "settings": self.settings,
+            "error": self.error,
+        }
+
+    def save(self, folder: Path, stem: str) -> dict:
+        """Write the map (16-bit PNG, value * 65535) and masks (8-bit PNG); return the dict with paths."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        data = self.to_dict()
+        if self.anomaly_map is not None:
+            path = folder / f"{stem}.map.png"
+            cv2.imwrite(str(path), (np.clip(self.anomaly_map, 0, 1) * 65535 + 0.5).astype(np.uint16))
+            data["anomaly_map"] = path.name
+        for i, (region, summary) in enumerate(zip(self.regions, data["regions"])):
+            path = folder / f"{stem}.region{i}.png"
+            cv2.imwrite(str(path), region.mask.astype(np.uint8) * 255)
+            summary["mask"] = path.name
+        return data
+
+
+def read_map(path: Path) -> np.ndarray:
+    """Inverse of the map PNG written by `Result.save`."""
+    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if data is None or data.dtype != np.uint16:
+        raise ValueError(f"{path} is not a 16-bit anomaly map written by lineside")
+    return data.astype(np.float32) / 65535.0

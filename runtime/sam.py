@@ -1,0 +1,56 @@
+"""SAM as the region refiner: one encoder pass per suspicious frame, one decoder
+pass per candidate, prompted with the candidate's box and its peak point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bundle import Bundle
+from .preprocess import sam_input, sam_prompts
+from .regions import Candidate
+
+
+@dataclass(frozen=True)
+class SamMask:
+    mask: np.ndarray  # (h, w) bool in work-map pixels
+    iou: float  # SAM's own predicted IoU
+
+
+class SamRefiner:
+    """Masks for candidate regions; the caller filters them by IoU, area and anomaly mass."""
+
+    def __init__(self, bundle: Bundle, precision: str = "fp32", providers=("cpu",), **session_options):
+        self.encoder_c = bundle.component("sam_encoder")
+        self.decoder_c = bundle.component("sam_decoder")
+        self.encoder = bundle.session("sam_encoder", _available(self.encoder_c, precision), providers, **session_options)
+        self.decoder = bundle.session("sam_decoder", _available(self.decoder_c, precision), providers, **session_options)
+        self.multi = list(self.decoder_c.config["mask_slots"]["multi"])
+        self.threshold = float(self.decoder_c.config["mask_threshold"])
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return self.encoder.providers
+
+    def embed(self, frame_rgb: np.ndarray) -> np.ndarray:
+        feeds = {self.encoder_c.inputs[0].name: sam_input(frame_rgb, self.encoder_c.preprocessing)}
+        return self.encoder.run(feeds)[self.encoder_c.outputs[0].name]
+
+    def masks(self, embeddings: np.ndarray, work_hw: tuple[int, int], found: list[Candidate]) -> list[SamMask]:
+        """One mask per candidate: of SAM's multi-mask answers, the one it rates best."""
+        out = []
+        names = [t.name for t in self.decoder_c.outputs]
+        for candidate in found:
+            feeds = sam_prompts(work_hw, self.decoder_c.preprocessing,
+                                np.array([candidate.peak]), np.array([1.0]), np.array(candidate.box, np.float32))  # fmt: skip
+            result = self.decoder.run({self.decoder_c.inputs[0].name: embeddings, **feeds})
+            masks, ious = result[names[0]][0], result[names[1]][0]  # (4, h, w), (4,)
+            best = max(self.multi, key=lambda slot: ious[slot])
+            out.append(SamMask(masks[best] > self.threshold, float(ious[best])))
+        return out
+
+
+def _available(component, precision: str) -> str:
+    """The requested precision, or fp32 when the bundle has no such variant of this graph."""
+    return precision if precision in component.files else "fp32"

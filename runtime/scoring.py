@@ -1,0 +1,81 @@
+"""The zero-shot and few-shot scoring maths, in plain numpy/OpenCV.
+
+All token arrays are (N, D) float32 rows of L2-normalised patch tokens for one
+image, N = grid * grid in row-major order; text class embeddings are (C, D).
+Maps are float32 in 0..1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+REFERENCE_SIZE = 518  # the input size at which smoothing_sigma is stated
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def class_embedding(prompt_embeddings: np.ndarray) -> np.ndarray:
+    """(P, D) prompt embeddings of one class -> (D,) their normalised mean."""
+    return l2_normalize(l2_normalize(prompt_embeddings).mean(axis=0))
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def abnormal_probability(features: np.ndarray, classes: np.ndarray, scale: float) -> np.ndarray:
+    """(..., D) features, (2, D) [normal, abnormal] -> (...) softmax probability of abnormal."""
+    return softmax(scale * features @ classes.T)[..., 1].astype(np.float32)
+
+
+def language_grid(taps: list[np.ndarray], classes: np.ndarray, scale: float, grid: tuple[int, int]) -> np.ndarray:
+    """Per tap abnormal probability of every patch, averaged over taps -> (gh, gw)."""
+    probs = [abnormal_probability(tokens, classes, scale) for tokens in taps]
+    return np.mean(probs, axis=0).reshape(grid).astype(np.float32)
+
+
+def reference_grid(taps: list[np.ndarray], memory: list[np.ndarray], grid: tuple[int, int]) -> np.ndarray:
+    """Few-shot score per patch: min over the normal memory of (1 - cos) / 2, averaged over taps."""
+    scores = []
+    for tokens, bank in zip(taps, memory):  # tokens (N, D), bank (M, D)
+        nearest = (tokens @ bank.T).max(axis=1)  # (N,) best cosine
+        scores.append((1.0 - nearest) / 2.0)
+    return np.clip(np.mean(scores, axis=0), 0.0, 1.0).reshape(grid).astype(np.float32)
+
+
+def gaussian_kernel_size(sigma: float) -> int:
+    return 2 * math.ceil(3 * sigma) + 1
+
+
+def upsample_smooth(grid_map: np.ndarray, size: tuple[int, int], sigma: float) -> np.ndarray:
+    """(gh, gw) -> (H, W): bilinear (half-pixel centres), then Gaussian with reflected borders."""
+    out = cv2.resize(grid_map, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    if sigma > 0:
+        k = gaussian_kernel_size(sigma)
+        out = cv2.GaussianBlur(out, (k, k), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
+    return out.astype(np.float32)
+
+
+def sigma_at(size: int, sigma_at_518: float) -> float:
+    """Smoothing is stated at 518 px; scale it to the model's input size."""
+    return sigma_at_518 * size / REFERENCE_SIZE
+
+
+def image_score(global_probability: float, anomaly_map: np.ndarray, map_weight: float) -> float:
+    """Blend of the global-embedding probability and the map's maximum."""
+    peak = float(anomaly_map.max()) if anomaly_map.size else 0.0
+    return float((1.0 - map_weight) * global_probability + map_weight * peak)
+
+
+def fuse(language: np.ndarray, reference: np.ndarray | None, reference_weight: float) -> np.ndarray:
+    if reference is None:
+        return language
+    return ((1.0 - reference_weight) * language + reference_weight * reference).astype(np.float32)

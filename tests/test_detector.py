@@ -1,0 +1,129 @@
+"""The detector on a bundle whose right answers are known (tests/controlled.py)."""
+
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+
+from runtime.detector import Detector
+from runtime.regions import work_size
+from tests.controlled import CATEGORY, SCRATCH_PROMPT, build_controlled_bundle, part
+
+DEFECT = (96, 64, 144, 112)  # x0, y0, x1, y1 on a 256 x 256 part
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("controlled") / "bundle"
+    return build_controlled_bundle(out, Path(open_clip.tokenizer.default_bpe()))
+
+
+@pytest.fixture
+def detector(controlled, tmp_path):
+    # map_weight 1: the score is the map's peak, since a small defect barely moves the global embedding
+    return Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path / "cache")
+
+
+def _inside(point, box, margin=8):
+    x, y = point
+    return box[0] - margin <= x <= box[2] + margin and box[1] - margin <= y <= box[3] + margin
+
+
+def _iou(a, b):
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_planted_defect_lights_up_and_is_explained_by_the_planted_prompt(detector):
+    result = detector.detect(part(red_box=DEFECT), CATEGORY)
+    assert result.label == "NG" and result.image_score > 0.9
+    peak_y, peak_x = np.unravel_index(result.anomaly_map.argmax(), result.anomaly_map.shape)
+    assert _inside((peak_x, peak_y), DEFECT, margin=0)
+    assert result.refiner == "sam" and len(result.regions) == 1
+    region = result.regions[0]
+    assert _iou(region.bbox, DEFECT) > 0.7, region.bbox
+    assert region.prompt == SCRATCH_PROMPT and region.probability > 0.9
+    assert region.sam_iou == pytest.approx(0.9)
+    assert {"clip_image", "sam_encoder", "sam_decoder", "explain"} <= set(result.timings_ms)
+
+
+def test_ok_part_stays_ok_and_never_pays_for_sam(detector):
+    result = detector.detect(part(), CATEGORY)
+    assert result.label == "OK" and result.image_score < 0.1
+    assert result.regions == [] and result.refiner == "none"
+    assert "sam_encoder" not in result.timings_ms
+
+
+def test_sam_prompts_land_inside_the_defect(detector, monkeypatch):
+    seen = []
+    real = detector.sam.masks
+
+    def spy(embeddings, work_hw, found):  # records the prompts, then runs the real decoder
+        seen.extend(found)
+        return real(embeddings, work_hw, found)
+
+    monkeypatch.setattr(detector.sam, "masks", spy)
+    detector.detect(part(red_box=DEFECT), CATEGORY)
+    assert len(seen) == 1
+    box = seen[0].box  # the coarse CLIP map: it covers the defect, give or take one patch (32 px here)
+    assert _inside(seen[0].peak, DEFECT, margin=0)
+    assert all(abs(a - b) <= 32 for a, b in zip(box, DEFECT)) and _iou(box, DEFECT) > 0.5
+
+
+def test_contour_refiner_without_sam_gives_the_same_explanation(controlled, tmp_path):
+    detector = Detector.from_bundle(controlled, map_weight=1.0, use_sam=False, text_cache_dir=tmp_path)
+    result = detector.detect(part(red_box=DEFECT), CATEGORY)
+    assert result.refiner == "contours" and result.regions[0].prompt == SCRATCH_PROMPT
+
+
+def test_dropped_bank_prompts_are_not_used(detector):
+    text = detector.category_text(CATEGORY)
+    assert text.bank_prompts == 2 and all("flawless scratch" not in t for t in text.texts)
+
+
+def test_reference_branch_alone_flags_the_defect(controlled, tmp_path):
+    detector = Detector.from_bundle(controlled, map_weight=1.0, reference_weight=1.0, text_cache_dir=tmp_path)
+    refs = [part(), part(size=300)]  # another size: resized like any frame
+    bad = detector.detect(part(red_box=DEFECT), CATEGORY, references=refs)
+    good = detector.detect(part(), CATEGORY, references=refs)
+    assert bad.branches == ("language", "reference")
+    assert bad.anomaly_map[DEFECT[1]:DEFECT[3], DEFECT[0]:DEFECT[2]].mean() > 5 * good.anomaly_map.mean()
+    assert good.image_score < 0.01 < bad.image_score
+
+
+def test_calibrate_sets_the_threshold_above_normal_scores(detector):
+    threshold = detector.calibrate([part(), part(size=128)], CATEGORY)
+    assert detector.settings.threshold == threshold
+    assert detector.detect(part(), CATEGORY).label == "OK"
+    assert detector.detect(part(red_box=DEFECT), CATEGORY).label == "NG"
+
+
+def test_text_embeddings_are_cached_on_disk(controlled, tmp_path):
+    Detector.from_bundle(controlled, text_cache_dir=tmp_path).category_text(CATEGORY)
+    cached = list((tmp_path).rglob("*.npy"))
+    assert len(cached) == 7 * 8 + 5 * 8 + 2  # two ensembles x 8 templates, plus the two kept bank prompts
+    again = Detector.from_bundle(controlled, text_cache_dir=tmp_path)
+    again.category_text(CATEGORY)
+    assert again.text._session is None  # every embedding came from the cache
+
+
+def test_failed_inference_is_error_never_ok(detector, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(detector.image.session, "run", broken)
+    result = detector.detect(part(), CATEGORY)
+    assert result.label == "ERROR" and "device lost" in result.error
+
+
+def test_stream_keeps_going_past_bad_frames(detector):
+    frames = [part(), None, np.zeros((4, 4, 2), np.uint8), part(red_box=DEFECT)]
+    labels = [r.label for r in detector.stream(frames, CATEGORY)]
+    assert labels == ["OK", "ERROR", "ERROR", "NG"]
+
+
+def test_work_size_never_upscales():
+    assert work_size(100, 50) == (100, 50) and work_size(6000, 8000) == (384, 512)
