@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
     every.add_argument("--profile", required=True, choices=sorted(PROFILES))
     every.add_argument("--clip-checkpoint", type=Path, help="CLIP checkpoint instead of the profile's tag")
     every.add_argument("--sam-checkpoint", type=Path, help="SAM checkpoint (SAM has no download)")
-    every.add_argument("--random-init", action="store_true", help="random weights for both")
+    every.add_argument("--random-init", action="store_true", help="random weights for every component")
     return ap
 
 
@@ -62,27 +62,32 @@ def _need_weights(given: bool, random_init: bool, what: str) -> None:
         raise SystemExit(f"error: no weights for {what}: pass a checkpoint (or tag) or --random-init")
 
 
-def specs(args) -> tuple[str, ClipSpec | None, SamSpec | None]:
-    """Turn parsed arguments into (profile name, clip spec, sam spec)."""
+def specs(args) -> tuple[str, dict]:
+    """Turn parsed arguments into (profile name, {"clip": spec, "sam": spec, "patch": spec})."""
     prec = {"precisions": args.precisions} if args.precisions else {}
     if args.command == "clip":
         _need_weights(bool(args.pretrained or args.checkpoint), args.random_init, "CLIP")
         spec = ClipSpec(args.arch, args.pretrained, args.checkpoint, args.image_size, args.vv_from,
                         args.taps, args.no_vv, **prec)  # fmt: skip
-        return "custom", spec, None
+        return "custom", {"clip": spec}
     if args.command == "sam":
         _need_weights(bool(args.checkpoint), args.random_init, "SAM")
-        return "custom", None, SamSpec(args.variant, args.checkpoint, **prec)
+        return "custom", {"sam": SamSpec(args.variant, args.checkpoint, **prec)}
     profile = PROFILES[args.profile]
-    clip, sam = replace(profile.clip, **prec), replace(profile.sam, **prec)
-    if args.profile == "tiny" or args.random_init:
-        clip, sam = replace(clip, pretrained=None, checkpoint=None), replace(sam, checkpoint=None)
-    else:
-        if args.clip_checkpoint:
-            clip = replace(clip, pretrained=None, checkpoint=args.clip_checkpoint)
+    chosen = {k: replace(v, **prec) for k, v in (("clip", profile.clip), ("sam", profile.sam),
+                                                 ("patch", profile.patch)) if v is not None}  # fmt: skip
+    random = args.profile == "tiny" or args.random_init
+    if "clip" in chosen:
+        if random:
+            chosen["clip"] = replace(chosen["clip"], pretrained=None, checkpoint=None)
+        elif args.clip_checkpoint:
+            chosen["clip"] = replace(chosen["clip"], pretrained=None, checkpoint=args.clip_checkpoint)
+    if "sam" in chosen and not random:
         _need_weights(bool(args.sam_checkpoint), False, "SAM (--sam-checkpoint)")
-        sam = replace(sam, checkpoint=args.sam_checkpoint)
-    return args.profile, clip, sam
+        chosen["sam"] = replace(chosen["sam"], checkpoint=args.sam_checkpoint)
+    if "patch" in chosen and args.random_init:
+        chosen["patch"] = replace(chosen["patch"], random_init=True)
+    return args.profile, chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     # about things this stage handles itself; keep their errors only.
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("lineside").setLevel(logging.WARNING if args.quiet else logging.INFO)
-    profile, clip, sam = specs(args)
+    profile, chosen = specs(args)
     started = time.perf_counter()
     try:
-        manifest = build_bundle(args.out, profile, clip, sam)
+        manifest = build_bundle(args.out, profile, **chosen)
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotImplementedError, RuntimeError) as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1

@@ -9,10 +9,11 @@ from pathlib import Path
 from runtime.manifest import Manifest
 
 from .clip_export import ClipSpec, export_clip
+from .patch_encoder import PatchSpec, export_patch_encoder
 from .sam_export import SamSpec, export_sam
 from .writer import BundleWriter
 
-VERSIONED = ("lineside", "torch", "onnx", "onnxruntime", "open_clip_torch", "segment-anything", "numpy")
+VERSIONED = ("lineside", "torch", "onnx", "onnxruntime", "open_clip_torch", "segment-anything", "timm", "numpy")
 
 
 def library_versions() -> dict[str, str]:
@@ -25,9 +26,22 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def build_bundle(out: Path, profile: str, clip: ClipSpec | None, sam: SamSpec | None) -> Manifest:
+def build_bundle(
+    out: Path,
+    profile: str,
+    clip: ClipSpec | None = None,
+    sam: SamSpec | None = None,
+    patch: PatchSpec | None = None,
+) -> Manifest:
     """Export the given components into `out` atomically and return the new manifest."""
     with BundleWriter(out, profile, library_versions()) as writer:
-        for component in (export_clip(clip, writer) if clip else []) + (export_sam(sam, writer) if sam else []):
+        components = []
+        if clip:
+            components += export_clip(clip, writer)
+        if sam:
+            components += export_sam(sam, writer)
+        if patch:
+            components.append(export_patch_encoder(patch, writer))
+        for component in components:
             writer.add(component)
         return writer.commit()

@@ -34,13 +34,15 @@ def export_measured(
     precisions: Sequence[str] = ("fp32",),
     dynamic_axes: dict | None = None,
     masks: tuple[str, ...] = (),
+    calibration: list[dict[str, np.ndarray]] | None = None,
 ) -> dict[str, FileEntry]:
     """Write `name.<precision>.onnx` for each precision and return manifest file entries.
 
     Each case pairs torch's outputs with the numpy feeds (by graph input name) that
     produced them; give one as `reference` + `feeds` or several as `cases`. The
     graph of every precision runs on every case in onnxruntime and the worst
-    figures are kept. fp32 is always exported and must pass its bound.
+    figures are kept. fp32 is always exported and must pass its bound. `calibration`
+    (feeds) switches int8 to static quantisation (onnx_tools.to_int8).
     """
     cases = [*cases, *([(reference, feeds)] if reference is not None else [])]
     started = time.perf_counter()
@@ -49,7 +51,7 @@ def export_measured(
     log.info("%s: traced in %.1fs", name, time.perf_counter() - started)
     entries = {}
     for precision in ["fp32", *[p for p in precisions if p != "fp32"]]:
-        path = fp32 if precision == "fp32" else make_variant(fp32, precision)
+        path = fp32 if precision == "fp32" else make_variant(fp32, precision, calibration)
         session = OnnxSession(path)
         figures = worst([compare(ref, session.run(feed), masks) for ref, feed in cases])
         parity = judge(figures, precision)

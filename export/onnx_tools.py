@@ -71,25 +71,41 @@ def to_fp16(src: Path, dst: Path) -> Path:
     return dst
 
 
-def to_int8(src: Path, dst: Path) -> Path:
-    """Dynamic int8 quantisation of MatMul/Gemm weights (activations quantised per call).
-
-    Convolutions stay fp32: in these models they are the patch embedding and the
-    SAM neck, a small share of the FLOPs, and int8 convs cost accuracy on maps.
+def to_int8(src: Path, dst: Path, calibration: list[dict] | None = None) -> Path:
+    """int8 weights. Without calibration data: dynamic quantisation of MatMul/Gemm
+    (transformers: activations quantised per call; convolutions, a small share of
+    their FLOPs, stay fp32). With calibration feeds: static QDQ quantisation of
+    everything, per-channel weights (CNNs, whose work is all convolutions).
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quantize_dynamic(
-        str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
-    )
+    if not calibration:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        return dst
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(calibration)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    prepared = dst.with_suffix(".pre.onnx")
+    try:
+        quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(dst), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    finally:
+        prepared.unlink(missing_ok=True)
     return dst
 
 
-def make_variant(fp32_path: Path, precision: str) -> Path:
+def make_variant(fp32_path: Path, precision: str, calibration: list[dict] | None = None) -> Path:
     """Write the `precision` variant beside the fp32 graph and return its path."""
     dst = fp32_path.with_name(fp32_path.name.replace(".fp32.", f".{precision}."))
     if precision == "fp16":
         return to_fp16(fp32_path, dst)
     if precision == "int8":
-        return to_int8(fp32_path, dst)
+        return to_int8(fp32_path, dst, calibration)
     raise ValueError(f"unknown precision {precision!r}; choose fp16 or int8")

@@ -29,3 +29,18 @@ def parity_image(height: int, width: int, seed: int) -> np.ndarray:
     base[top : top + height // 4, left : left + width // 4] = 240.0
     noise = rng.normal(0.0, 8.0, size=base.shape)
     return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def calibration_images() -> list[np.ndarray]:
+    """Real photographs and textures from scikit-image (HxWx3 uint8 RGB) for int8 calibration.
+
+    Never the evaluation data: calibrating on the test set would flatter the
+    quantised model's accuracy.
+    """
+    from skimage import color, data
+
+    images = []
+    for name in ("brick", "grass", "gravel", "camera", "coffee", "chelsea", "rocket", "astronaut", "text", "moon"):
+        image = getattr(data, name)()
+        images.append(image if image.ndim == 3 else (color.gray2rgb(image)).astype(np.uint8))
+    return images

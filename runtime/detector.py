@@ -40,11 +40,16 @@ class Detector:
     def __init__(self, bundle: Bundle, settings: DetectorSettings):
         self.bundle = bundle
         self.settings = settings
-        self.image_c = bundle.component("clip_image")
+        components = set(bundle.manifest.components)
+        image_name = "clip_image" if "clip_image" in components else "patch_encoder"
+        self.image_c = bundle.component(image_name)
         opts = {"threads": settings.threads, "trt_cache_dir": settings.trt_cache_dir}
         precision = settings.precision if settings.precision in self.image_c.files else "fp32"
-        self.image = bundle.session("clip_image", precision, settings.providers, **opts)
-        self.text = TextEncoder(bundle, settings.providers, settings.text_cache_dir, **opts)
+        self.image = bundle.session(image_name, precision, settings.providers, **opts)
+        # The language branch needs CLIP's two towers; a patch encoder alone is few-shot only.
+        self.has_language = image_name == "clip_image" and "clip_text" in components
+        self.text = TextEncoder(bundle, settings.providers, settings.text_cache_dir, **opts) \
+            if self.has_language else None  # fmt: skip
         has_sam = {"sam_encoder", "sam_decoder"} <= set(bundle.manifest.components)
         self.sam = SamRefiner(bundle, settings.precision, settings.providers, **opts) \
             if settings.use_sam and has_sam else None  # fmt: skip
@@ -137,18 +142,25 @@ class Detector:
         global_emb, taps = self.encode(rgb)
         times["clip_image"] = _ms(t0)
 
-        t = time.perf_counter()
-        text = self.category_text(category)
-        grid = language_grid(taps, text.classes, s.logit_scale, self.grid)
-        global_p = float(abnormal_probability(global_emb, text.classes, s.logit_scale))
-        branches = ["language"]
-        times["language"] = _ms(t)
+        grid, global_p, text, branches = None, 0.0, None, []
+        if self.has_language:
+            t = time.perf_counter()
+            text = self.category_text(category)
+            grid = language_grid(taps, text.classes, s.logit_scale, self.grid)
+            global_p = float(abnormal_probability(global_emb, text.classes, s.logit_scale))
+            branches.append("language")
+            times["language"] = _ms(t)
+        elif not refs:
+            raise ValueError(f"bundle {self.bundle.path} has no language branch (no CLIP text graph): "
+                             "give normal reference images (--references DIR or --teach N)")  # fmt: skip
         if refs:
             t = time.perf_counter()
             ref_globals, memory = self._reference_memory(refs)
-            grid = fuse(grid, reference_grid(taps, memory, self.grid), s.reference_weight)
+            ref_grid = reference_grid(taps, memory, self.grid)
             ref_global_p = float((1.0 - (ref_globals @ global_emb).max()) / 2.0)
-            global_p = (1 - s.reference_weight) * global_p + s.reference_weight * ref_global_p
+            weight = s.reference_weight if grid is not None else 1.0
+            grid = fuse(grid, ref_grid, weight) if grid is not None else ref_grid
+            global_p = (1 - weight) * global_p + weight * ref_global_p
             branches.append("reference")
             times["reference"] = _ms(t)
 
@@ -173,7 +185,7 @@ class Detector:
             self.bundle.bundle_id, s.to_dict(),
         )  # fmt: skip
 
-    def _regions(self, rgb, work_map, taps, text: CategoryText, times) -> tuple[list[dict], str, np.ndarray]:
+    def _regions(self, rgb, work_map, taps, text: CategoryText | None, times) -> tuple[list[dict], str, np.ndarray]:
         """Candidates -> masks (SAM or the components themselves) -> explained, refined map."""
         s = self.settings
         t = time.perf_counter()
@@ -199,7 +211,10 @@ class Detector:
             pooled = pool_tokens(tokens, mask, self.grid)
             if pooled is None:
                 continue
-            score, prompt, prob = explain(pooled, text.labels, list(text.texts), s.logit_scale)
+            if text is not None:
+                score, prompt, prob = explain(pooled, text.labels, list(text.texts), s.logit_scale)
+            else:  # few-shot only: the region is as abnormal as the map says, with no words for it
+                score, prompt, prob = float(work_map[mask].mean()), "", 0.0
             regions.append({"mask": mask, "score": score, "prompt": prompt, "probability": prob,
                             "refiner": refiner, "sam_iou": iou})  # fmt: skip
             region_map = np.maximum(region_map, mask * score)

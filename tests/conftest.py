@@ -16,7 +16,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
     """The tiny profile at fp32/fp16/int8; treat it as read-only (copy it to change it)."""
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     profile = PROFILES["tiny"]
-    build_bundle(out, "tiny", profile.clip, profile.sam)
+    build_bundle(out, "tiny", clip=profile.clip, sam=profile.sam)
     return out
 
 

