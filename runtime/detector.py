@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -26,12 +26,23 @@ from .preprocess import clip_input
 from .regions import candidates, explain, polygon, pool_tokens, work_size
 from .result import Region, Result
 from .sam import SamRefiner
-from .scoring import (abnormal_probability, fuse, image_score, l2_normalize, language_grid, reference_grid,
-                      sigma_at, upsample_smooth)  # fmt: skip
+from .scoring import (MIN_SCALE, abnormal_probability, calibrated, fuse, image_score, l2_normalize,
+                      language_grid, normal_spread, reference_grid, sigma_at, upsample_smooth)  # fmt: skip
 from .settings import DetectorSettings
 from .text_encoder import TextEncoder
 
 log = logging.getLogger("lineside.detector")
+
+
+@dataclass(frozen=True)
+class ReferenceMemory:
+    """What the few-shot branch keeps of its normal references."""
+
+    key: str  # content hash of the reference images
+    globals: np.ndarray  # (R, D)
+    taps: list[np.ndarray]  # per tap (R * N, D)
+    spread: float  # normal patch-distance spread (scoring.normal_spread)
+    global_spread: float  # largest leave-one-out global distance among references
 
 
 class Detector:
@@ -60,7 +71,7 @@ class Detector:
         self.taps = [t["output"] for t in cfg["taps"]]
         self.global_name = self.image_c.outputs[0].name
         self._categories: dict[str, CategoryText] = {}
-        self._memory: tuple[str, np.ndarray, list[np.ndarray]] | None = None
+        self._memory: ReferenceMemory | None = None
         log.info("detector on %s: clip %s on %s, refiner %s", bundle.path, precision,
                  ", ".join(self.image.providers), "sam" if self.sam else "contours")  # fmt: skip
 
@@ -96,12 +107,18 @@ class Detector:
                 yield self._error(str(e), category)
 
     def calibrate(self, normal_images: Sequence[np.ndarray], category: str, references=None,
-                  colour: str = "BGR", margin: float = 0.02) -> float:  # fmt: skip
-        """Set the NG threshold just above the highest score of known-good images."""
+                  colour: str = "BGR", quantile: float = 1.0, margin: float = 0.02) -> float:  # fmt: skip
+        """Set the NG threshold just above the `quantile` of known-good images' scores.
+
+        quantile 1.0 passes every calibration image (no false alarm on them); a
+        lower quantile trades some false alarms on odd good parts for recall.
+        """
         if not normal_images:
             raise ValueError("calibrate needs at least one normal image")
+        if not 0.0 < quantile <= 1.0:
+            raise ValueError(f"quantile {quantile} must be in (0, 1]")
         scores = [self.detect(img, category, references, colour).image_score for img in normal_images]
-        threshold = min(1.0, max(scores) + margin)
+        threshold = min(1.0, float(np.quantile(scores, quantile)) + margin)
         self.settings = replace(self.settings, threshold=threshold)
         log.info("calibrated %s on %d normal images: threshold %.4f", category, len(scores), threshold)
         return threshold
@@ -122,19 +139,25 @@ class Detector:
         out = self.image.run({self.image_c.inputs[0].name: clip_input(rgb, self.image_c.preprocessing)})
         return out[self.global_name][0], [out[name][0] for name in self.taps]
 
-    def _reference_memory(self, refs: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Global embeddings (R, D) and per-tap token memories (R * N, D), cached by content."""
+    def _reference_memory(self, refs: list[np.ndarray]) -> ReferenceMemory:
+        """Global embeddings, per-tap token memories and their normal spreads, cached by content."""
         digest = hashlib.blake2b(digest_size=16)
         for r in refs:
             digest.update(str(r.shape).encode())
             digest.update(np.ascontiguousarray(r).data)
         key = digest.hexdigest()
-        if self._memory is None or self._memory[0] != key:
+        if self._memory is None or self._memory.key != key:
             encoded = [self.encode(r) for r in refs]  # other sizes are resized like any frame
-            globals_ = np.stack([g for g, _ in encoded])
-            taps = [np.concatenate([t[i] for _, t in encoded]) for i in range(len(self.taps))]
-            self._memory = (key, globals_, taps)
-        return self._memory[1], self._memory[2]
+            globals_ = np.stack([g for g, _ in encoded])  # (R, D)
+            taps = [np.concatenate([t[i] for _, t in encoded]) for i in range(len(self.taps))]  # (R * N, D)
+            if len(refs) > 1:
+                sims = globals_ @ globals_.T
+                np.fill_diagonal(sims, -1.0)
+                global_spread = max(float(((1.0 - sims.max(axis=1)) / 2.0).max()), MIN_SCALE)
+            else:
+                global_spread = MIN_SCALE
+            self._memory = ReferenceMemory(key, globals_, taps, normal_spread([t for _, t in encoded]), global_spread)
+        return self._memory
 
     def _detect(self, rgb: np.ndarray, category: str, refs: list[np.ndarray] | None) -> Result:
         s, times = self.settings, {}
@@ -155,9 +178,9 @@ class Detector:
                              "give normal reference images (--references DIR or --teach N)")  # fmt: skip
         if refs:
             t = time.perf_counter()
-            ref_globals, memory = self._reference_memory(refs)
-            ref_grid = reference_grid(taps, memory, self.grid)
-            ref_global_p = float((1.0 - (ref_globals @ global_emb).max()) / 2.0)
+            memory = self._reference_memory(refs)
+            ref_grid = reference_grid(taps, memory.taps, self.grid, memory.spread)
+            ref_global_p = float(calibrated((1.0 - (memory.globals @ global_emb).max()) / 2.0, memory.global_spread))
             weight = s.reference_weight if grid is not None else 1.0
             grid = fuse(grid, ref_grid, weight) if grid is not None else ref_grid
             global_p = (1 - weight) * global_p + weight * ref_global_p

@@ -22,7 +22,8 @@ def render(frame_rgb: np.ndarray, result: Result, alpha: float = 0.45) -> np.nda
         if region.polygon:
             cv2.polylines(canvas, [np.array(region.polygon, np.int32)], True, (255, 255, 255), thick)
         x0, y0 = region.bbox[:2]
-        _text(canvas, f"{region.prompt} ({region.probability:.2f})", (x0, max(12, y0 - 4)), 0.45 * scale)
+        caption = f"{region.prompt} ({region.probability:.2f})" if region.prompt else f"{region.score:.2f}"
+        _text(canvas, caption, (x0, max(12, y0 - 4)), 0.45 * scale)
     _text(canvas, f"{result.label} {result.image_score:.3f}", (8, int(28 * scale)), scale,
           COLOURS.get(result.label, (255, 255, 255)))  # fmt: skip
     return canvas

@@ -42,13 +42,49 @@ def language_grid(taps: list[np.ndarray], classes: np.ndarray, scale: float, gri
     return np.mean(probs, axis=0).reshape(grid).astype(np.float32)
 
 
-def reference_grid(taps: list[np.ndarray], memory: list[np.ndarray], grid: tuple[int, int]) -> np.ndarray:
-    """Few-shot score per patch: min over the normal memory of (1 - cos) / 2, averaged over taps."""
-    scores = []
-    for tokens, bank in zip(taps, memory):  # tokens (N, D), bank (M, D)
-        nearest = (tokens @ bank.T).max(axis=1)  # (N,) best cosine
-        scores.append((1.0 - nearest) / 2.0)
-    return np.clip(np.mean(scores, axis=0), 0.0, 1.0).reshape(grid).astype(np.float32)
+def reference_grid(taps: list[np.ndarray], memory: list[np.ndarray], grid: tuple[int, int], spread: float) -> np.ndarray:
+    """Few-shot score per patch: min over the normal memory of (1 - cos) / 2, averaged over
+    taps, in units of the normal spread (`calibrated`)."""
+    distance = np.mean([nearest_distance(tokens, bank) for tokens, bank in zip(taps, memory)], axis=0)
+    return calibrated(distance, spread).reshape(grid).astype(np.float32)
+
+
+MIN_SCALE = 0.01  # never treat a cosine distance below this as the normal spread (noise)
+SCALE_REFERENCES = 8  # references used to estimate the normal spread
+
+
+def nearest_distance(tokens: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    """(N, D) vs (M, D) unit rows -> (N,) min over the bank of (1 - cos) / 2."""
+    return np.clip((1.0 - (tokens @ bank.T).max(axis=1)) / 2.0, 0.0, 1.0)
+
+
+def normal_spread(per_ref: list[list[np.ndarray]]) -> float:
+    """The 99th percentile of patch distances between known-good images (leave one out).
+
+    Raw distances depend on the encoder, the part and the lighting; dividing by
+    the spread among good references puts a reference map on a common scale
+    (normal patches below 0.5, twice the normal spread at 1.0) so one set of
+    thresholds works across lines. With one reference, each patch is compared
+    with the other patches of the same image instead.
+    """
+    taps = len(per_ref[0])
+    if len(per_ref) == 1:
+        dists = []
+        for tokens in per_ref[0]:
+            sims = tokens @ tokens.T
+            np.fill_diagonal(sims, -1.0)
+            dists.append((1.0 - sims.max(axis=1)) / 2.0)
+        return max(float(np.percentile(np.mean(dists, axis=0), 99)), MIN_SCALE)
+    dists = []
+    for r in range(min(len(per_ref), SCALE_REFERENCES)):
+        others = [np.concatenate([per_ref[o][t] for o in range(len(per_ref)) if o != r]) for t in range(taps)]
+        dists.append(np.mean([nearest_distance(per_ref[r][t], others[t]) for t in range(taps)], axis=0))
+    return max(float(np.percentile(np.concatenate(dists), 99)), MIN_SCALE)
+
+
+def calibrated(distance: np.ndarray | float, spread: float) -> np.ndarray | float:
+    """Distance in units of the normal spread, mapped so that spread -> 0.5, 2 * spread -> 1."""
+    return np.clip(0.5 * np.asarray(distance) / spread, 0.0, 1.0)
 
 
 def gaussian_kernel_size(sigma: float) -> int:
