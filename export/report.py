@@ -10,10 +10,12 @@ from .parity import summary
 
 
 def closing_table(out: Path, manifest: Manifest, seconds: float) -> str:
-    rows = [("component", "precision", "MB", "parity vs torch")]
+    rows = [("component", "precision", "MB", "parity vs torch / speed")]
     for name, component in sorted(manifest.components.items()):
         for precision, entry in component.files.items():
-            rows.append((name, precision, f"{entry.bytes / 1e6:.1f}", summary(entry.parity)))
+            figures = summary(entry.parity) if "outputs" in entry.parity else \
+                f"{entry.parity.get('smoke', {}).get('tokens_per_s', '?')} tokens/s"  # fmt: skip
+            rows.append((name, precision, f"{entry.bytes / 1e6:.1f}", figures))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -35,7 +35,7 @@ def test_frame(height: int = 480, width: int = 640) -> np.ndarray:
 
 def _feeds(bundle: Bundle, name: str, frame: np.ndarray, cache: dict) -> dict[str, np.ndarray]:
     component = bundle.component(name)
-    if name == "clip_image":
+    if name in ("clip_image", "patch_encoder"):
         return {component.inputs[0].name: clip_input(frame, component.preprocessing)}
     if name == "clip_text":
         return {component.inputs[0].name: ClipTokenizer.from_component(bundle.path, component)(PROMPTS)}
@@ -52,8 +52,11 @@ def check(path: Path, providers: tuple[str, ...] = ("cpu",)) -> tuple[Bundle, li
     """Run every graph once; rows of (component, precision, providers, ms, output shapes)."""
     bundle = Bundle.open(path)
     frame, cache, rows = test_frame(), {}, []
-    order = ["clip_image", "clip_text", "sam_encoder", "sam_decoder"]
+    order = ["clip_image", "patch_encoder", "clip_text", "sam_encoder", "sam_decoder", "mllm"]
     for name in sorted(bundle.manifest.components, key=lambda n: order.index(n) if n in order else 99):
+        if bundle.component(name).kind == "gguf":
+            rows.append(_check_gguf(bundle, name))
+            continue
         for precision in bundle.component(name).files:
             session = bundle.session(name, precision, providers)
             feeds = _feeds(bundle, name, frame, cache)
@@ -67,6 +70,21 @@ def check(path: Path, providers: tuple[str, ...] = ("cpu",)) -> tuple[Bundle, li
             rows.append((name, precision, ",".join(p.replace("ExecutionProvider", "") for p in session.providers),
                          f"{ms:.1f}", shapes))  # fmt: skip
     return bundle, rows
+
+
+def _check_gguf(bundle: Bundle, name: str) -> tuple[str, ...]:
+    """Load the language model and generate a few tokens (llama.cpp, CPU)."""
+    component = bundle.component(name)
+    quant, entry = next(iter(component.files.items()))
+    try:
+        import llama_cpp
+    except ImportError:
+        return (name, quant, "-", "-", "not run: llama-cpp-python not installed")
+    started = time.perf_counter()
+    llm = llama_cpp.Llama(str(bundle.file_path(entry)), n_ctx=256, seed=0, verbose=False)
+    out = llm.create_completion("A scratch is", max_tokens=8, temperature=0.0)
+    ms = (time.perf_counter() - started) * 1e3
+    return (name, quant, "llama.cpp CPU", f"{ms:.1f}", f"{out['usage']['completion_tokens']} tokens")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,44 @@
+"""export mllm: quantisation of an f32 GGUF, the packaged SmolLM2 kept as published."""
+
+import pytest
+
+from export.build import build_bundle
+from export.mllm_export import MllmSpec, file_type
+from runtime.bundle import Bundle
+from runtime.check import check
+from tests.tiny_gguf import build_tiny_gguf
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    return build_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.f32.gguf")
+
+
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_K_M"])
+def test_f32_gguf_is_quantised_and_runs(tiny_gguf, tmp_path, quant):
+    assert file_type(tiny_gguf) == "ALL_F32"
+    build_bundle(tmp_path / "b", "custom", mllm=MllmSpec(gguf=tiny_gguf, quant=quant))
+    bundle = Bundle.open(tmp_path / "b")
+    mllm = bundle.component("mllm")
+    entry = mllm.files[quant]
+    assert file_type(bundle.file_path(entry)) == f"MOSTLY_{quant}"
+    assert entry.bytes < tiny_gguf.stat().st_size / 2.5  # really smaller than f32
+    assert mllm.config["how"].startswith("quantised from ALL_F32") and mllm.config["handler"] == "text"
+    assert entry.parity["smoke"]["tokens_per_s"] > 0
+    _, rows = check(tmp_path / "b")
+    assert rows[0][0] == "mllm" and rows[0][4].endswith("tokens")
+
+
+def test_packaged_smollm2_is_kept_as_published(tmp_path):
+    build_bundle(tmp_path / "b", "custom", mllm=MllmSpec(packaged=True))
+    mllm = Bundle.open(tmp_path / "b").component("mllm")
+    assert list(mllm.files) == ["Q4_1"] and "kept as published" in mllm.config["how"]
+    assert mllm.source["license"].startswith("Apache-2.0") and mllm.config["chat_format"] == "gguf-template"
+
+
+def test_bad_sources_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="exactly one of"):
+        build_bundle(tmp_path / "b", "custom", mllm=MllmSpec())
+    with pytest.raises(ValueError, match="unknown chat handler"):
+        build_bundle(tmp_path / "b", "custom", mllm=MllmSpec(packaged=True, handler="llava-9"))
+    assert not (tmp_path / "b").exists()
