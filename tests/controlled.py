@@ -4,7 +4,8 @@ Random weights cannot show that detection works. Here the image graph turns
 red-on-grey patches into tokens along an "abnormal + scratch" direction and grey
 patches into a "normal" direction; the text graph sums per-token vectors in
 which words like "damaged" point abnormal, "flawless" normal and "scratch" along
-the scratch direction. SAM's stand-in segments red pixels. Each graph is real
+the scratch direction; good parts also carry a "grainy" texture direction that
+the normal prompts do not describe. SAM's stand-in segments red pixels. Each graph is real
 ONNX run by onnxruntime; the manifest is written by the runtime's own classes.
 """
 
@@ -25,7 +26,7 @@ from runtime.tokenizer import ClipTokenizer
 D = 8
 SIZE, PATCH = 64, 8
 GRID = SIZE // PATCH
-NORMAL, ABNORMAL, SCRATCH, STAIN, CONTEXT = (np.eye(D, dtype=np.float32)[i] for i in range(5))
+NORMAL, ABNORMAL, SCRATCH, STAIN, CONTEXT, GRAIN = (np.eye(D, dtype=np.float32)[i] for i in range(6))
 CATEGORY = "widget"
 SCRATCH_PROMPT = "a photo of a widget with a scratch"
 STAIN_PROMPT = "a photo of a widget with a stain"
@@ -34,6 +35,7 @@ WORDS = {
     "without": 3 * NORMAL - 3 * ABNORMAL,
     "damaged": 3 * ABNORMAL, "broken": 3 * ABNORMAL, "flaw": 3 * ABNORMAL, "defect": 3 * ABNORMAL,
     "damage": 3 * ABNORMAL, "scratch": 3 * ABNORMAL + 6 * SCRATCH, "stain": 3 * ABNORMAL + 6 * STAIN,
+    "grainy": 3 * GRAIN + 0.6 * ABNORMAL,  # how every good part's surface looks: a prompt that fires on them
 }  # fmt: skip
 
 
@@ -49,8 +51,9 @@ def _const(name: str, value) -> onnx.TensorProto:
 
 
 def image_graph() -> onnx.ModelProto:
-    """pixels (B,3,64,64) 0..255 -> tokens from patch colour: grey -> normal, red -> abnormal+scratch."""
-    w = np.stack([NORMAL, 4 * (ABNORMAL + SCRATCH), 0.2 * CONTEXT])  # rows: g+b, relu(r-g), 1
+    """pixels (B,3,64,64) 0..255 -> tokens from patch colour: grey -> normal with a grainy
+    texture, red -> abnormal+scratch."""
+    w = np.stack([NORMAL + 1.5 * GRAIN, 4 * (ABNORMAL + SCRATCH), 0.2 * CONTEXT])  # rows: g+b, relu(r-g), 1
     nodes = [
         helper.make_node("Div", ["pixels", "c255"], ["x"]),
         helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[PATCH, PATCH], strides=[PATCH, PATCH]),

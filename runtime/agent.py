@@ -1,0 +1,224 @@
+"""The prompt agent: articulate -> refine -> anti-false-alarm, and short explanations.
+
+1. Articulate: the language model says how a test part differs from a normal
+   one (a vision model sees both images; a text-only model reads the detector's
+   evidence), as JSON constrained by a schema. Unusable answers are retried
+   with a new seed, then replaced by rule-based descriptions, and the reason is
+   recorded.
+2. Refine: descriptions become short CLIP prompts (<= 77 tokens), near
+   duplicates merged by text-embedding similarity, the count capped.
+3. Anti-false-alarm: candidates are dropped when they restate a normal feature
+   the model named, when their embedding sits nearer the normal prompts than the
+   abnormal ones, or when they fire on the normal references.
+Every step lands in the bank's provenance; the generic prompts always stay (the
+detector uses them whatever the bank says).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from .detector import Detector
+from .evidence import evidence_text, heuristic_descriptions, region_evidence
+from .filters import Candidate, filter_candidates
+from .llm import LanguageModel, vision_message
+from .prompt_bank import BankPrompt, PromptBank, category_text
+from .result import Result
+
+log = logging.getLogger("lineside.agent")
+
+WORD = {"type": "string", "minLength": 3, "maxLength": 24, "pattern": "^[a-zA-Z][a-zA-Z -]*$"}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "defects": {"type": "array", "minItems": 1, "maxItems": 3, "items": {
+            "type": "object", "properties": {"type": WORD, "location": WORD, "appearance": WORD},
+            "required": ["type", "location", "appearance"]}},
+        "normal_features": {"type": "array", "maxItems": 3, "items": WORD},
+    },
+    "required": ["defects", "normal_features"],
+}  # fmt: skip
+PLACEHOLDERS = {"defect", "defects", "anomaly", "unknown", "none", "type", "location", "appearance", "string", "n a"}
+SYSTEM = ("You are an inspector on a production line. You compare a part with a normal one and name visible "
+          "defects precisely: type (scratch, crack, dent, stain, hole, ...), location on the part, appearance. "
+          'Example answer for a bottle: {"defects": [{"type": "crack", "location": "neck", "appearance": '
+          '"thin dark"}], "normal_features": ["smooth glass", "round rim"]}')  # fmt: skip
+GENERIC_DEFECTS = [  # the last resort when neither the model nor the evidence gives anything
+    {"type": "scratch", "location": "surface", "appearance": "thin bright"},
+    {"type": "crack", "location": "surface", "appearance": "thin dark"},
+    {"type": "dent", "location": "surface", "appearance": "shallow"},
+    {"type": "stain", "location": "surface", "appearance": "discoloured"},
+]
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    retries: int = 3  # answers tried per question before falling back
+    max_prompts: int = 8
+    merge_cosine: float = 0.95  # candidates closer than this are one prompt
+    fire_bound: float = 0.5  # a candidate whose map or score on a normal reference reaches this is dropped
+    max_tokens: int = 160
+    temperature: float = 0.3
+    seed: int = 0
+    answer_seconds: float = 60.0
+
+
+def image_hash(rgb: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(rgb).data).hexdigest()[:16]
+
+
+def valid_descriptions(answer: str) -> tuple[list[dict], list[str], str]:
+    """(usable descriptions, normal features, reason if none are usable)."""
+    try:
+        data = json.loads(answer)
+    except json.JSONDecodeError as e:
+        return [], [], f"not JSON ({e.msg})"
+    if not isinstance(data, dict) or not isinstance(data.get("defects"), list):
+        return [], [], "no defects list"
+    seen, good = set(), []
+    for d in data["defects"]:
+        if not isinstance(d, dict):
+            continue
+        fields = [str(d.get(k, "")).strip().lower() for k in ("type", "location", "appearance")]
+        if any(f in PLACEHOLDERS or len(f) < 3 for f in fields) or len(set(fields)) < 3 or tuple(fields) in seen:
+            continue  # placeholders, one word repeated, duplicates: a model filling the schema, not answering
+        seen.add(tuple(fields))
+        good.append(dict(zip(("type", "location", "appearance"), fields)))
+    normals = [str(f).strip().lower() for f in data.get("normal_features", []) if isinstance(f, str)]
+    return good, normals, "" if good else "only placeholder or repeated fields"
+
+
+def to_prompt(category: str, d: dict) -> str:
+    obj = category_text(category)
+    location = d["location"] if d["location"].startswith(("on ", "at ", "in ", "near ")) else f"on its {d['location']}"
+    return f"a photo of a {obj} with a {d['appearance']} {d['type']} {location}"
+
+
+class PromptAgent:
+    """Builds a category's prompt bank; `explain` puts an NG result into words."""
+
+    def __init__(self, detector: Detector, llm: LanguageModel | None, settings: AgentSettings = AgentSettings()):
+        self.detector, self.llm, self.settings = detector, llm, settings
+
+    # --- stage 1 ------------------------------------------------------------------
+    def _ask(self, messages: list[dict], attempt_log: list[dict]) -> tuple[list[dict], list[str]]:
+        s = self.settings
+        for attempt in range(s.retries):
+            answer, stats = self.llm.chat(messages, SCHEMA, s.max_tokens, s.seed + attempt, s.temperature,
+                                          s.answer_seconds)  # fmt: skip
+            good, normals, reason = valid_descriptions(answer)
+            if stats["finish_reason"] != "stop" and not good:
+                reason = f"cut off ({stats['finish_reason']}) without a usable answer"
+            attempt_log.append({"seed": s.seed + attempt, "answer": answer, "stats": stats, "rejected": reason or None})
+            if good:
+                return good, normals
+        return [], []
+
+    def articulate(self, category: str, normals: list[np.ndarray], sample: np.ndarray | None) -> dict:
+        """One stage-1 record: the question, every attempt, the descriptions used and their origin."""
+        record: dict = {"sample": image_hash(sample) if sample is not None else None, "attempts": []}
+        evidence = []
+        if sample is not None:
+            result = self.detector.detect(sample, category, normals if normals else None, colour="RGB")
+            evidence = region_evidence(result, sample, normals[0] if normals else None)
+        obj = category_text(category)
+        if sample is None:
+            question = f"List up to three defects that a {obj} on a production line can have, and its normal features."
+            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+        elif self.llm is not None and self.llm.vision:
+            question = f"How does the second {obj} differ from the normal first one? Answer in JSON."
+            messages = [{"role": "system", "content": SYSTEM},
+                        vision_message(question, [("Normal part:", normals[0]), ("Inspected part:", sample)])]  # fmt: skip
+        else:
+            question = evidence_text(obj, evidence) + "\nWhat defects are these? Answer in JSON."
+            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+        record |= {"question": question, "evidence": evidence, "mode": "vision" if self.llm and self.llm.vision else "text"}
+        descriptions, normal_features = self._ask(messages, record["attempts"]) if self.llm else ([], [])
+        if descriptions:
+            record |= {"descriptions": descriptions, "normal_features": normal_features, "origin": "model"}
+        else:
+            fallback = heuristic_descriptions(evidence) or GENERIC_DEFECTS
+            why = "no language model in the bundle" if self.llm is None else \
+                f"no usable answer in {self.settings.retries} attempts"  # fmt: skip
+            origin = "rules on the evidence" if evidence else "generic defect vocabulary"
+            record |= {"descriptions": fallback, "normal_features": [], "origin": origin, "fallback_reason": why}
+        return record
+
+    # --- stages 2 and 3 -------------------------------------------------------------
+    def refine(self, category: str, records: list[dict]) -> list[Candidate]:
+        """Descriptions -> prompts of at most 77 tokens, exact duplicates merged."""
+        tokenizer = self.detector.text.tokenizer
+        out: dict[str, Candidate] = {}
+        for index, record in enumerate(records):
+            for d in record["descriptions"]:
+                text = to_prompt(category, d)
+                if len(tokenizer.encode(text)) > tokenizer.context_length - 2:
+                    continue  # would be cut: a prompt CLIP cannot read whole
+                if text in out:
+                    out[text].sources.append(index)
+                else:
+                    out[text] = Candidate(text, d, [index])
+        return list(out.values())
+
+    def build_bank(self, category: str, normals: list[np.ndarray], samples: list[np.ndarray] | None = None,
+                   progress: Callable[[str], None] = lambda _: None) -> PromptBank:  # fmt: skip
+        if not self.detector.has_language:
+            raise ValueError("the prompt agent needs a bundle with CLIP (clip_image + clip_text) to embed prompts")
+        if not normals:
+            raise ValueError("the prompt agent needs at least one normal reference image")
+        started = time.perf_counter()
+        records = []
+        for i, sample in enumerate(samples or [None]):
+            t = time.perf_counter()
+            records.append(self.articulate(category, normals, sample))
+            tokens = sum(a["stats"]["tokens"] for a in records[-1]["attempts"])
+            progress(f"articulate {i + 1}/{len(samples or [None])}: {records[-1]['origin']}, "
+                     f"{tokens} tokens in {time.perf_counter() - t:.1f}s")  # fmt: skip
+        t = time.perf_counter()
+        candidates = self.refine(category, records)
+        normal_features = sorted({f for r in records for f in r["normal_features"]})
+        kept, dropped = filter_candidates(self.detector, category, candidates, normals, normal_features, self.settings)
+        progress(f"refine + filter: {len(candidates)} candidates, {len(kept)} kept in {time.perf_counter() - t:.1f}s")
+        prompts = tuple(BankPrompt(c.text, True, c.reason, c.provenance()) for c in kept) + \
+            tuple(BankPrompt(c.text, False, c.reason, c.provenance()) for c in dropped)  # fmt: skip
+        meta = {
+            "model": {"file": self.llm.name, "sha256": self.llm.sha256, "quant": self.llm.quant} if self.llm else None,
+            "bundle_id": self.detector.bundle.bundle_id,
+            "settings": asdict(self.settings),
+            "normal_images": [image_hash(n) for n in normals],
+            "stage1": records,
+            "normal_features": normal_features,
+            "generic_prompts": "always used by the detector; not listed here",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        return PromptBank(category, prompts, meta)
+
+    # --- explanations -------------------------------------------------------------------
+    def explain(self, result: Result, image: np.ndarray, reference: np.ndarray | None = None,
+                deadline_s: float = 10.0) -> str:  # fmt: skip
+        """One or two sentences on an NG result, within `deadline_s` (rules if no model)."""
+        evidence = region_evidence(result, image, reference)
+        obj = category_text(result.category or "part")
+        named = [r.prompt for r in result.regions if r.prompt]
+        facts = evidence_text(obj, evidence) + (f"\nBest matching descriptions: {'; '.join(named)}." if named else "")
+        if self.llm is None:
+            return _rule_sentence(obj, evidence)
+        question = facts + "\nIn one or two short sentences, tell the line operator what is wrong with this part."
+        answer, stats = self.llm.chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+                                      max_tokens=60, seed=self.settings.seed, deadline_s=deadline_s)  # fmt: skip
+        return answer if answer else _rule_sentence(obj, evidence)
+
+
+def _rule_sentence(obj: str, evidence: list[dict]) -> str:
+    if not evidence:
+        return f"The {obj} scores as abnormal but no single region stands out."
+    d = heuristic_descriptions(evidence)[0]
+    return f"Likely {d['type']} ({d['appearance']}) at the {d['location']} of the {obj}."

@@ -1,0 +1,129 @@
+"""The prompt agent: the anti-false-alarm filter on controlled embeddings, malformed
+answers, and the real SmolLM2-135M-Instruct end to end on the text-only path."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+
+from export.build import build_bundle
+from export.mllm_export import MllmSpec
+from runtime.agent import AgentSettings, PromptAgent, to_prompt, valid_descriptions
+from runtime.detector import Detector
+from runtime.filters import Candidate, filter_candidates
+from runtime.llm import HANDLER_CLASSES, LanguageModel, handler_class, image_part, vision_message
+from runtime.prompt_bank import PromptBank
+from tests.controlled import CATEGORY, build_controlled_bundle, part
+
+
+@pytest.fixture(scope="module")
+def controlled_detector(tmp_path_factory):
+    out = build_controlled_bundle(tmp_path_factory.mktemp("c") / "b", Path(open_clip.tokenizer.default_bpe()))
+    return Detector.from_bundle(out, text_cache_dir=tmp_path_factory.mktemp("text"))
+
+
+def _cand(kind, look, where="top"):
+    d = {"type": kind, "location": where, "appearance": look}
+    return Candidate(to_prompt(CATEGORY, d), d, [0])
+
+
+def test_filter_keeps_the_real_defect_and_drops_each_false_alarm_for_its_reason(controlled_detector):
+    candidates = [_cand("scratch", "long"), _cand("scratch", "long", "rim"), _cand("grainy", "coarse"),
+                  _cand("finish", "perfect"), _cand("stain", "brown")]  # fmt: skip
+    kept, dropped = filter_candidates(controlled_detector, CATEGORY, candidates, [part(), part(size=200)],
+                                      ["matte stain pattern"], AgentSettings())  # fmt: skip
+    assert [c.text for c in kept] == ["a photo of a widget with a long scratch on its top"]
+    reasons = {c.description["type"] + "/" + c.description["location"]: c.reason for c in dropped}
+    assert reasons["scratch/rim"].startswith("merged into")
+    assert reasons["grainy/top"].startswith("fires on normal references")
+    assert reasons["finish/top"].startswith("nearer the normal prompts")
+    assert reasons["stain/top"].startswith("restates a normal feature the model named: stain")
+    assert kept[0].merged == ["a photo of a widget with a long scratch on its rim"]
+    assert kept[0].checks["cos_abnormal"] > kept[0].checks["cos_normal"]
+
+
+@pytest.mark.parametrize("answer, reason", [
+    ("not json at all", "not JSON"),
+    ('{"normal_features": []}', "no defects list"),
+    ('{"defects": [{"type": "type", "location": "type", "appearance": "type"}], "normal_features": []}', "placeholder"),
+    ('{"defects": [{"type": "crack", "location": "crack", "appearance": "crack"}], "normal_features": []}', "placeholder"),
+    ('{"defects": [], "normal_features": []}', "placeholder"),
+])  # fmt: skip
+def test_malformed_answers_are_rejected_with_a_reason(answer, reason):
+    good, _, why = valid_descriptions(answer)
+    assert good == [] and reason in why
+
+
+def test_good_answer_keeps_distinct_descriptions():
+    answer = json.dumps({"defects": [{"type": "Crack", "location": "neck", "appearance": "thin dark"}] * 2
+                         + [{"type": "dent", "location": "side", "appearance": "shallow"}], "normal_features": ["Smooth"]})  # fmt: skip
+    good, normals, why = valid_descriptions(answer)
+    assert [d["type"] for d in good] == ["crack", "dent"] and normals == ["smooth"] and why == ""
+
+
+def test_vision_path_without_weights_builds_messages_and_finds_handlers():
+    frame = np.zeros((600, 900, 3), np.uint8)
+    frame[:, :450] = (255, 0, 0)
+    msg = vision_message("What differs?", [("Normal part:", frame), ("Inspected part:", frame)])
+    parts = msg["content"]
+    assert [p["type"] for p in parts] == ["text", "image_url", "text", "image_url", "text"]
+    import base64
+
+    import cv2
+
+    png = base64.b64decode(image_part(frame)["image_url"]["url"].split(",", 1)[1])
+    decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert decoded.shape == (299, 448, 3) and tuple(decoded[10, 10]) == (255, 0, 0)  # RGB kept, downscaled
+    for name in HANDLER_CLASSES:
+        assert handler_class(name).__name__ == HANDLER_CLASSES[name]
+    with pytest.raises(ValueError, match="unknown vision chat handler"):
+        handler_class("llava-99")
+
+
+@pytest.fixture(scope="module")
+def smol_bundle(tiny_bundle, tmp_path_factory):
+    import shutil
+
+    out = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("smol") / "b"))
+    build_bundle(out, "tiny", mllm=MllmSpec(packaged=True))
+    return out
+
+
+def _images():
+    rng = np.random.default_rng(3)
+    normals = [np.clip(rng.normal(128, 6, (120, 160, 3)), 0, 255).astype(np.uint8) for _ in range(2)]
+    sample = normals[0].copy()
+    sample[50:56, 20:140] = 20
+    return normals, [sample]
+
+
+def test_smollm2_builds_a_bank_repeatably(smol_bundle, tmp_path):
+    detector = Detector.from_bundle(smol_bundle, text_cache_dir=tmp_path / "text")
+    llm = LanguageModel(detector.bundle, threads=2)
+    settings = AgentSettings(retries=2, max_tokens=120)
+    normals, samples = _images()
+    banks = [PromptAgent(detector, llm, settings).build_bank("screw", normals, samples) for _ in range(2)]
+    first, second = ([(p.text, p.kept, p.reason) for p in b.prompts] for b in banks)
+    assert first == second and first  # same seed, same bank
+    record = banks[0].meta["stage1"][0]
+    assert record["attempts"] and record["origin"] in ("model", "rules on the evidence", "generic defect vocabulary")
+    assert all(a["stats"]["tokens"] > 0 for a in record["attempts"])
+    assert banks[0].meta["model"]["file"].startswith("SmolLM2-135M-Instruct")
+    path = banks[0].write(tmp_path / "screw.json")
+    assert PromptBank.read(path) == PromptBank.read(banks[0].write(tmp_path / "again.json"))
+
+
+def test_explain_answers_within_its_time_bound(smol_bundle, tmp_path):
+    import time
+
+    detector = Detector.from_bundle(smol_bundle, text_cache_dir=tmp_path / "text", sam_gate=0.0,
+                                    region_threshold=0.0, max_region_frac=1.0)  # fmt: skip
+    normals, samples = _images()
+    result = detector.detect(samples[0], "screw", normals, colour="RGB")
+    agent = PromptAgent(detector, LanguageModel(detector.bundle, threads=2))
+    started = time.perf_counter()
+    sentence = agent.explain(result, samples[0], normals[0], deadline_s=3.0)
+    assert sentence and time.perf_counter() - started < 6.0
+    assert PromptAgent(detector, None).explain(result, samples[0], normals[0]).startswith(("Likely", "The screw"))
