@@ -45,7 +45,8 @@ def _convert(name: str, kind: type, value: Any) -> Any:
                 return {"true": True, "false": False, "1": True, "0": False}[value.lower()]
             raise TypeError
         if kind is tuple:
-            return tuple(v for v in (value.split(",") if isinstance(value, str) else value) if v != "")
+            items = [value] if isinstance(value, str) else list(value)
+            return tuple(v for item in items for v in (item.split(",") if isinstance(item, str) else [item]) if v != "")
         return kind(value)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"setting {name}: {value!r} is not a valid {kind.__name__}") from e
@@ -59,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         text = f"{f.metadata.get('help', '')} (default: {default})"
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif kind is tuple:  # repeatable, and each value may hold a comma list
+            parser.add_argument(flag, dest=f.name, action="append", default=None, help=text + "; repeatable")
         else:
             parser.add_argument(flag, dest=f.name, default=None, help=text, choices=f.metadata.get("choices"))
 

@@ -96,7 +96,7 @@ class Detector:
             raise
         except Exception as e:  # whatever broke, the frame must not pass as OK
             log.exception("inference failed on a %dx%d frame", rgb.shape[1], rgb.shape[0])
-            return self._error(f"inference failed: {e}", category)
+            return self.error_result(f"inference failed: {e}", category)
 
     def stream(self, frames: Iterable[np.ndarray], category: str, references=None, colour: str = "BGR") -> Iterator[Result]:
         """detect() over a sequence; a bad frame yields an ERROR result and the stream goes on."""
@@ -104,7 +104,7 @@ class Detector:
             try:
                 yield self.detect(frame, category, references, colour)
             except ValueError as e:
-                yield self._error(str(e), category)
+                yield self.error_result(str(e), category)
 
     def calibrate(self, normal_images: Sequence[np.ndarray], category: str, references=None,
                   colour: str = "BGR", quantile: float = 1.0, margin: float = 0.02) -> float:  # fmt: skip
@@ -125,7 +125,8 @@ class Detector:
 
     # --- steps ----------------------------------------------------------------------
 
-    def _error(self, message: str, category: str) -> Result:
+    def error_result(self, message: str, category: str) -> Result:
+        """An ERROR result (score 1.0: never mistaken for a pass) carrying `message`."""
         return Result("ERROR", 1.0, None, category=category, providers=self.providers,
                       bundle_id=self.bundle.bundle_id, settings=self.settings.to_dict(), error=message)  # fmt: skip
 

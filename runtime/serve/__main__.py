@@ -1,0 +1,76 @@
+"""python -m runtime.serve --camera 0 [--bundle DIR] [--category NAME] ... (--help lists all)"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..config import add_arguments, from_sources
+from ..manifest import BundleError
+from .server import Server
+from .settings import ServeSettings
+
+log = logging.getLogger("lineside.serve")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m runtime.serve", description=__doc__.splitlines()[0])
+    ap.add_argument("--camera", help="camera index (same as --source N)")
+    ap.add_argument("--config", type=Path, help="JSON file with any of the settings below")
+    add_arguments(ap, ServeSettings)
+    return ap
+
+
+def show(server: Server) -> None:
+    """The overlay in a window until q or the end; needs OpenCV with a GUI backend."""
+    seen = -1
+    while not server.stop.is_set() and not server.finished():
+        seen, jpeg = server.state.next_jpeg(seen, 0.2)
+        if jpeg is not None:
+            cv2.imshow("lineside", cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+        if cv2.waitKey(1) & 0xFF == ord("q"):
+            break
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        settings = from_sources(ServeSettings, args.config, args)
+        if args.camera is not None:
+            settings = replace(settings, source=args.camera)
+        if settings.show and re.search(r"GUI:\s+NONE", cv2.getBuildInformation()):
+            raise ValueError("--show needs OpenCV with a GUI (pip install opencv-python instead of -headless)")
+        server = Server(settings)
+    except (BundleError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"serve refused to start: {e}", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: server.stop.set())
+    try:
+        server.start()
+    except OSError as e:
+        print(f"serve refused to start: {e}", file=sys.stderr)
+        server.shutdown()
+        return 2
+    print(f"serving on http://{settings.host}:{server.web.port}  (results -> {settings.results})", flush=True)
+    if settings.show:
+        show(server)
+    else:
+        server.wait()
+    server.shutdown()
+    counts = server.counters()
+    print(" ".join(f"{k}={v}" for k, v in counts.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

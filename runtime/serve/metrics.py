@@ -1,0 +1,31 @@
+"""Prometheus metrics of one serve process (its own registry: no module globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+STAGE_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
+
+
+class Metrics:
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.captured = Counter("lineside_frames_captured", "frames read from the source", registry=r)
+        self.inspected = Counter("lineside_frames_inspected", "frames that got a result line", registry=r)
+        self.dropped = Counter("lineside_frames_dropped", "stale live frames replaced before inspection", registry=r)
+        self.reconnects = Counter("lineside_source_reconnects", "failed (re)openings of the source", registry=r)
+        self.results = Counter("lineside_results", "results by label", ["label"], registry=r)
+        self.sink_failures = Counter("lineside_sink_failures", "records a sink failed to deliver", ["sink"], registry=r)
+        self.sink_drops = Counter("lineside_sink_drops", "records dropped because a sink fell behind", ["sink"],
+                                  registry=r)  # fmt: skip
+        self.explained = Counter("lineside_explanations", "NG explanations written", registry=r)
+        self.explain_skipped = Counter("lineside_explanations_skipped", "NG frames left unexplained (queue full)",
+                                       registry=r)  # fmt: skip
+        self.stage_ms = Histogram("lineside_stage_ms", "per-stage latency in milliseconds", ["stage"],
+                                  buckets=STAGE_BUCKETS_MS, registry=r)  # fmt: skip
+        self.ready = Gauge("lineside_ready", "1 when the source is connected and the detector loaded", registry=r)
+        for label in ("OK", "NG", "ERROR"):
+            self.results.labels(label)
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,215 @@
+"""The inspection worker, the explanation worker, and the state the web page reads.
+
+Every frame the inspector takes gets exactly one line in the durable results log,
+flushed before the result goes anywhere else; a frame that cannot be decoded or
+whose inference fails is logged as ERROR, never as OK. Explanations come later,
+from their own worker, as extra lines that name the frame they explain.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import cv2
+from ..detector import Detector
+from ..images import to_rgb_uint8
+from ..overlay import render
+from ..result import Result
+from .sources import Frame, LatestFrameSlot
+
+log = logging.getLogger("lineside.serve")
+
+
+class ResultsLog:
+    """Append-only JSONL; each line flushed, fsync'd at most once a second."""
+
+    def __init__(self, path: Path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a", encoding="utf-8")
+        self.lock = threading.Lock()
+        self.synced = time.monotonic()
+
+    def write(self, record: dict) -> None:
+        with self.lock:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+            if time.monotonic() - self.synced > 1.0:
+                os.fsync(self.file.fileno())
+                self.synced = time.monotonic()
+
+    def close(self) -> None:
+        with self.lock:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+
+
+class State:
+    """What /api and the page show: latest result, recent results, last NG, the MJPEG frame."""
+
+    def __init__(self, recent: int):
+        self.lock = threading.Condition()
+        self.latest: dict | None = None
+        self.recent: collections.deque = collections.deque(maxlen=recent)
+        self.last_ng: dict | None = None
+        self.jpeg: bytes | None = None
+        self.jpeg_id = 0
+        self.fps = 0.0
+        self.started = time.time()
+
+    def publish(self, record: dict, jpeg: bytes | None) -> None:
+        with self.lock:
+            self.latest = record
+            self.recent.append(record)
+            if record["label"] == "NG":
+                self.last_ng = dict(record)
+            if jpeg is not None:
+                self.jpeg, self.jpeg_id = jpeg, self.jpeg_id + 1
+            self.lock.notify_all()
+
+    def explain(self, frame_id: int, text: str) -> None:
+        with self.lock:
+            if self.last_ng and self.last_ng["frame_id"] == frame_id:
+                self.last_ng["explanation"] = text
+            for r in self.recent:
+                if r["frame_id"] == frame_id:
+                    r["explanation"] = text
+
+    def since(self, frame_id: int) -> list[dict]:
+        with self.lock:
+            return [r for r in self.recent if r["frame_id"] > frame_id]
+
+    def next_jpeg(self, after: int, timeout: float) -> tuple[int, bytes | None]:
+        with self.lock:
+            if self.jpeg_id <= after:
+                self.lock.wait(timeout)
+            return self.jpeg_id, self.jpeg
+
+
+def record_of(frame: Frame, result: Result, run: str) -> dict:
+    return {"run": run, "frame_id": frame.frame_id, "time": frame.time, "source": frame.source, **result.to_dict()}
+
+
+class Inspector(threading.Thread):
+    """Takes frames from the slot, detects, logs durably, then fans out."""
+
+    def __init__(self, detector: Detector, category: str, references, slot: LatestFrameSlot, log_: ResultsLog,
+                 state: State, sinks: list, explainer, metrics, stop: threading.Event, teach: int = 0):  # fmt: skip
+        super().__init__(name="inspector", daemon=True)
+        self.detector, self.category, self.references = detector, category, references
+        self.slot, self.log, self.state, self.sinks = slot, log_, state, sinks
+        self.explainer, self.metrics, self.stop, self.teach = explainer, metrics, stop, teach
+        self.done = threading.Event()
+        # Frame ids restart with every process; (run, frame_id) names a frame for good.
+        self.run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
+        self.handled = 0  # frames taken from the slot and fully logged
+        self._times: collections.deque = collections.deque(maxlen=30)
+
+    def run(self) -> None:
+        try:
+            while True:
+                frame = self.slot.get(timeout=0.2)
+                if frame is None:
+                    if self.stop.is_set():
+                        break
+                    continue
+                self.handle(frame)
+                self.handled += 1
+        finally:
+            self.done.set()
+
+    def handle(self, frame: Frame) -> None:
+        if self.teach > 0 and frame.image is not None:
+            self.references = [*(self.references or []), to_rgb_uint8(frame.image, "BGR")]
+            self.teach -= 1
+            self.log.write({"run": self.run_id, "frame_id": frame.frame_id, "time": frame.time, "source": frame.source,
+                            "label": "TEACH", "references": len(self.references)})  # fmt: skip
+            return
+        result = self.inspect(frame)
+        record = record_of(frame, result, self.run_id)
+        self.log.write(record)  # durable first
+        self.metrics.inspected.inc()
+        self.metrics.results.labels(result.label).inc()
+        for stage, ms in result.timings_ms.items():
+            self.metrics.stage_ms.labels(stage).observe(ms)
+        jpeg = self._overlay(frame, result)
+        self._times.append(time.monotonic())
+        if len(self._times) > 1:
+            self.state.fps = (len(self._times) - 1) / max(1e-6, self._times[-1] - self._times[0])
+        self.state.publish(record, jpeg)
+        for sink in self.sinks:
+            sink.offer(record, frame.image)
+        if result.is_ng and self.explainer is not None:
+            self.explainer.offer(frame, result, self.references, self.run_id)
+
+    def inspect(self, frame: Frame) -> Result:
+        if frame.image is None:
+            return self.detector.error_result(f"frame could not be decoded: {frame.note}", self.category)
+        try:
+            return self.detector.detect(frame.image, self.category, self.references, colour="BGR")
+        except ValueError as e:  # wrong size/channels/dtype from the source
+            return self.detector.error_result(str(e), self.category)
+
+    def _overlay(self, frame: Frame, result: Result) -> bytes | None:
+        if frame.image is None:
+            return None
+        try:
+            rgb = to_rgb_uint8(frame.image, "BGR")
+        except ValueError:
+            return None
+        canvas = render(rgb, result)
+        cv2.putText(canvas, f"{self.state.fps:.1f} fps", (8, canvas.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.5, (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
+        ok, data = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 80])
+        return data.tobytes() if ok else None
+
+
+class Explainer(threading.Thread):
+    """Explains NG frames with the prompt agent, off the inspection path, bounded in queue and time."""
+
+    def __init__(self, agent, log_: ResultsLog, state: State, metrics, maxsize: int, seconds: float):
+        super().__init__(name="explainer", daemon=True)
+        self.agent, self.log, self.state, self.metrics, self.seconds = agent, log_, state, metrics, seconds
+        self.queue: queue.Queue = queue.Queue(maxsize)
+        self.closing = threading.Event()
+
+    def offer(self, frame: Frame, result: Result, references, run: str) -> None:
+        try:
+            self.queue.put_nowait((frame, result, references, run))
+        except queue.Full:
+            self.metrics.explain_skipped.inc()
+
+    def run(self) -> None:
+        while not self.closing.is_set():
+            try:
+                frame, result, references, run = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                rgb = to_rgb_uint8(frame.image, "BGR")
+                ref = references[0] if references else None
+                text = self.agent.explain(result, rgb, ref, deadline_s=self.seconds)
+            except Exception as e:  # an explanation is a courtesy; the verdict is already logged
+                log.warning("explanation of frame %d failed: %s", frame.frame_id, e)
+                continue
+            self.log.write({"run": run, "frame_id": frame.frame_id, "time": time.time(),
+                            "label": "EXPLANATION", "text": text})  # fmt: skip
+            self.state.explain(frame.frame_id, text)
+            self.metrics.explained.inc()
+
+    def close(self) -> None:
+        """Stop; NG frames still waiting are counted as skipped."""
+        self.closing.set()
+        self.join(self.seconds + 2)
+        while not self.queue.empty():
+            self.queue.get_nowait()
+            self.metrics.explain_skipped.inc()
+

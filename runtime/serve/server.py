@@ -1,0 +1,120 @@
+"""Wires a serve process together: source -> slot -> inspector -> log + sinks + explainer, and HTTP.
+
+Everything that can be wrong with the settings (a bad sink, a missing file, a
+bundle that cannot run as asked) fails in the constructor, before any thread
+starts. `shutdown()` drains: the frame in hand is inspected and logged, sinks
+deliver what they hold, the results log is flushed and synced.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from ..detector import Detector
+from ..images import list_images, read_image
+from ..settings import DetectorSettings
+from .metrics import Metrics
+from .pipeline import Explainer, Inspector, ResultsLog, State
+from .settings import ServeSettings
+from .sinks import NgImageSink, parse_sink
+from .sources import Capture, LatestFrameSlot, open_source
+from .web import WebThread, create_app
+
+log = logging.getLogger("lineside.serve")
+
+
+def build_agent(detector: Detector):
+    """The prompt agent for explanations: with the bundle's language model if it can run, else rules."""
+    from ..agent import PromptAgent
+
+    llm = None
+    if "mllm" in detector.bundle.manifest.components:
+        try:
+            from ..llm import LanguageModel
+
+            llm = LanguageModel(detector.bundle)
+        except RuntimeError as e:
+            log.warning("explanations from rules only: %s", e)
+    return PromptAgent(detector, llm)
+
+
+class Server:
+    def __init__(self, settings: ServeSettings, detector: Detector | None = None, agent=None, source=None):
+        self.settings = s = settings
+        self.metrics, self.state, self.stop = Metrics(), State(s.recent), threading.Event()
+        self.source = source or open_source(s.source)
+        self.sinks = [parse_sink(spec, self.metrics, s.sink_queue) for spec in s.sink]
+        if s.save_ng:
+            self.sinks.append(NgImageSink(s.save_ng, s.save_ng_mb, self.metrics, s.sink_queue))
+        overrides = {"threshold": s.threshold} if s.threshold is not None else {}
+        self.detector = detector or Detector.from_bundle(
+            s.bundle, DetectorSettings(providers=s.providers, precision=s.precision, **overrides))
+        references = [read_image(p) for p in list_images([s.references])] if s.references else None
+        if not self.detector.has_language and not references and s.teach == 0:
+            raise ValueError(f"bundle {s.bundle} has no language branch: give --references DIR or --teach N")
+        self.results_log = ResultsLog(s.results)
+        self.slot = LatestFrameSlot()
+        self.explainer = Explainer(agent or build_agent(self.detector), self.results_log, self.state, self.metrics,
+                                   s.explain_queue, s.explain_seconds) if s.explain else None  # fmt: skip
+        self.capture = Capture(self.source, self.slot, self.stop, self.metrics, s.max_fps, s.loop, s.reconnect_max_s)
+        self.inspector = Inspector(self.detector, s.category, references, self.slot, self.results_log, self.state,
+                                   self.sinks, self.explainer, self.metrics, self.stop, s.teach)  # fmt: skip
+        self.web = WebThread(create_app(self), s.host, s.port)
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.capture.connected.is_set():
+            return False, self.capture.problem or "source not connected"
+        if not self.inspector.is_alive():
+            return False, "inspector stopped"
+        return True, ""
+
+    def counters(self) -> dict:
+        value = self.metrics.registry.get_sample_value
+        out = {name: int(value(f"lineside_frames_{name}_total") or 0) for name in ("captured", "inspected", "dropped")}
+        for label in ("OK", "NG", "ERROR"):
+            out[label.lower()] = int(value("lineside_results_total", {"label": label}) or 0)
+        return out
+
+    def start(self) -> Server:
+        self.web.start()
+        self.web.started.wait(10)
+        if self.web.error is not None:
+            raise OSError(f"cannot serve HTTP on {self.settings.host}:{self.settings.port}: {self.web.error}")
+        for sink in self.sinks:
+            sink.start()
+        if self.explainer is not None:
+            self.explainer.start()
+        self.inspector.start()
+        self.capture.start()
+        self._ready_gauge = threading.Thread(target=self._watch_ready, name="ready", daemon=True)
+        self._ready_gauge.start()
+        log.info("serving %s on http://%s:%d", self.settings.source, self.settings.host, self.web.port)
+        return self
+
+    def _watch_ready(self) -> None:
+        while not self.stop.is_set():
+            self.metrics.ready.set(1 if self.ready()[0] else 0)
+            self.stop.wait(0.5)
+
+    def finished(self) -> bool:
+        """A recording (file or folder, no --loop) has been read and every frame inspected."""
+        return self.capture.finished.is_set() and self.inspector.handled >= self.capture.frames
+
+    def wait(self, poll: float = 0.1) -> None:
+        while not self.stop.is_set() and not self.finished():
+            time.sleep(poll)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        self.capture.join(5)
+        self.inspector.done.wait(30)
+        if self.explainer is not None:
+            self.explainer.close()
+        for sink in self.sinks:
+            sink.close()
+        self.results_log.close()
+        self.metrics.ready.set(0)
+        self.web.close()
+        self.source.close()
