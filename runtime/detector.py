@@ -164,7 +164,7 @@ class Detector:
         s, times = self.settings, {}
         t0 = time.perf_counter()
         global_emb, taps = self.encode(rgb)
-        times["clip_image"] = _ms(t0)
+        times["image_encoder"] = _ms(t0)
 
         grid, global_p, text, branches = None, 0.0, None, []
         if self.has_language:

@@ -30,7 +30,7 @@ def test_every_input_gets_a_line_and_an_overlay(tiny_bundle, tmp_path, capsys):
     assert all(x["branches"] == ["language", "reference"] and x["settings"]["threshold"] == 0.7 for x in good)
     assert len(list((out / "overlays").glob("*.png"))) == 3 and len(list((out / "maps").glob("*.map.png"))) == 3
     printed = capsys.readouterr().out
-    assert "ERROR=1" in printed and "p50 ms per stage: clip_image" in printed
+    assert "ERROR=1" in printed and "p50 ms per stage: image_encoder" in printed
 
 
 def test_bad_setting_is_refused_with_its_name(tiny_bundle, tmp_path, capsys):

@@ -13,7 +13,7 @@ class Metrics:
         self.captured = Counter("lineside_frames_captured", "frames read from the source", registry=r)
         self.inspected = Counter("lineside_frames_inspected", "frames that got a result line", registry=r)
         self.dropped = Counter("lineside_frames_dropped", "stale live frames replaced before inspection", registry=r)
-        self.reconnects = Counter("lineside_source_reconnects", "failed (re)openings of the source", registry=r)
+        self.reconnects = Counter("lineside_source_reconnects", "reopenings of a lost live source and failed openings", registry=r)
         self.results = Counter("lineside_results", "results by label", ["label"], registry=r)
         self.sink_failures = Counter("lineside_sink_failures", "records a sink failed to deliver", ["sink"], registry=r)
         self.sink_drops = Counter("lineside_sink_drops", "records dropped because a sink fell behind", ["sink"],

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 from ..detector import Detector
 from ..images import to_rgb_uint8
 from ..overlay import render
@@ -53,26 +54,30 @@ class ResultsLog:
 
 
 class State:
-    """What /api and the page show: latest result, recent results, last NG, the MJPEG frame."""
+    """What /api and the page show: latest result, recent results, last NG, the live view.
+
+    The inspector only hands over references to the newest frame and result;
+    the overlay JPEG is drawn by whoever watches (a /stream client, the --show
+    window), at most once per frame, never on the inspection thread.
+    """
 
     def __init__(self, recent: int):
         self.lock = threading.Condition()
         self.latest: dict | None = None
         self.recent: collections.deque = collections.deque(maxlen=recent)
         self.last_ng: dict | None = None
-        self.jpeg: bytes | None = None
-        self.jpeg_id = 0
+        self._view: tuple[int, np.ndarray | None, Result | None] = (0, None, None)
+        self._jpeg: tuple[int, bytes | None] = (0, None)
         self.fps = 0.0
         self.started = time.time()
 
-    def publish(self, record: dict, jpeg: bytes | None) -> None:
+    def publish(self, record: dict, image: np.ndarray | None, result: Result) -> None:
         with self.lock:
             self.latest = record
             self.recent.append(record)
             if record["label"] == "NG":
                 self.last_ng = dict(record)
-            if jpeg is not None:
-                self.jpeg, self.jpeg_id = jpeg, self.jpeg_id + 1
+            self._view = (self._view[0] + 1, image, result)
             self.lock.notify_all()
 
     def explain(self, frame_id: int, text: str) -> None:
@@ -88,10 +93,31 @@ class State:
             return [r for r in self.recent if r["frame_id"] > frame_id]
 
     def next_jpeg(self, after: int, timeout: float) -> tuple[int, bytes | None]:
+        """(sequence number, overlay JPEG) of a frame newer than `after`, or the same pair on timeout."""
         with self.lock:
-            if self.jpeg_id <= after:
+            if self._view[0] <= after:
                 self.lock.wait(timeout)
-            return self.jpeg_id, self.jpeg
+            seq, image, result = self._view
+            if self._jpeg[0] == seq:
+                return self._jpeg
+        jpeg = overlay_jpeg(image, result, self.fps) if image is not None and seq > after else None
+        with self.lock:
+            if jpeg is not None and seq > self._jpeg[0]:
+                self._jpeg = (seq, jpeg)
+            return seq, jpeg
+
+
+def overlay_jpeg(image: np.ndarray, result: Result, fps: float) -> bytes | None:
+    """BGR frame + Result -> JPEG of the overlay with the current rate."""
+    try:
+        rgb = to_rgb_uint8(image, "BGR")
+    except ValueError:
+        return None
+    canvas = render(rgb, result)
+    cv2.putText(canvas, f"{fps:.1f} fps", (8, canvas.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
+    ok, data = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return data.tobytes() if ok else None
 
 
 def record_of(frame: Frame, result: Result, run: str) -> dict:
@@ -140,11 +166,10 @@ class Inspector(threading.Thread):
         self.metrics.results.labels(result.label).inc()
         for stage, ms in result.timings_ms.items():
             self.metrics.stage_ms.labels(stage).observe(ms)
-        jpeg = self._overlay(frame, result)
         self._times.append(time.monotonic())
         if len(self._times) > 1:
             self.state.fps = (len(self._times) - 1) / max(1e-6, self._times[-1] - self._times[0])
-        self.state.publish(record, jpeg)
+        self.state.publish(record, frame.image, result)
         for sink in self.sinks:
             sink.offer(record, frame.image)
         if result.is_ng and self.explainer is not None:
@@ -157,19 +182,6 @@ class Inspector(threading.Thread):
             return self.detector.detect(frame.image, self.category, self.references, colour="BGR")
         except ValueError as e:  # wrong size/channels/dtype from the source
             return self.detector.error_result(str(e), self.category)
-
-    def _overlay(self, frame: Frame, result: Result) -> bytes | None:
-        if frame.image is None:
-            return None
-        try:
-            rgb = to_rgb_uint8(frame.image, "BGR")
-        except ValueError:
-            return None
-        canvas = render(rgb, result)
-        cv2.putText(canvas, f"{self.state.fps:.1f} fps", (8, canvas.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.5, (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
-        ok, data = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 80])
-        return data.tobytes() if ok else None
 
 
 class Explainer(threading.Thread):

@@ -37,6 +37,7 @@ class Sink(threading.Thread):
             self.metrics.sink_drops.labels(self.label).inc()
 
     def run(self) -> None:
+        failing = 0  # consecutive failures: logged when they start and when they end
         while not (self.closing.is_set() and self.queue.empty()):
             try:
                 record, frame = self.queue.get(timeout=0.2)
@@ -46,7 +47,13 @@ class Sink(threading.Thread):
                 self.deliver(record, frame)
             except Exception as e:  # a sink must never take the process down
                 self.metrics.sink_failures.labels(self.label).inc()
-                log.warning("sink %s failed: %s", self.label, e)
+                if not failing:
+                    log.warning("sink %s failing: %s (counted in lineside_sink_failures)", self.label, e)
+                failing += 1
+                continue
+            if failing:
+                log.warning("sink %s delivering again after %d failed records", self.label, failing)
+                failing = 0
         self.shutdown()
 
     def close(self, timeout: float = 5.0) -> None:

@@ -167,12 +167,20 @@ class Capture(threading.Thread):
                     delay = min(delay * 2, self.backoff_max)
                     continue
                 self.connected.set()
-                self.problem, delay = "", 0.5
+                self.problem = ""
+                before = self.frames
                 self._pump()
                 self.connected.clear()
                 self.source.close()
                 if not self.source.live and not self.loop:
                     break  # a recording has ended
+                if self.source.live and not self.stop.is_set():
+                    self.metrics.reconnects.inc()  # the stream was lost: reopen it
+                    if self.frames == before:  # opened but delivered nothing: back off too
+                        self.stop.wait(delay)
+                        delay = min(delay * 2, self.backoff_max)
+                    else:
+                        delay = 0.5
         finally:
             self.finished.set()
 

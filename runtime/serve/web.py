@@ -54,15 +54,15 @@ def create_app(server) -> web.Application:
                                                "Cache-Control": "no-store"})  # fmt: skip
         await response.prepare(request)
         loop, seen = asyncio.get_running_loop(), -1
-        while not server.stop.is_set():
-            seen, jpeg = await loop.run_in_executor(None, state.next_jpeg, seen, 1.0)
-            if jpeg is None:
-                continue
-            head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
-            try:
+        try:
+            while not server.stop.is_set():
+                seen, jpeg = await loop.run_in_executor(None, state.next_jpeg, seen, 1.0)
+                if jpeg is None:
+                    continue
+                head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
                 await response.write(head + jpeg + b"\r\n")
-            except (ConnectionResetError, asyncio.CancelledError):
-                break
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
         return response
 
     async def page(_):

@@ -1,0 +1,268 @@
+"""python -m benchmarks.latency --bundle DIR [--precisions fp32,int8] [--providers cpu]
+
+Per-stage p50/p90/p99 of the detector on OK frames (CLIP only) and on suspicious
+frames (SAM runs), cold start apart from warm, sequential and pipelined
+throughput, peak RSS, the image graph's GFLOPs against a matmul peak measured
+in the same run, and, side by side, torch eager on the same architecture and
+resolution (when the export extra is installed). Speed claims are ratios from
+this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from runtime.bundle import Bundle
+from runtime.detector import Detector
+
+from . import reporting
+from .flops import graph_flops, matmul_peak_gflops
+
+
+def frames(n: int, size=(480, 640), seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        image = np.clip(rng.normal(128, 10, (*size, 3)), 0, 255).astype(np.uint8)
+        if i % 2:
+            cv2.line(image, (100, 100 + i), (400, 250), (20, 20, 20), 5)
+        out.append(image)
+    return out
+
+
+def percentiles(values: list[float]) -> dict:
+    v = np.asarray(values)
+    return {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)), "p99": float(np.percentile(v, 99)),
+            "n": len(values)}  # fmt: skip
+
+
+def stage_table(results) -> dict:
+    stages: dict[str, list[float]] = {}
+    for r in results:
+        for k, v in r.timings_ms.items():
+            stages.setdefault(k, []).append(v)
+    return {k: percentiles(v) for k, v in stages.items()}
+
+
+def measure(bundle: Path, precision: str, providers: tuple[str, ...], n: int, refs) -> dict:
+    with tempfile.TemporaryDirectory() as cache:
+        t = time.perf_counter()
+        detector = Detector.from_bundle(bundle, precision=precision, providers=providers, text_cache_dir=cache)
+        load_ms = (time.perf_counter() - t) * 1e3
+        test = frames(n)
+        t = time.perf_counter()
+        detector.detect(test[0], "part", refs, colour="RGB")  # cold: text embeddings, reference memory, arenas
+        first_ms = (time.perf_counter() - t) * 1e3
+        base = detector.settings
+        detector.settings = replace(base, sam_gate=1.0)  # OK frames: the encoder and the maps only
+        t = time.perf_counter()
+        ok_results = [detector.detect(f, "part", refs, colour="RGB") for f in test]
+        sequential_s = time.perf_counter() - t
+        # suspicious frames: the whole frame is one candidate, so the refiner always runs
+        detector.settings = replace(base, sam_gate=0.0, region_threshold=0.0, max_region_frac=1.0)
+        suspicious = [detector.detect(f, "part", refs, colour="RGB") for f in test[: max(3, n // 4)]]
+    return {
+        "precision": precision,
+        "providers": list(detector.providers),
+        "cold": {"load_ms": load_ms, "first_frame_ms": first_ms},
+        "ok_frames": stage_table(ok_results),
+        "suspicious_frames": stage_table(suspicious),
+        "sequential_fps": n / sequential_s,
+    }
+
+
+def pipelined_fps(bundle: Path, precision: str, providers, n: int, refs_dir: Path | None, work: Path) -> dict:
+    """Serve over a folder (reading, inspection, logging in parallel threads) against the
+    same steps one after the other, with each step timed."""
+    import json
+
+    from runtime.images import read_image
+    from runtime.serve import Server, ServeSettings
+
+    folder = work / "frames"
+    folder.mkdir(exist_ok=True)
+    for i, f in enumerate(frames(n)):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), f)
+    make = lambda: Detector.from_bundle(bundle, precision=precision, providers=providers, sam_gate=1.0,  # noqa: E731
+                                        text_cache_dir=work / "t")  # fmt: skip
+    detector = make()
+    refs = [read_image(p) for p in sorted(refs_dir.iterdir())] if refs_dir else None
+    detector.detect(read_image(folder / "0000.png"), "part", refs, colour="RGB")  # warm
+    steps = {"read": [], "detect": [], "log": []}
+    started = time.perf_counter()
+    with open(work / "seq.jsonl", "w") as log:
+        for path in sorted(folder.iterdir()):
+            t0 = time.perf_counter()
+            image = read_image(path)
+            t1 = time.perf_counter()
+            result = detector.detect(image, "part", refs, colour="RGB")
+            t2 = time.perf_counter()
+            log.write(json.dumps(result.to_dict()) + "\n")
+            log.flush()
+            t3 = time.perf_counter()
+            for k, a, b in (("read", t0, t1), ("detect", t1, t2), ("log", t2, t3)):
+                steps[k].append((b - a) * 1e3)
+    sequential = n / (time.perf_counter() - started)
+    settings = ServeSettings(source=str(folder), bundle=bundle, category="part", port=0, precision=precision,
+                             providers=tuple(providers), results=work / "r.jsonl", explain=False,
+                             references=refs_dir, threshold=1.0)  # fmt: skip
+    server = Server(settings, detector=make()).start()
+    t = time.perf_counter()
+    server.wait()
+    seconds = time.perf_counter() - t
+    server.shutdown()
+    slowest = max(statistics.median(v) for v in steps.values())
+    return {"fps": n / seconds, "sequential_fps": sequential,
+            "step_p50_ms": {k: statistics.median(v) for k, v in steps.items()}, "slowest_step_ms": slowest}  # fmt: skip
+
+
+def torch_eager(bundle: Bundle, threads: int, n: int = 10) -> dict | None:
+    """The same architecture and resolution in torch eager fp32 (None without the export extra)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    comp = bundle.manifest.components.get("clip_image") or bundle.manifest.components.get("patch_encoder")
+    size = comp.inputs[0].shape[-1]
+    if comp.name == "clip_image":
+        from export.clip_graphs import ClipImageGraph
+        from export.clip_model import load_clip
+
+        model, _ = load_clip(comp.source["architecture"], image_size=size)
+        norm = comp.preprocessing["normalisation"]
+        graph = ClipImageGraph(model.visual, norm["mean"], norm["std"], comp.config["vv_from"],
+                               [t["layer"] for t in comp.config["taps"]]).eval()  # fmt: skip
+    else:
+        from export.patch_encoder import PatchEncoderGraph, PatchSpec, freeze_same_padding, load_lite0
+
+        model, _ = load_lite0(PatchSpec(random_init=True))
+        graph = PatchEncoderGraph(freeze_same_padding(model, size)).eval()
+    x = torch.rand(1, 3, size, size) * 255
+    times = []
+    with torch.inference_mode():
+        graph(x)
+        for _ in range(n):
+            t = time.perf_counter()
+            graph(x)
+            times.append((time.perf_counter() - t) * 1e3)
+    out = {"image_encoder_ms": percentiles(times)}
+    if "sam_encoder" in bundle.manifest.components:
+        from export.sam_export import SamEncoderGraph, load_sam
+
+        variant = bundle.component("sam_encoder").source["architecture"].removeprefix("sam_")
+        sam_graph = SamEncoderGraph(load_sam(variant)[0]).eval()
+        xs = torch.rand(1, 3, 1024, 1024) * 255
+        with torch.inference_mode():
+            sam_graph(xs)
+            t = time.perf_counter()
+            for _ in range(3):
+                sam_graph(xs)
+        out["sam_encoder_ms"] = (time.perf_counter() - t) * 1e3 / 3
+    return out
+
+
+def run(args) -> dict:
+    bundle = Bundle.open(args.bundle)
+    refs = None if any(c.name == "clip_text" for c in bundle.manifest.components.values()) else frames(4, seed=9)
+    threads = args.threads or os.cpu_count()
+    peak = matmul_peak_gflops()
+    image_name = "clip_image" if "clip_image" in bundle.manifest.components else "patch_encoder"
+    gflop = graph_flops(bundle.file_path(bundle.component(image_name).files["fp32"])) / 1e9
+    data = {"bundle_id": bundle.bundle_id, "profile": bundle.manifest.profile, "machine": reporting.machine(),
+            "matmul_peak_gflops": peak, "image_graph_gflop": gflop, "runs": []}  # fmt: skip
+    with tempfile.TemporaryDirectory() as work:
+        refs_dir = None
+        if refs:
+            refs_dir = Path(work) / "refs"
+            refs_dir.mkdir()
+            for i, r in enumerate(refs):
+                cv2.imwrite(str(refs_dir / f"{i}.png"), r)
+        for precision in args.precisions:
+            if precision not in bundle.component(image_name).files:
+                continue
+            entry = measure(args.bundle, precision, tuple(args.providers), args.frames, refs)
+            entry["pipeline"] = pipelined_fps(args.bundle, precision, args.providers, args.frames, refs_dir, Path(work))
+            entry["image_encoder_gflops"] = gflop / (entry["ok_frames"]["image_encoder"]["p50"] / 1e3)
+            data["runs"].append(entry)
+    data["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    data["torch_eager"] = torch_eager(bundle, threads) if args.torch else None
+    return data
+
+
+def markdown(data: dict) -> str:
+    lines = [f"# Latency: bundle `{data['bundle_id']}` ({data['profile']})", "",
+             f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores; "
+             f"onnxruntime {data['machine']['versions'].get('onnxruntime', '?')}.",
+             f"Measured matmul peak (numpy fp32 GEMM 1024³): {data['matmul_peak_gflops']:.1f} GFLOP/s. "
+             f"Image graph: {data['image_graph_gflop']:.2f} GFLOP per frame.", ""]  # fmt: skip
+    rows = []
+    for run_ in data["runs"]:
+        enc = run_["ok_frames"]["image_encoder"]
+        rows.append({"precision": run_["precision"], "providers": ",".join(run_["providers"]),
+                     "encoder p50 ms": enc["p50"], "encoder p90": enc["p90"], "encoder p99": enc["p99"],
+                     "OK frame total p50": run_["ok_frames"]["total"]["p50"],
+                     "detect-only fps": run_["sequential_fps"], "serve fps": run_["pipeline"]["fps"],
+                     "GFLOP/s": run_["image_encoder_gflops"],
+                     "% of matmul peak": 100 * run_["image_encoder_gflops"] / data["matmul_peak_gflops"],
+                     "cold load ms": run_["cold"]["load_ms"], "first frame ms": run_["cold"]["first_frame_ms"]})  # fmt: skip
+    lines += [reporting.table(rows, list(rows[0]) if rows else []), ""]
+    for run_ in data["runs"]:
+        if run_["suspicious_frames"]:
+            srows = [{"stage": k, **v} for k, v in run_["suspicious_frames"].items()]
+            lines += [f"Suspicious frames, {run_['precision']} (regions refined):", "",
+                      reporting.table(srows, ["stage", "p50", "p90", "p99", "n"]), ""]  # fmt: skip
+    fp32 = next((r for r in data["runs"] if r["precision"] == "fp32"), None)
+    ratios = []
+    for r in data["runs"]:
+        if fp32 and r is not fp32:
+            ratios.append(f"- {r['precision']} encoder speed-up over ORT fp32: "
+                          f"{fp32['ok_frames']['image_encoder']['p50'] / r['ok_frames']['image_encoder']['p50']:.2f}x")  # fmt: skip
+    eager = data.get("torch_eager")
+    if eager and fp32:
+        for r in data["runs"]:
+            ratios.append(f"- ORT {r['precision']} vs torch eager fp32, image encoder p50: "
+                          f"{eager['image_encoder_ms']['p50'] / r['ok_frames']['image_encoder']['p50']:.2f}x")  # fmt: skip
+        if "sam_encoder_ms" in eager and "sam_encoder" in fp32.get("suspicious_frames", {}):
+            ratios.append(f"- SAM encoder ORT fp32 vs torch eager: "
+                          f"{eager['sam_encoder_ms'] / fp32['suspicious_frames']['sam_encoder']['p50']:.2f}x")  # fmt: skip
+    if fp32:
+        p = fp32["pipeline"]
+        ratios.append(f"- serve (threads) {p['fps']:.1f} fps vs the same steps in sequence {p['sequential_fps']:.1f} fps; "
+                      f"1 / slowest step ({max(p['step_p50_ms'], key=p['step_p50_ms'].get)}, {p['slowest_step_ms']:.1f} ms) "
+                      f"= {1e3 / p['slowest_step_ms']:.1f} fps -> pipelined at "
+                      f"{100 * p['fps'] * p['slowest_step_ms'] / 1e3:.0f}% of it")  # fmt: skip
+    lines += ["## Ratios (this run)", "", *ratios, "", f"Peak RSS: {data['peak_rss_mb']:.0f} MB.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, required=True)
+    ap.add_argument("--precisions", type=lambda s: s.split(","), default=["fp32", "fp16", "int8"])
+    ap.add_argument("--providers", type=lambda s: s.split(","), default=["cpu"])
+    ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True, help="torch eager side by side")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    data = run(args)
+    out = args.out or reporting.REPORTS / f"latency-{data['profile']}"
+    _, md = reporting.write(out, "latency", data, markdown(data))
+    print(md.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
