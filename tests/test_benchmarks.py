@@ -1,0 +1,55 @@
+"""The benchmark harnesses run end to end on the tiny bundle (plumbing, not figures)."""
+
+import argparse
+import json
+from pathlib import Path
+
+from benchmarks import accuracy, latency, parity, report
+from benchmarks.flops import graph_flops, matmul_peak_gflops
+from runtime.bundle import Bundle
+
+
+def test_latency_runs_and_reports_ratios(tiny_bundle, tmp_path):
+    args = argparse.Namespace(bundle=tiny_bundle, precisions=["fp32", "int8"], providers=["cpu"], frames=4,
+                              threads=None, torch=True)  # fmt: skip
+    data = latency.run(args)
+    assert [r["precision"] for r in data["runs"]] == ["fp32", "int8"]
+    run = data["runs"][0]
+    assert {"image_encoder", "total"} <= set(run["ok_frames"]) and "sam_encoder" in run["suspicious_frames"]
+    assert run["pipeline"]["fps"] > 0 and data["torch_eager"]["image_encoder_ms"]["p50"] > 0
+    md = latency.markdown(data)
+    assert "ORT fp32 vs torch eager fp32" in md and "pipelined at" in md
+
+
+def test_flops_of_a_known_graph(tiny_bundle):
+    bundle = Bundle.open(tiny_bundle)
+    flops = graph_flops(bundle.file_path(bundle.component("clip_image").files["fp32"]))
+    # 4 blocks x (qkv + out + 2 mlp) on 17 tokens of width 64, plus the V-V path: order 10 MFLOP
+    assert 5e6 < flops < 5e7
+    assert matmul_peak_gflops(size=256, repeats=2) > 0.1
+
+
+def test_random_weight_accuracy_is_labelled_plumbing_only(tiny_bundle, tmp_path, capsys):
+    code = accuracy.main(["--bundle", str(tiny_bundle), "--dataset", f"synthetic:{tmp_path / 'synth'}", "--shots", "1",
+                          "--limit", "3", "--categories", "brick", "--out", str(tmp_path / "acc")])  # fmt: skip
+    assert code == 0
+    assert "Plumbing only" in (tmp_path / "acc" / "report.md").read_text()
+    assert json.loads((tmp_path / "acc" / "report.json").read_text())["plumbing_only"] is True
+    assert (tmp_path / "acc" / "roc.png").stat().st_size > 1000
+
+
+def test_parity_without_weights_shows_export_figures(tiny_bundle):
+    args = argparse.Namespace(bundle=tiny_bundle, clip_checkpoint=None)
+    data = parity.run(args)
+    assert "cannot be rebuilt" in data["note"] and set(data["export_parity"]) == {"fp32", "fp16", "int8"}
+    assert "Export-time figures" in parity.markdown(data)
+
+
+def test_report_index_links_every_report(tmp_path):
+    folder = tmp_path / "reports"
+    (folder / "soak").mkdir(parents=True)
+    (folder / "soak" / "soak.json").write_text(json.dumps({
+        "frames_in_video": 10, "captured": 10, "result_lines": 8, "dropped_stale": 2, "accounted": True,
+        "crashes": [], "rss_mb": {"start": 1, "max": 2, "end": 2}}))  # fmt: skip
+    text = report.build(folder).read_text()
+    assert "Soak: 10 frames" in text and "(soak/soak.md)" in text
