@@ -82,7 +82,7 @@ def _means(rows: list[dict]) -> list[dict]:
 
 def markdown(args, result: dict, bundle, plumbing: bool) -> str:
     rows = result["rows"]
-    has_pixels = any("pixel_auroc" in r for r in rows)
+    has_pixels = any(not math.isnan(r.get("pixel_auroc", math.nan)) for r in rows)
     lines = [f"# Accuracy: {args.dataset} with bundle `{bundle.bundle_id}` ({bundle.manifest.profile})", ""]
     if plumbing:
         lines += ["**Plumbing only:** this bundle was exported from random weights. These numbers",

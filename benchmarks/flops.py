@@ -21,23 +21,39 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     return out
 
 
+def _run_shapes(model: onnx.ModelProto, names: list[str], batch: int) -> dict[str, list[int]]:
+    """Shapes of `names` from one onnxruntime run on zeros (when static inference gives up)."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {}
+    for i in session.get_inputs():
+        shape = [d if isinstance(d, int) else batch for d in i.shape]
+        feeds[i.name] = np.zeros(shape, np.int64 if "int64" in i.type else np.float32)
+    return {n: list(v.shape) for n, v in zip(names, session.run(names, feeds))}
+
+
 def graph_flops(path, batch: int = 1) -> float:
-    """Multiply-adds x 2 of MatMul, Gemm and Conv nodes, dynamic dims taken as `batch`/1."""
+    """Multiply-adds x 2 of MatMul, Gemm and Conv nodes, dynamic dims taken as `batch`."""
     model = onnx.load(str(path))
     shapes = _shapes(model)
+    wanted = [n.output[0] for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
+    wanted += [n.input[0] for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    shapes |= _run_shapes(model, [w for w in dict.fromkeys(wanted) if w not in
+                                  {i.name for i in model.graph.initializer}], batch)  # fmt: skip
     total = 0.0
     for node in model.graph.node:
         if node.op_type in ("MatMul", "Gemm") and all(i in shapes for i in node.input[:2]):
-            a, b = shapes[node.input[0]], shapes[node.input[1]]
-            if len(a) >= 2 and len(b) >= 2:
-                k = a[-1]
-                n = b[-1] if node.op_type == "MatMul" else (b[0] if any(
-                    at.name == "transB" and at.i for at in node.attribute) else b[-1])  # fmt: skip
-                total += 2.0 * float(np.prod(a[:-1])) * k * n
+            a, out = shapes[node.input[0]], shapes[node.output[0]]
+            total += 2.0 * float(np.prod(out)) * a[-1]  # every output element is a length-K dot product
         elif node.op_type == "Conv" and node.output[0] in shapes and node.input[1] in shapes:
             out, w = shapes[node.output[0]], shapes[node.input[1]]
             total += 2.0 * float(np.prod(out)) * float(np.prod(w[1:]))
-    return total * batch
+    return total
 
 
 def matmul_peak_gflops(size: int = 1024, repeats: int = 10) -> float:

@@ -258,9 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     data = run(args)
-    out = args.out or reporting.REPORTS / f"latency-{data['profile']}"
-    _, md = reporting.write(out, "latency", data, markdown(data))
-    print(md.read_text())
+    reporting.publish(args.out or reporting.REPORTS / f"latency-{data['profile']}", "latency", data, markdown(data))
     return 0
 
 

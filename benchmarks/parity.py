@@ -135,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     data = run(args)
-    out = args.out or reporting.REPORTS / f"parity-{data['profile']}"
-    _, md = reporting.write(out, "parity", data, markdown(data))
-    print(md.read_text())
+    reporting.publish(args.out or reporting.REPORTS / f"parity-{data['profile']}", "parity", data, markdown(data))
     return 0
 
 

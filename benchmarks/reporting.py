@@ -58,6 +58,13 @@ def write(out: Path, name: str, data: dict, markdown: str) -> tuple[Path, Path]:
     return json_path, md_path
 
 
+def publish(out: Path, name: str, data: dict, markdown: str) -> Path:
+    """Write NAME.json and NAME.md under `out`, print the Markdown, return its path."""
+    _, md = write(out, name, data, markdown)
+    print(markdown)
+    return md
+
+
 def _jsonable(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
@@ -82,7 +89,8 @@ def roc_plot(path: Path, curves: dict[str, tuple[list[int], list[float]]], title
         ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(labels, scores):.3f})")
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
-    ax.legend(fontsize=7, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -166,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append({"figure": "rss_mb start/max/end", "value": f"{figures['rss_mb']['start']} / "
                  f"{figures['rss_mb']['max']} / {figures['rss_mb']['end']}"})  # fmt: skip
     md = f"# Soak: {args.frames} frames\n\n" + reporting.table(rows, ["figure", "value"]) + "\n"
-    reporting.write(out, "soak", figures, md)
-    print(md)
+    reporting.publish(out, "soak", figures, md)
     return 0 if figures["accounted"] and not figures["crashes"] else 1
 
 
