@@ -28,6 +28,7 @@ from runtime.detector import Detector
 
 from . import reporting
 from .flops import graph_flops, matmul_peak_gflops
+from .peer import winclip_ms
 
 
 def frames(n: int, size=(480, 640), seed: int = 0) -> list[np.ndarray]:
@@ -127,13 +128,34 @@ def pipelined_fps(bundle: Path, precision: str, providers, n: int, refs_dir: Pat
             "step_p50_ms": {k: statistics.median(v) for k, v in steps.items()}, "slowest_step_ms": slowest}  # fmt: skip
 
 
-def torch_eager(bundle: Bundle, threads: int, n: int = 10) -> dict | None:
-    """The same architecture and resolution in torch eager fp32 (None without the export extra)."""
+def torch_eager(bundle: Bundle, threads: int, n: int = 10, device: str = "cpu", fp16: bool = False) -> dict | None:
+    """The same architecture and resolution in torch eager (None without the export extra).
+
+    On a GPU box: device "cuda" and fp16, the reference a GPU user would run instead.
+    """
     try:
         import torch
     except ImportError:
         return None
     torch.set_num_threads(threads)
+    dtype = torch.float16 if fp16 else torch.float32
+
+    def timed(module, x, repeats):
+        module = module.to(device=device, dtype=dtype)
+        x = x.to(device=device, dtype=dtype)
+        times = []
+        with torch.inference_mode():
+            module(x)
+            for _ in range(repeats):
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                module(x)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times.append((time.perf_counter() - t) * 1e3)
+        return times
+
     comp = bundle.manifest.components.get("clip_image") or bundle.manifest.components.get("patch_encoder")
     size = comp.inputs[0].shape[-1]
     if comp.name == "clip_image":
@@ -149,27 +171,14 @@ def torch_eager(bundle: Bundle, threads: int, n: int = 10) -> dict | None:
 
         model, _ = load_lite0(PatchSpec(random_init=True))
         graph = PatchEncoderGraph(freeze_same_padding(model, size)).eval()
-    x = torch.rand(1, 3, size, size) * 255
-    times = []
-    with torch.inference_mode():
-        graph(x)
-        for _ in range(n):
-            t = time.perf_counter()
-            graph(x)
-            times.append((time.perf_counter() - t) * 1e3)
-    out = {"image_encoder_ms": percentiles(times)}
+    out = {"device": device, "dtype": str(dtype).removeprefix("torch."),
+           "image_encoder_ms": percentiles(timed(graph, torch.rand(1, 3, size, size) * 255, n))}  # fmt: skip
     if "sam_encoder" in bundle.manifest.components:
         from export.sam_export import SamEncoderGraph, load_sam
 
         variant = bundle.component("sam_encoder").source["architecture"].removeprefix("sam_")
         sam_graph = SamEncoderGraph(load_sam(variant)[0]).eval()
-        xs = torch.rand(1, 3, 1024, 1024) * 255
-        with torch.inference_mode():
-            sam_graph(xs)
-            t = time.perf_counter()
-            for _ in range(3):
-                sam_graph(xs)
-        out["sam_encoder_ms"] = (time.perf_counter() - t) * 1e3 / 3
+        out["sam_encoder_ms"] = statistics.median(timed(sam_graph, torch.rand(1, 3, 1024, 1024) * 255, 3))
     return out
 
 
@@ -197,7 +206,9 @@ def run(args) -> dict:
             entry["image_encoder_gflops"] = gflop / (entry["ok_frames"]["image_encoder"]["p50"] / 1e3)
             data["runs"].append(entry)
     data["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    data["torch_eager"] = torch_eager(bundle, threads) if args.torch else None
+    data["torch_eager"] = torch_eager(bundle, threads, device=args.torch_device, fp16=args.torch_fp16) \
+        if args.torch else None  # fmt: skip
+    data["peer"] = winclip_ms() if args.peer else None
     return data
 
 
@@ -232,7 +243,8 @@ def markdown(data: dict) -> str:
     eager = data.get("torch_eager")
     if eager and fp32:
         for r in data["runs"]:
-            ratios.append(f"- ORT {r['precision']} vs torch eager fp32, image encoder p50: "
+            ratios.append(f"- ORT {r['precision']} vs torch eager {eager.get('dtype', 'float32')} on "
+                          f"{eager.get('device', 'cpu')}, image encoder p50: "
                           f"{eager['image_encoder_ms']['p50'] / r['ok_frames']['image_encoder']['p50']:.2f}x")  # fmt: skip
         if "sam_encoder_ms" in eager and "sam_encoder" in fp32.get("suspicious_frames", {}):
             ratios.append(f"- SAM encoder ORT fp32 vs torch eager: "
@@ -243,6 +255,15 @@ def markdown(data: dict) -> str:
                       f"1 / slowest step ({max(p['step_p50_ms'], key=p['step_p50_ms'].get)}, {p['slowest_step_ms']:.1f} ms) "
                       f"= {1e3 / p['slowest_step_ms']:.1f} fps -> pipelined at "
                       f"{100 * p['fps'] * p['slowest_step_ms'] / 1e3:.0f}% of it")  # fmt: skip
+    peer = data.get("peer")
+    if peer and fp32:
+        for r in data["runs"]:
+            ratios.append(f"- lineside {r['precision']} vs {peer['model']} ({peer['backbone']} at {peer['size']}, "
+                          f"{'random' if peer['random_weights'] else 'pretrained'} weights, {peer['ms_p50']:.0f} ms): "
+                          f"{peer['ms_p50'] / r['ok_frames']['total']['p50']:.1f}x per OK frame, "
+                          f"{peer['ms_p50'] / r['suspicious_frames']['total']['p50']:.1f}x per suspicious frame")  # fmt: skip
+    elif data.get("peer") is None and "peer" in data:
+        ratios.append("- WinCLIP peer: not measured (anomalib not installed or --peer not given)")
     lines += ["## Ratios (this run)", "", *ratios, "", f"Peak RSS: {data['peak_rss_mb']:.0f} MB.", ""]
     return "\n".join(lines)
 
@@ -255,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True, help="torch eager side by side")
+    ap.add_argument("--torch-device", default="cpu", help="cpu or cuda (a GPU box)")
+    ap.add_argument("--peer", action="store_true", help="time anomalib's WinCLIP beside (extra: lineside[peer])")
+    ap.add_argument("--torch-fp16", action="store_true", help="the torch reference in fp16 (GPU)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     data = run(args)

@@ -59,6 +59,8 @@ def build(folder: Path = reporting.REPORTS) -> Path:
              f"Index written on {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
              f"{', '.join(f'{k} {v}' for k, v in machine['versions'].items())}. Each report names the machine it ran on.",
              ""]  # fmt: skip
+    if (folder / "TARGETS.md").is_file():
+        lines += ["Where each speed target stands and why: [TARGETS.md](TARGETS.md).", ""]
     writers = {"report.json": _accuracy, "latency.json": _latency, "soak.json": _soak, "parity.json": _parity}
     for path, data in _load(folder):
         if path.name in writers:

@@ -11,14 +11,14 @@ from runtime.bundle import Bundle
 
 def test_latency_runs_and_reports_ratios(tiny_bundle, tmp_path):
     args = argparse.Namespace(bundle=tiny_bundle, precisions=["fp32", "int8"], providers=["cpu"], frames=4,
-                              threads=None, torch=True)  # fmt: skip
+                              threads=None, torch=True, torch_device="cpu", torch_fp16=False, peer=False)  # fmt: skip
     data = latency.run(args)
     assert [r["precision"] for r in data["runs"]] == ["fp32", "int8"]
     run = data["runs"][0]
     assert {"image_encoder", "total"} <= set(run["ok_frames"]) and "sam_encoder" in run["suspicious_frames"]
     assert run["pipeline"]["fps"] > 0 and data["torch_eager"]["image_encoder_ms"]["p50"] > 0
     md = latency.markdown(data)
-    assert "ORT fp32 vs torch eager fp32" in md and "pipelined at" in md
+    assert "ORT fp32 vs torch eager float32 on cpu" in md and "pipelined at" in md
 
 
 def test_flops_of_a_known_graph(tiny_bundle):

@@ -40,3 +40,32 @@ def test_elpv_split_keeps_uncertain_apart():
     kinds = {s.kind for s in mono.test}
     assert kinds == {"good", "defective", "uncertain"}
     assert not set(mono.normal_pool) & {s.path for s in mono.test}
+
+
+def test_visa_split_csv_becomes_the_mvtec_layout(tmp_path):
+    import cv2
+
+    from benchmarks.visa import convert
+
+    root = tmp_path / "VisA"
+    rows = ["object,split,label,image,mask"]
+    for i, (split, label) in enumerate([("train", "normal"), ("test", "normal"), ("test", "anomaly"), ("train", "anomaly")]):
+        kind = "Normal" if label == "normal" else "Anomaly"
+        image = root / "pcb1" / "Data" / "Images" / kind / f"{i:03d}.JPG"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(image), np.full((20, 30, 3), 100, np.uint8))
+        mask = ""
+        if label == "anomaly":
+            mask_path = root / "pcb1" / "Data" / "Masks" / "Anomaly" / f"{i:03d}.png"
+            mask_path.parent.mkdir(parents=True, exist_ok=True)
+            m = np.zeros((20, 30), np.uint8)
+            m[5:9, 5:9] = 3  # VisA masks hold region ids
+            cv2.imwrite(str(mask_path), m)
+            mask = str(mask_path.relative_to(root))
+        rows.append(f"pcb1,{split},{label},{image.relative_to(root)},{mask}")
+    (root / "split.csv").write_text("\n".join(rows) + "\n")
+    counts = convert(root, root / "split.csv", tmp_path / "out")
+    assert counts == {"pcb1/train/normal": 1, "pcb1/test/normal": 1, "pcb1/test/anomaly": 1}
+    (cat,) = load(f"mvtec:{tmp_path / 'out'}")
+    assert len(cat.normal_pool) == 1 and [s.label for s in cat.test] == [1, 0]
+    assert read_mask(cat.test[0].mask, (20, 30)).sum() == 16
