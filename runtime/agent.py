@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -211,10 +212,24 @@ class PromptAgent:
         facts = evidence_text(obj, evidence) + (f"\nBest matching descriptions: {'; '.join(named)}." if named else "")
         if self.llm is None:
             return _rule_sentence(obj, evidence)
-        question = facts + "\nIn one or two short sentences, tell the line operator what is wrong with this part."
+        question = facts + f"\nIn one or two short sentences, say what is wrong with this {obj} and where."
         answer, stats = self.llm.chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
                                       max_tokens=60, seed=self.settings.seed, deadline_s=deadline_s)  # fmt: skip
-        return answer if answer else _rule_sentence(obj, evidence)
+        return answer if grounded(answer, obj, evidence) else _rule_sentence(obj, evidence)
+
+
+def grounded(answer: str, obj: str, evidence: list[dict]) -> bool:
+    """A usable explanation is short and says where: it names a position the evidence
+    points at (or, with no region, the part itself).
+
+    Small models drift into stories about the operator or the assistant; such an
+    answer is replaced by the rule-based sentence rather than shown on the line.
+    """
+    if not 4 <= len(answer.split()) <= 80:
+        return False
+    words = set(re.findall(r"[a-z]+", answer.lower().replace("center", "centre")))
+    anchors = {w for e in evidence for w in e["position"].split()} or set(re.findall(r"[a-z]+", obj.lower()))
+    return bool(words & anchors)
 
 
 def _rule_sentence(obj: str, evidence: list[dict]) -> str:

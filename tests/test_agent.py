@@ -127,3 +127,13 @@ def test_explain_answers_within_its_time_bound(smol_bundle, tmp_path):
     sentence = agent.explain(result, samples[0], normals[0], deadline_s=3.0)
     assert sentence and time.perf_counter() - started < 6.0
     assert PromptAgent(detector, None).explain(result, samples[0], normals[0]).startswith(("Likely", "The screw"))
+
+
+def test_ungrounded_explanations_are_replaced_by_rules():
+    from runtime.agent import grounded
+
+    evidence = [{"position": "upper left", "shape": "elongated"}]
+    assert grounded("A dark crack runs across the upper left corner of the cell.", "solar cell", evidence)
+    assert not grounded("The line operator is confused with the operator's assistant.", "solar cell", evidence)
+    assert not grounded("crack", "solar cell", evidence)  # too short to tell anyone anything
+    assert grounded("The solar cell has a dark spot.", "solar cell", [])

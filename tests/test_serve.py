@@ -243,3 +243,22 @@ def test_status_page_in_real_headless_chromium(controlled, frames, tmp_path):
     last_ng = dom.split('id="last-ng">')[1].split("<")[0]
     assert last_ng.startswith("frame ") and "a photo of a widget with a scratch" in last_ng
     assert dom.split('id="explanation">')[1].split("<")[0].startswith("Likely")
+
+
+def test_reference_only_bundle_serves_after_teaching(frames, tmp_path):
+    from export.build import build_bundle
+    from export.patch_encoder import PatchSpec
+
+    bundle = build_bundle(tmp_path / "default", "default", patch=PatchSpec(image_size=128, precisions=("fp32",)))
+    assert bundle.components.keys() == {"patch_encoder"}
+    with pytest.raises(ValueError, match="no language branch: give --references DIR or --teach N"):
+        Server(ServeSettings(source=str(frames), bundle=tmp_path / "default", port=0, results=tmp_path / "r.jsonl"))
+    server = Server(ServeSettings(source=str(frames), bundle=tmp_path / "default", port=0, teach=2, explain=False,
+                                  results=tmp_path / "r.jsonl")).start()  # fmt: skip
+    server.wait()
+    server.shutdown()
+    lines = _lines(tmp_path / "r.jsonl")
+    assert [x["label"] for x in lines[:2]] == ["TEACH", "TEACH"] and len(lines) == 7
+    inspected = [x for x in lines[2:] if x["label"] != "ERROR"]
+    assert inspected and all(x["branches"] == ["reference"] for x in inspected)
+    assert all(x["refiner"] in ("contours", "none") for x in inspected)
