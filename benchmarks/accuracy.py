@@ -33,25 +33,34 @@ def run(args) -> dict:
     if args.categories:
         categories = [c for c in categories if c.name in args.categories]
     rows, curves = [], {}
-    for precision in args.precisions:
-        detector = Detector.from_bundle(args.bundle, precision=precision, use_sam=not args.no_sam,
-                                        prompt_dir=args.prompt_dir, sam_gate=args.sam_gate)  # fmt: skip
-        pooled: dict[str, Scored] = {}
-        for cat in categories:
-            logging.getLogger("lineside.bench").info("%s %s: %d samples", precision, cat.name, len(cat.test))
-            scored = evaluate_category(detector, cat, args.shots, args.limit, args.baselines and precision == "fp32")
-            for method, s in scored.items():
-                rows.append({"category": cat.name, "method": method, "precision": precision, **s.metrics()})
-                curves[f"{cat.name} {method} {precision}"] = (s.labels, s.scores)
-                if "uncertain" in s.kinds:
-                    rows.append({"category": f"{cat.name} (uncertain vs normal)", "method": method,
-                                 "precision": precision, **s.metrics(exclude=("defective",))})  # fmt: skip
-                _pool(pooled.setdefault(method, Scored()), s)
-        for method, s in pooled.items():
-            if len(categories) > 1:
-                rows.append({"category": "all (pooled)", "method": method, "precision": precision, **s.metrics()})
+    ablation = args.compare or []
+    for bundle in [args.bundle, *ablation]:
+        label = "lineside" if not ablation else f"lineside[{Path(bundle).name}]"
+        for precision in args.precisions:
+            detector = Detector.from_bundle(bundle, precision=precision, use_sam=not args.no_sam,
+                                            prompt_dir=args.prompt_dir, sam_gate=args.sam_gate)  # fmt: skip
+            baselines = args.baselines and precision == "fp32" and bundle == args.bundle
+            _evaluate(detector, categories, label, precision, baselines, args, rows, curves)
     rows += _means(rows)
     return {"rows": rows, "curves": curves}
+
+
+def _evaluate(detector, categories, label, precision, baselines, args, rows, curves) -> None:
+    pooled: dict[str, Scored] = {}
+    for cat in categories:
+        logging.getLogger("lineside.bench").info("%s %s %s: %d samples", label, precision, cat.name, len(cat.test))
+        scored = evaluate_category(detector, cat, args.shots, args.limit, baselines)
+        for method, s in scored.items():
+            method = label if method == "lineside" else method
+            rows.append({"category": cat.name, "method": method, "precision": precision, **s.metrics()})
+            curves[f"{cat.name} {method} {precision}"] = (s.labels, s.scores)
+            if "uncertain" in s.kinds:
+                rows.append({"category": f"{cat.name} (uncertain vs normal)", "method": method,
+                             "precision": precision, **s.metrics(exclude=("defective",))})  # fmt: skip
+            _pool(pooled.setdefault(method, Scored()), s)
+    for method, s in pooled.items():
+        if len(categories) > 1:
+            rows.append({"category": "all (pooled)", "method": method, "precision": precision, **s.metrics()})
 
 
 def _pool(into: Scored, s: Scored) -> None:
@@ -142,6 +151,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                     help="raw-pixel and global-feature nearest-reference baselines")  # fmt: skip
     ap.add_argument("--no-sam", action="store_true", help="ablation: contours instead of SAM")
+    ap.add_argument("--compare", nargs="+", type=Path, metavar="BUNDLE",
+                    help="ablation: more bundles in the same run (e.g. exported with --no-vv or other --taps)")  # fmt: skip
     ap.add_argument("--sam-gate", type=float, default=0.4)
     ap.add_argument("--prompt-dir", type=Path, help="prompt banks (ablation: an empty folder = generic prompts)")
     ap.add_argument("--out", type=Path, help="report folder (default benchmarks/reports/accuracy-<dataset>)")

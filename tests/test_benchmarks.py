@@ -53,3 +53,17 @@ def test_report_index_links_every_report(tmp_path):
         "crashes": [], "rss_mb": {"start": 1, "max": 2, "end": 2}}))  # fmt: skip
     text = report.build(folder).read_text()
     assert "Soak: 10 frames" in text and "(soak/soak.md)" in text
+
+
+def test_ablation_bundles_are_compared_in_one_run(tiny_bundle, tmp_path):
+    from export.build import build_bundle
+    from export.clip_export import ClipSpec
+
+    no_vv = tmp_path / "no-vv"
+    build_bundle(no_vv, "custom", ClipSpec(arch="lineside-tiny-clip", no_vv=True))
+    code = accuracy.main(["--bundle", str(tiny_bundle), "--compare", str(no_vv), "--dataset",
+                          f"synthetic:{tmp_path / 'synth'}", "--shots", "0", "--limit", "2", "--categories", "grass",
+                          "--out", str(tmp_path / "acc")])  # fmt: skip
+    assert code == 0
+    methods = {r["method"] for r in json.loads((tmp_path / "acc" / "report.json").read_text())["rows"]}
+    assert {f"lineside[{Path(tiny_bundle).name}]", "lineside[no-vv]"} <= methods
