@@ -34,7 +34,7 @@ from .text_encoder import TextEncoder
 log = logging.getLogger("lineside.detector")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReferenceMemory:
     """What the few-shot branch keeps of its normal references."""
 
@@ -43,6 +43,7 @@ class ReferenceMemory:
     taps: list[np.ndarray]  # per tap (R * N, D)
     spread: float  # normal patch-distance spread (scoring.normal_spread)
     global_spread: float  # largest leave-one-out global distance among references
+    source: list | None = None  # the converted reference list it was last matched to (skips re-hashing)
 
 
 class Detector:
@@ -72,6 +73,8 @@ class Detector:
         self.global_name = self.image_c.outputs[0].name
         self._categories: dict[str, CategoryText] = {}
         self._memory: ReferenceMemory | None = None
+        self._refs_seen: tuple | None = None  # (caller's list, (length, colour), converted list)
+        self._settings_cache: tuple = (None, {})
         log.info("detector on %s: clip %s on %s, refiner %s", bundle.path, precision,
                  ", ".join(self.image.providers), "sam" if self.sam else "contours")  # fmt: skip
 
@@ -89,7 +92,7 @@ class Detector:
                colour: str = "BGR") -> Result:  # fmt: skip
         """Score one frame. Bad input raises ValueError; a failed inference returns ERROR."""
         rgb = to_rgb_uint8(image, colour)
-        refs = [to_rgb_uint8(r, colour) for r in references] if references else None
+        refs = self._convert_references(references, colour)
         try:
             return self._detect(rgb, category, refs)
         except ValueError:
@@ -128,7 +131,13 @@ class Detector:
     def error_result(self, message: str, category: str) -> Result:
         """An ERROR result (score 1.0: never mistaken for a pass) carrying `message`."""
         return Result("ERROR", 1.0, None, category=category, providers=self.providers,
-                      bundle_id=self.bundle.bundle_id, settings=self.settings.to_dict(), error=message)  # fmt: skip
+                      bundle_id=self.bundle.bundle_id, settings=self._settings_dict(), error=message)  # fmt: skip
+
+    def _settings_dict(self) -> dict:
+        """The settings as JSON, rebuilt only when they change (calibrate replaces them)."""
+        if self._settings_cache[0] is not self.settings:
+            self._settings_cache = (self.settings, self.settings.to_dict())
+        return dict(self._settings_cache[1])
 
     def category_text(self, category: str) -> CategoryText:
         if category not in self._categories:
@@ -140,8 +149,24 @@ class Detector:
         out = self.image.run({self.image_c.inputs[0].name: clip_input(rgb, self.image_c.preprocessing)})
         return out[self.global_name][0], [out[name][0] for name in self.taps]
 
+    def _convert_references(self, references, colour: str) -> list[np.ndarray] | None:
+        """References as RGB uint8; the same list passed again (serve, stream) is converted once.
+
+        To change references, pass a new list (editing a list in place is not seen).
+        """
+        if not references:
+            return None
+        seen = self._refs_seen
+        if seen is not None and seen[0] is references and seen[1] == (len(references), colour):
+            return seen[2]
+        converted = [to_rgb_uint8(r, colour) for r in references]
+        self._refs_seen = (references, (len(references), colour), converted)
+        return converted
+
     def _reference_memory(self, refs: list[np.ndarray]) -> ReferenceMemory:
         """Global embeddings, per-tap token memories and their normal spreads, cached by content."""
+        if self._memory is not None and self._memory.source is refs:
+            return self._memory
         digest = hashlib.blake2b(digest_size=16)
         for r in refs:
             digest.update(str(r.shape).encode())
@@ -158,6 +183,7 @@ class Detector:
             else:
                 global_spread = MIN_SCALE
             self._memory = ReferenceMemory(key, globals_, taps, normal_spread([t for _, t in encoded]), global_spread)
+        self._memory.source = refs
         return self._memory
 
     def _detect(self, rgb: np.ndarray, category: str, refs: list[np.ndarray] | None) -> Result:
@@ -206,7 +232,7 @@ class Detector:
         return Result(
             "NG" if score >= s.threshold else "OK", score, np.clip(frame_map, 0, 1).astype(np.float32),
             frame_regions, category, tuple(branches), refiner, times, self.providers,
-            self.bundle.bundle_id, s.to_dict(),
+            self.bundle.bundle_id, self._settings_dict(),
         )  # fmt: skip
 
     def _regions(self, rgb, work_map, taps, text: CategoryText | None, times) -> tuple[list[dict], str, np.ndarray]:
