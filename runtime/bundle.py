@@ -4,7 +4,7 @@ Every file is checked against its sha256 and every session's inputs and outputs
 against the manifest before anything runs, so a half-copied or hand-edited bundle
 fails at load with a message instead of producing wrong scores on the line.
 
-    python -m runtime.bundle DIR     # verify, load every graph, run each once
+    python -m runtime.check DIR      # verify, load every graph, run each once
 """
 
 from __future__ import annotations
