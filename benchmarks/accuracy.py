@@ -90,14 +90,14 @@ def _means(rows: list[dict]) -> list[dict]:
 
 
 def markdown(args, result: dict, bundle, plumbing: bool) -> str:
-    rows = result["rows"]
+    rows, machine = result["rows"], reporting.machine()
     has_pixels = any(not math.isnan(r.get("pixel_auroc", math.nan)) for r in rows)
     lines = [f"# Accuracy: {args.dataset} with bundle `{bundle.bundle_id}` ({bundle.manifest.profile})", ""]
     if plumbing:
         lines += ["**Plumbing only:** this bundle was exported from random weights. These numbers",
                   "exercise the pipeline and say nothing about accuracy.", ""]  # fmt: skip
     lines += [f"Shots (normal references per category): {args.shots}. SAM: {'off' if args.no_sam else 'on if present'}.",
-              f"Machine: {reporting.machine()['cpu']}, {reporting.machine()['cores']} cores.", "",
+              f"Machine: {machine['cpu']}, {machine['cores']} cores.", "",
               "## Image level", "", reporting.table(rows, IMAGE_COLS + ["ms_p50"]), ""]  # fmt: skip
     if has_pixels:
         lines += ["## Pixel level", "", "`aupro`: exact, FPR up to 0.3, divided by 0.3. `aupro_binned200`: the",

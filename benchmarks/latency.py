@@ -184,7 +184,7 @@ def torch_eager(bundle: Bundle, threads: int, n: int = 10, device: str = "cpu", 
 
 def run(args) -> dict:
     bundle = Bundle.open(args.bundle)
-    refs = None if any(c.name == "clip_text" for c in bundle.manifest.components.values()) else frames(4, seed=9)
+    refs = None if "clip_text" in bundle.manifest.components else frames(4, seed=9)  # few-shot bundles need some
     threads = args.threads or os.cpu_count()
     peak = matmul_peak_gflops()
     image_name = "clip_image" if "clip_image" in bundle.manifest.components else "patch_encoder"
@@ -234,38 +234,42 @@ def markdown(data: dict) -> str:
             srows = [{"stage": k, **v} for k, v in run_["suspicious_frames"].items()]
             lines += [f"Suspicious frames, {run_['precision']} (regions refined):", "",
                       reporting.table(srows, ["stage", "p50", "p90", "p99", "n"]), ""]  # fmt: skip
-    fp32 = next((r for r in data["runs"] if r["precision"] == "fp32"), None)
-    ratios = []
-    for r in data["runs"]:
-        if fp32 and r is not fp32:
-            ratios.append(f"- {r['precision']} encoder speed-up over ORT fp32: "
-                          f"{fp32['ok_frames']['image_encoder']['p50'] / r['ok_frames']['image_encoder']['p50']:.2f}x")  # fmt: skip
-    eager = data.get("torch_eager")
-    if eager and fp32:
-        for r in data["runs"]:
-            ratios.append(f"- ORT {r['precision']} vs torch eager {eager.get('dtype', 'float32')} on "
-                          f"{eager.get('device', 'cpu')}, image encoder p50: "
-                          f"{eager['image_encoder_ms']['p50'] / r['ok_frames']['image_encoder']['p50']:.2f}x")  # fmt: skip
-        if "sam_encoder_ms" in eager and "sam_encoder" in fp32.get("suspicious_frames", {}):
-            ratios.append(f"- SAM encoder ORT fp32 vs torch eager: "
-                          f"{eager['sam_encoder_ms'] / fp32['suspicious_frames']['sam_encoder']['p50']:.2f}x")  # fmt: skip
-    if fp32:
-        p = fp32["pipeline"]
-        ratios.append(f"- serve (threads) {p['fps']:.1f} fps vs the same steps in sequence {p['sequential_fps']:.1f} fps; "
-                      f"1 / slowest step ({max(p['step_p50_ms'], key=p['step_p50_ms'].get)}, {p['slowest_step_ms']:.1f} ms) "
-                      f"= {1e3 / p['slowest_step_ms']:.1f} fps -> pipelined at "
-                      f"{100 * p['fps'] * p['slowest_step_ms'] / 1e3:.0f}% of it")  # fmt: skip
-    peer = data.get("peer")
-    if peer and fp32:
-        for r in data["runs"]:
-            ratios.append(f"- lineside {r['precision']} vs {peer['model']} ({peer['backbone']} at {peer['size']}, "
-                          f"{'random' if peer['random_weights'] else 'pretrained'} weights, {peer['ms_p50']:.0f} ms): "
-                          f"{peer['ms_p50'] / r['ok_frames']['total']['p50']:.1f}x per OK frame, "
-                          f"{peer['ms_p50'] / r['suspicious_frames']['total']['p50']:.1f}x per suspicious frame")  # fmt: skip
-    elif data.get("peer") is None and "peer" in data:
-        ratios.append("- WinCLIP peer: not measured (anomalib not installed or --peer not given)")
-    lines += ["## Ratios (this run)", "", *ratios, "", f"Peak RSS: {data['peak_rss_mb']:.0f} MB.", ""]
+    lines += ["## Ratios (this run)", "", *_ratios(data), "", f"Peak RSS: {data['peak_rss_mb']:.0f} MB.", ""]
     return "\n".join(lines)
+
+
+def _ratios(data: dict) -> list[str]:
+    """The side-by-side ratios of one run, one Markdown bullet each."""
+
+    def encoder(run_: dict) -> float:
+        return run_["ok_frames"]["image_encoder"]["p50"]
+
+    fp32 = next((r for r in data["runs"] if r["precision"] == "fp32"), None)
+    if fp32 is None:
+        return []
+    out = [f"- {r['precision']} encoder speed-up over ORT fp32: {encoder(fp32) / encoder(r):.2f}x"
+           for r in data["runs"] if r is not fp32]  # fmt: skip
+    eager = data.get("torch_eager")
+    if eager:
+        out += [f"- ORT {r['precision']} vs torch eager {eager.get('dtype', 'float32')} on {eager.get('device', 'cpu')}, "
+                f"image encoder p50: {eager['image_encoder_ms']['p50'] / encoder(r):.2f}x" for r in data["runs"]]  # fmt: skip
+        if "sam_encoder_ms" in eager and "sam_encoder" in fp32["suspicious_frames"]:
+            out.append(f"- SAM encoder ORT fp32 vs torch eager: "
+                       f"{eager['sam_encoder_ms'] / fp32['suspicious_frames']['sam_encoder']['p50']:.2f}x")  # fmt: skip
+    p = fp32["pipeline"]
+    out.append(f"- serve (threads) {p['fps']:.1f} fps vs the same steps in sequence {p['sequential_fps']:.1f} fps; "
+               f"1 / slowest step ({max(p['step_p50_ms'], key=p['step_p50_ms'].get)}, {p['slowest_step_ms']:.1f} ms) "
+               f"= {1e3 / p['slowest_step_ms']:.1f} fps -> pipelined at {100 * p['fps'] * p['slowest_step_ms'] / 1e3:.0f}% of it")  # fmt: skip
+    peer = data.get("peer")
+    if peer:
+        out += [f"- lineside {r['precision']} vs {peer['model']} ({peer['backbone']} at {peer['size']}, "
+                f"{'random' if peer['random_weights'] else 'pretrained'} weights, {peer['ms_p50']:.0f} ms): "
+                f"{peer['ms_p50'] / r['ok_frames']['total']['p50']:.1f}x per OK frame, "
+                f"{peer['ms_p50'] / r['suspicious_frames']['total']['p50']:.1f}x per suspicious frame"
+                for r in data["runs"]]  # fmt: skip
+    elif "peer" in data:
+        out.append("- WinCLIP peer: not measured (anomalib not installed or --peer not given)")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-LABELS = ("OK", "NG", "ERROR")
-
-
 @dataclass
 class Region:
     """One defect region, in frame pixels, with the prompt that explains it."""

@@ -29,10 +29,6 @@ class SamRefiner:
         self.multi = list(self.decoder_c.config["mask_slots"]["multi"])
         self.threshold = float(self.decoder_c.config["mask_threshold"])
 
-    @property
-    def providers(self) -> tuple[str, ...]:
-        return self.encoder.providers
-
     def embed(self, frame_rgb: np.ndarray) -> np.ndarray:
         feeds = {self.encoder_c.inputs[0].name: sam_input(frame_rgb, self.encoder_c.preprocessing)}
         return self.encoder.run(feeds)[self.encoder_c.outputs[0].name]

@@ -10,11 +10,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .config import setting
+from .manifest import PRECISIONS
 
 
 @dataclass(frozen=True)
 class DetectorSettings:
-    precision: str = setting("fp32", "graph precision to run", choices=("fp32", "fp16", "int8"))
+    precision: str = setting("fp32", "graph precision to run", choices=PRECISIONS)
     providers: tuple[str, ...] = setting(("cpu",), "onnxruntime providers in order: tensorrt,cuda,cpu")
     threads: int | None = setting(None, "intra-op threads per session (None: onnxruntime decides)")
     trt_cache_dir: Path | None = setting(None, "where TensorRT engines are built and cached")
@@ -38,8 +39,8 @@ class DetectorSettings:
     prompt_dir: Path | None = setting(None, "folder of prompt banks CATEGORY.json (default BUNDLE/prompts)")
 
     def __post_init__(self):
-        if self.precision not in ("fp32", "fp16", "int8"):
-            raise ValueError(f"setting precision: {self.precision!r} is not one of fp32, fp16, int8")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"setting precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         for name in ("threshold", "map_weight", "reference_weight", "sam_gate", "region_threshold",
                      "sam_min_iou", "sam_min_mass", "refine_mix"):  # fmt: skip
             value = getattr(self, name)

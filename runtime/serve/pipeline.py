@@ -69,7 +69,6 @@ class State:
         self._view: tuple[int, np.ndarray | None, Result | None] = (0, None, None)
         self._jpeg: tuple[int, bytes | None] = (0, None)
         self.fps = 0.0
-        self.started = time.time()
 
     def publish(self, record: dict, image: np.ndarray | None, result: Result) -> None:
         with self.lock:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import setting
+from ..manifest import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,7 @@ class ServeSettings:
     references: Path | None = setting(None, "folder of known-good images (few-shot branch)")
     teach: int = setting(0, "take the first N frames as known-good references")
     providers: tuple[str, ...] = setting(("cpu",), "onnxruntime providers in order: tensorrt,cuda,cpu")
-    precision: str = setting("fp32", "graph precision", choices=("fp32", "fp16", "int8"))
+    precision: str = setting("fp32", "graph precision", choices=PRECISIONS)
     threshold: float | None = setting(None, "NG threshold on the image score (default: the detector's)")
     max_fps: float = setting(0.0, "read at most this many frames per second (0: as fast as they come)")
     loop: bool = setting(False, "restart a video file or folder at its end")
