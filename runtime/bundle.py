@@ -67,6 +67,10 @@ class Bundle:
             have = ", ".join(sorted(self.manifest.components)) or "none"
             raise BundleError(f"{self.path} has no component {name!r} (it has: {have}); {REBUILD}") from None
 
+    def precision_for(self, name: str, wanted: str) -> str:
+        """`wanted` if this component has that variant, else fp32 (which every graph has)."""
+        return wanted if wanted in self.component(name).files else "fp32"
+
     def file_path(self, entry: FileEntry) -> Path:
         return self.path / entry.path
 

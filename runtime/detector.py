@@ -56,7 +56,7 @@ class Detector:
         image_name = "clip_image" if "clip_image" in components else "patch_encoder"
         self.image_c = bundle.component(image_name)
         opts = {"threads": settings.threads, "trt_cache_dir": settings.trt_cache_dir}
-        precision = settings.precision if settings.precision in self.image_c.files else "fp32"
+        precision = bundle.precision_for(image_name, settings.precision)
         self.image = bundle.session(image_name, precision, settings.providers, **opts)
         # The language branch needs CLIP's two towers; a patch encoder alone is few-shot only.
         self.has_language = image_name == "clip_image" and "clip_text" in components

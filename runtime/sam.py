@@ -24,8 +24,10 @@ class SamRefiner:
     def __init__(self, bundle: Bundle, precision: str = "fp32", providers=("cpu",), **session_options):
         self.encoder_c = bundle.component("sam_encoder")
         self.decoder_c = bundle.component("sam_decoder")
-        self.encoder = bundle.session("sam_encoder", _available(self.encoder_c, precision), providers, **session_options)
-        self.decoder = bundle.session("sam_decoder", _available(self.decoder_c, precision), providers, **session_options)
+        self.encoder = bundle.session("sam_encoder", bundle.precision_for("sam_encoder", precision), providers,
+                                      **session_options)
+        self.decoder = bundle.session("sam_decoder", bundle.precision_for("sam_decoder", precision), providers,
+                                      **session_options)
         self.multi = list(self.decoder_c.config["mask_slots"]["multi"])
         self.threshold = float(self.decoder_c.config["mask_threshold"])
 
@@ -46,7 +48,3 @@ class SamRefiner:
             out.append(SamMask(masks[best] > self.threshold, float(ious[best])))
         return out
 
-
-def _available(component, precision: str) -> str:
-    """The requested precision, or fp32 when the bundle has no such variant of this graph."""
-    return precision if precision in component.files else "fp32"
