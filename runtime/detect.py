@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import statistics
 import sys
 from pathlib import Path
 
-import cv2
 from tqdm import tqdm
 
 from .config import add_arguments, from_sources
 from .detector import Detector
-from .images import list_images, read_image
+from .images import MAX_IMAGE_PIXELS, list_images, printable, read_frame, to_rgb_uint8, write_image
 from .manifest import BundleError
 from .overlay import render
 from .settings import DetectorSettings
@@ -35,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--references", type=Path, help="folder of known-good images (few-shot branch)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--config", type=Path, help="JSON file of detector settings")
+    ap.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                    help=f"files declaring more pixels are refused before decoding (default {MAX_IMAGE_PIXELS})")
     add_arguments(ap, DetectorSettings)
     return ap
 
@@ -43,25 +45,30 @@ def run(args) -> tuple[dict[str, int], dict[str, float]]:
     """Inspect every input; (counts per label, median milliseconds per stage)."""
     settings = from_sources(DetectorSettings, args.config, args)
     detector = Detector.from_bundle(args.bundle, settings)
-    refs = [read_image(p) for p in list_images([args.references])] if args.references else None
+    if args.max_image_pixels < 1:
+        raise ValueError(f"--max-image-pixels {args.max_image_pixels} must be >= 1")
+    bits, min_side = settings.input_bits, settings.min_frame_side
+    read = lambda p: to_rgb_uint8(read_frame(p, args.max_image_pixels), "BGR", bits, min_side)  # noqa: E731
+    refs = [read(p) for p in list_images([args.references])] if args.references else None
     paths = list_images(args.inputs)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "overlays").mkdir(exist_ok=True)
     counts, stages = {"OK": 0, "NG": 0, "ERROR": 0}, {}
     with open(args.out / "results.jsonl", "a", encoding="utf-8") as sink:
         for index, path in enumerate(tqdm(paths, desc="inspecting", unit="img", file=sys.stderr)):
-            stem = f"{index:05d}_{path.stem}"
+            stem = f"{index:05d}_" + re.sub(r"[^A-Za-z0-9._-]", "_", path.stem)
             try:
-                frame = read_image(path)
+                frame = read(path)
+            except (ValueError, OSError) as e:  # unreadable, not a regular file, too large, too small
+                line = detector.error_result(str(e), args.category).to_dict()
+            else:
                 result = detector.detect(frame, args.category, refs, colour="RGB")
                 line = result.save(args.out / "maps", stem)
-                cv2.imwrite(str(args.out / "overlays" / f"{stem}.png"), render(frame, result))
+                write_image(args.out / "overlays" / f"{stem}.png", render(frame, result))
                 for stage, ms in result.timings_ms.items():
                     stages.setdefault(stage, []).append(ms)
-            except (ValueError, FileNotFoundError) as e:
-                line = {"label": "ERROR", "error": str(e)}
             counts[line["label"]] += 1
-            sink.write(json.dumps({"input": str(path), **line}) + "\n")
+            sink.write(json.dumps({"input": printable(path), **line}, allow_nan=False) + "\n")
             sink.flush()
     return counts, {stage: statistics.median(ms) for stage, ms in stages.items()}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +21,7 @@ import cv2
 import numpy as np
 
 from .bundle import Bundle
-from .images import to_rgb_uint8
+from .images import ImageError, to_rgb_uint8
 from .language import CategoryText, build_category_text
 from .preprocess import clip_input
 from .regions import candidates, explain, polygon, pool_tokens, work_size
@@ -32,6 +33,19 @@ from .settings import DetectorSettings
 from .text_encoder import TextEncoder
 
 log = logging.getLogger("lineside.detector")
+
+
+class NonFiniteError(RuntimeError):
+    """A stage produced NaN or inf: the frame cannot be judged, so it is an ERROR, never OK."""
+
+
+def require_finite(stage: str, *arrays) -> None:
+    """Raise NonFiniteError naming `stage` when any value is NaN or inf."""
+    for array in arrays:
+        values = np.asarray(array)
+        if not np.isfinite(values).all():
+            bad = int(values.size - np.isfinite(values).sum())
+            raise NonFiniteError(f"{stage} produced {bad} non-finite value(s) of {values.size} (NaN or inf)")
 
 
 @dataclass
@@ -91,7 +105,9 @@ class Detector:
     def detect(self, image: np.ndarray, category: str, references: Sequence[np.ndarray] | None = None,
                colour: str = "BGR") -> Result:  # fmt: skip
         """Score one frame. Bad input raises ValueError; a failed inference returns ERROR."""
-        rgb = to_rgb_uint8(image, colour)
+        if not isinstance(category, str) or not category.strip():
+            raise ImageError(f"category must be a non-empty name such as 'screw', got {category!r}")
+        rgb = self._to_rgb(image, colour)
         refs = self._convert_references(references, colour)
         try:
             return self._detect(rgb, category, refs)
@@ -100,6 +116,9 @@ class Detector:
         except Exception as e:  # whatever broke, the frame must not pass as OK
             log.exception("inference failed on a %dx%d frame", rgb.shape[1], rgb.shape[0])
             return self.error_result(f"inference failed: {e}", category)
+
+    def _to_rgb(self, image, colour: str) -> np.ndarray:
+        return to_rgb_uint8(image, colour, self.settings.input_bits, self.settings.min_frame_side)
 
     def stream(self, frames: Iterable[np.ndarray], category: str, references=None, colour: str = "BGR") -> Iterator[Result]:
         """detect() over a sequence; a bad frame yields an ERROR result and the stream goes on."""
@@ -147,7 +166,9 @@ class Detector:
     def encode(self, rgb: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """HxWx3 uint8 RGB -> global embedding (D,) and patch tokens per tap [(N, D)]."""
         out = self.image.run({self.image_c.inputs[0].name: clip_input(rgb, self.image_c.preprocessing)})
-        return out[self.global_name][0], [out[name][0] for name in self.taps]
+        global_emb, taps = out[self.global_name][0], [out[name][0] for name in self.taps]
+        require_finite("the image encoder", global_emb, *taps)
+        return global_emb, taps
 
     def _convert_references(self, references, colour: str) -> list[np.ndarray] | None:
         """References as RGB uint8; the same list passed again (serve, stream) is converted once.
@@ -159,7 +180,10 @@ class Detector:
         seen = self._refs_seen
         if seen is not None and seen[0] is references and seen[1] == (len(references), colour):
             return seen[2]
-        converted = [to_rgb_uint8(r, colour) for r in references]
+        try:
+            converted = [self._to_rgb(r, colour) for r in references]
+        except ImageError as e:
+            raise ImageError(f"a reference image is unusable: {e}") from e
         self._refs_seen = (references, (len(references), colour), converted)
         return converted
 
@@ -196,6 +220,7 @@ class Detector:
         if self.has_language:
             t = time.perf_counter()
             text = self.category_text(category)
+            require_finite("the text embeddings", text.classes, text.labels)
             grid = language_grid(taps, text.classes, s.logit_scale, self.grid)
             global_p = float(abnormal_probability(global_emb, text.classes, s.logit_scale))
             branches.append("language")
@@ -227,10 +252,11 @@ class Detector:
         t = time.perf_counter()
         frame_map = cv2.resize(work_map, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
         frame_regions = [self._to_frame(r, rgb.shape[:2], work_hw) for r in regions]
+        require_finite("scoring", score, frame_map, [(r.score, r.probability) for r in frame_regions])
         times["output"] = _ms(t)
         times["total"] = _ms(t0)
         return Result(
-            "NG" if score >= s.threshold else "OK", score, np.clip(frame_map, 0, 1).astype(np.float32),
+            verdict(score, s.threshold), score, np.clip(frame_map, 0, 1).astype(np.float32),
             frame_regions, category, tuple(branches), refiner, times, self.providers,
             self.bundle.bundle_id, self._settings_dict(),
         )  # fmt: skip
@@ -289,6 +315,13 @@ class Detector:
         scale = (frame_hw[1] / work_hw[1], frame_hw[0] / work_hw[0])
         return Region(full, bbox, polygon(mask, scale), int(full.sum()), region["score"], region["prompt"],
                       region["probability"], region["refiner"], region["sam_iou"])  # fmt: skip
+
+
+def verdict(score: float, threshold: float) -> str:
+    """NG at or above the threshold, OK below it, ERROR when the score is not a number."""
+    if not math.isfinite(score):
+        return "ERROR"
+    return "NG" if score >= threshold else "OK"
 
 
 def _ms(start: float) -> float:

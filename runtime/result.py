@@ -5,8 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
+import math
+
 import numpy as np
+
+from .images import read_frame, write_image
+
+
+def finite_or_none(value: float | None, digits: int = 6) -> float | None:
+    """A number for strict JSON: rounded, or None when it is NaN or inf (never a bare NaN token)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), digits)
 
 @dataclass
 class Region:
@@ -27,11 +37,11 @@ class Region:
             "bbox": list(self.bbox),
             "polygon": self.polygon,
             "area": self.area,
-            "score": round(self.score, 4),
+            "score": finite_or_none(self.score, 4),
             "prompt": self.prompt,
-            "probability": round(self.probability, 4),
+            "probability": finite_or_none(self.probability, 4),
             "refiner": self.refiner,
-            "sam_iou": None if self.sam_iou is None else round(self.sam_iou, 4),
+            "sam_iou": finite_or_none(self.sam_iou, 4),
         }
 
 
@@ -52,6 +62,13 @@ class Result:
     settings: dict = field(default_factory=dict)
     error: str | None = None
 
+    def __post_init__(self):
+        # The last line of defence: whoever built this Result, a score that is not a
+        # number can never be a pass (or a fail); it is an ERROR that says so.
+        if self.label in ("OK", "NG") and not math.isfinite(self.image_score):
+            self.error = f"image score is {self.image_score}: not a number, the frame cannot be judged"
+            self.label = "ERROR"
+
     @property
     def is_ng(self) -> bool:
         return self.label == "NG"
@@ -60,12 +77,12 @@ class Result:
         """JSON-ready summary (maps and masks left out; `save` writes them as PNG)."""
         return {
             "label": self.label,
-            "image_score": round(self.image_score, 6),
+            "image_score": finite_or_none(self.image_score),
             "category": self.category,
             "branches": list(self.branches),
             "refiner": self.refiner,
             "regions": [r.summary() for r in self.regions],
-            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "timings_ms": {k: finite_or_none(v, 2) for k, v in self.timings_ms.items()},
             "providers": list(self.providers),
             "bundle_id": self.bundle_id,
             "settings": self.settings,
@@ -79,18 +96,18 @@ class Result:
         data = self.to_dict()
         if self.anomaly_map is not None:
             path = folder / f"{stem}.map.png"
-            cv2.imwrite(str(path), (np.clip(self.anomaly_map, 0, 1) * 65535 + 0.5).astype(np.uint16))
+            write_image(path, (np.clip(self.anomaly_map, 0, 1) * 65535 + 0.5).astype(np.uint16))
             data["anomaly_map"] = path.name
         for i, (region, summary) in enumerate(zip(self.regions, data["regions"])):
             path = folder / f"{stem}.region{i}.png"
-            cv2.imwrite(str(path), region.mask.astype(np.uint8) * 255)
+            write_image(path, region.mask.astype(np.uint8) * 255)
             summary["mask"] = path.name
         return data
 
 
 def read_map(path: Path) -> np.ndarray:
     """Inverse of the map PNG written by `Result.save`."""
-    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if data is None or data.dtype != np.uint16:
+    data = read_frame(path)
+    if data.dtype != np.uint16 or data.ndim != 2:
         raise ValueError(f"{path} is not a 16-bit anomaly map written by lineside")
     return data.astype(np.float32) / 65535.0

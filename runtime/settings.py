@@ -6,6 +6,7 @@ traced back to the thresholds in force.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,8 +38,13 @@ class DetectorSettings:
     refine_mix: float = setting(0.5, "refined map = (1 - mix) * map + mix * region score inside masks")
     text_cache_dir: Path | None = setting(None, "text-embedding cache (default ~/.cache/lineside/text)")
     prompt_dir: Path | None = setting(None, "folder of prompt banks CATEGORY.json (default BUNDLE/prompts)")
+    input_bits: int = setting(16, "bit depth of uint16 frames (10, 12, 14 or 16); values above it are refused")
+    min_frame_side: int = setting(16, "frames with a side shorter than this many pixels are refused (ERROR)")
 
     def __post_init__(self):
+        for name, value in asdict(self).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"setting {name}: {value} is not a finite number")
         if self.precision not in PRECISIONS:
             raise ValueError(f"setting precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         for name in ("threshold", "map_weight", "reference_weight", "sam_gate", "region_threshold",
@@ -46,6 +52,14 @@ class DetectorSettings:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"setting {name}: {value} is outside 0..1")
+        if self.logit_scale <= 0 or self.smoothing_sigma < 0:
+            raise ValueError("settings logit_scale must be > 0 and smoothing_sigma >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"setting threads: {self.threads} must be >= 1 (or unset)")
+        if self.max_regions < 1 or self.min_frame_side < 1:
+            raise ValueError("settings max_regions and min_frame_side must be >= 1")
+        if self.input_bits not in (10, 12, 14, 16):
+            raise ValueError(f"setting input_bits: {self.input_bits} is not one of 10, 12, 14, 16")
         if not 0 <= self.min_region_frac < self.max_region_frac <= 1:
             raise ValueError("settings min_region_frac/max_region_frac must satisfy 0 <= min < max <= 1")
 

@@ -44,7 +44,7 @@ def test_runtime_maps_and_scores_match_the_torch_reference(tmp_path):
 @pytest.mark.parametrize(
     "frame",
     [
-        np.zeros((1, 1, 3), np.uint8),
+        np.zeros((16, 16, 3), np.uint8),
         np.zeros((120, 160, 3), np.uint8),
         np.full((6000, 8000, 3), 90, np.uint8),
         np.full((100, 80), 200, np.uint8),
@@ -52,7 +52,7 @@ def test_runtime_maps_and_scores_match_the_torch_reference(tmp_path):
         np.full((100, 80, 4), 0.5, np.float32),
         np.full((100, 80, 1), 7, np.uint8),
     ],
-    ids=["1x1", "black", "8000x6000", "gray", "16bit", "float-bgra", "hxwx1"],
+    ids=["smallest", "black", "8000x6000", "gray", "16bit", "float-bgra", "hxwx1"],
 )
 def test_degenerate_frames_give_a_full_size_result(tiny_detector, frame):
     result = tiny_detector.detect(frame, "screw")
@@ -68,8 +68,9 @@ def test_degenerate_frames_give_a_full_size_result(tiny_detector, frame):
         (None, "got None"),
         (np.zeros((0, 10, 3), np.uint8), "empty image"),
         (np.zeros((10, 10, 2), np.uint8), "HxWx3 or HxWx4"),
-        (np.zeros((10, 10, 3), np.int32), "unsupported dtype int32"),
-        (np.full((10, 10, 3), np.nan, np.float32), "NaN"),
+        (np.zeros((32, 32, 3), np.int32), "unsupported dtype int32"),
+        (np.full((32, 32, 3), np.nan, np.float32), "NaN"),
+        (np.zeros((8, 640, 3), np.uint8), "too small"),
         ("frame.png", "got str"),
     ],
 )
@@ -81,7 +82,8 @@ def test_bad_frames_raise_value_error_naming_the_input(tiny_detector, bad, messa
 def test_colour_order_is_declared_not_guessed():
     bgr = np.zeros((2, 2, 3), np.uint8)
     bgr[..., 2] = 255  # red in BGR
-    assert (to_rgb_uint8(bgr, "BGR")[..., 0] == 255).all() and (to_rgb_uint8(bgr, "RGB")[..., 2] == 255).all()
+    assert (to_rgb_uint8(bgr, "BGR", min_side=1)[..., 0] == 255).all()
+    assert (to_rgb_uint8(bgr, "RGB", min_side=1)[..., 2] == 255).all()
     with pytest.raises(ValueError, match="colour must be one of"):
         to_rgb_uint8(bgr, "HSV")
 
