@@ -5,6 +5,10 @@ against the manifest before anything runs, so a half-copied or hand-edited bundl
 fails at load with a message instead of producing wrong scores on the line.
 
     python -m runtime.check DIR      # verify, load every graph, run each once
+
+Every file must lie inside the bundle folder once symlinks are resolved: a
+bundle is copied between machines as a folder, and one that reaches outside it
+would read whatever happens to be at that path on the line's box.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from .manifest import BundleError, Component, FileEntry, Manifest, TensorSpec
+from .manifest import REBUILD_HINT as REBUILD
+from .manifest import BundleError, Component, FileEntry, Manifest, TensorSpec, describe
 from .session import OnnxSession
 
 log = logging.getLogger("lineside.bundle")
@@ -27,7 +32,7 @@ ORT_DTYPES = {
     "tensor(uint8)": "uint8",
     "tensor(bool)": "bool",
 }
-REBUILD = "rebuild it with python -m export (see models/README.md)"
+IMAGE_COMPONENTS = ("clip_image", "patch_encoder")
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -54,6 +59,10 @@ class Bundle:
         for component in bundle.manifest.components.values():
             for entry in component.all_files():
                 bundle._check_file(component.name, entry, verify_hashes)
+            if component.name in IMAGE_COMPONENTS:
+                _check_image_config(path, component)
+            if component.name == "clip_text":
+                _check_text_config(path, component)
         return bundle
 
     @property
@@ -71,8 +80,19 @@ class Bundle:
         """`wanted` if this component has that variant, else fp32 (which every graph has)."""
         return wanted if wanted in self.component(name).files else "fp32"
 
-    def file_path(self, entry: FileEntry) -> Path:
-        return self.path / entry.path
+    def file_path(self, entry: FileEntry, owner: str = "bundle") -> Path:
+        """Where `entry` lies; refused when it resolves outside the bundle folder (a symlink out)."""
+        path = self.path / entry.path
+        try:
+            resolved = path.resolve()
+        except (OSError, RuntimeError) as e:  # a symlink loop
+            raise BundleError(f"{self.path}: {owner} file {entry.path} cannot be resolved ({e}); {REBUILD}") from e
+        if not resolved.is_relative_to(self.path.resolve()):
+            raise BundleError(
+                f"{self.path}: {owner} file {entry.path} resolves to {resolved}, outside the bundle folder; "
+                "copy the file into the bundle (a bundle is moved as one folder)"
+            )
+        return path
 
     def session(
         self,
@@ -91,15 +111,29 @@ class Bundle:
             )
         if "tensorrt" in providers:
             session_options.setdefault("trt_profile", component.tensorrt_profile)
-        session = OnnxSession(self.file_path(component.files[precision]), providers, **session_options)
+        path = self.file_path(component.files[precision])
+        try:
+            session = OnnxSession(path, providers, **session_options)
+        except ValueError:
+            raise  # an unknown provider name: the caller's settings, not the bundle
+        except Exception as e:  # onnxruntime's load errors share no useful base class
+            if isinstance(e.__cause__, ImportError):
+                raise  # onnxruntime itself is missing; the message says what to install
+            raise BundleError(f"{path}: onnxruntime cannot load this graph ({one_line(e)}); {REBUILD}") from e
         _check_io(f"{name} ({precision})", "input", component.inputs, session.session.get_inputs())
         _check_io(f"{name} ({precision})", "output", component.outputs, session.session.get_outputs())
         return session
 
     def _check_file(self, component: str, entry: FileEntry, verify_hashes: bool) -> None:
-        path = self.file_path(entry)
+        path = self.file_path(entry, component)
         if not path.is_file():
             raise BundleError(f"{self.path}: {component} file {entry.path} is missing; {REBUILD}")
+        try:
+            self._check_content(path, entry, verify_hashes)
+        except OSError as e:
+            raise BundleError(f"{path}: unreadable ({e.strerror or e}); {REBUILD}") from e
+
+    def _check_content(self, path: Path, entry: FileEntry, verify_hashes: bool) -> None:
         size = path.stat().st_size
         if size != entry.bytes:
             raise BundleError(
@@ -131,3 +165,61 @@ def _check_io(what: str, role: str, expected: Sequence[TensorSpec], actual) -> N
                 f"{what}: {role} {spec.name} has shape {list(node.shape)}, "
                 f"the manifest says {list(spec.shape)}; {REBUILD}"
             )
+
+
+def _check_image_config(folder: Path, component: Component) -> None:
+    """The image graph's grid, taps and input size, as the detector will read them.
+
+    A wrong grid or a tap naming no output would let the bundle load and then
+    turn every frame into ERROR on the line; refusing it here names the field.
+    """
+    at = f"{folder}: components.{component.name}"
+    cfg, outputs = component.config, {t.name: t for t in component.outputs}
+    grid = cfg.get("grid")
+    if not _ints(grid, 2):
+        raise BundleError(f"{at}.config.grid must be [rows, cols] of positive ints, not {describe(grid)}; {REBUILD}")
+    taps = cfg.get("taps")
+    if not isinstance(taps, list) or not taps:
+        raise BundleError(f"{at}.config.taps must be a non-empty list of {{layer, output}}, not {describe(taps)}; {REBUILD}")
+    for i, tap in enumerate(taps):
+        name = tap.get("output") if isinstance(tap, dict) else None
+        if name not in outputs:
+            raise BundleError(f"{at}.config.taps[{i}] names output {describe(name)}, which is not among the graph's "
+                              f"outputs ({', '.join(outputs)}); {REBUILD}")  # fmt: skip
+        shape = outputs[name].shape  # (batch, grid rows * cols, D)
+        if len(shape) != 3 or (isinstance(shape[1], int) and shape[1] != grid[0] * grid[1]):
+            raise BundleError(f"{at}.config.grid {grid} does not fit output {name} of shape {list(shape)} "
+                              f"(batch, rows * cols, dim); {REBUILD}")  # fmt: skip
+    size = component.preprocessing.get("size")
+    if not _ints(size, 2):
+        raise BundleError(f"{at}.preprocessing.size must be [height, width] of positive ints, not {describe(size)}; {REBUILD}")
+    pixels = component.inputs[0].shape if component.inputs else ()
+    if len(pixels) == 4 and all(isinstance(d, int) for d in pixels[2:]) and list(pixels[2:]) != size:
+        raise BundleError(f"{at}.preprocessing.size {size} differs from input {component.inputs[0].name} "
+                          f"of shape {list(pixels)}; {REBUILD}")  # fmt: skip
+
+
+def _check_text_config(folder: Path, component: Component) -> None:
+    """The tokenizer the text encoder builds from the manifest: its vocabulary and sizes."""
+    at = f"{folder}: components.{component.name}"
+    if "tokenizer" not in component.assets:
+        raise BundleError(f"{at}.assets.tokenizer is missing (the BPE vocabulary); {REBUILD}")
+    tokenizer = component.config.get("tokenizer")
+    if not isinstance(tokenizer, dict):
+        raise BundleError(f"{at}.config.tokenizer must be an object, not {describe(tokenizer)}; {REBUILD}")
+    for key in ("context_length", "num_merges"):
+        if not _ints([tokenizer.get(key)], 1):
+            raise BundleError(f"{at}.config.tokenizer.{key} must be a positive int, not {describe(tokenizer.get(key))}; "
+                              f"{REBUILD}")  # fmt: skip
+
+
+def _ints(value, n: int) -> bool:
+    return isinstance(value, list) and len(value) == n and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    )
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line: onnxruntime's messages span several."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,7 +1,12 @@
 """Text embeddings through the bundle's text graph, computed once and kept on disk.
 
 Prompts change rarely and the text graph is a third of CLIP, so every embedding
-is cached by bundle id and prompt text; a new bundle never reads an old entry.
+is cached by bundle id and prompt text; a new bundle never reads an old entry
+(the id covers the graphs' hashes, tensors, preprocessing and config).
+
+The graph is opened in the constructor even when every prompt is cached: a
+swapped or broken text graph must stop the process at start, not on the first
+new category hours later on the line.
 """
 
 from __future__ import annotations
@@ -31,12 +36,10 @@ class TextEncoder:
     def __init__(self, bundle: Bundle, providers=("cpu",), cache_dir: Path | None = None, **session_options):
         self.component = bundle.component("clip_text")
         self.tokenizer = ClipTokenizer.from_component(bundle.path, self.component)
-        self._bundle = bundle
-        self._providers = providers
-        self._session_options = session_options
-        self._session = None  # loaded on the first cache miss only
+        self._session = bundle.session("clip_text", "fp32", providers, **session_options)
         self.cache = Path(cache_dir or default_cache_dir()) / bundle.bundle_id
         self._memory: dict[str, np.ndarray] = {}
+        self.encoded = 0  # prompts run through the graph (not found in the cache) since start
 
     def _file(self, prompt: str) -> Path:
         return self.cache / (hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:32] + ".npy")
@@ -71,7 +74,6 @@ class TextEncoder:
         return np.stack([self._memory[p] for p in prompts]) if prompts else np.zeros((0, 0), np.float32)
 
     def _encode(self, prompts: list[str]) -> np.ndarray:
-        if self._session is None:
-            self._session = self._bundle.session("clip_text", "fp32", self._providers, **self._session_options)
         feeds = {self.component.inputs[0].name: self.tokenizer(prompts)}
+        self.encoded += len(prompts)
         return self._session.run(feeds)[self.component.outputs[0].name].astype(np.float32)

@@ -99,9 +99,9 @@ def test_unknown_component_and_precision_are_named(tiny_bundle, tmp_path):
         bundle.component("mllm")
     partial = tmp_path / "fp32only"
     shutil.copytree(tiny_bundle, partial)
-    _edit_manifest(partial, lambda d: d["components"]["clip_text"]["files"].pop("fp32"))
-    with pytest.raises(BundleError, match="clip_text has no fp32 graph"):
-        Bundle.open(partial).session("clip_text", "fp32")
+    _edit_manifest(partial, lambda d: d["components"]["sam_encoder"]["files"].pop("fp32"))
+    with pytest.raises(BundleError, match=r"sam_encoder has no fp32 graph .*it has: fp16, int8"):
+        Bundle.open(partial).session("sam_encoder", "fp32")
 
 
 def test_check_cli_runs_every_graph(tiny_bundle, capsys):
@@ -109,8 +109,9 @@ def test_check_cli_runs_every_graph(tiny_bundle, capsys):
 
     assert main([str(tiny_bundle)]) == 0
     out = capsys.readouterr().out
-    assert "every graph loaded and ran" in out
+    assert "every graph loaded and ran, and the detector produced a finite result" in out
     assert out.count("sam_decoder") == 3  # fp32, fp16, int8
+    assert "\ndetector " in out  # the end-to-end run has its row
 
 
 def test_check_cli_reports_damage(bundle_copy, capsys):
@@ -119,6 +120,18 @@ def test_check_cli_reports_damage(bundle_copy, capsys):
     (bundle_copy / "clip_text.fp32.onnx").unlink()
     assert main([str(bundle_copy)]) == 1
     assert "clip_text.fp32.onnx is missing" in capsys.readouterr().err
+
+
+def test_text_encoder_opens_its_graph_at_start(tiny_bundle, tmp_path):
+    from runtime.text_encoder import TextEncoder
+
+    encoder = TextEncoder(Bundle.open(tiny_bundle), cache_dir=tmp_path)
+    assert encoder._session.output_names == ("text_embedding",) and encoder.encoded == 0
+    encoder(["a flawless part", "a flawless part"])
+    assert encoder.encoded == 1
+    again = TextEncoder(Bundle.open(tiny_bundle), cache_dir=tmp_path)
+    again(["a flawless part"])
+    assert again.encoded == 0  # found on disk, yet the graph was opened all the same
 
 
 def test_text_graph_output_is_unit_norm(tiny_bundle):
