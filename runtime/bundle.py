@@ -20,7 +20,7 @@ from typing import Sequence
 
 from .manifest import REBUILD_HINT as REBUILD
 from .manifest import BundleError, Component, FileEntry, Manifest, TensorSpec, describe
-from .session import OnnxSession
+from .session import OnnxSession, ProviderError
 
 log = logging.getLogger("lineside.bundle")
 
@@ -114,8 +114,8 @@ class Bundle:
         path = self.file_path(component.files[precision])
         try:
             session = OnnxSession(path, providers, **session_options)
-        except ValueError:
-            raise  # an unknown provider name: the caller's settings, not the bundle
+        except (ValueError, ProviderError):
+            raise  # an unknown or unobtainable provider: the caller's settings, not the bundle
         except Exception as e:  # onnxruntime's load errors share no useful base class
             if isinstance(e.__cause__, ImportError):
                 raise  # onnxruntime itself is missing; the message says what to install

@@ -69,7 +69,8 @@ class Detector:
         components = set(bundle.manifest.components)
         image_name = "clip_image" if "clip_image" in components else "patch_encoder"
         self.image_c = bundle.component(image_name)
-        opts = {"threads": settings.threads, "trt_cache_dir": settings.trt_cache_dir}
+        opts = {"threads": settings.threads, "trt_cache_dir": settings.trt_cache_dir, "trt_fp16": settings.trt_fp16,
+                "strict_providers": settings.strict_providers}  # fmt: skip
         precision = bundle.precision_for(image_name, settings.precision)
         self.image = bundle.session(image_name, precision, settings.providers, **opts)
         # The language branch needs CLIP's two towers; a patch encoder alone is few-shot only.

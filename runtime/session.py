@@ -22,6 +22,9 @@ PROVIDER_NAMES = {
 }
 
 
+_PRELOADED: list[bool] = []  # preload_dlls runs once per process
+
+
 def _import_ort():
     try:
         import onnxruntime
@@ -30,6 +33,42 @@ def _import_ort():
             "onnxruntime is not installed: pip install 'lineside[cpu]' (or 'lineside[gpu]' on a GPU box)"
         ) from e
     return onnxruntime
+
+
+def _preload_gpu_libraries(ort, providers: Sequence[str]) -> None:
+    """Let onnxruntime-gpu find CUDA and cuDNN from the nvidia-* wheels pip installed.
+
+    Without it the CUDA provider silently fails to load unless the system's own
+    CUDA libraries happen to be on the loader path.
+    """
+    if _PRELOADED or not {"cuda", "tensorrt"} & set(providers) or not hasattr(ort, "preload_dlls"):
+        return
+    _PRELOADED.append(True)
+    try:
+        ort.preload_dlls()
+    except Exception as e:  # a missing wheel is reported below, per graph, with the provider it costs
+        log.debug("onnxruntime.preload_dlls() failed: %s", e)
+
+
+class ProviderError(RuntimeError):
+    """A requested accelerator was not obtained and the settings say not to run without it."""
+
+
+def missing_providers(ort, requested: Sequence[str], obtained: Sequence[str]) -> list[tuple[str, str]]:
+    """(short name, reason) for every requested accelerated provider the session did not get."""
+    available = set(ort.get_available_providers())
+    out = []
+    for short in requested:
+        name = PROVIDER_NAMES[short]
+        if short == "cpu" or name in obtained:
+            continue
+        if name not in available:
+            reason = f"this onnxruntime build ({ort.__version__}) has no {name}: install onnxruntime-gpu"
+        else:
+            reason = ("onnxruntime could not create it (no GPU visible, or CUDA/cuDNN/TensorRT libraries "
+                      "missing or of the wrong version; onnxruntime's own log above says which)")  # fmt: skip
+        out.append((short, reason))
+    return out
 
 
 def _trt_shapes(profile: dict, which: str) -> str:
@@ -74,10 +113,13 @@ class OnnxSession:
         trt_cache_dir: Path | None = None,
         trt_fp16: bool = False,
         trt_profile: dict | None = None,
+        strict_providers: bool = False,
     ):
         self.path = Path(path)
         self._options = (threads, trt_cache_dir, trt_fp16, trt_profile)
+        self.strict = strict_providers
         self._open(tuple(providers))
+        self._report_missing(tuple(providers))
 
     def _open(self, providers: tuple[str, ...]) -> None:
         ort = _import_ort()
@@ -88,6 +130,7 @@ class OnnxSession:
         if threads:
             options.intra_op_num_threads = threads
         self.requested = providers
+        _preload_gpu_libraries(ort, providers)
         self.session = ort.InferenceSession(
             str(self.path), options, providers=provider_list(providers, trt_cache_dir, trt_fp16, trt_profile)
         )
@@ -95,6 +138,15 @@ class OnnxSession:
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         log.info("%s runs on %s", self.path.name, ", ".join(self.providers))
+
+    def _report_missing(self, requested: tuple[str, ...]) -> None:
+        """One clear warning per graph and missing provider; an error with strict_providers."""
+        missing = missing_providers(_import_ort(), requested, self.providers)
+        for short, reason in missing:
+            message = f"{self.path.name}: {short} requested but not obtained, running on {self.providers[0]}: {reason}"
+            if self.strict:
+                raise ProviderError(message + " (strict_providers is on: refusing to run without it)")
+            log.warning(message)
 
     def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run once; if an accelerated provider fails at run time, fall back to the next one."""

@@ -19,7 +19,10 @@ class DetectorSettings:
     precision: str = setting("fp32", "graph precision to run", choices=PRECISIONS)
     providers: tuple[str, ...] = setting(("cpu",), "onnxruntime providers in order: tensorrt,cuda,cpu")
     threads: int | None = setting(None, "intra-op threads per session (None: onnxruntime decides)")
+    strict_providers: bool = setting(False, "refuse to start when a requested accelerator (tensorrt, cuda) "
+                                     "is not obtained, instead of running on the next provider")  # fmt: skip
     trt_cache_dir: Path | None = setting(None, "where TensorRT engines are built and cached")
+    trt_fp16: bool = setting(False, "let TensorRT build fp16 engines (faster on GPUs with tensor cores)")
     threshold: float = setting(0.5, "image score at or above which a frame is NG; `calibrate` sets it")
     logit_scale: float = setting(100.0, "CLIP temperature in softmax(scale * [<x,t_n>, <x,t_a>])")
     smoothing_sigma: float = setting(4.0, "Gaussian sigma of the anomaly map, in pixels at 518 px input")
