@@ -1,4 +1,9 @@
-"""python -m runtime.serve --camera 0 [--bundle DIR] [--category NAME] ... (--help lists all)"""
+"""python -m runtime.serve --camera 0 [--bundle DIR] [--category NAME] ... (--help lists all)
+
+Exit status: 0 when the source ended or serve was asked to stop, 1 when a
+worker died or the results log could not be written (a supervisor should
+restart it), 2 when it refused to start (bad settings, busy port).
+"""
 
 from __future__ import annotations
 
@@ -15,10 +20,14 @@ import numpy as np
 
 from ..config import add_arguments, from_sources
 from ..manifest import BundleError
+from . import logs
 from .server import Server
 from .settings import ServeSettings
 
 log = logging.getLogger("lineside.serve")
+
+# What a bad setting, config file, bundle or path can raise while serve is built: one line each, no traceback.
+START_ERRORS = (BundleError, ValueError, OSError, RuntimeError)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,17 +49,28 @@ def show(server: Server) -> None:
             break
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = parser().parse_args(argv)
+def build(args: argparse.Namespace) -> Server:
+    """Settings from defaults, --config and flags, then the server; raises one of START_ERRORS."""
     try:
         settings = from_sources(ServeSettings, args.config, args)
-        if args.camera is not None:
-            settings = replace(settings, source=args.camera)
-        if settings.show and re.search(r"GUI:\s+NONE", cv2.getBuildInformation()):
-            raise ValueError("--show needs OpenCV with a GUI (pip install opencv-python instead of -headless)")
-        server = Server(settings)
-    except (BundleError, ValueError, FileNotFoundError, RuntimeError) as e:
+    except (TypeError, OverflowError, AttributeError) as e:  # a config file of the wrong shape or kind of value
+        where = f"config file {args.config}" if args.config else "settings"
+        raise ValueError(f"{where}: {e} (a value of the wrong kind: a list, object or Infinity where a number "
+                         "or text belongs, or a file that is not one JSON object)") from e
+    if args.camera is not None:
+        settings = replace(settings, source=args.camera)
+    if settings.show and re.search(r"GUI:\s+NONE", cv2.getBuildInformation()):
+        raise ValueError("--show needs OpenCV with a GUI (pip install opencv-python instead of -headless)")
+    return Server(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.install()
+    args = parser().parse_args(argv)
+    try:
+        server = build(args)
+    except START_ERRORS as e:
         print(f"serve refused to start: {e}", file=sys.stderr)
         return 2
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -61,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve refused to start: {e}", file=sys.stderr)
         server.shutdown()
         return 2
+    settings = server.settings
     print(f"serving on http://{settings.host}:{server.web.port}  (results -> {settings.results})", flush=True)
     if settings.show:
         show(server)
@@ -69,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     server.shutdown()
     counts = server.counters()
     print(" ".join(f"{k}={v}" for k, v in counts.items()), flush=True)
+    failure = server.failure()
+    if failure:
+        print(f"serve stopped: {failure}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -23,6 +23,8 @@ class Metrics:
                                        registry=r)  # fmt: skip
         self.stage_ms = Histogram("lineside_stage_ms", "per-stage latency in milliseconds", ["stage"],
                                   buckets=STAGE_BUCKETS_MS, registry=r)  # fmt: skip
+        self.http_refused = Counter("lineside_http_refused", "HTTP connections refused at http_max_connections",
+                                    registry=r)  # fmt: skip
         self.ready = Gauge("lineside_ready", "1 when the source is connected and the detector loaded", registry=r)
         for label in ("OK", "NG", "ERROR"):
             self.results.labels(label)

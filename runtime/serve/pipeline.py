@@ -9,48 +9,24 @@ from their own worker, as extra lines that name the frame they explain.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import queue
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
+
 from ..detector import Detector
 from ..images import to_rgb_uint8
 from ..overlay import render
 from ..result import Result
-from .sources import Frame, LatestFrameSlot
+from .capture import LatestFrameSlot
+from .records import ResultsLog, bare_error, record_of, strict_json
+from .sources import Frame
 
 log = logging.getLogger("lineside.serve")
-
-
-class ResultsLog:
-    """Append-only JSONL; each line flushed, fsync'd at most once a second."""
-
-    def __init__(self, path: Path):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "a", encoding="utf-8")
-        self.lock = threading.Lock()
-        self.synced = time.monotonic()
-
-    def write(self, record: dict) -> None:
-        with self.lock:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-            if time.monotonic() - self.synced > 1.0:
-                os.fsync(self.file.fileno())
-                self.synced = time.monotonic()
-
-    def close(self) -> None:
-        with self.lock:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
 
 
 class State:
@@ -119,20 +95,25 @@ def overlay_jpeg(image: np.ndarray, result: Result, fps: float) -> bytes | None:
     return data.tobytes() if ok else None
 
 
-def record_of(frame: Frame, result: Result, run: str) -> dict:
-    return {"run": run, "frame_id": frame.frame_id, "time": frame.time, "source": frame.source, **result.to_dict()}
-
-
 class Inspector(threading.Thread):
-    """Takes frames from the slot, detects, logs durably, then fans out."""
+    """Takes frames from the slot, detects, logs durably, then fans out.
+
+    It ends when stop is set, the slot is empty and `capture_done()` says no
+    frame is on its way. Any error it did not expect (the results log cannot be
+    written, a bug) is kept in `failure` and stops serve: a dead inspector must
+    never leave a process that looks healthy.
+    """
 
     def __init__(self, detector: Detector, category: str, references, slot: LatestFrameSlot, log_: ResultsLog,
-                 state: State, sinks: list, explainer, metrics, stop: threading.Event, teach: int = 0):  # fmt: skip
+                 state: State, sinks: list, explainer, metrics, stop: threading.Event, teach: int = 0,
+                 capture_done=lambda: True):  # fmt: skip
         super().__init__(name="inspector", daemon=True)
         self.detector, self.category, self.references = detector, category, references
         self.slot, self.log, self.state, self.sinks = slot, log_, state, sinks
         self.explainer, self.metrics, self.stop, self.teach = explainer, metrics, stop, teach
+        self.capture_done = capture_done
         self.done = threading.Event()
+        self.failure: str | None = None
         # Frame ids restart with every process; (run, frame_id) names a frame for good.
         self.run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
         self.handled = 0  # frames taken from the slot and fully logged
@@ -143,26 +124,28 @@ class Inspector(threading.Thread):
             while True:
                 frame = self.slot.get(timeout=0.2)
                 if frame is None:
-                    if self.stop.is_set():
+                    if self.stop.is_set() and self.capture_done():
                         break
                     continue
                 self.handle(frame)
                 self.handled += 1
+        except Exception as e:  # whatever it was, serve must stop and say why
+            self.failure = self.log.failure or f"inspector stopped: {type(e).__name__}: {e}"
+            log.error("%s; stopping serve", self.failure, exc_info=self.log.failure is None)
+            self.stop.set()
         finally:
+            self.slot.abandon()
             self.done.set()
 
     def handle(self, frame: Frame) -> None:
-        if self.teach > 0 and frame.image is not None:
-            self.references = [*(self.references or []), to_rgb_uint8(frame.image, "BGR")]
-            self.teach -= 1
-            self.log.write({"run": self.run_id, "frame_id": frame.frame_id, "time": frame.time, "source": frame.source,
-                            "label": "TEACH", "references": len(self.references)})  # fmt: skip
+        if self.teach > 0 and self._learn(frame):
             return
         result = self.inspect(frame)
-        record = record_of(frame, result, self.run_id)
-        self.log.write(record)  # durable first
+        record, line = self._line(frame, result)
+        self.log.write_line(line)  # durable first
+        label = record["label"]
         self.metrics.inspected.inc()
-        self.metrics.results.labels(result.label).inc()
+        self.metrics.results.labels(label).inc()
         for stage, ms in result.timings_ms.items():
             self.metrics.stage_ms.labels(stage).observe(ms)
         self._times.append(time.monotonic())
@@ -171,8 +154,35 @@ class Inspector(threading.Thread):
         self.state.publish(record, frame.image, result)
         for sink in self.sinks:
             sink.offer(record, frame.image)
-        if result.is_ng and self.explainer is not None:
+        if label == "NG" and self.explainer is not None:
             self.explainer.offer(frame, result, self.references, self.run_id)
+
+    def _learn(self, frame: Frame) -> bool:
+        """A teach frame becomes a reference (True); one that cannot be is inspected instead (an ERROR line)."""
+        try:
+            rgb = to_rgb_uint8(frame.image, "BGR")
+        except ValueError:
+            return False
+        self.references = [*(self.references or []), rgb]
+        self.teach -= 1
+        self.log.write({"run": self.run_id, "frame_id": frame.frame_id, "time": frame.time, "source": frame.source,
+                        "label": "TEACH", "references": len(self.references)})  # fmt: skip
+        return True
+
+    def _line(self, frame: Frame, result: Result) -> tuple[dict, str]:
+        """(record, its strict JSON line); a result that cannot be strict JSON becomes an ERROR line."""
+        record = record_of(frame, result, self.run_id)
+        try:
+            return record, strict_json(record)
+        except (ValueError, TypeError) as e:
+            why = f"result could not be written as strict JSON ({e}); label {result.label} withheld"
+        log.warning("frame %d: %s", frame.frame_id, why)
+        try:
+            record = record_of(frame, self.detector.error_result(why, self.category), self.run_id)
+            return record, strict_json(record)
+        except (ValueError, TypeError):
+            record = bare_error(frame, self.run_id, why)
+            return record, strict_json(record)
 
     def inspect(self, frame: Frame) -> Result:
         if frame.image is None:
@@ -180,7 +190,7 @@ class Inspector(threading.Thread):
         try:
             return self.detector.detect(frame.image, self.category, self.references, colour="BGR")
         except ValueError as e:  # wrong size/channels/dtype from the source
-            return self.detector.error_result(str(e), self.category)
+            return self.detector.error_result(f"{frame.file}: {e}" if frame.file else str(e), self.category)
 
 
 class Explainer(threading.Thread):
@@ -188,6 +198,8 @@ class Explainer(threading.Thread):
 
     def __init__(self, agent, log_: ResultsLog, state: State, metrics, maxsize: int, seconds: float):
         super().__init__(name="explainer", daemon=True)
+        if maxsize < 1:
+            raise ValueError(f"setting explain_queue: {maxsize} must be >= 1")
         self.agent, self.log, self.state, self.metrics, self.seconds = agent, log_, state, metrics, seconds
         self.queue: queue.Queue = queue.Queue(maxsize)
         self.closing = threading.Event()
@@ -211,16 +223,26 @@ class Explainer(threading.Thread):
             except Exception as e:  # an explanation is a courtesy; the verdict is already logged
                 log.warning("explanation of frame %d failed: %s", frame.frame_id, e)
                 continue
-            self.log.write({"run": run, "frame_id": frame.frame_id, "time": time.time(),
-                            "label": "EXPLANATION", "text": text})  # fmt: skip
+            if not self._write(run, frame.frame_id, text):
+                return
             self.state.explain(frame.frame_id, text)
             self.metrics.explained.inc()
+
+    def _write(self, run: str, frame_id: int, text) -> bool:
+        """The explanation line; False when the results log is broken (serve is stopping: see ResultsLog)."""
+        try:
+            self.log.write({"run": run, "frame_id": frame_id, "time": time.time(), "label": "EXPLANATION",
+                            "text": str(text)})  # fmt: skip
+        except OSError as e:
+            log.error("explanation of frame %d not written: %s", frame_id, e)
+            return False
+        return True
 
     def close(self) -> None:
         """Stop; NG frames still waiting are counted as skipped."""
         self.closing.set()
-        self.join(self.seconds + 2)
+        if self.ident is not None:
+            self.join(self.seconds + 2)
         while not self.queue.empty():
             self.queue.get_nowait()
             self.metrics.explain_skipped.inc()
-

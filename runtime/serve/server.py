@@ -1,9 +1,12 @@
 """Wires a serve process together: source -> slot -> inspector -> log + sinks + explainer, and HTTP.
 
 Everything that can be wrong with the settings (a bad sink, a missing file, a
-bundle that cannot run as asked) fails in the constructor, before any thread
-starts. `shutdown()` drains: the frame in hand is inspected and logged, sinks
-deliver what they hold, the results log is flushed and synced.
+source that can never deliver, a bundle that cannot run as asked) fails in the
+constructor, before any thread starts. A worker that dies (the inspector, the
+capture thread, the results log) stops serve: `failure()` says why, /healthz
+answers 503 with it and the command exits non-zero. `shutdown()` drains: every
+frame captured from a recording is inspected and logged, sinks deliver what
+they hold, the results log is flushed and synced.
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ import time
 from ..detector import Detector
 from ..images import list_images, read_image
 from ..settings import DetectorSettings
+from . import logs
+from .capture import Capture, LatestFrameSlot
 from .metrics import Metrics
-from .pipeline import Explainer, Inspector, ResultsLog, State
+from .ngstore import NgImageSink
+from .pipeline import Explainer, Inspector, State
+from .records import ResultsLog
 from .settings import ServeSettings
-from .sinks import NgImageSink, parse_sink
-from .sources import Capture, LatestFrameSlot, open_source
+from .sinks import parse_sink
+from .sources import open_source
 from .web import WebThread, create_app
 
 log = logging.getLogger("lineside.serve")
@@ -42,16 +49,20 @@ def build_agent(detector: Detector):
 
 class Server:
     def __init__(self, settings: ServeSettings, detector: Detector | None = None, agent=None, source=None):
+        logs.install()
         self.settings = s = settings
         self.metrics, self.state, self.stop = Metrics(), State(s.recent), threading.Event()
-        self.source = source or open_source(s.source)
-        self.sinks = [parse_sink(spec, self.metrics, s.sink_queue) for spec in s.sink]
+        self.source = source or open_source(s.source, s.max_image_pixels)
+        self.sinks = [parse_sink(spec, self.metrics, s.sink_queue, s.mqtt_queue, s.webhook_follow_redirects)
+                      for spec in s.sink]  # fmt: skip
         if s.save_ng:
             self.sinks.append(NgImageSink(s.save_ng, s.save_ng_mb, self.metrics, s.sink_queue))
+        if source is None:
+            self.source.probe()
         overrides = {"threshold": s.threshold} if s.threshold is not None else {}
         self.detector = detector or Detector.from_bundle(
             s.bundle, DetectorSettings(providers=s.providers, precision=s.precision, **overrides))
-        references = [read_image(p) for p in list_images([s.references])] if s.references else None
+        references = [read_image(p, s.max_image_pixels) for p in list_images([s.references])] if s.references else None
         if not self.detector.has_language and not references and s.teach == 0:
             raise ValueError(f"bundle {s.bundle} has no language branch: give --references DIR or --teach N")
         self.results_log = ResultsLog(s.results)
@@ -60,10 +71,33 @@ class Server:
                                    s.explain_queue, s.explain_seconds) if s.explain else None  # fmt: skip
         self.capture = Capture(self.source, self.slot, self.stop, self.metrics, s.max_fps, s.loop, s.reconnect_max_s)
         self.inspector = Inspector(self.detector, s.category, references, self.slot, self.results_log, self.state,
-                                   self.sinks, self.explainer, self.metrics, self.stop, s.teach)  # fmt: skip
-        self.web = WebThread(create_app(self), s.host, s.port)
+                                   self.sinks, self.explainer, self.metrics, self.stop, s.teach,
+                                   capture_done=self._capture_done)  # fmt: skip
+        self.web = WebThread(create_app(self), s.host, s.port, s.http_max_connections, s.http_read_timeout_s,
+                             self.metrics.http_refused)  # fmt: skip
+
+    def _capture_done(self) -> bool:
+        """No frame can still come: capture has ended (or never started), or the source is live (no waiting)."""
+        return self.source.live or self.capture.finished.is_set() or self.capture.ident is None
+
+    def failure(self) -> str | None:
+        """Why serve is dying, if a worker died or the results log broke; None while all is well."""
+        for problem in (self.results_log.failure, self.inspector.failure, self.capture.failure):
+            if problem:
+                return problem
+        if self.inspector.ident is not None and not self.inspector.is_alive() and not self.stop.is_set():
+            return "inspector stopped"
+        return None
+
+    def health(self) -> tuple[bool, str]:
+        """Alive and able to inspect (not: connected to a camera, which is /readyz)."""
+        problem = self.failure()
+        return problem is None, problem or ""
 
     def ready(self) -> tuple[bool, str]:
+        problem = self.failure()
+        if problem:
+            return False, problem
         if not self.capture.connected.is_set():
             return False, self.capture.problem or "source not connected"
         if not self.inspector.is_alive():
@@ -88,13 +122,18 @@ class Server:
             self.explainer.start()
         self.inspector.start()
         self.capture.start()
-        self._ready_gauge = threading.Thread(target=self._watch_ready, name="ready", daemon=True)
-        self._ready_gauge.start()
+        self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+        self._watchdog.start()
         log.info("serving %s on http://%s:%d", self.settings.source, self.settings.host, self.web.port)
         return self
 
-    def _watch_ready(self) -> None:
+    def _watch(self) -> None:
+        """Keeps the ready gauge current and stops serve when a worker died."""
         while not self.stop.is_set():
+            problem = self.failure()
+            if problem:
+                log.error("stopping serve: %s", problem)
+                self.stop.set()
             self.metrics.ready.set(1 if self.ready()[0] else 0)
             self.stop.wait(0.5)
 
@@ -107,9 +146,12 @@ class Server:
             time.sleep(poll)
 
     def shutdown(self) -> None:
+        """Stop and drain; safe to call when start() failed half-way (threads never started are skipped)."""
         self.stop.set()
-        self.capture.join(5)
-        self.inspector.done.wait(30)
+        if self.capture.ident is not None:
+            self.capture.join(5)
+        if self.inspector.ident is not None:
+            self.inspector.done.wait(30)
         if self.explainer is not None:
             self.explainer.close()
         for sink in self.sinks:

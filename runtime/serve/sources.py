@@ -1,25 +1,26 @@
-"""Frame sources and the capture thread.
+"""Frame sources: cameras, streams, video files and image folders, each input treated as hostile.
 
-Live sources (cameras, streams) feed a latest-frame slot: the inspector always
-gets the newest frame and the ones it could not keep up with are dropped and
-counted. Files and folders are not live: capture waits for the inspector, so
-every frame of a recording is inspected. A live source that fails is reopened
-with exponential backoff while /readyz says not ready.
+Live sources (cameras, streams) are reopened when lost. Files and folders are
+not live: every frame of them is inspected. Whatever can be known to be wrong
+at start is refused at start with one line (a file that is not a video, a name
+OpenCV's video reader would crash on, a folder without images); whatever goes
+wrong later with one file (corrupt, a decompression bomb, a FIFO, a name that
+is not UTF-8) becomes a frame without an image, whose note names the file, and
+the source goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..images import IMAGE_SUFFIXES
+from ..images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageError, read_frame
 
 log = logging.getLogger("lineside.serve")
 
@@ -31,15 +32,25 @@ class Frame:
     image: np.ndarray | None  # HxWx3 BGR as OpenCV reads it; None when the frame could not be decoded
     source: str
     note: str = ""  # why image is None
+    file: str = ""  # the image file it came from (folder sources), printable whatever bytes its name holds
+
+
+def printable(name: str | Path) -> str:
+    """A file name for logs and JSON, whatever bytes it holds (never a lone surrogate)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 class FrameSource:
-    """open() / read() -> (ok, image) / close(). `live` says whether frames wait for us."""
+    """open() / read() -> (ok, image, note) / close(). `live` says whether frames wait for us."""
 
     live = True
+    last_file = ""  # the file the last read() came from, if the source reads files
 
     def __init__(self, spec: str):
         self.spec = spec
+
+    def probe(self) -> None:
+        """Refuse a source that can never deliver (ValueError naming it); live sources are tried later."""
 
     def open(self) -> None:
         raise NotImplementedError
@@ -57,7 +68,23 @@ class CaptureSource(FrameSource):
 
     def __init__(self, spec: str, target, live: bool):
         super().__init__(spec)
+        if isinstance(target, str) and not _utf8(target):
+            raise ValueError(f"--source {printable(spec)!r}: the name is not UTF-8, which OpenCV's video reader "
+                             "cannot open (it crashes); rename the file")  # fmt: skip
         self.target, self.live, self.cap = target, live, None
+        self.declared, self.delivered = 0, 0  # frames the file says it holds, frames read since open
+
+    def probe(self) -> None:
+        """A file must open and give one frame: a 0-byte, text or truncated file is not a camera to wait for."""
+        if self.live:
+            return
+        cap = cv2.VideoCapture(self.target)
+        try:
+            if not cap.isOpened() or not cap.read()[0]:
+                raise ValueError(f"--source {self.spec!r} is not a video OpenCV can read "
+                                 "(empty, truncated or another kind of file)")  # fmt: skip
+        finally:
+            cap.release()
 
     def open(self) -> None:
         self.cap = cv2.VideoCapture(self.target)
@@ -65,10 +92,17 @@ class CaptureSource(FrameSource):
             self.cap.release()
             self.cap = None
             raise ConnectionError(f"cannot open source {self.spec!r}")
+        self.declared, self.delivered = int(max(0.0, self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)), 0
 
     def read(self):
         ok, image = self.cap.read() if self.cap is not None else (False, None)
-        return ok, image if ok else None, "" if ok else "end of stream or read failure"
+        if ok:
+            self.delivered += 1
+            return True, image, ""
+        if not self.live and self.delivered < self.declared:
+            log.warning("video %s ended after %d readable frames of the %d it declares (truncated or corrupt?)",
+                        self.spec, self.delivered, self.declared)  # fmt: skip
+        return False, None, "end of stream or read failure"
 
     def close(self) -> None:
         if self.cap is not None:
@@ -77,16 +111,26 @@ class CaptureSource(FrameSource):
 
 
 class FolderSource(FrameSource):
-    """Image files of a folder in name order; unreadable files become frames without an image."""
+    """Image files of a folder in name order, read as bytes and bounded before decoding."""
 
     live = False
 
-    def __init__(self, spec: str, folder: Path):
+    def __init__(self, spec: str, folder: Path, max_pixels: int = MAX_IMAGE_PIXELS):
         super().__init__(spec)
-        self.folder, self.files, self.index = folder, [], 0
+        self.folder, self.max_pixels, self.files, self.index = folder, max_pixels, [], 0
+
+    def probe(self) -> None:
+        if not self._list():
+            raise ValueError(f"--source {self.spec!r}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+
+    def _list(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as e:
+            raise ConnectionError(f"cannot list folder {self.spec!r}: {e}") from e
 
     def open(self) -> None:
-        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = self._list()
         if not self.files:
             raise ConnectionError(f"folder {self.folder} holds no images")
         self.index = 0
@@ -96,11 +140,22 @@ class FolderSource(FrameSource):
             return False, None, "end of folder"
         path = self.files[self.index]
         self.index += 1
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        return True, image, "" if image is not None else f"unreadable image {path.name}"
+        self.last_file = printable(path.name)
+        try:
+            return True, read_frame(path, self.max_pixels), ""
+        except (ImageError, OSError) as e:  # one bad file is that file's ERROR line, never the source's end
+            return True, None, printable(str(e))  # the message names the file
 
 
-def open_source(spec: str) -> FrameSource:
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def open_source(spec: str, max_pixels: int = MAX_IMAGE_PIXELS) -> FrameSource:
     """The right source for a --source value; a missing file or folder is refused at once."""
     if re.fullmatch(r"\d+", spec):
         return CaptureSource(spec, int(spec), live=True)
@@ -108,103 +163,7 @@ def open_source(spec: str) -> FrameSource:
         return CaptureSource(spec, spec, live=True)
     path = Path(spec)
     if path.is_dir():
-        return FolderSource(spec, path)
+        return FolderSource(spec, path, max_pixels)
     if path.is_file():
         return CaptureSource(spec, str(path), live=False)
-    raise FileNotFoundError(f"--source {spec!r} is neither a camera index, a URL, a file nor a folder")
-
-
-class LatestFrameSlot:
-    """One frame deep. A live put replaces an unread frame (counted as dropped); a
-    waiting put blocks until the reader took the previous one."""
-
-    def __init__(self):
-        self._frame: Frame | None = None
-        self._cond = threading.Condition()
-        self.dropped = 0
-
-    def put(self, frame: Frame, wait: bool, stop: threading.Event) -> bool:
-        """Store `frame`; True when it replaced a frame nobody read (a dropped frame)."""
-        with self._cond:
-            while wait and self._frame is not None and not stop.is_set():
-                self._cond.wait(0.1)
-            dropped = self._frame is not None
-            self.dropped += dropped
-            self._frame = frame
-            self._cond.notify_all()
-            return dropped
-
-    def get(self, timeout: float) -> Frame | None:
-        with self._cond:
-            if self._frame is None:
-                self._cond.wait(timeout)
-            frame, self._frame = self._frame, None
-            self._cond.notify_all()
-            return frame
-
-
-class Capture(threading.Thread):
-    """Reads the source into the slot; reconnects live sources with backoff."""
-
-    def __init__(self, source: FrameSource, slot: LatestFrameSlot, stop: threading.Event, metrics,
-                 max_fps: float = 0.0, loop: bool = False, backoff_max: float = 30.0):  # fmt: skip
-        super().__init__(name="capture", daemon=True)
-        self.source, self.slot, self.stop, self.metrics = source, slot, stop, metrics
-        self.max_fps, self.loop, self.backoff_max = max_fps, loop, backoff_max
-        self.connected = threading.Event()
-        self.finished = threading.Event()
-        self.frames = 0
-        self.problem = "not started"
-
-    def run(self) -> None:
-        delay = 0.5
-        try:
-            while not self.stop.is_set():
-                try:
-                    self.source.open()
-                except (ConnectionError, OSError) as e:
-                    self._wait_retry(str(e), delay)
-                    delay = min(delay * 2, self.backoff_max)
-                    continue
-                self.connected.set()
-                self.problem = ""
-                before = self.frames
-                self._pump()
-                self.connected.clear()
-                self.source.close()
-                if not self.source.live and not self.loop:
-                    break  # a recording has ended
-                if self.source.live and not self.stop.is_set():
-                    self.metrics.reconnects.inc()  # the stream was lost: reopen it
-                    if self.frames == before:  # opened but delivered nothing: back off too
-                        self.stop.wait(delay)
-                        delay = min(delay * 2, self.backoff_max)
-                    else:
-                        delay = 0.5
-        finally:
-            self.finished.set()
-
-    def _wait_retry(self, why: str, delay: float) -> None:
-        self.problem = f"{why}; retrying in {delay:.1f}s"
-        log.warning("source %s: %s", self.source.spec, self.problem)
-        self.metrics.reconnects.inc()
-        self.stop.wait(delay)
-
-    def _pump(self) -> None:
-        period = 1.0 / self.max_fps if self.max_fps > 0 else 0.0
-        next_at = time.monotonic()
-        while not self.stop.is_set():
-            ok, image, note = self.source.read()
-            if not ok:
-                if self.source.live:
-                    self.problem = f"source {self.source.spec!r} stopped delivering ({note})"
-                    log.warning(self.problem)
-                return
-            self.frames += 1
-            self.metrics.captured.inc()
-            frame = Frame(self.frames, time.time(), image, self.source.spec, note)
-            if self.slot.put(frame, wait=not self.source.live, stop=self.stop):
-                self.metrics.dropped.inc()
-            if period:
-                next_at += period
-                self.stop.wait(max(0.0, next_at - time.monotonic()))
+    raise FileNotFoundError(f"--source {printable(spec)!r} is neither a camera index, a URL, a file nor a folder")

@@ -3,26 +3,44 @@
 aiohttp: one well-kept package with an asyncio server, streaming responses
 (MJPEG) and no separate ASGI server to deploy. It runs in its own thread; every
 handler only reads the shared State, so a slow client never touches inspection.
+Hostile clients are bounded: at most `max_connections` are open at once (more
+get a 503 and are closed at once, so they cannot take the process's file
+descriptors), and a connection that has not sent a complete request within
+`read_timeout` seconds is closed (aiohttp's keep-alive timer, which also runs
+from the moment a connection opens).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import threading
 from pathlib import Path
 
 from aiohttp import web
 
+from .records import strict_json
+
+log = logging.getLogger("lineside.serve")
+
 PAGE = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")
 BOUNDARY = "lineside-frame"
+FRAME_ID = re.compile(r"[0-9]{1,18}")  # below 2**63, and never int() of 5,000 digits
+REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 21\r\n\r\ntoo many connections\n"
+
+
+def _json(data, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=strict_json)
 
 
 def create_app(server) -> web.Application:
-    """`server` offers .state, .metrics, .ready() -> (bool, problem) and .counters()."""
+    """`server` offers .state, .metrics, .stop, .health(), .ready() -> (bool, problem) and .counters()."""
     state, metrics = server.state, server.metrics
 
     async def healthz(_):
-        return web.Response(text="ok\n")
+        ok, problem = server.health()
+        return web.Response(status=200 if ok else 503, text="ok\n" if ok else f"unhealthy: {problem}\n")
 
     async def readyz(_):
         ok, problem = server.ready()
@@ -34,20 +52,21 @@ def create_app(server) -> web.Application:
 
     async def latest(_):
         if state.latest is None:
-            return web.json_response({"error": "no frame inspected yet"}, status=404)
-        return web.json_response(state.latest)
+            return _json({"error": "no frame inspected yet"}, status=404)
+        return _json(state.latest)
 
     async def results(request):
         raw = request.query.get("since", "0")
-        if not raw.isdigit():
-            return web.json_response({"error": f"since must be a frame id (a whole number >= 0), got {raw!r}"},
-                                     status=400)  # fmt: skip
-        return web.json_response(state.since(int(raw)))
+        if not FRAME_ID.fullmatch(raw):
+            shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
+            return _json({"error": f"since must be a frame id (a whole number, 0 to 18 digits), got {shown!r}"},
+                         status=400)  # fmt: skip
+        return _json(state.since(int(raw)))
 
     async def status(_):
         ok, problem = server.ready()
-        return web.json_response({"ready": ok, "problem": problem, "counters": server.counters(),
-                                  "fps": state.fps, "last_ng": state.last_ng, "latest": state.latest})  # fmt: skip
+        return _json({"ready": ok, "problem": problem, "counters": server.counters(),
+                      "fps": state.fps, "last_ng": state.last_ng, "latest": state.latest})  # fmt: skip
 
     async def stream(request):
         response = web.StreamResponse(headers={"Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
@@ -76,33 +95,92 @@ def create_app(server) -> web.Application:
     return app
 
 
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, passed through, that gives its slot back when it closes."""
+
+    def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard):
+        self.inner, self.guard = inner, guard
+
+    def connection_made(self, transport):
+        self.inner.connection_made(transport)
+
+    def data_received(self, data):
+        self.inner.data_received(data)
+
+    def eof_received(self):
+        return self.inner.eof_received()
+
+    def pause_writing(self):
+        self.inner.pause_writing()
+
+    def resume_writing(self):
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc):
+        self.guard.open -= 1
+        self.inner.connection_lost(exc)
+
+
+class _Refused(asyncio.Protocol):
+    """Over the cap: answer 503 and close at once, before reading anything."""
+
+    def connection_made(self, transport):
+        transport.write(REFUSED)
+        transport.close()
+
+
+class ConnectionGuard:
+    """Protocol factory for loop.create_server: aiohttp's handler while fewer than `cap` are open."""
+
+    def __init__(self, make_handler, cap: int, counter=None):
+        self.make_handler, self.cap, self.counter, self.open, self.refused = make_handler, cap, counter, 0, 0
+
+    def __call__(self) -> asyncio.Protocol:
+        if self.open >= self.cap:
+            self.refused += 1
+            if self.counter is not None:
+                self.counter.inc()
+            log.warning("HTTP: %d connections open, the cap (http_max_connections): refusing new ones", self.cap)
+            return _Refused()
+        self.open += 1
+        return _Counted(self.make_handler(), self)
+
+
 class WebThread(threading.Thread):
     """Runs the app on host:port in its own event loop; `port` holds the bound port once started."""
 
-    def __init__(self, app: web.Application, host: str, port: int):
+    def __init__(self, app: web.Application, host: str, port: int, max_connections: int = 64,
+                 read_timeout: float = 10.0, refused_counter=None):  # fmt: skip
         super().__init__(name="http", daemon=True)
+        self.refused_counter = refused_counter
         self.app, self.host, self.port = app, host, port
+        self.max_connections, self.read_timeout = max_connections, read_timeout
         self.started = threading.Event()
         self.error: Exception | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.guard: ConnectionGuard | None = None
 
     def run(self) -> None:
         self.loop = asyncio.new_event_loop()
-        runner = web.AppRunner(self.app, handle_signals=False)
+        runner = web.AppRunner(self.app, handle_signals=False, keepalive_timeout=self.read_timeout)
         try:
             self.loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, self.host, self.port)
-            self.loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]
+            self.guard = ConnectionGuard(runner.server, self.max_connections, self.refused_counter)
+            listener = self.loop.run_until_complete(
+                self.loop.create_server(self.guard, self.host, self.port, backlog=128, reuse_address=True))
+            self.port = listener.sockets[0].getsockname()[1]
         except OSError as e:
             self.error = e
             self.started.set()
+            self.loop.run_until_complete(runner.cleanup())
             return
         self.started.set()
         self.loop.run_forever()
+        listener.close()
         self.loop.run_until_complete(runner.cleanup())
 
     def close(self) -> None:
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.loop.stop)
-        self.join(5)
+        if self.ident is not None:
+            self.join(5)

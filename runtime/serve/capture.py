@@ -1,0 +1,144 @@
+"""The capture thread and the one-frame slot between it and the inspector.
+
+Live sources feed the slot as a latest-frame buffer: the inspector always gets
+the newest frame and the ones it could not keep up with are dropped and
+counted. Recordings (files, folders) wait for the inspector instead, also while
+serve shuts down, so every frame captured from them is inspected. A live source
+that fails is reopened with exponential backoff while /readyz says not ready;
+an error nobody foresaw stops serve (non-zero exit, /healthz failing) instead of
+leaving a process that looks alive and inspects nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .sources import Frame, FrameSource
+
+log = logging.getLogger("lineside.serve")
+
+
+class LatestFrameSlot:
+    """One frame deep. A live put replaces an unread frame (counted as dropped); a
+    waiting put blocks until the reader took the previous one, and never replaces
+    it, not even when stop is set (the inspector drains the slot at shutdown)."""
+
+    def __init__(self):
+        self._frame: Frame | None = None
+        self._cond = threading.Condition()
+        self._abandoned = False
+        self.dropped = 0
+
+    def put(self, frame: Frame, wait: bool, stop: threading.Event | None = None) -> bool:
+        """Store `frame`; True when a frame was lost (an unread one replaced, or no reader is left)."""
+        with self._cond:
+            while wait and self._frame is not None and not self._abandoned:
+                self._cond.wait(0.1)
+            if self._abandoned:
+                self.dropped += 1
+                return True
+            dropped = self._frame is not None
+            self.dropped += dropped
+            self._frame = frame
+            self._cond.notify_all()
+            return dropped
+
+    def get(self, timeout: float) -> Frame | None:
+        with self._cond:
+            if self._frame is None:
+                self._cond.wait(timeout)
+            frame, self._frame = self._frame, None
+            self._cond.notify_all()
+            return frame
+
+    def abandon(self) -> None:
+        """The reader is gone: waiting puts return at once instead of blocking for ever."""
+        with self._cond:
+            self._abandoned = True
+            self._cond.notify_all()
+
+
+class Capture(threading.Thread):
+    """Reads the source into the slot; reconnects live sources with backoff."""
+
+    def __init__(self, source: FrameSource, slot: LatestFrameSlot, stop: threading.Event, metrics,
+                 max_fps: float = 0.0, loop: bool = False, backoff_max: float = 30.0):  # fmt: skip
+        super().__init__(name="capture", daemon=True)
+        if not backoff_max > 0:
+            raise ValueError(f"setting reconnect_max_s: {backoff_max} must be > 0")
+        self.source, self.slot, self.stop, self.metrics = source, slot, stop, metrics
+        self.max_fps, self.loop, self.backoff_max = max_fps, loop, backoff_max
+        self.connected = threading.Event()
+        self.finished = threading.Event()
+        self.frames = 0
+        self.problem = "not started"
+        self.failure: str | None = None  # set when capture died of an error nobody foresaw
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except (ConnectionError, OSError) as e:  # a recording gone since start
+            self.failure = f"capture of {self.source.spec!r} failed: {e}"
+            log.error(self.failure)
+            self.stop.set()
+        except Exception as e:  # a dead capture thread must stop serve, not leave it idle and "healthy"
+            self.failure = f"capture of {self.source.spec!r} failed: {type(e).__name__}: {e}"
+            log.exception(self.failure)
+            self.stop.set()
+        finally:
+            self.connected.clear()
+            self.finished.set()
+
+    def _run(self) -> None:
+        delay = min(0.5, self.backoff_max)
+        while not self.stop.is_set():
+            try:
+                self.source.open()
+            except (ConnectionError, OSError) as e:
+                if not self.source.live and not self.loop:
+                    raise  # a recording that was there at start and is gone now: nothing to wait for
+                self._wait_retry(str(e), delay)
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            self.connected.set()
+            self.problem = ""
+            before = self.frames
+            self._pump()
+            self.connected.clear()
+            self.source.close()
+            if not self.source.live and not self.loop:
+                break  # a recording has ended
+            if self.frames == before and not self.stop.is_set():  # opened but delivered nothing: back off too
+                self.stop.wait(delay)
+                delay = min(delay * 2, self.backoff_max)
+            else:
+                delay = min(0.5, self.backoff_max)
+            if self.source.live and not self.stop.is_set():
+                self.metrics.reconnects.inc()  # the stream was lost: reopen it
+
+    def _wait_retry(self, why: str, delay: float) -> None:
+        self.problem = f"{why}; retrying in {delay:.1f}s"
+        log.warning("source %s: %s", self.source.spec, self.problem)
+        self.metrics.reconnects.inc()
+        self.stop.wait(delay)
+
+    def _pump(self) -> None:
+        period = 1.0 / self.max_fps if self.max_fps > 0 else 0.0
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            ok, image, note = self.source.read()
+            if not ok:
+                if self.source.live:
+                    self.problem = f"source {self.source.spec!r} stopped delivering ({note})"
+                    log.warning(self.problem)
+                return
+            self.frames += 1
+            self.metrics.captured.inc()
+            frame = Frame(self.frames, time.time(), image, self.source.spec, note, self.source.last_file)
+            if self.slot.put(frame, wait=not self.source.live, stop=self.stop):
+                self.metrics.dropped.inc()
+            if period:
+                next_at += period
+                self.stop.wait(max(0.0, next_at - time.monotonic()))
