@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.detector import Detector
-from runtime.manifest import BundleError
+from runtime.detect.detector import Detector
+from runtime.bundle.manifest import BundleError
 
 from . import reporting
 from .datasets import load
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("lineside.bench").setLevel(logging.INFO)
     args = parser().parse_args(argv)
     try:
-        from runtime.bundle import Bundle
+        from runtime.bundle.loader import Bundle
 
         bundle = Bundle.open(args.bundle)
         result = run(args)

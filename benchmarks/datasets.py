@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.images import IMAGE_SUFFIXES
+from runtime.detect.frames import IMAGE_SUFFIXES
 
 ELPV_POOL = 32  # functional cells per type set aside as the reference pool
 

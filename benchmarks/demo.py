@@ -18,10 +18,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.detector import Detector
-from runtime.images import read_image
-from runtime.manifest import BundleError
-from runtime.overlay import render
+from runtime.detect.detector import Detector
+from runtime.detect.frames import read_image
+from runtime.bundle.manifest import BundleError
+from runtime.detect.overlay import render
 
 from .datasets import elpv
 from .metrics import binary_metrics

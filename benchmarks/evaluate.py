@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from runtime.detector import Detector
-from runtime.images import read_image
+from runtime.detect.detector import Detector
+from runtime.detect.frames import read_image
 
 from .datasets import Category, read_mask
 from .metrics import binary_metrics, pixel_metrics

@@ -23,8 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.bundle import Bundle
-from runtime.detector import Detector
+from runtime.bundle.loader import Bundle
+from runtime.detect.detector import Detector
 
 from . import reporting
 from .flops import graph_flops, matmul_peak_gflops
@@ -88,7 +88,7 @@ def pipelined_fps(bundle: Path, precision: str, providers, n: int, refs_dir: Pat
     same steps one after the other, with each step timed."""
     import json
 
-    from runtime.images import read_image
+    from runtime.detect.frames import read_image
     from runtime.serve import Server, ServeSettings
 
     folder = work / "frames"

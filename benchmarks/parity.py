@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.bundle import Bundle
-from runtime.detector import Detector
-from runtime.images import read_image
-from runtime.preprocess import clip_input
+from runtime.bundle.loader import Bundle
+from runtime.detect.detector import Detector
+from runtime.detect.frames import read_image
+from runtime.detect.preprocess import clip_input
 
 from . import reporting
 from .datasets import load

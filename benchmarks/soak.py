@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.detector import Detector
+from runtime.detect.detector import Detector
 from runtime.serve import Server, ServeSettings
 from runtime.serve.sources import CaptureSource
 

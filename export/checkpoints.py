@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.bundle import file_sha256
+from runtime.bundle.loader import file_sha256
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

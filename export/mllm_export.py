@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.manifest import Component
+from runtime.bundle.manifest import Component
 
 from .writer import BundleWriter
 

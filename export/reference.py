@@ -14,7 +14,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from runtime.prompt_bank import ABNORMAL_STATES, NORMAL_STATES, ensemble
+from runtime.detect.prompt_bank import ABNORMAL_STATES, NORMAL_STATES, ensemble
 
 from .clip_graphs import ClipImageGraph, ClipTextGraph
 

@@ -10,8 +10,8 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .config import setting
-from .manifest import PRECISIONS
+from .options import setting
+from .bundle.manifest import PRECISIONS
 
 
 @dataclass(frozen=True)

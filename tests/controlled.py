@@ -19,9 +19,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.writer import BundleWriter
-from runtime.manifest import Component, TensorSpec
-from runtime.prompt_bank import BankPrompt, PromptBank
-from runtime.tokenizer import ClipTokenizer
+from runtime.bundle.manifest import Component, TensorSpec
+from runtime.detect.prompt_bank import BankPrompt, PromptBank
+from runtime.detect.tokenizer import ClipTokenizer
 
 D = 8
 SIZE, PATCH = 64, 8

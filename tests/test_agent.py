@@ -10,11 +10,11 @@ import pytest
 
 from export.build import build_bundle
 from export.mllm_export import MllmSpec
-from runtime.agent import AgentSettings, PromptAgent, to_prompt, valid_descriptions
-from runtime.detector import Detector
-from runtime.filters import Candidate, filter_candidates
-from runtime.llm import HANDLER_CLASSES, LanguageModel, handler_class, image_part, vision_message
-from runtime.prompt_bank import PromptBank
+from runtime.prompts.agent import AgentSettings, PromptAgent, to_prompt, valid_descriptions
+from runtime.detect.detector import Detector
+from runtime.prompts.false_alarms import Candidate, filter_candidates
+from runtime.prompts.language_model import HANDLER_CLASSES, LanguageModel, handler_class, image_part, vision_message
+from runtime.detect.prompt_bank import PromptBank
 from tests.controlled import CATEGORY, build_controlled_bundle, part
 
 
@@ -130,7 +130,7 @@ def test_explain_answers_within_its_time_bound(smol_bundle, tmp_path):
 
 
 def test_ungrounded_explanations_are_replaced_by_rules():
-    from runtime.agent import grounded
+    from runtime.prompts.agent import grounded
 
     evidence = [{"position": "upper left", "shape": "elongated"}]
     assert grounded("A dark crack runs across the upper left corner of the cell.", "solar cell", evidence)

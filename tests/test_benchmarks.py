@@ -6,7 +6,7 @@ from pathlib import Path
 
 from benchmarks import accuracy, latency, parity, report
 from benchmarks.flops import graph_flops, matmul_peak_gflops
-from runtime.bundle import Bundle
+from runtime.bundle.loader import Bundle
 
 
 def test_latency_runs_and_reports_ratios(tiny_bundle, tmp_path):

@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import pytest
 
-from runtime.bundle import Bundle, file_sha256
-from runtime.manifest import MANIFEST_NAME, SCHEMA, BundleError, Manifest
+from runtime.bundle.loader import Bundle, file_sha256
+from runtime.bundle.manifest import MANIFEST_NAME, SCHEMA, BundleError, Manifest
 
 
 def _edit_manifest(folder, change):
@@ -105,7 +105,7 @@ def test_unknown_component_and_precision_are_named(tiny_bundle, tmp_path):
 
 
 def test_check_cli_runs_every_graph(tiny_bundle, capsys):
-    from runtime.check import main
+    from runtime.bundle.check import main
 
     assert main([str(tiny_bundle)]) == 0
     out = capsys.readouterr().out
@@ -115,7 +115,7 @@ def test_check_cli_runs_every_graph(tiny_bundle, capsys):
 
 
 def test_check_cli_reports_damage(bundle_copy, capsys):
-    from runtime.check import main
+    from runtime.bundle.check import main
 
     (bundle_copy / "clip_text.fp32.onnx").unlink()
     assert main([str(bundle_copy)]) == 1
@@ -123,7 +123,7 @@ def test_check_cli_reports_damage(bundle_copy, capsys):
 
 
 def test_text_encoder_opens_its_graph_at_start(tiny_bundle, tmp_path):
-    from runtime.text_encoder import TextEncoder
+    from runtime.detect.text_encoder import TextEncoder
 
     encoder = TextEncoder(Bundle.open(tiny_bundle), cache_dir=tmp_path)
     assert encoder._session.output_names == ("text_embedding",) and encoder.encoded == 0
@@ -135,7 +135,7 @@ def test_text_encoder_opens_its_graph_at_start(tiny_bundle, tmp_path):
 
 
 def test_text_graph_output_is_unit_norm(tiny_bundle):
-    from runtime.tokenizer import ClipTokenizer
+    from runtime.detect.tokenizer import ClipTokenizer
 
     bundle = Bundle.open(tiny_bundle)
     text = bundle.component("clip_text")
@@ -145,7 +145,7 @@ def test_text_graph_output_is_unit_norm(tiny_bundle):
 
 
 def test_tensorrt_options_carry_the_manifest_profile(tiny_bundle, tmp_path):
-    from runtime.session import provider_list
+    from runtime.bundle.sessions import provider_list
 
     profile = Bundle.open(tiny_bundle).component("clip_image").tensorrt_profile
     entries = provider_list(["tensorrt", "cuda", "cpu"], tmp_path, True, profile)

@@ -5,7 +5,7 @@ import json
 import cv2
 import numpy as np
 
-from runtime.detect import main
+from runtime.detect.__main__ import main
 
 
 def test_every_input_gets_a_line_and_an_overlay(tiny_bundle, tmp_path, capsys):

@@ -6,8 +6,8 @@ import numpy as np
 import open_clip
 import pytest
 
-from runtime.detector import Detector
-from runtime.regions import work_size
+from runtime.detect.detector import Detector
+from runtime.detect.regions import work_size
 from tests.controlled import CATEGORY, SCRATCH_PROMPT, build_controlled_bundle, part
 
 DEFECT = (96, 64, 144, 112)  # x0, y0, x1, y1 on a 256 x 256 part

@@ -9,9 +9,9 @@ from export.clip_export import ClipSpec
 from export.clip_graphs import ClipImageGraph
 from export.clip_model import load_clip
 from export.reference import torch_scores
-from runtime.detector import Detector
-from runtime.images import to_rgb_uint8
-from runtime.preprocess import clip_input
+from runtime.detect.detector import Detector
+from runtime.detect.frames import to_rgb_uint8
+from runtime.detect.preprocess import clip_input
 
 MAP_TOL, SCORE_TOL = 2e-3, 1e-4  # fp32 onnxruntime + OpenCV vs torch eager
 
@@ -91,7 +91,7 @@ def test_colour_order_is_declared_not_guessed():
 def test_result_json_and_pngs_round_trip(tiny_detector, tmp_path):
     import json
 
-    from runtime.result import read_map
+    from runtime.detect.result import read_map
 
     result = tiny_detector.detect(np.full((90, 120, 3), 100, np.uint8), "screw")
     data = result.save(tmp_path, "frame0")

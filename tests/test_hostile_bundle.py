@@ -16,12 +16,12 @@ import sys
 import numpy as np
 import pytest
 
-import runtime.bundle
-from runtime.bundle import Bundle, file_sha256
-from runtime.check import check_detector, check_frame, main as check_main
-from runtime.detector import Detector
-from runtime.manifest import MANIFEST_NAME, BundleError, Manifest
-from runtime.text_encoder import TextEncoder
+import runtime.bundle.loader
+from runtime.bundle.loader import Bundle, file_sha256
+from runtime.bundle.check import check_detector, check_frame, main as check_main
+from runtime.detect.detector import Detector
+from runtime.bundle.manifest import MANIFEST_NAME, BundleError, Manifest
+from runtime.detect.text_encoder import TextEncoder
 
 TAP = "components.clip_image"
 
@@ -225,7 +225,7 @@ def test_check_fails_a_bundle_that_cannot_produce_a_result(bundle_copy, capsys, 
 @pytest.mark.parametrize("name", ["wrong grid", "tap naming no output", "no taps"])
 def test_the_end_to_end_run_alone_catches_a_broken_pipeline(bundle_copy, monkeypatch, name):
     """Without the loader's config rule, running the detector once still fails the bundle."""
-    monkeypatch.setattr(runtime.bundle, "_check_image_config", lambda folder, component: None)
+    monkeypatch.setattr(runtime.bundle.loader, "_check_image_config", lambda folder, component: None)
     _edit(bundle_copy, BROKEN_PIPELINES[name][0])
     _one_line_refusal(lambda: check_detector(Bundle.open(bundle_copy), check_frame()), "the detector")
 

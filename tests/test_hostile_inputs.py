@@ -20,12 +20,12 @@ import open_clip
 import pytest
 from onnx import numpy_helper
 
-from runtime.bundle import file_sha256
-from runtime.detect import main as detect_main
-from runtime.detector import Detector, verdict
-from runtime.images import ImageError, read_frame, to_rgb_uint8
-from runtime.manifest import Manifest
-from runtime.result import Result
+from runtime.bundle.loader import file_sha256
+from runtime.detect.__main__ import main as detect_main
+from runtime.detect.detector import Detector, verdict
+from runtime.detect.frames import ImageError, read_frame, to_rgb_uint8
+from runtime.bundle.manifest import Manifest
+from runtime.detect.result import Result
 from tests.controlled import CATEGORY, build_controlled_bundle, part
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import open_clip
 import pytest
 
-from runtime.detector import Detector
+from runtime.detect.detector import Detector
 from runtime.serve import Server, ServeSettings
 from runtime.serve.__main__ import main as serve_main
 from runtime.serve.capture import LatestFrameSlot

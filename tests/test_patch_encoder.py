@@ -8,8 +8,8 @@ from skimage import data
 from export.build import build_bundle
 from export.patch_encoder import PatchSpec, freeze_same_padding, load_lite0, packaged_weights, rename_state_dict
 from export.checkpoints import read_state_dict
-from runtime.detector import Detector
-from runtime.preprocess import clip_input
+from runtime.detect.detector import Detector
+from runtime.detect.preprocess import clip_input
 
 EGYPTIAN_CAT, ESPRESSO = 285, 967
 

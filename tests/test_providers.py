@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
-from runtime.detector import Detector
-from runtime.session import ProviderError
+from runtime.detect.detector import Detector
+from runtime.bundle.sessions import ProviderError
 
 
 def test_missing_cuda_is_named_per_graph(tiny_bundle, tmp_path, caplog):

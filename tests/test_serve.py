@@ -15,7 +15,7 @@ import cv2
 import open_clip
 import pytest
 
-from runtime.detector import Detector
+from runtime.detect.detector import Detector
 from runtime.serve import Server, ServeSettings
 from runtime.serve.__main__ import main as serve_main
 from tests.controlled import CATEGORY, build_controlled_bundle, part

@@ -4,7 +4,7 @@ import numpy as np
 
 from benchmarks.datasets import load, read_mask
 from benchmarks.synthetic import DEFECTS, add_defect, crop, generate, texture
-from runtime.images import read_image
+from runtime.detect.frames import read_image
 
 
 def test_masks_are_exactly_the_changed_pixels():

@@ -5,8 +5,8 @@ import open_clip
 import pytest
 
 from export.samples import PARITY_PROMPTS
-from runtime.bundle import Bundle
-from runtime.tokenizer import ClipTokenizer
+from runtime.bundle.loader import Bundle
+from runtime.detect.tokenizer import ClipTokenizer
 
 EXTRA = [
     "Ångström-scale pits on the wafer edge",

@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..config import add_arguments, from_sources
-from ..manifest import BundleError
+from ..options import add_arguments, from_sources
+from ..bundle.manifest import BundleError
 from . import logs
 from .server import Server
 from .settings import ServeSettings

@@ -18,10 +18,10 @@ import time
 import cv2
 import numpy as np
 
-from ..detector import Detector
-from ..images import to_rgb_uint8
-from ..overlay import render
-from ..result import Result
+from ..detect.detector import Detector
+from ..detect.frames import to_rgb_uint8
+from ..detect.overlay import render
+from ..detect.result import Result
 from .capture import LatestFrameSlot
 from .records import ResultsLog, bare_error, record_of, strict_json
 from .sources import Frame

@@ -15,8 +15,8 @@ import logging
 import threading
 import time
 
-from ..detector import Detector
-from ..images import list_images, read_image
+from ..detect.detector import Detector
+from ..detect.frames import list_images, read_image
 from ..settings import DetectorSettings
 from . import logs
 from .capture import Capture, LatestFrameSlot
@@ -34,12 +34,12 @@ log = logging.getLogger("lineside.serve")
 
 def build_agent(detector: Detector):
     """The prompt agent for explanations: with the bundle's language model if it can run, else rules."""
-    from ..agent import PromptAgent
+    from ..prompts.agent import PromptAgent
 
     llm = None
     if "mllm" in detector.bundle.manifest.components:
         try:
-            from ..llm import LanguageModel
+            from ..prompts.language_model import LanguageModel
 
             llm = LanguageModel(detector.bundle)
         except RuntimeError as e:

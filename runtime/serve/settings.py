@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..config import setting
-from ..images import MAX_IMAGE_PIXELS
-from ..manifest import PRECISIONS
+from ..options import setting
+from ..detect.frames import MAX_IMAGE_PIXELS
+from ..bundle.manifest import PRECISIONS
 
 AT_LEAST_ONE = ("sink_queue", "mqtt_queue", "explain_queue", "recent", "max_image_pixels", "http_max_connections")
 ABOVE_ZERO = ("reconnect_max_s", "explain_seconds", "save_ng_mb", "http_read_timeout_s")

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageError, read_frame
+from ..detect.frames import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageError, read_frame
 
 log = logging.getLogger("lineside.serve")
 

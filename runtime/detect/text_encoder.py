@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import Bundle
+from ..bundle.loader import Bundle
 from .tokenizer import ClipTokenizer
 
 log = logging.getLogger("lineside.text")

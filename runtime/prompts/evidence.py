@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .result import Result
+from ..detect.result import Result
 
 ROWS, COLS = ("upper", "middle", "lower"), ("left", "centre", "right")
 

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .images import read_frame, write_image
+from .frames import read_frame, write_image
 
 
 def finite_or_none(value: float | None, digits: int = 6) -> float | None:

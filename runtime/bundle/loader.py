@@ -20,7 +20,7 @@ from typing import Sequence
 
 from .manifest import REBUILD_HINT as REBUILD
 from .manifest import BundleError, Component, FileEntry, Manifest, TensorSpec, describe
-from .session import OnnxSession, ProviderError
+from .sessions import OnnxSession, ProviderError
 
 log = logging.getLogger("lineside.bundle")
 

@@ -14,10 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from .agent import AgentSettings, PromptAgent
-from .detector import Detector
-from .images import list_images, read_image
-from .llm import LanguageModel
-from .manifest import BundleError
+from ..detect.detector import Detector
+from ..detect.frames import list_images, read_image
+from .language_model import LanguageModel
+from ..bundle.manifest import BundleError
 
 
 def parser() -> argparse.ArgumentParser:

@@ -26,12 +26,12 @@ from typing import Callable
 
 import numpy as np
 
-from .detector import Detector
+from ..detect.detector import Detector
 from .evidence import evidence_text, heuristic_descriptions, region_evidence
-from .filters import Candidate, filter_candidates
-from .llm import LanguageModel, vision_message
-from .prompt_bank import BankPrompt, PromptBank, category_text
-from .result import Result
+from .false_alarms import Candidate, filter_candidates
+from .language_model import LanguageModel, vision_message
+from ..detect.prompt_bank import BankPrompt, PromptBank, category_text
+from ..detect.result import Result
 
 log = logging.getLogger("lineside.agent")
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .prompt_bank import ABNORMAL_STATES, NORMAL_STATES, category_text, ensemble
-from .scoring import abnormal_probability, class_embedding, language_grid
+from ..detect.prompt_bank import ABNORMAL_STATES, NORMAL_STATES, category_text, ensemble
+from ..detect.scoring import abnormal_probability, class_embedding, language_grid
 
 STOP = {"with", "from", "that", "this", "have", "part", "photo", "surface", "area", "side", "normal", "looks"}
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .config import add_arguments, from_sources
+from ..options import add_arguments, from_sources
 from .detector import Detector
-from .images import MAX_IMAGE_PIXELS, list_images, printable, read_frame, to_rgb_uint8, write_image
-from .manifest import BundleError
+from .frames import MAX_IMAGE_PIXELS, list_images, printable, read_frame, to_rgb_uint8, write_image
+from ..bundle.manifest import BundleError
 from .overlay import render
-from .settings import DetectorSettings
+from ..settings import DetectorSettings
 
 log = logging.getLogger("lineside.detect")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bundle import Bundle
+from ..bundle.loader import Bundle
 from .preprocess import sam_input, sam_prompts
 from .regions import Candidate
 

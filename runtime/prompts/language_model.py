@@ -9,7 +9,7 @@ import time
 import cv2
 import numpy as np
 
-from .bundle import Bundle
+from ..bundle.loader import Bundle
 
 log = logging.getLogger("lineside.llm")
 

@@ -20,16 +20,16 @@ from typing import Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from .bundle import Bundle
-from .images import ImageError, to_rgb_uint8
-from .language import CategoryText, build_category_text
+from ..bundle.loader import Bundle
+from .frames import ImageError, to_rgb_uint8
+from .prompt_text import CategoryText, build_category_text
 from .preprocess import clip_input
 from .regions import candidates, explain, polygon, pool_tokens, work_size
 from .result import Region, Result
 from .sam import SamRefiner
 from .scoring import (MIN_SCALE, abnormal_probability, calibrated, fuse, image_score, l2_normalize,
                       language_grid, normal_spread, reference_grid, sigma_at, upsample_smooth)  # fmt: skip
-from .settings import DetectorSettings
+from ..settings import DetectorSettings
 from .text_encoder import TextEncoder
 
 log = logging.getLogger("lineside.detector")
