@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .build import build_bundle
 from .clip_export import ClipSpec
+from .graph_files import THRESHOLD_ENV, parse_threshold
 from .mllm_export import MllmSpec
 from .profiles import PROFILES
 from .sam_export import SAM_PRESETS, SamSpec
@@ -20,6 +21,13 @@ log = logging.getLogger("lineside.export")
 
 def _csv(cast):
     return lambda text: tuple(cast(v) for v in text.split(",") if v)
+
+
+def _bytes(text: str) -> int:
+    try:
+        return parse_threshold(text, "--external-data-threshold")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _weights(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -34,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--out", type=Path, required=True, help="bundle folder (created, or updated in place)")
     common.add_argument("--precisions", type=_csv(str), help="comma list of fp32,fp16,int8 (fp32 always)")
     common.add_argument("-q", "--quiet", action="store_true", help="only the closing table")
+    common.add_argument("--external-data-threshold", type=_bytes, metavar="BYTES",
+                        help=f"graphs with more tensor bytes than this keep them in NAME.onnx.data "
+                             f"(default: ${THRESHOLD_ENV}, else 1.8e9)")  # fmt: skip
 
     clip = sub.add_parser("clip", parents=[common], help="CLIP image + text graphs and tokenizer")
     clip.add_argument("--arch", default=ClipSpec.arch, help="open_clip architecture (default %(default)s)")
@@ -114,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     profile, chosen = specs(args)
     started = time.perf_counter()
     try:
-        manifest = build_bundle(args.out, profile, **chosen)
+        manifest = build_bundle(args.out, profile, **chosen, external_data_threshold=args.external_data_threshold)
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotImplementedError, RuntimeError) as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1

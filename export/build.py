@@ -6,7 +6,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from runtime.manifest import Manifest
+from runtime.bundle.manifest import Manifest
 
 from .clip_export import ClipSpec, export_clip
 from .mllm_export import MllmSpec, export_mllm
@@ -34,9 +34,13 @@ def build_bundle(
     sam: SamSpec | None = None,
     patch: PatchSpec | None = None,
     mllm: MllmSpec | None = None,
+    external_data_threshold: int | None = None,
 ) -> Manifest:
-    """Export the given components into `out` atomically and return the new manifest."""
-    with BundleWriter(out, profile, library_versions()) as writer:
+    """Export the given components into `out` atomically and return the new manifest.
+
+    `external_data_threshold` (bytes): see BundleWriter; None = environment or 1.8 GB.
+    """
+    with BundleWriter(out, profile, library_versions(), external_data_threshold) as writer:
         components = []
         if clip:
             components += export_clip(clip, writer)

@@ -11,9 +11,9 @@ import numpy as np
 import open_clip
 import torch
 
-from runtime.manifest import Component, TensorSpec
-from runtime.preprocess import clip_input
-from runtime.tokenizer import ClipTokenizer
+from runtime.bundle.manifest import Component, TensorSpec
+from runtime.detect.preprocess import clip_input
+from runtime.detect.tokenizer import ClipTokenizer
 
 from .clip_graphs import ClipImageGraph, ClipTextGraph, tap_name
 from .clip_model import load_clip, preset_for
@@ -84,7 +84,7 @@ def _export_image(graph, model, size, mean, std, spec, writer, source) -> Compon
     if wrapper_gap > 1e-4:
         raise RuntimeError(f"image graph wrapper differs from open_clip's encode_image by {wrapper_gap:.2e}")
     names = ["image_embedding", *[tap_name(t) for t in graph.taps]]
-    files = export_measured(
+    graphs = export_measured(
         writer, "clip_image", graph, (x,), ["pixels"], names,
         reference=dict(zip(names, outputs)), feeds={"pixels": pixels}, precisions=spec.precisions,
         dynamic_axes={n: {0: "batch"} for n in ["pixels", *names]},
@@ -94,7 +94,8 @@ def _export_image(graph, model, size, mean, std, spec, writer, source) -> Compon
     return Component(
         name="clip_image",
         kind="onnx",
-        files=files,
+        files=graphs.files,
+        assets=graphs.assets,
         inputs=(TensorSpec("pixels", ("batch", 3, size, size), "float32"),),
         outputs=(
             TensorSpec("image_embedding", ("batch", dim), "float32"),
@@ -131,7 +132,7 @@ def _export_text(model, spec, writer, source) -> Component:
     text_graph = ClipTextGraph(model).eval()
     with torch.no_grad():
         reference = text_graph(torch.from_numpy(theirs)).numpy()
-    files = export_measured(
+    graphs = export_measured(
         writer, "clip_text", text_graph, (torch.from_numpy(theirs),), ["input_ids"], ["text_embedding"],
         reference={"text_embedding": reference}, feeds={"input_ids": theirs}, precisions=TEXT_PRECISIONS,
         dynamic_axes={"input_ids": {0: "batch"}, "text_embedding": {0: "batch"}},
@@ -139,10 +140,10 @@ def _export_text(model, spec, writer, source) -> Component:
     return Component(
         name="clip_text",
         kind="onnx",
-        files=files,
+        files=graphs.files,
         inputs=(TensorSpec("input_ids", ("batch", ctx), "int64"),),
         outputs=(TensorSpec("text_embedding", ("batch", reference.shape[-1]), "float32"),),
-        assets={"tokenizer": writer.entry("tokenizer/bpe_simple_vocab_16e6.txt.gz")},
+        assets={"tokenizer": writer.entry("tokenizer/bpe_simple_vocab_16e6.txt.gz"), **graphs.assets},
         config={
             "embed_dim": reference.shape[-1],
             "l2_normalized": True,

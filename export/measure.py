@@ -1,17 +1,26 @@
-"""Export one graph, derive its precision variants, and measure each against torch."""
+"""Export one graph, derive its precision variants, and measure each against torch.
+
+Each figure is recorded with the machine that measured it (`runtime.machine`):
+int8 and fp16 results depend on the CPU's instruction set, so a figure without
+its CPU, onnxruntime version and providers says little on another box.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from runtime.manifest import FileEntry
-from runtime.session import OnnxSession
+from runtime.bundle.manifest import FileEntry
+from runtime.bundle.sessions import OnnxSession
+from runtime.machine import describe
 
+from .graph_files import external_data
+from .int8 import int8_format
 from .onnx_tools import export_graph, make_variant
 from .parity import compare, judge, worst
 from .writer import BundleWriter
@@ -19,6 +28,15 @@ from .writer import BundleWriter
 log = logging.getLogger("lineside.export")
 
 Case = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (torch outputs, onnx feeds)
+
+
+@dataclass
+class Graphs:
+    """A component's graph files by precision, and their external data files as assets
+    keyed "<precision>.data" (the runtime hashes every asset at load)."""
+
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    assets: dict[str, FileEntry] = field(default_factory=dict)
 
 
 def export_measured(
@@ -35,26 +53,39 @@ def export_measured(
     dynamic_axes: dict | None = None,
     masks: tuple[str, ...] = (),
     calibration: list[dict[str, np.ndarray]] | None = None,
-) -> dict[str, FileEntry]:
+) -> Graphs:
     """Write `name.<precision>.onnx` for each precision and return manifest file entries.
 
     Each case pairs torch's outputs with the numpy feeds (by graph input name) that
     produced them; give one as `reference` + `feeds` or several as `cases`. The
     graph of every precision runs on every case in onnxruntime and the worst
     figures are kept. fp32 is always exported and must pass its bound. `calibration`
-    (feeds) switches int8 to static quantisation (onnx_tools.to_int8).
+    (feeds) switches int8 to static quantisation (int8.to_int8).
     """
     cases = [*cases, *([(reference, feeds)] if reference is not None else [])]
+    threshold = writer.external_data_threshold
     started = time.perf_counter()
     fp32 = writer.path(f"{name}.fp32.onnx")
-    export_graph(module, args, fp32, input_names, output_names, dynamic_axes)
+    export_graph(module, args, fp32, input_names, output_names, dynamic_axes, threshold)
     log.info("%s: traced in %.1fs", name, time.perf_counter() - started)
-    entries = {}
+    graphs = Graphs()
     for precision in ["fp32", *[p for p in precisions if p != "fp32"]]:
-        path = fp32 if precision == "fp32" else make_variant(fp32, precision, calibration)
-        session = OnnxSession(path)
-        figures = worst([compare(ref, session.run(feed), masks) for ref, feed in cases])
-        parity = judge(figures, precision)
-        entries[precision] = writer.entry(path.name, parity)
-        log.info("%s %s: %.1f MB, within bound: %s", name, precision, path.stat().st_size / 1e6, parity["within_bound"])
-    return entries
+        path = fp32 if precision == "fp32" else make_variant(fp32, precision, calibration, threshold)
+        parity = _measure(path, precision, cases, masks, calibration)
+        graphs.files[precision] = writer.entry(path.name, parity)
+        if (data := external_data(path)) is not None:
+            graphs.assets[f"{precision}.data"] = writer.entry(data.name)
+        size = sum(f.bytes for f in (graphs.files[precision], graphs.assets.get(f"{precision}.data")) if f)
+        log.info("%s %s: %.1f MB, within bound: %s", name, precision, size / 1e6, parity["within_bound"])
+    return graphs
+
+
+def _measure(path, precision: str, cases: Sequence[Case], masks: tuple[str, ...], calibration) -> dict:
+    """Run the graph on every case; the judged figures, where they were measured, and how
+    an int8 graph was quantised."""
+    session = OnnxSession(path)
+    figures = worst([compare(ref, session.run(feed), masks) for ref, feed in cases])
+    parity = judge(figures, precision) | {"measured_on": describe(session.providers)}
+    if precision == "int8":
+        parity["quantisation"] = int8_format(bool(calibration)).to_dict()
+    return parity

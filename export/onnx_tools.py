@@ -1,20 +1,26 @@
 """Torch -> ONNX, and the fp16 / int8 variants of an exported graph.
 
 The legacy TorchScript exporter (`dynamo=False`) is used throughout: torch's
-dynamo exporter fails on SAM's decoder with a dynamic number of points, writes
-weights to a separate .onnx.data file and can rename outputs, while this one
-keeps one self-contained file with exactly the names we give it.
+dynamo exporter fails on SAM's decoder with a dynamic number of points and can
+rename outputs, while this one keeps exactly the names we give it. Every graph
+is traced into a scratch folder (over 2 GB the legacy exporter writes one file
+per tensor there) and then written in the bundle's layout by
+`graph_files.save_graph`: one .onnx, plus one .onnx.data above the threshold.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import onnx
 import torch
+
+from .graph_files import DEFAULT_THRESHOLD, check_graph, graph_outputs, save_graph
+from .int8 import to_int8
 
 log = logging.getLogger("lineside.export")
 
@@ -28,21 +34,25 @@ def export_graph(
     input_names: Sequence[str],
     output_names: Sequence[str],
     dynamic_axes: dict[str, dict[int, str]] | None = None,
+    threshold: int = DEFAULT_THRESHOLD,
 ) -> Path:
-    """Trace `module` on `args` and write one self-contained ONNX file."""
+    """Trace `module` on `args` and write `path` (+ `path`.data when its tensors exceed `threshold`)."""
     module.eval()
     fastpath = torch.backends.mha.get_fastpath_enabled()
     # nn.MultiheadAttention's fused fast path has no ONNX symbolic; trace the plain ops.
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), tempfile.TemporaryDirectory(dir=path.parent) as scratch:
             warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
-            _export(module, args, path, input_names, output_names, dynamic_axes)
+            traced = Path(scratch) / path.name
+            _export(module, args, traced, input_names, output_names, dynamic_axes)
+            model = onnx.load(str(traced))  # gathers the per-tensor files of a graph over 2 GB
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model)
-    found = [o.name for o in model.graph.output]
+    save_graph(model, path, threshold)
+    del model
+    check_graph(path)
+    found = graph_outputs(path)
     if found != list(output_names):
         raise RuntimeError(f"exported {path.name} has outputs {found}, expected {list(output_names)}")
     return path
@@ -62,50 +72,28 @@ def _export(module, args, path, input_names, output_names, dynamic_axes) -> None
     )
 
 
-def to_fp16(src: Path, dst: Path) -> Path:
-    """Weights and activations in fp16; inputs and outputs stay fp32 so feeds do not change."""
+def to_fp16(src: Path, dst: Path, threshold: int = DEFAULT_THRESHOLD) -> Path:
+    """Weights and activations in fp16; inputs and outputs stay fp32 so feeds do not change.
+
+    The converter is given the path, not a loaded proto: it then infers shapes with
+    `infer_shapes_path`, which works past protobuf's 2 GB where `infer_shapes` fails.
+    onnx's checker is not run: the converter appends its input casts after the
+    nodes that use them, which onnxruntime accepts and the checker does not.
+    """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, disable_shape_infer=False)
-    onnx.save(model, str(dst))
+    model = convert_float_to_float16(str(src), keep_io_types=True)
+    save_graph(model, dst, threshold)
     return dst
 
 
-def to_int8(src: Path, dst: Path, calibration: list[dict] | None = None) -> Path:
-    """int8 weights. Without calibration data: dynamic quantisation of MatMul/Gemm
-    (transformers: activations quantised per call; convolutions, a small share of
-    their FLOPs, stay fp32). With calibration feeds: static QDQ quantisation of
-    everything, per-channel weights (CNNs, whose work is all convolutions).
-    """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    if not calibration:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-        return dst
-
-    class Feeds(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter(calibration)
-
-        def get_next(self):
-            return next(self.items, None)
-
-    prepared = dst.with_suffix(".pre.onnx")
-    try:
-        quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(dst), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
-    finally:
-        prepared.unlink(missing_ok=True)
-    return dst
-
-
-def make_variant(fp32_path: Path, precision: str, calibration: list[dict] | None = None) -> Path:
+def make_variant(
+    fp32_path: Path, precision: str, calibration: list[dict] | None = None, threshold: int = DEFAULT_THRESHOLD
+) -> Path:
     """Write the `precision` variant beside the fp32 graph and return its path."""
     dst = fp32_path.with_name(fp32_path.name.replace(".fp32.", f".{precision}."))
     if precision == "fp16":
-        return to_fp16(fp32_path, dst)
+        return to_fp16(fp32_path, dst, threshold)
     if precision == "int8":
-        return to_int8(fp32_path, dst, calibration)
+        return to_int8(fp32_path, dst, calibration, threshold)
     raise ValueError(f"unknown precision {precision!r}; choose fp16 or int8")

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.manifest import Component, TensorSpec
-from runtime.preprocess import clip_input
+from runtime.bundle.manifest import Component, TensorSpec
+from runtime.detect.preprocess import clip_input
 
 from .checkpoints import file_source, load_exact, read_state_dict
 from .measure import export_measured
@@ -165,7 +165,7 @@ def export_patch_encoder(spec: PatchSpec, writer: BundleWriter) -> Component:
     pixels = torch.cat([torch.from_numpy(clip_input(parity_image(300, 300, s), prep)) for s in (4, 5)])
     with torch.no_grad():
         global_emb, tokens = graph(pixels)
-    files = export_measured(
+    graphs = export_measured(
         writer, "patch_encoder", graph, (pixels,), ["pixels"], ["image_embedding", "patch_tokens"],
         reference={"image_embedding": global_emb.numpy(), "patch_tokens": tokens.numpy()},
         feeds={"pixels": pixels.numpy()}, precisions=spec.precisions,
@@ -178,7 +178,8 @@ def export_patch_encoder(spec: PatchSpec, writer: BundleWriter) -> Component:
     return Component(
         name="patch_encoder",
         kind="onnx",
-        files=files,
+        files=graphs.files,
+        assets=graphs.assets,
         inputs=(TensorSpec("pixels", ("batch", 3, size, size), "float32"),),
         outputs=(TensorSpec("image_embedding", ("batch", dim), "float32"),
                  TensorSpec("patch_tokens", ("batch", n, dim), "float32")),  # fmt: skip

@@ -22,8 +22,8 @@ from segment_anything.utils.onnx import SamOnnxModel
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
-from runtime.manifest import Component, TensorSpec
-from runtime.preprocess import longest_side_shape, sam_input, sam_prompts
+from runtime.bundle.manifest import Component, TensorSpec
+from runtime.detect.preprocess import longest_side_shape, sam_input, sam_prompts
 
 from .checkpoints import file_source, load_exact, read_state_dict
 from .measure import export_measured
@@ -121,7 +121,7 @@ def _export_encoder(sam, spec, writer, source) -> tuple[Component, np.ndarray]:
     with torch.no_grad():  # SAM's own normalise-then-zero-pad path
         reference = sam.image_encoder(sam.preprocess(unpadded)).numpy()
     graph = SamEncoderGraph(sam).eval()
-    files = export_measured(
+    graphs = export_measured(
         writer, "sam_encoder", graph, (torch.from_numpy(pixels),), ["pixels"], ["image_embeddings"],
         reference={"image_embeddings": reference}, feeds={"pixels": pixels}, precisions=spec.precisions,
     )  # fmt: skip
@@ -129,7 +129,8 @@ def _export_encoder(sam, spec, writer, source) -> tuple[Component, np.ndarray]:
     component = Component(
         name="sam_encoder",
         kind="onnx",
-        files=files,
+        files=graphs.files,
+        assets=graphs.assets,
         inputs=(TensorSpec("pixels", shape, "float32"),),
         outputs=(TensorSpec("image_embeddings", tuple(reference.shape), "float32"),),
         preprocessing=prep,
@@ -179,7 +180,7 @@ def _export_decoder(sam, embeddings, spec, writer, source) -> Component:
     }
     cases = _decoder_cases(sam, embeddings, prep)
     args = tuple(torch.from_numpy(cases[0][1][n]) for n in DECODER_INPUTS[1:])
-    files = export_measured(
+    graphs = export_measured(
         writer, "sam_decoder", SamOnnxModel(sam, return_single_mask=False).eval(),
         (torch.from_numpy(embeddings), *args), DECODER_INPUTS, DECODER_OUTPUTS,
         cases=[(ref, {"image_embeddings": embeddings, **feeds}) for ref, feeds in cases],
@@ -190,7 +191,8 @@ def _export_decoder(sam, embeddings, spec, writer, source) -> Component:
     return Component(
         name="sam_decoder",
         kind="onnx",
-        files=files,
+        files=graphs.files,
+        assets=graphs.assets,
         inputs=(
             TensorSpec("image_embeddings", emb_shape, "float32"),
             TensorSpec("point_coords", (1, "points", 2), "float32"),

@@ -15,19 +15,33 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from runtime.bundle import file_sha256
-from runtime.manifest import MANIFEST_NAME, Component, FileEntry, Manifest
+from runtime.bundle.loader import file_sha256
+from runtime.bundle.manifest import MANIFEST_NAME, Component, FileEntry, Manifest
+
+from .graph_files import threshold_from_env
 
 log = logging.getLogger("lineside.export")
 
 
 class BundleWriter:
-    """Collect components in a temporary folder, then swap it in with `commit()`."""
+    """Collect components in a temporary folder, then swap it in with `commit()`.
 
-    def __init__(self, out: Path | str, profile: str = "custom", versions: dict | None = None):
+    `external_data_threshold`: graphs whose tensors exceed this many bytes are
+    written with an external data file (graph_files); None = the environment's
+    LINESIDE_EXTERNAL_DATA_THRESHOLD_BYTES, else 1.8 GB.
+    """
+
+    def __init__(
+        self,
+        out: Path | str,
+        profile: str = "custom",
+        versions: dict | None = None,
+        external_data_threshold: int | None = None,
+    ):
         self.out = Path(out).absolute()
         self.profile = profile
         self.versions = versions or {}
+        self.external_data_threshold = threshold_from_env() if external_data_threshold is None else external_data_threshold
         self.existing = self._existing_manifest()
         parent = self.out.parent
         try:

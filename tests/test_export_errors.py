@@ -15,7 +15,7 @@ from export.clip_export import ClipSpec
 from export.clip_model import load_clip
 from export.sam_export import SamSpec, load_sam
 from export.writer import BundleWriter
-from runtime.manifest import Manifest
+from runtime.bundle.manifest import Manifest
 
 TINY_CLIP = ClipSpec(arch="lineside-tiny-clip")
 
@@ -108,6 +108,14 @@ def test_export_into_existing_bundle_keeps_other_components(tmp_path):
     after = Manifest.read(out)
     assert set(after.components) == {"clip_image", "clip_text", "sam_encoder", "sam_decoder"}
     assert after.components["clip_image"] == before
-    from runtime.bundle import Bundle
+    from runtime.bundle.loader import Bundle
 
     Bundle.open(out)  # every carried-over file is still there with its hash
+
+
+def test_bad_external_data_threshold_in_the_environment_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LINESIDE_EXTERNAL_DATA_THRESHOLD_BYTES", "1.8GB")
+    code = main(["sam", "--variant", "tiny", "--random-init", "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 1 and "LINESIDE_EXTERNAL_DATA_THRESHOLD_BYTES must be a number of bytes (e.g. 1.8e9), not '1.8GB'" in err
+    assert list(tmp_path.iterdir()) == []
