@@ -10,16 +10,17 @@ results.jsonl, a Markdown results table, and prints the image AUROC.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from runtime.detect.detector import Detector
-from runtime.detect.frames import read_image
+from runtime.detect.frames import printable, read_image
+from runtime.detect.lines import FrameRef, new_run, result_line, strict_json
 from runtime.bundle.manifest import BundleError
 from runtime.detect.overlay import render
 
@@ -45,6 +46,7 @@ def run(bundle: Path, out: Path, per_class: int, seed: int, precision: str) -> d
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     (out / "frames").mkdir(exist_ok=True)
     rows, summary = [], {}
+    run_name = new_run()
     with open(out / "results.jsonl", "w", encoding="utf-8") as sink:
         for cat in elpv(seed):
             refs = [read_image(p) for p in cat.normal_pool[:SHOTS]]
@@ -58,8 +60,9 @@ def run(bundle: Path, out: Path, per_class: int, seed: int, precision: str) -> d
                 cv2.imwrite(str(out / "overlays" / f"{stem}.png"), render(rgb, result))
                 cv2.imwrite(str(out / "frames" / f"{stem}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
                 truth = "defective" if sample.label else "good"
-                sink.write(json.dumps({"cell": sample.path.name, "type": cat.name, "truth": truth,
-                                       **result.to_dict()}) + "\n")  # fmt: skip
+                where = FrameRef(run_name, len(rows) + 1, time.time(), printable(sample.path.parent),
+                                 printable(sample.path.name))  # fmt: skip
+                sink.write(strict_json(result_line(where, result) | {"truth": truth}) + "\n")
                 rows.append({"cell": sample.path.name, "type": cat.name, "truth": truth, "score": result.image_score,
                              "verdict": result.label, "ms": result.timings_ms.get("total", 0.0)})  # fmt: skip
                 labels.append(sample.label)

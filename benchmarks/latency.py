@@ -86,9 +86,8 @@ def measure(bundle: Path, precision: str, providers: tuple[str, ...], n: int, re
 def pipelined_fps(bundle: Path, precision: str, providers, n: int, refs_dir: Path | None, work: Path) -> dict:
     """Serve over a folder (reading, inspection, logging in parallel threads) against the
     same steps one after the other, with each step timed."""
-    import json
-
     from runtime.detect.frames import read_image
+    from runtime.detect.lines import FrameRef, new_run, result_line, strict_json
     from runtime.serve import Server, ServeSettings
 
     folder = work / "frames"
@@ -102,14 +101,15 @@ def pipelined_fps(bundle: Path, precision: str, providers, n: int, refs_dir: Pat
     detector.detect(read_image(folder / "0000.png"), "part", refs, colour="RGB")  # warm
     steps = {"read": [], "detect": [], "log": []}
     started = time.perf_counter()
+    run = new_run()
     with open(work / "seq.jsonl", "w") as log:
-        for path in sorted(folder.iterdir()):
+        for i, path in enumerate(sorted(folder.iterdir()), 1):
             t0 = time.perf_counter()
             image = read_image(path)
             t1 = time.perf_counter()
             result = detector.detect(image, "part", refs, colour="RGB")
             t2 = time.perf_counter()
-            log.write(json.dumps(result.to_dict()) + "\n")
+            log.write(strict_json(result_line(FrameRef(run, i, time.time(), str(folder), path.name), result)) + "\n")
             log.flush()
             t3 = time.perf_counter()
             for k, a, b in (("read", t0, t1), ("detect", t1, t2), ("log", t2, t3)):

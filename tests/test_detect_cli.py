@@ -24,7 +24,7 @@ def test_every_input_gets_a_line_and_an_overlay(tiny_bundle, tmp_path, capsys):
     assert code == 0
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert len(lines) == 4
-    broken = next(x for x in lines if x["input"].endswith("broken.png"))
+    broken = next(x for x in lines if x["file"] == "broken.png" and x["source"] == str(images))
     assert broken["label"] == "ERROR" and "not a readable image" in broken["error"]
     good = [x for x in lines if x["label"] != "ERROR"]
     assert all(x["branches"] == ["language", "reference"] and x["settings"]["threshold"] == 0.7 for x in good)

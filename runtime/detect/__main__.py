@@ -8,11 +8,11 @@ and masks as PNG in OUT/maps/. Detector settings are flags (or --config FILE).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import statistics
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -21,6 +21,7 @@ from ..options import add_arguments, from_sources
 from .detector import Detector
 from .frames import MAX_IMAGE_PIXELS, list_images, printable, read_frame, to_rgb_uint8, write_image
 from ..bundle.manifest import BundleError
+from .lines import FrameRef, new_run, result_line, strict_json
 from .overlay import render
 from ..settings import DetectorSettings
 
@@ -54,21 +55,24 @@ def run(args) -> tuple[dict[str, int], dict[str, float]]:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "overlays").mkdir(exist_ok=True)
     counts, stages = {"OK": 0, "NG": 0, "ERROR": 0}, {}
+    run_name = new_run()
     with open(args.out / "results.jsonl", "a", encoding="utf-8") as sink:
         for index, path in enumerate(tqdm(paths, desc="inspecting", unit="img", file=sys.stderr)):
             stem = f"{index:05d}_" + re.sub(r"[^A-Za-z0-9._-]", "_", path.stem)
+            # Lines as serve's folder source writes them: source the folder, file the name in it.
+            where = FrameRef(run_name, index + 1, time.time(), printable(path.parent), printable(path.name))
             try:
                 frame = read(path)
             except (ValueError, OSError) as e:  # unreadable, not a regular file, too large, too small
-                line = detector.error_result(str(e), args.category).to_dict()
+                line = result_line(where, detector.error_result(str(e), args.category))
             else:
                 result = detector.detect(frame, args.category, refs, colour="RGB")
-                line = result.save(args.out / "maps", stem)
+                line = result_line(where, result, result.save(args.out / "maps", stem))
                 write_image(args.out / "overlays" / f"{stem}.png", render(frame, result))
                 for stage, ms in result.timings_ms.items():
                     stages.setdefault(stage, []).append(ms)
             counts[line["label"]] += 1
-            sink.write(json.dumps({"input": printable(path), **line}, allow_nan=False) + "\n")
+            sink.write(strict_json(line) + "\n")
             sink.flush()
     return counts, {stage: statistics.median(ms) for stage, ms in stages.items()}
 

@@ -177,9 +177,10 @@ def write_image(path: Path | str, image: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def printable(path: Path) -> str:
-    """A path for messages and logs, whatever bytes its name holds."""
-    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+def printable(name: str | Path) -> str:
+    """A path for messages, logs and JSON, whatever bytes it holds: bytes that are not UTF-8
+    as backslash escapes (b"\\xff" -> "\\\\xff"), never a lone surrogate."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def list_images(inputs: list[Path | str]) -> list[Path]:

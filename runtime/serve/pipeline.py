@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import queue
 import threading
 import time
@@ -21,9 +20,10 @@ import numpy as np
 from ..detect.detector import Detector
 from ..detect.frames import to_rgb_uint8
 from ..detect.overlay import render
+from ..detect.lines import FrameRef, explanation_line, new_run, teach_line
 from ..detect.result import Result
 from .capture import LatestFrameSlot
-from .records import ResultsLog, bare_error, record_of, strict_json
+from .records import ResultsLog, bare_error, frame_ref, record_of, strict_json
 from .sources import Frame
 
 log = logging.getLogger("lineside.serve")
@@ -115,7 +115,7 @@ class Inspector(threading.Thread):
         self.done = threading.Event()
         self.failure: str | None = None
         # Frame ids restart with every process; (run, frame_id) names a frame for good.
-        self.run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
+        self.run_id = new_run()
         self.handled = 0  # frames taken from the slot and fully logged
         self._times: collections.deque = collections.deque(maxlen=30)
 
@@ -165,8 +165,7 @@ class Inspector(threading.Thread):
             return False
         self.references = [*(self.references or []), rgb]
         self.teach -= 1
-        self.log.write({"run": self.run_id, "frame_id": frame.frame_id, "time": frame.time, "source": frame.source,
-                        "label": "TEACH", "references": len(self.references)})  # fmt: skip
+        self.log.write(teach_line(frame_ref(frame, self.run_id), len(self.references)))
         return True
 
     def _line(self, frame: Frame, result: Result) -> tuple[dict, str]:
@@ -181,7 +180,7 @@ class Inspector(threading.Thread):
             record = record_of(frame, self.detector.error_result(why, self.category), self.run_id)
             return record, strict_json(record)
         except (ValueError, TypeError):
-            record = bare_error(frame, self.run_id, why)
+            record = bare_error(frame, self.run_id, why, result)
             return record, strict_json(record)
 
     def inspect(self, frame: Frame) -> Result:
@@ -223,18 +222,17 @@ class Explainer(threading.Thread):
             except Exception as e:  # an explanation is a courtesy; the verdict is already logged
                 log.warning("explanation of frame %d failed: %s", frame.frame_id, e)
                 continue
-            if not self._write(run, frame.frame_id, text):
+            if not self._write(frame_ref(frame, run), text):
                 return
             self.state.explain(frame.frame_id, text)
             self.metrics.explained.inc()
 
-    def _write(self, run: str, frame_id: int, text) -> bool:
+    def _write(self, frame: FrameRef, text) -> bool:
         """The explanation line; False when the results log is broken (serve is stopping: see ResultsLog)."""
         try:
-            self.log.write({"run": run, "frame_id": frame_id, "time": time.time(), "label": "EXPLANATION",
-                            "text": str(text)})  # fmt: skip
+            self.log.write(explanation_line(frame, text))
         except OSError as e:
-            log.error("explanation of frame %d not written: %s", frame_id, e)
+            log.error("explanation of frame %d not written: %s", frame.frame_id, e)
             return False
         return True
 

@@ -10,33 +10,33 @@ inspect frames whose verdicts go nowhere.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import threading
 import time
 from pathlib import Path
 
+from ..detect.lines import FrameRef, error_line, result_line, strict_json
+from ..detect.result import Result
+
+__all__ = ["ResultsLog", "bare_error", "frame_ref", "record_of", "strict_json"]
+
 log = logging.getLogger("lineside.serve")
 
 
-def strict_json(record) -> str:
-    """One JSON text with no NaN/Infinity tokens; ValueError (or TypeError) when that is impossible."""
-    return json.dumps(record, allow_nan=False)
+def frame_ref(frame, run: str) -> FrameRef:
+    """The head of every line about a captured `Frame`: which frame, from where."""
+    return FrameRef(run, frame.frame_id, frame.time, frame.source, frame.file)
 
 
-def record_of(frame, result, run: str) -> dict:
+def record_of(frame, result: Result, run: str) -> dict:
     """The durable line of one inspected frame: which frame, from where, and the result."""
-    head = {"run": run, "frame_id": frame.frame_id, "time": frame.time, "source": frame.source}
-    if frame.file:
-        head["file"] = frame.file
-    return head | result.to_dict()
+    return result_line(frame_ref(frame, run), result)
 
 
-def bare_error(frame, run: str, why: str) -> dict:
-    """An ERROR line built from plain values only, for when even the detector's error record fails."""
-    return {"run": run, "frame_id": frame.frame_id, "time": frame.time, "source": frame.source,
-            "label": "ERROR", "error": why}  # fmt: skip
+def bare_error(frame, run: str, why: str, like: Result) -> dict:
+    """An ERROR line without settings, for when even the detector's error record is not strict JSON."""
+    return error_line(frame_ref(frame, run), why, like)
 
 
 class ResultsLog:

@@ -12,7 +12,6 @@ the source goes on.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..detect.frames import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageError, read_frame
+from ..detect.frames import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageError, printable, read_frame
 
 log = logging.getLogger("lineside.serve")
 
@@ -33,11 +32,6 @@ class Frame:
     source: str
     note: str = ""  # why image is None
     file: str = ""  # the image file it came from (folder sources), printable whatever bytes its name holds
-
-
-def printable(name: str | Path) -> str:
-    """A file name for logs and JSON, whatever bytes it holds (never a lone surrogate)."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 class FrameSource:

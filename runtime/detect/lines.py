@@ -1,0 +1,82 @@
+"""The result line: the one shape of every line serve and detect write, in strict JSON.
+
+Every line opens with the same head: the schema version and which frame it is
+about (`FrameRef`). Then the label, and what that label carries:
+
+    OK / NG / ERROR   the Result's fields (`Result.to_dict`): score, regions, timings,
+                      providers, bundle_id, settings, error
+    TEACH             how many references serve holds after taking this frame as one
+    EXPLANATION       the prompt agent's text about the (NG) frame in the head
+
+result-line.schema.json, beside this module, is the same contract for readers,
+and the tests validate every line they produce against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .result import Result
+
+SCHEMA = "lineside.result/1"
+SCHEMA_FILE = Path(__file__).with_name("result-line.schema.json")
+
+
+def new_run() -> str:
+    """This process's run name: frame ids restart with every process, (run, frame_id) names a frame for good."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
+
+
+def strict_json(line) -> str:
+    """One JSON text with no NaN/Infinity tokens; ValueError (or TypeError) when that is impossible."""
+    return json.dumps(line, allow_nan=False)
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """Which frame a line is about, the same for every label."""
+
+    run: str  # new_run() of the process that took the frame
+    frame_id: int  # 1, 2, ... within the run
+    time: float  # unix seconds at capture (serve) or reading (detect)
+    source: str  # where frames come from: serve's source spec, the folder detect found the file in
+    file: str = ""  # the image file's name inside `source`, printable whatever its bytes; "" for cameras, videos
+    part_id: str | None = None  # reserved: the part's own id (barcode, PLC) once a source knows it
+
+    def head(self) -> dict:
+        head = {"schema": SCHEMA, "run": self.run, "frame_id": self.frame_id, "time": self.time, "source": self.source}
+        if self.file:
+            head["file"] = self.file
+        if self.part_id is not None:
+            head["part_id"] = self.part_id
+        return head
+
+
+def result_line(frame: FrameRef, result: Result, fields: dict | None = None) -> dict:
+    """An OK / NG / ERROR line; `fields` is `result.save(...)`'s dict when the maps were written as PNG."""
+    return frame.head() | (result.to_dict() if fields is None else fields)
+
+
+def error_line(frame: FrameRef, why: str, like: Result) -> dict:
+    """An ERROR line for `frame` with `like`'s category, providers and bundle_id, but no settings.
+
+    The last resort when even the detector's own ERROR result is not strict JSON:
+    the settings are the one part of it that can be, so they are left out ({}).
+    """
+    error = Result("ERROR", 1.0, None, category=str(like.category), providers=tuple(map(str, like.providers)),
+                   bundle_id=str(like.bundle_id), settings={}, error=why)  # fmt: skip
+    return result_line(frame, error)
+
+
+def teach_line(frame: FrameRef, references: int) -> dict:
+    """A TEACH line: `frame` became a known-good reference, the `references`-th one."""
+    return frame.head() | {"label": "TEACH", "references": references}
+
+
+def explanation_line(frame: FrameRef, text: str) -> dict:
+    """An EXPLANATION line: `text` explains the frame in the head, written at `explained_at` (unix seconds)."""
+    return frame.head() | {"label": "EXPLANATION", "text": str(text), "explained_at": time.time()}
