@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -49,13 +50,14 @@ def run(bundle: Path, out: Path, per_class: int, seed: int, precision: str) -> d
     run_name = new_run()
     with open(out / "results.jsonl", "w", encoding="utf-8") as sink:
         for cat in elpv(seed):
-            refs = [read_image(p) for p in cat.normal_pool[:SHOTS]]
+            refs = detector.remember([read_image(p) for p in cat.normal_pool[:SHOTS]], colour="RGB")
             calib = [read_image(p) for p in cat.normal_pool[SHOTS : SHOTS + CALIBRATION]]
             threshold = detector.calibrate(calib, cat.name, refs, colour="RGB", quantile=QUANTILE, margin=0.0)
+            calibrated = detector.with_settings(replace(detector.settings, threshold=threshold))
             labels, scores = [], []
             for i, sample in enumerate(held_out(cat, per_class, seed)):
                 rgb = read_image(sample.path)
-                result = detector.detect(rgb, cat.name, refs, colour="RGB")
+                result = calibrated.detect(rgb, cat.name, refs, colour="RGB")
                 stem = f"{cat.name}_{i:03d}_{sample.path.stem}"
                 cv2.imwrite(str(out / "overlays" / f"{stem}.png"), render(rgb, result))
                 cv2.imwrite(str(out / "frames" / f"{stem}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))

@@ -71,10 +71,10 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
 
 def global_feature_baseline(detector: Detector, refs: list[np.ndarray]):
     """Nearest normal reference by the encoder's global embedding (no map)."""
-    bank = np.stack([detector.encode(r)[0] for r in refs])
+    bank = np.stack([detector.encoder.encode(r)[0] for r in refs])
 
     def score(rgb: np.ndarray) -> tuple[float, None]:
-        return float((1.0 - (bank @ detector.encode(rgb)[0]).max()) / 2.0), None
+        return float((1.0 - (bank @ detector.encoder.encode(rgb)[0]).max()) / 2.0), None
 
     return score
 
@@ -89,6 +89,7 @@ def evaluate_category(detector: Detector, cat: Category, shots: int, limit: int 
     if baselines and refs:
         methods |= {"raw_pixels": raw_pixel_baseline(refs), "global_feature": global_feature_baseline(detector, refs)}
     out = {name: Scored() for name in methods}
+    memory = detector.remember(refs, colour="RGB") if refs else None  # encoded once for every sample
     samples = cat.test[:limit] if limit else cat.test
     for sample in samples:
         rgb = read_image(sample.path)
@@ -96,7 +97,7 @@ def evaluate_category(detector: Detector, cat: Category, shots: int, limit: int 
         for name, method in methods.items():
             t = time.perf_counter()
             if method is None:
-                result = detector.detect(rgb, cat.name, refs, colour="RGB")
+                result = detector.detect(rgb, cat.name, memory, colour="RGB")
                 score, amap, ms = result.image_score, result.anomaly_map, result.timings_ms.get("total", 0.0)
             else:
                 score, amap = method(rgb)

@@ -25,6 +25,7 @@ import numpy as np
 
 from runtime.bundle.loader import Bundle
 from runtime.detect.detector import Detector
+from runtime.detect.encoders import image_component
 
 from . import reporting
 from .flops import graph_flops, matmul_peak_gflops
@@ -63,16 +64,17 @@ def measure(bundle: Path, precision: str, providers: tuple[str, ...], n: int, re
         load_ms = (time.perf_counter() - t) * 1e3
         test = frames(n)
         t = time.perf_counter()
-        detector.detect(test[0], "part", refs, colour="RGB")  # cold: text embeddings, reference memory, arenas
+        memory = detector.remember(refs, colour="RGB") if refs else None  # cold: the reference memory,
+        detector.detect(test[0], "part", memory, colour="RGB")  # text embeddings, arenas
         first_ms = (time.perf_counter() - t) * 1e3
         base = detector.settings
-        detector.settings = replace(base, sam_gate=1.0)  # OK frames: the encoder and the maps only
+        ok = detector.with_settings(replace(base, sam_gate=1.0))  # OK frames: the encoder and the maps only
         t = time.perf_counter()
-        ok_results = [detector.detect(f, "part", refs, colour="RGB") for f in test]
+        ok_results = [ok.detect(f, "part", memory, colour="RGB") for f in test]
         sequential_s = time.perf_counter() - t
         # suspicious frames: the whole frame is one candidate, so the refiner always runs
-        detector.settings = replace(base, sam_gate=0.0, region_threshold=0.0, max_region_frac=1.0)
-        suspicious = [detector.detect(f, "part", refs, colour="RGB") for f in test[: max(3, n // 4)]]
+        suspicious = detector.with_settings(replace(base, sam_gate=0.0, region_threshold=0.0, max_region_frac=1.0))
+        suspicious = [suspicious.detect(f, "part", memory, colour="RGB") for f in test[: max(3, n // 4)]]
     return {
         "precision": precision,
         "providers": list(detector.providers),
@@ -97,7 +99,7 @@ def pipelined_fps(bundle: Path, precision: str, providers, n: int, refs_dir: Pat
     make = lambda: Detector.from_bundle(bundle, precision=precision, providers=providers, sam_gate=1.0,  # noqa: E731
                                         text_cache_dir=work / "t")  # fmt: skip
     detector = make()
-    refs = [read_image(p) for p in sorted(refs_dir.iterdir())] if refs_dir else None
+    refs = detector.remember([read_image(p) for p in sorted(refs_dir.iterdir())], "RGB") if refs_dir else None
     detector.detect(read_image(folder / "0000.png"), "part", refs, colour="RGB")  # warm
     steps = {"read": [], "detect": [], "log": []}
     started = time.perf_counter()
@@ -156,7 +158,7 @@ def torch_eager(bundle: Bundle, threads: int, n: int = 10, device: str = "cpu", 
                 times.append((time.perf_counter() - t) * 1e3)
         return times
 
-    comp = bundle.manifest.components.get("clip_image") or bundle.manifest.components.get("patch_encoder")
+    comp = bundle.component(image_component(bundle))
     size = comp.inputs[0].shape[-1]
     if comp.name == "clip_image":
         from export.clip_graphs import ClipImageGraph
@@ -187,8 +189,8 @@ def run(args) -> dict:
     refs = None if "clip_text" in bundle.manifest.components else frames(4, seed=9)  # few-shot bundles need some
     threads = args.threads or os.cpu_count()
     peak = matmul_peak_gflops()
-    image_name = "clip_image" if "clip_image" in bundle.manifest.components else "patch_encoder"
-    gflop = graph_flops(bundle.file_path(bundle.component(image_name).files["fp32"])) / 1e9
+    image = bundle.component(image_component(bundle))
+    gflop = graph_flops(bundle.file_path(image.files["fp32"])) / 1e9
     data = {"bundle_id": bundle.bundle_id, "profile": bundle.manifest.profile, "machine": reporting.machine(),
             "matmul_peak_gflops": peak, "image_graph_gflop": gflop, "runs": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as work:
@@ -199,10 +201,11 @@ def run(args) -> dict:
             for i, r in enumerate(refs):
                 cv2.imwrite(str(refs_dir / f"{i}.png"), r)
         for precision in args.precisions:
-            if precision not in bundle.component(image_name).files:
+            if precision not in image.files:
                 continue
             entry = measure(args.bundle, precision, tuple(args.providers), args.frames, refs)
-            entry["pipeline"] = pipelined_fps(args.bundle, precision, args.providers, args.frames, refs_dir, Path(work))
+            providers = tuple(args.providers)
+            entry["pipeline"] = pipelined_fps(args.bundle, precision, providers, args.frames, refs_dir, Path(work))
             entry["image_encoder_gflops"] = gflop / (entry["ok_frames"]["image_encoder"]["p50"] / 1e3)
             data["runs"].append(entry)
     data["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -19,8 +19,8 @@ import torch
 
 from runtime.bundle.loader import Bundle
 from runtime.detect.detector import Detector
+from runtime.detect.encoders import ImageEncoder, image_component
 from runtime.detect.frames import read_image
-from runtime.detect.preprocess import clip_input
 
 from . import reporting
 from .datasets import load
@@ -49,36 +49,48 @@ def torch_graph(bundle: Bundle, clip_checkpoint: Path | None):
                           [t["layer"] for t in comp.config["taps"]]).eval()  # fmt: skip
 
 
-def with_torch_encoder(detector: Detector, graph) -> Detector:
-    """The same detector, its image graph replaced by the eager torch module."""
-    prep = detector.image_c.preprocessing
+class TorchImageEncoder(ImageEncoder):
+    """An image encoder running the eager torch module the graph was traced from: the
+    manifest's preprocessing, grid and outputs, torch in place of onnxruntime."""
 
-    def encode(rgb: np.ndarray):
+    def __init__(self, graph, like: ImageEncoder):
+        super().__init__(None, like.component, "torch")
+        self.graph = graph
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return ("torch",)
+
+    def run(self, pixels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         with torch.inference_mode():
-            global_emb, *taps = graph(torch.from_numpy(clip_input(rgb, prep)))
+            global_emb, *taps = self.graph(torch.from_numpy(pixels))
         return global_emb[0].numpy(), [t[0].numpy() for t in taps]
 
-    detector.encode = encode
-    return detector
+
+def with_torch_encoder(detector: Detector, graph) -> Detector:
+    """A detector with the same text, refiner and settings, its image graph replaced by the eager torch module."""
+    encoder = TorchImageEncoder(graph, detector.encoder)
+    return Detector(encoder, detector.text, detector.refiner, detector.settings, bundle=detector.bundle)
 
 
 def compare_on(images, torch_det: Detector, ort_det: Detector, category: str, refs) -> dict:
     cos_g, cos_t, map_diff = [], [], []
+    t_refs, o_refs = (torch_det.remember(refs, "RGB"), ort_det.remember(refs, "RGB")) if refs else (None, None)
     for rgb in images:
-        tg, tt = torch_det.encode(rgb)
-        og, ot = ort_det.encode(rgb)
+        tg, tt = torch_det.encoder.encode(rgb)
+        og, ot = ort_det.encoder.encode(rgb)
         cos_g.append(float(tg @ og / (np.linalg.norm(tg) * np.linalg.norm(og))))
         cos_t.append(min(float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
                          for a, b in zip(tt, ot)))  # fmt: skip
-        m_t = torch_det.detect(rgb, category, refs, colour="RGB").anomaly_map
-        m_o = ort_det.detect(rgb, category, refs, colour="RGB").anomaly_map
+        m_t = torch_det.detect(rgb, category, t_refs, colour="RGB").anomaly_map
+        m_o = ort_det.detect(rgb, category, o_refs, colour="RGB").anomaly_map
         map_diff.append(float(np.abs(m_t - m_o).max()))
     return {"global_cosine_min": min(cos_g), "token_cosine_min": min(cos_t), "map_max_abs_diff": max(map_diff)}
 
 
 def run(args) -> dict:
     bundle = Bundle.open(args.bundle)
-    image_name = "clip_image" if "clip_image" in bundle.manifest.components else "patch_encoder"
+    image_name = image_component(bundle)
     export_figures = {p: e.parity for p, e in bundle.component(image_name).files.items()}
     graph = torch_graph(bundle, args.clip_checkpoint)
     data = {"bundle_id": bundle.bundle_id, "profile": bundle.manifest.profile, "component": image_name,

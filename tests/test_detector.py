@@ -1,5 +1,6 @@
 """The detector on a bundle whose right answers are known (tests/controlled.py)."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,7 @@ import open_clip
 import pytest
 
 from runtime.detect.detector import Detector
+from runtime.detect.encoders import ImageEncoder
 from runtime.detect.regions import work_size
 from tests.controlled import CATEGORY, SCRATCH_PROMPT, build_controlled_bundle, part
 
@@ -57,16 +59,24 @@ def test_ok_part_stays_ok_and_never_pays_for_sam(detector):
     assert "sam_encoder" not in result.timings_ms
 
 
-def test_sam_prompts_land_inside_the_defect(detector, monkeypatch):
-    seen = []
-    real = detector.sam.masks
+class RecordingRefiner:
+    """SAM that records the candidates it is prompted with, then runs the real decoder."""
 
-    def spy(embeddings, work_hw, found):  # records the prompts, then runs the real decoder
-        seen.extend(found)
-        return real(embeddings, work_hw, found)
+    def __init__(self, sam):
+        self.sam, self.seen = sam, []
 
-    monkeypatch.setattr(detector.sam, "masks", spy)
-    detector.detect(part(red_box=DEFECT), CATEGORY)
+    def embed(self, rgb):
+        return self.sam.embed(rgb)
+
+    def masks(self, embeddings, work_hw, found):
+        self.seen.extend(found)
+        return self.sam.masks(embeddings, work_hw, found)
+
+
+def test_sam_prompts_land_inside_the_defect(detector):
+    spy = RecordingRefiner(detector.refiner)
+    Detector(detector.encoder, detector.text, spy, detector.settings).detect(part(red_box=DEFECT), CATEGORY)
+    seen = spy.seen
     assert len(seen) == 1
     box = seen[0].box  # the coarse CLIP map: it covers the defect, give or take one patch (32 px here)
     assert _inside(seen[0].peak, DEFECT, margin=0)
@@ -80,7 +90,7 @@ def test_contour_refiner_without_sam_gives_the_same_explanation(controlled, tmp_
 
 
 def test_dropped_bank_prompts_are_not_used(detector):
-    text = detector.category_text(CATEGORY)
+    text = detector.text.category(CATEGORY)
     assert text.bank_prompts == 2 and all("flawless scratch" not in t for t in text.texts)
 
 
@@ -94,28 +104,49 @@ def test_reference_branch_alone_flags_the_defect(controlled, tmp_path):
     assert good.image_score < 0.01 < bad.image_score
 
 
-def test_calibrate_sets_the_threshold_above_normal_scores(detector):
+def test_reference_memory_gives_the_scores_of_the_list(controlled, tmp_path):
+    detector = Detector.from_bundle(controlled, map_weight=1.0, reference_weight=1.0, text_cache_dir=tmp_path)
+    refs = [part(), part(size=300)]
+    memory = detector.remember(refs)
+    from_list = detector.detect(part(red_box=DEFECT), CATEGORY, references=refs)
+    from_memory = detector.detect(part(red_box=DEFECT), CATEGORY, references=memory)
+    assert from_memory.image_score == from_list.image_score and memory.count == 2
+    assert np.array_equal(from_memory.anomaly_map, from_list.anomaly_map)
+    refs[0][:] = 0  # edited in place: the content changed, so the list is encoded again
+    assert detector.detect(part(red_box=DEFECT), CATEGORY, references=refs).image_score != from_list.image_score
+
+
+def test_calibrate_returns_a_threshold_and_changes_nothing(detector):
+    before = detector.settings
     threshold = detector.calibrate([part(), part(size=128)], CATEGORY)
+    assert detector.settings is before
+    detector = detector.with_settings(replace(detector.settings, threshold=threshold))
     assert detector.settings.threshold == threshold
     assert detector.detect(part(), CATEGORY).label == "OK"
     assert detector.detect(part(red_box=DEFECT), CATEGORY).label == "NG"
 
 
 def test_text_embeddings_are_cached_on_disk(controlled, tmp_path):
-    Detector.from_bundle(controlled, text_cache_dir=tmp_path).category_text(CATEGORY)
+    Detector.from_bundle(controlled, text_cache_dir=tmp_path).text.category(CATEGORY)
     cached = list((tmp_path).rglob("*.npy"))
     assert len(cached) == 7 * 8 + 5 * 8 + 2  # two ensembles x 8 templates, plus the two kept bank prompts
     again = Detector.from_bundle(controlled, text_cache_dir=tmp_path)
-    again.category_text(CATEGORY)
-    assert again.text.encoded == 0  # every embedding came from the cache
+    again.text.category(CATEGORY)
+    assert again.text.encoder.encoded == 0  # every embedding came from the cache
 
 
-def test_failed_inference_is_error_never_ok(detector, monkeypatch):
-    def broken(*args, **kwargs):
+class LostDevice:
+    """A session whose device has gone away."""
+
+    providers = ("CUDAExecutionProvider",)
+
+    def run(self, feeds, outputs=None):
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(detector.image.session, "run", broken)
-    result = detector.detect(part(), CATEGORY)
+
+def test_failed_inference_is_error_never_ok(detector):
+    encoder = ImageEncoder(LostDevice(), detector.encoder.component)
+    result = Detector(encoder, detector.text, detector.refiner, detector.settings).detect(part(), CATEGORY)
     assert result.label == "ERROR" and "device lost" in result.error
 
 
@@ -127,3 +158,20 @@ def test_stream_keeps_going_past_bad_frames(detector):
 
 def test_work_size_never_upscales():
     assert work_size(100, 50) == (100, 50) and work_size(6000, 8000) == (384, 512)
+
+
+def test_with_settings_shares_the_parts_and_refuses_session_settings(detector):
+    quiet = detector.with_settings(replace(detector.settings, sam_gate=1.0))
+    assert quiet.encoder is detector.encoder and quiet.text is detector.text and quiet.refiner is detector.refiner
+    assert quiet.detect(part(red_box=DEFECT), CATEGORY).refiner == "none"
+    assert detector.settings.sam_gate != 1.0
+    with pytest.raises(ValueError, match="precision, threads need new sessions"):
+        detector.with_settings(replace(detector.settings, precision="fp16", threads=2))
+    with pytest.raises(AttributeError):
+        detector.settings = quiet.settings
+
+
+def test_references_encoded_by_another_graph_are_refused(detector):
+    memory = replace(detector.remember([part()]), encoder="clip_image fp16 0123456789abcdef")
+    with pytest.raises(ValueError, match="remember them with this detector"):
+        detector.detect(part(), CATEGORY, references=memory)

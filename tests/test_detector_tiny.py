@@ -26,7 +26,7 @@ def test_runtime_maps_and_scores_match_the_torch_reference(tmp_path):
     torch.save(model.state_dict(), tmp_path / "tiny.pt")
     build_bundle(tmp_path / "b", "custom", ClipSpec(arch="lineside-tiny-clip", checkpoint=tmp_path / "tiny.pt"), None)
     detector = Detector.from_bundle(tmp_path / "b", sam_gate=1.0, text_cache_dir=tmp_path / "text")
-    comp = detector.image_c
+    comp = detector.encoder.component
     norm = comp.preprocessing["normalisation"]
     graph = ClipImageGraph(model.visual, norm["mean"], norm["std"], comp.config["vv_from"],
                            [t["layer"] for t in comp.config["taps"]]).eval()  # fmt: skip

@@ -18,8 +18,9 @@ import pytest
 
 import runtime.bundle.loader
 from runtime.bundle.loader import Bundle, file_sha256
-from runtime.bundle.check import check_detector, check_frame, main as check_main
+from runtime.bundle.check import check_detection, check_detector, check_frame, main as check_main
 from runtime.detect.detector import Detector
+from runtime.detect.encoders import ImageEncoder
 from runtime.bundle.manifest import MANIFEST_NAME, BundleError, Manifest
 from runtime.detect.text_encoder import TextEncoder
 
@@ -230,15 +231,19 @@ def test_the_end_to_end_run_alone_catches_a_broken_pipeline(bundle_copy, monkeyp
     _one_line_refusal(lambda: check_detector(Bundle.open(bundle_copy), check_frame()), "the detector")
 
 
-def test_the_end_to_end_run_refuses_non_finite_numbers(tiny_bundle, monkeypatch):
-    real = Detector.encode
+class PoisonedEncoder(ImageEncoder):
+    """The real image graph, its global embedding turned to NaN after the encoder's own finite check."""
 
-    def poisoned(self, rgb):
-        emb, taps = real(self, rgb)
+    def encode(self, rgb):
+        emb, taps = super().encode(rgb)
         return emb * np.nan, taps
 
-    monkeypatch.setattr(Detector, "encode", poisoned)
-    message = _one_line_refusal(lambda: check_detector(Bundle.open(tiny_bundle), check_frame()), "the detector")
+
+def test_the_end_to_end_run_refuses_non_finite_numbers(tiny_bundle, tmp_path):
+    real = Detector.from_bundle(tiny_bundle, sam_gate=0.0, text_cache_dir=tmp_path)
+    encoder = PoisonedEncoder(real.encoder.session, real.encoder.component, real.encoder.precision)
+    detector = Detector(encoder, real.text, real.refiner, real.settings, bundle=real.bundle)
+    message = _one_line_refusal(lambda: check_detection(detector, check_frame()), "the detector")
     assert "not finite" in message or "ERROR" in message
 
 

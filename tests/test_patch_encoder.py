@@ -56,7 +56,7 @@ def default_bundle(tmp_path_factory):
 
 def test_reference_only_bundle_needs_references(default_bundle):
     detector = Detector.from_bundle(default_bundle)
-    assert not detector.has_language and detector.sam is None
+    assert not detector.has_language and detector.refiner is None
     with pytest.raises(ValueError, match="no language branch.*references"):
         detector.detect(np.zeros((64, 64, 3), np.uint8), "cell")
 

@@ -261,3 +261,21 @@ def test_reference_only_bundle_serves_after_teaching(frames, tmp_path):
     inspected = [x for x in lines[2:] if x["label"] != "ERROR"]
     assert inspected and all(x["branches"] == ["reference"] for x in inspected)
     assert all(x["refiner"] in ("contours", "none") for x in inspected)
+
+
+def test_references_are_read_in_their_own_colour_order(controlled, frames, tmp_path):
+    """Reference files and frames are both BGR on disk: every line scores as detect() does with both the right way round."""
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    reference = part()
+    reference[..., 0] //= 2  # a tint, so that a channel swap would show
+    cv2.imwrite(str(refs / "good.png"), reference)
+    detector = _detector(controlled, tmp_path)
+    server = Server(_settings(controlled, frames, tmp_path, references=refs, explain=False), detector=detector).start()
+    server.wait()
+    server.shutdown()
+    memory = detector.remember([reference], colour="BGR")
+    files = [p for p in sorted(frames.iterdir()) if p.name != "03b.png"]  # 03b is the corrupt one
+    expected = [detector.detect(cv2.imread(str(p)), CATEGORY, memory).image_score for p in files]
+    scores = [x["image_score"] for x in _lines(tmp_path / "results.jsonl") if x["label"] in ("OK", "NG")]
+    assert scores == pytest.approx(expected, abs=1e-6) and max(scores[:2]) > 1e-3  # the tint is seen on good parts

@@ -97,12 +97,18 @@ def check_detector(bundle: Bundle, frame: np.ndarray, providers: tuple[str, ...]
                           "score a frame; export one into it: python -m export clip|all ...")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="lineside-check-") as cache:
         detector = Detector.from_bundle(bundle.path, providers=providers, sam_gate=0.0, text_cache_dir=Path(cache))
-        references = None if detector.has_language else [frame, np.ascontiguousarray(frame[:, ::-1])]
-        started = time.perf_counter()
-        try:
-            result = _quiet_detect(detector, frame, references)
-        except Exception as e:  # the detector refused its own bundle's output: that is the finding
-            raise BundleError(f"the detector failed end to end on the check frame: {one_line(e)}") from e
+        return check_detection(detector, frame)
+
+
+def check_detection(detector, frame: np.ndarray) -> tuple[str, ...]:
+    """One `detect` on `frame` (the frame and its mirror as references when there is no
+    language branch); BundleError on an ERROR or any non-finite number, else the report row."""
+    references = None if detector.has_language else [frame, np.ascontiguousarray(frame[:, ::-1])]
+    started = time.perf_counter()
+    try:
+        result = _quiet_detect(detector, frame, references)
+    except Exception as e:  # the detector refused its own bundle's output: that is the finding
+        raise BundleError(f"the detector failed end to end on the check frame: {one_line(e)}") from e
     ms = (time.perf_counter() - started) * 1e3
     if result.label == "ERROR":
         raise BundleError(f"the detector returned ERROR on the check frame: {' '.join(str(result.error).split())}")

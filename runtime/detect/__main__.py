@@ -51,6 +51,7 @@ def run(args) -> tuple[dict[str, int], dict[str, float]]:
     bits, min_side = settings.input_bits, settings.min_frame_side
     read = lambda p: to_rgb_uint8(read_frame(p, args.max_image_pixels), "BGR", bits, min_side)  # noqa: E731
     refs = [read(p) for p in list_images([args.references])] if args.references else None
+    refs = detector.remember(refs, colour="RGB") if refs else None  # encoded once, not per image
     paths = list_images(args.inputs)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "overlays").mkdir(exist_ok=True)

@@ -1,4 +1,8 @@
-"""A category's text side: class embeddings for scoring, labelled prompts for explaining."""
+"""A category's text side: class embeddings for scoring, labelled prompts for explaining.
+
+`PromptText` is the detector's text part: the text encoder, the folder of prompt
+banks, and each category's `CategoryText` built once.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle.loader import Bundle
+from ..settings import DetectorSettings
+from .encoders import session_options
 from .prompt_bank import ABNORMAL_STATES, NORMAL_STATES, category_text, ensemble, load_bank
 from .scoring import class_embedding, l2_normalize
 from .text_encoder import TextEncoder
@@ -37,3 +44,32 @@ def build_category_text(encoder: TextEncoder, category: str, prompt_dir: Path) -
     labels = np.stack([normal_c, class_embedding(generic), *l2_normalize(defect_embs)])
     texts = (f"damaged {category_text(category)}", *defects)
     return CategoryText(category, np.stack([normal_c, abnormal_c]), labels, texts, len(defects))
+
+
+class PromptText:
+    """category -> CategoryText from the text encoder and the banks in `prompt_dir`, built once per category.
+
+    A bank edited on disk is read again only by a new PromptText (`with_folder`,
+    or a new detector).
+    """
+
+    def __init__(self, encoder: TextEncoder, prompt_dir: Path):
+        self.encoder, self.prompt_dir = encoder, Path(prompt_dir)
+        self._categories: dict[str, CategoryText] = {}
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, settings: DetectorSettings) -> PromptText | None:
+        """The bundle's text graph (None if it has none); banks from settings.prompt_dir, else BUNDLE/prompts."""
+        if "clip_text" not in bundle.manifest.components:
+            return None
+        encoder = TextEncoder(bundle, settings.providers, settings.text_cache_dir, **session_options(settings))
+        return cls(encoder, settings.prompt_dir or bundle.path / "prompts")
+
+    def with_folder(self, prompt_dir: Path) -> PromptText:
+        """The same text encoder over another folder of banks."""
+        return PromptText(self.encoder, prompt_dir)
+
+    def category(self, category: str) -> CategoryText:
+        if category not in self._categories:
+            self._categories[category] = build_category_text(self.encoder, category, self.prompt_dir)
+        return self._categories[category]

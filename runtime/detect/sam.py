@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..bundle.loader import Bundle
+from ..settings import DetectorSettings
+from .encoders import session_options
 from .preprocess import sam_input, sam_prompts
 from .regions import Candidate
 
@@ -18,18 +20,31 @@ class SamMask:
     iou: float  # SAM's own predicted IoU
 
 
+def has_sam(bundle: Bundle) -> bool:
+    return {"sam_encoder", "sam_decoder"} <= set(bundle.manifest.components)
+
+
 class SamRefiner:
     """Masks for candidate regions; the caller filters them by IoU, area and anomaly mass."""
 
     def __init__(self, bundle: Bundle, precision: str = "fp32", providers=("cpu",), **session_options):
         self.encoder_c = bundle.component("sam_encoder")
         self.decoder_c = bundle.component("sam_decoder")
-        self.encoder = bundle.session("sam_encoder", bundle.precision_for("sam_encoder", precision), providers,
-                                      **session_options)
-        self.decoder = bundle.session("sam_decoder", bundle.precision_for("sam_decoder", precision), providers,
-                                      **session_options)
+        self.encoder = bundle.session(
+            "sam_encoder", bundle.precision_for("sam_encoder", precision), providers, **session_options
+        )
+        self.decoder = bundle.session(
+            "sam_decoder", bundle.precision_for("sam_decoder", precision), providers, **session_options
+        )
         self.multi = list(self.decoder_c.config["mask_slots"]["multi"])
         self.threshold = float(self.decoder_c.config["mask_threshold"])
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, settings: DetectorSettings) -> SamRefiner | None:
+        """The bundle's SAM at the settings' precision and providers; None when the bundle has no SAM."""
+        if not has_sam(bundle):
+            return None
+        return cls(bundle, settings.precision, settings.providers, **session_options(settings))
 
     def embed(self, frame_rgb: np.ndarray) -> np.ndarray:
         feeds = {self.encoder_c.inputs[0].name: sam_input(frame_rgb, self.encoder_c.preprocessing)}
@@ -47,4 +62,3 @@ class SamRefiner:
             best = max(self.multi, key=lambda slot: ious[slot])
             out.append(SamMask(masks[best] > self.threshold, float(ious[best])))
         return out
-

@@ -155,7 +155,7 @@ class PromptAgent:
     # --- stages 2 and 3 -------------------------------------------------------------
     def refine(self, category: str, records: list[dict]) -> list[Candidate]:
         """Descriptions -> prompts of at most 77 tokens, exact duplicates merged."""
-        tokenizer = self.detector.text.tokenizer
+        tokenizer = self.detector.text.encoder.tokenizer
         out: dict[str, Candidate] = {}
         for index, record in enumerate(records):
             for d in record["descriptions"]:
@@ -191,7 +191,7 @@ class PromptAgent:
             tuple(BankPrompt(c.text, False, c.reason, c.provenance()) for c in dropped)  # fmt: skip
         meta = {
             "model": {"file": self.llm.name, "sha256": self.llm.sha256, "quant": self.llm.quant} if self.llm else None,
-            "bundle_id": self.detector.bundle.bundle_id,
+            "bundle_id": self.detector.bundle_id,
             "settings": asdict(self.settings),
             "normal_images": [image_hash(n) for n in normals],
             "stage1": records,

@@ -48,11 +48,11 @@ def filter_candidates(detector, category: str, candidates: list[Candidate], norm
     """(kept, dropped), each candidate carrying its reason and figures."""
     if not candidates:
         return [], []
-    encoder, scale = detector.text, detector.settings.logit_scale
+    encoder, scale = detector.text.encoder, detector.settings.logit_scale
     normal_c = class_embedding(encoder(ensemble(NORMAL_STATES, category)))
     abnormal_c = class_embedding(encoder(ensemble(ABNORMAL_STATES, category)))
     embeddings = encoder([c.text for c in candidates])
-    encoded = [detector.encode(n) for n in normals]  # (global, taps) of each normal reference
+    encoded = [detector.encoder.encode(n) for n in normals]  # (global, taps) of each normal reference
     ignore = content_words(category_text(category), set())
     normal_words = set().union(*(content_words(f, ignore) for f in normal_features)) if normal_features else set()
     kept: list[tuple[Candidate, np.ndarray]] = []
@@ -61,7 +61,7 @@ def filter_candidates(detector, category: str, candidates: list[Candidate], norm
         twin = next((k for k, e in kept if float(e @ emb) >= settings.merge_cosine), None)
         cos_n, cos_a = float(emb @ normal_c), float(emb @ abnormal_c)
         classes = np.stack([normal_c, emb])
-        fire_map = max(float(language_grid(t, classes, scale, detector.grid).max()) for _, t in encoded)
+        fire_map = max(float(language_grid(t, classes, scale, detector.encoder.grid).max()) for _, t in encoded)
         fire_global = max(float(abnormal_probability(g, classes, scale)) for g, _ in encoded)
         cand.checks = {"cos_normal": round(cos_n, 4), "cos_abnormal": round(cos_a, 4),
                        "fire_map_max": round(fire_map, 4), "fire_global_max": round(fire_global, 4)}  # fmt: skip

@@ -108,7 +108,9 @@ class Inspector(threading.Thread):
                  state: State, sinks: list, explainer, metrics, stop: threading.Event, teach: int = 0,
                  capture_done=lambda: True):  # fmt: skip
         super().__init__(name="inspector", daemon=True)
-        self.detector, self.category, self.references = detector, category, references
+        self.detector, self.category, self.references = detector, category, references  # RGB images or None
+        # Encoded once here (serve fails at start on an unusable one) and again after each TEACH frame.
+        self.memory = detector.remember(references, colour="RGB") if references else None
         self.slot, self.log, self.state, self.sinks = slot, log_, state, sinks
         self.explainer, self.metrics, self.stop, self.teach = explainer, metrics, stop, teach
         self.capture_done = capture_done
@@ -163,7 +165,13 @@ class Inspector(threading.Thread):
             rgb = to_rgb_uint8(frame.image, "BGR")
         except ValueError:
             return False
-        self.references = [*(self.references or []), rgb]
+        references = [*(self.references or []), rgb]
+        try:
+            self.memory = self.detector.remember(references, colour="RGB")
+        except Exception as e:  # too small, or the encoder failed on it: not a reference
+            log.warning("frame %d cannot be a reference (%s); inspecting it instead", frame.frame_id, e)
+            return False
+        self.references = references
         self.teach -= 1
         self.log.write(teach_line(frame_ref(frame, self.run_id), len(self.references)))
         return True
@@ -187,7 +195,7 @@ class Inspector(threading.Thread):
         if frame.image is None:
             return self.detector.error_result(f"frame could not be decoded: {frame.note}", self.category)
         try:
-            return self.detector.detect(frame.image, self.category, self.references, colour="BGR")
+            return self.detector.detect(frame.image, self.category, self.memory, colour="BGR")
         except ValueError as e:  # wrong size/channels/dtype from the source
             return self.detector.error_result(f"{frame.file}: {e}" if frame.file else str(e), self.category)
 

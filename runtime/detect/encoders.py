@@ -1,0 +1,115 @@
+"""The image side of the detector: one graph, frames in, embeddings out.
+
+    encoder = ImageEncoder.from_bundle(bundle, settings)
+    global_emb, taps = encoder.encode(rgb)   # (D,), [(N, D) per tap]
+
+The text side is `TextEncoder` (text_encoder.py) behind `PromptText`
+(prompt_text.py). Anything with this class's attributes and `encode` can stand
+in for it (benchmarks/parity.py runs the torch module the graph came from).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..bundle.loader import IMAGE_COMPONENTS, Bundle
+from ..bundle.manifest import BundleError, Component
+from ..settings import DetectorSettings
+from .preprocess import clip_input
+
+# The settings a part's sessions are built with: changing one needs new sessions
+# (Detector.with_settings refuses it; build a new detector with Detector.from_bundle).
+SESSION_SETTINGS = (
+    "precision",
+    "providers",
+    "threads",
+    "strict_providers",
+    "trt_cache_dir",
+    "trt_fp16",
+    "text_cache_dir",
+)
+
+
+class NonFiniteError(RuntimeError):
+    """A stage produced NaN or inf: the frame cannot be judged, so it is an ERROR, never OK."""
+
+
+def require_finite(stage: str, *arrays) -> None:
+    """Raise NonFiniteError naming `stage` when any value is NaN or inf."""
+    for array in arrays:
+        values = np.asarray(array)
+        if not np.isfinite(values).all():
+            bad = int(values.size - np.isfinite(values).sum())
+            raise NonFiniteError(f"{stage} produced {bad} non-finite value(s) of {values.size} (NaN or inf)")
+
+
+def session_options(settings: DetectorSettings) -> dict:
+    """The keyword arguments of `Bundle.session` that come from the settings (besides precision, providers)."""
+    return {
+        "threads": settings.threads,
+        "trt_cache_dir": settings.trt_cache_dir,
+        "trt_fp16": settings.trt_fp16,
+        "strict_providers": settings.strict_providers,
+    }
+
+
+def image_component(bundle: Bundle) -> str:
+    """The bundle's image graph: CLIP's image tower if it has one, else the patch encoder."""
+    have = [name for name in IMAGE_COMPONENTS if name in bundle.manifest.components]
+    if not have:
+        raise BundleError(
+            f"{bundle.path} has no image graph ({' or '.join(IMAGE_COMPONENTS)}), so it cannot "
+            "score a frame; export one into it: python -m export clip|all ..."
+        )
+    return have[0]
+
+
+class ImageEncoder:
+    """HxWx3 uint8 RGB -> global embedding (D,) and patch tokens per tap [(N, D)], N = rows * cols of `grid`.
+
+    `session` is anything with `run(feeds) -> {output name: array}` and `providers`
+    (an `OnnxSession`); `component` the manifest entry it was loaded from, which
+    gives the preprocessing, the grid and the output names.
+    """
+
+    def __init__(self, session, component: Component, precision: str = "fp32"):
+        self.session, self.component, self.precision = session, component, precision
+        self.preprocessing = component.preprocessing
+        self.size: tuple[int, int] = tuple(component.preprocessing["size"])  # model input (h, w)
+        self.grid: tuple[int, int] = tuple(component.config["grid"])  # patch rows, cols
+        self.input_name = component.inputs[0].name
+        self.global_output = component.outputs[0].name
+        self.tap_outputs = [t["output"] for t in component.config["taps"]]
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, settings: DetectorSettings) -> ImageEncoder:
+        name = image_component(bundle)
+        precision = bundle.precision_for(name, settings.precision)
+        session = bundle.session(name, precision, settings.providers, **session_options(settings))
+        return cls(session, bundle.component(name), precision)
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return tuple(self.session.providers)
+
+    @property
+    def clip(self) -> bool:
+        """Whether its embeddings live in CLIP's joint space (so text prompts can score them)."""
+        return self.component.name == "clip_image"
+
+    @property
+    def identity(self) -> str:
+        """Which graph made an embedding: a reference memory is only valid with the encoder that built it."""
+        entry = self.component.files.get(self.precision)
+        return f"{self.component.name} {self.precision} {entry.sha256[:16] if entry else '-'}"
+
+    def encode(self, rgb: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """HxWx3 uint8 RGB (any size: resized by the manifest's preprocessing) -> (D,), [(N, D)]."""
+        global_emb, taps = self.run(clip_input(rgb, self.preprocessing))
+        require_finite("the image encoder", global_emb, *taps)
+        return global_emb, taps
+
+    def run(self, pixels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(1, 3, h, w) float32 model input -> the graph's global output (D,) and tap outputs [(N, D)]."""
+        out = self.session.run({self.input_name: pixels})
+        return out[self.global_output][0], [out[name][0] for name in self.tap_outputs]
