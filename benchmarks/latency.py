@@ -90,7 +90,7 @@ def pipelined_fps(bundle: Path, precision: str, providers, n: int, refs_dir: Pat
     same steps one after the other, with each step timed."""
     from runtime.detect.frames import read_image
     from runtime.detect.lines import FrameRef, new_run, result_line, strict_json
-    from runtime.serve import Server, ServeSettings
+    from runtime.serve import Server, Settings
 
     folder = work / "frames"
     folder.mkdir(exist_ok=True)
@@ -117,7 +117,7 @@ def pipelined_fps(bundle: Path, precision: str, providers, n: int, refs_dir: Pat
             for k, a, b in (("read", t0, t1), ("detect", t1, t2), ("log", t2, t3)):
                 steps[k].append((b - a) * 1e3)
     sequential = n / (time.perf_counter() - started)
-    settings = ServeSettings(source=str(folder), bundle=bundle, category="part", port=0, precision=precision,
+    settings = Settings.of(source=str(folder), bundle=bundle, category="part", port=0, precision=precision,
                              providers=tuple(providers), results=work / "r.jsonl", explain=False,
                              references=refs_dir, threshold=1.0)  # fmt: skip
     server = Server(settings, detector=make()).start()

@@ -1,71 +1,209 @@
-"""Every knob of the detector, with its default and why, in one object.
+"""Every setting of lineside, declared once: type, default, bounds and help.
 
-A `Result` carries the settings that produced it, so a decision can always be
-traced back to the thresholds in force.
+Four sections, one per concern: `JobSettings` (what to inspect), `DetectorSettings`
+(graphs, sessions, frames, scoring, regions), `AgentSettings` (the prompt agent
+and its language model) and `ServeSettings` (sources, outputs, HTTP). The
+command-line flags of serve, detect and prompts, the `--config` JSON file and the
+`LINESIDE_*` environment variables are all made from these fields by
+`runtime.options`, so a setting added here is reachable everywhere at once.
+Bounds are checked when a section is built, in one line naming the setting; a
+`Result` carries the detector settings that produced it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .options import setting
 from .bundle.manifest import PRECISIONS
+from .detect.frames import MAX_IMAGE_PIXELS
+
+PROVIDERS = ("tensorrt", "cuda", "cpu")
+MQTT_QUEUE_MAX = 60_000  # below the 65,535 message ids one MQTT client can have outstanding
+
+
+def setting(default: Any, help: str, *, low=None, high=None, above=None, choices=None) -> Any:
+    """A field with its help text and bounds: `low <= value <= high`, `value > above`, `value in choices`."""
+    meta = {"help": help, "low": low, "high": high, "above": above, "choices": choices}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def unit(default: float, help: str) -> Any:
+    """A setting in 0..1: a threshold, weight or fraction."""
+    return setting(default, help, low=0.0, high=1.0)
 
 
 @dataclass(frozen=True)
-class DetectorSettings:
-    precision: str = setting("fp32", "graph precision to run", choices=PRECISIONS)
-    providers: tuple[str, ...] = setting(("cpu",), "onnxruntime providers in order: tensorrt,cuda,cpu")
-    threads: int | None = setting(None, "intra-op threads per session (None: onnxruntime decides)")
-    strict_providers: bool = setting(False, "refuse to start when a requested accelerator (tensorrt, cuda) "
-                                     "is not obtained, instead of running on the next provider")  # fmt: skip
-    trt_cache_dir: Path | None = setting(None, "where TensorRT engines are built and cached")
-    trt_fp16: bool = setting(False, "let TensorRT build fp16 engines (faster on GPUs with tensor cores)")
-    threshold: float = setting(0.5, "image score at or above which a frame is NG; `calibrate` sets it")
-    logit_scale: float = setting(100.0, "CLIP temperature in softmax(scale * [<x,t_n>, <x,t_a>])")
-    smoothing_sigma: float = setting(4.0, "Gaussian sigma of the anomaly map, in pixels at 518 px input")
-    map_weight: float = setting(
-        0.5, "image score = (1 - w) * global-embedding score + w * map maximum (0: global only)"
-    )
-    reference_weight: float = setting(0.5, "weight of the reference (few-shot) map when references are given")
-    use_sam: bool = setting(True, "refine suspicious frames with SAM when the bundle has it")
-    sam_gate: float = setting(0.4, "SAM runs only when the image score or map maximum reaches this")
-    region_threshold: float = setting(0.5, "map value above which pixels form candidate regions")
-    min_region_frac: float = setting(0.0005, "smallest region kept, as a fraction of the frame")
-    max_region_frac: float = setting(0.5, "largest region kept (larger is the part or the background)")
-    max_regions: int = setting(8, "at most this many regions per frame, strongest first")
-    sam_min_iou: float = setting(0.5, "smallest SAM-predicted IoU for a mask to be kept")
-    sam_min_mass: float = setting(0.3, "smallest mean anomaly-map value inside a kept mask")
-    refine_mix: float = setting(0.5, "refined map = (1 - mix) * map + mix * region score inside masks")
-    text_cache_dir: Path | None = setting(None, "text-embedding cache (default ~/.cache/lineside/text)")
-    prompt_dir: Path | None = setting(None, "folder of prompt banks CATEGORY.json (default BUNDLE/prompts)")
-    input_bits: int = setting(16, "bit depth of uint16 frames (10, 12, 14 or 16); values above it are refused")
-    min_frame_side: int = setting(16, "frames with a side shorter than this many pixels are refused (ERROR)")
+class Section:
+    """Checks every field against its declared bounds, then the section's own rules (`check`)."""
 
     def __post_init__(self):
-        for name, value in asdict(self).items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"setting {name}: {value} is not a finite number")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"setting precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        for name in ("threshold", "map_weight", "reference_weight", "sam_gate", "region_threshold",
-                     "sam_min_iou", "sam_min_mass", "refine_mix"):  # fmt: skip
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"setting {name}: {value} is outside 0..1")
-        if self.logit_scale <= 0 or self.smoothing_sigma < 0:
-            raise ValueError("settings logit_scale must be > 0 and smoothing_sigma >= 0")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"setting threads: {self.threads} must be >= 1 (or unset)")
-        if self.max_regions < 1 or self.min_frame_side < 1:
-            raise ValueError("settings max_regions and min_frame_side must be >= 1")
-        if self.input_bits not in (10, 12, 14, 16):
-            raise ValueError(f"setting input_bits: {self.input_bits} is not one of 10, 12, 14, 16")
-        if not 0 <= self.min_region_frac < self.max_region_frac <= 1:
-            raise ValueError("settings min_region_frac/max_region_frac must satisfy 0 <= min < max <= 1")
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name))
+        self.check()
+
+    def check(self) -> None:
+        """Rules between fields; a section overrides it when it has any."""
 
     def to_dict(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-                for k, v in asdict(self).items()}  # fmt: skip
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class JobSettings(Section):
+    bundle: Path = setting(Path("bundles/default"), "bundle folder (python -m export ... --out DIR)")
+    category: str = setting("part", "what the parts are, e.g. solar_cell or metal_nut")
+    references: Path | None = setting(None, "folder of known-good images (few-shot branch)")
+
+    def check(self) -> None:
+        if not str(self.category).strip():
+            raise ValueError(f"setting category: {self.category!r} is empty; name the parts, e.g. metal_nut")
+
+
+@dataclass(frozen=True)
+class DetectorSettings(Section):
+    precision: str = setting("fp32", "graph precision to run", choices=PRECISIONS)
+    providers: tuple[str, ...] = setting(("cpu",), "onnxruntime providers in order", choices=PROVIDERS)
+    strict_providers: bool = setting(False, "refuse to start when a requested accelerator (tensorrt, cuda) "
+                                     "is not obtained, instead of running on the next provider")  # fmt: skip
+    threads: int | None = setting(None, "intra-op threads per session (unset: onnxruntime decides)", low=1)
+    trt_cache_dir: Path | None = setting(None, "where TensorRT engines are built and cached")
+    trt_fp16: bool = setting(False, "let TensorRT build fp16 engines (faster on GPUs with tensor cores)")
+    text_cache_dir: Path | None = setting(None, "text-embedding cache (default ~/.cache/lineside/text)")
+    prompt_dir: Path | None = setting(None, "folder of prompt banks CATEGORY.json (default BUNDLE/prompts)")
+    max_image_pixels: int = setting(MAX_IMAGE_PIXELS, "image files declaring more pixels are refused before "
+                                    "decoding", low=1)  # fmt: skip
+    input_bits: int = setting(16, "bit depth of uint16 frames; values above it are refused", choices=(10, 12, 14, 16))
+    min_frame_side: int = setting(16, "frames with a side shorter than this many pixels are refused", low=1)
+    threshold: float = unit(0.5, "image score at or above which a frame is NG")
+    logit_scale: float = setting(100.0, "CLIP temperature in softmax(scale * [<x,t_n>, <x,t_a>])", above=0.0)
+    smoothing_sigma: float = setting(4.0, "Gaussian sigma of the anomaly map, in pixels at 518 px input", low=0.0)
+    map_weight: float = unit(0.5, "image score = (1 - w) * global-embedding score + w * map maximum")
+    reference_weight: float = unit(0.5, "weight of the reference (few-shot) map when references are given")
+    use_sam: bool = setting(True, "refine suspicious frames with SAM when the bundle has it")
+    sam_gate: float = unit(0.4, "SAM runs only when the image score or map maximum reaches this")
+    region_threshold: float = unit(0.5, "map value above which pixels form candidate regions")
+    min_region_frac: float = unit(0.0005, "smallest region kept, as a fraction of the frame")
+    max_region_frac: float = unit(0.5, "largest region kept (larger is the part or the background)")
+    max_regions: int = setting(8, "at most this many regions per frame, strongest first", low=1)
+    sam_min_iou: float = unit(0.5, "smallest SAM-predicted IoU for a mask to be kept")
+    sam_min_mass: float = unit(0.3, "smallest mean anomaly-map value inside a kept mask")
+    refine_mix: float = unit(0.5, "refined map = (1 - mix) * map + mix * region score inside masks")
+
+    def check(self) -> None:
+        if not self.min_region_frac < self.max_region_frac:
+            raise ValueError("settings min_region_frac/max_region_frac must satisfy min < max")
+        if not self.providers:
+            raise ValueError("setting providers: empty; give at least cpu")
+
+
+@dataclass(frozen=True)
+class AgentSettings(Section):
+    retries: int = setting(3, "language-model answers tried per question before rule-based descriptions", low=1)
+    max_prompts: int = setting(8, "defect prompts kept per category at most", low=1)
+    merge_cosine: float = unit(0.95, "candidate prompts closer than this (text-embedding cosine) are one prompt")
+    fire_bound: float = unit(0.5, "a candidate whose map or score on a normal reference reaches this is dropped")
+    max_tokens: int = setting(160, "tokens one language-model answer may take", low=1)
+    temperature: float = setting(0.3, "sampling temperature of the language model", low=0.0)
+    seed: int = setting(0, "sampling seed of the language model (retries add one)")
+    answer_seconds: float = setting(60.0, "time bound of one language-model answer", above=0.0)
+    llm_threads: int | None = setting(None, "CPU threads of the language model (unset: llama.cpp decides)", low=1)
+    llm_context: int = setting(2048, "context length of the language model, in tokens", low=256)
+
+
+@dataclass(frozen=True)
+class ServeSettings(Section):
+    source: str = setting("0", "camera index, /dev/videoN, video file, image folder, rtsp:// or http(s):// URL")
+    teach: int = setting(0, "take the first N frames as known-good references", low=0)
+    max_fps: float = setting(0.0, "read at most this many frames per second (0: as fast as they come)", low=0.0)
+    loop: bool = setting(False, "restart a video file or folder at its end")
+    host: str = setting("127.0.0.1", "HTTP address (127.0.0.1: this box only)")
+    port: int = setting(8080, "HTTP port (0: any free port)", low=0, high=65535)
+    http_max_connections: int = setting(64, "open HTTP connections at most; more are answered 503", low=1)
+    http_read_timeout_s: float = setting(10.0, "an HTTP connection that sends no complete request for this "
+                                         "long is closed", above=0.0)  # fmt: skip
+    show: bool = setting(False, "show the overlay in a window (needs a display and opencv-python)")
+    results: Path = setting(Path("lineside-results.jsonl"), "durable log: one JSON line per inspected frame")
+    save_ng: Path | None = setting(None, "folder for NG images with JSON sidecars")
+    save_ng_mb: float = setting(500.0, "disk cap of the NG images serve wrote in --save-ng; its oldest go first "
+                                "(other files there are never touched)", above=0.0)  # fmt: skip
+    sink: tuple[str, ...] = setting((), "extra result sink: jsonl:PATH, mqtt://HOST:PORT/TOPIC, http(s)://URL")
+    sink_queue: int = setting(256, "records a sink may fall behind before its records are dropped", low=1)
+    mqtt_queue: int = setting(1000, "MQTT records held for a broker that is away (QoS 1); more are dropped "
+                              "(counted)", low=1, high=MQTT_QUEUE_MAX)  # fmt: skip
+    webhook_follow_redirects: bool = setting(False, "re-send a webhook POST (same body) to where a 3xx points; "
+                                             "off: a redirect is a failed delivery")  # fmt: skip
+    explain: bool = setting(True, "explain NG frames in the background with the prompt agent")
+    explain_queue: int = setting(4, "NG frames waiting for an explanation before new ones are skipped", low=1)
+    explain_seconds: float = setting(10.0, "time bound of one explanation", above=0.0)
+    reconnect_max_s: float = setting(30.0, "longest wait between reconnection attempts of a live source", above=0.0)
+    recent: int = setting(500, "results kept in memory for /api/results", low=1)
+
+    def check(self) -> None:
+        if not str(self.source).strip():
+            raise ValueError("setting source: empty; give a camera index, file, folder or URL")
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "job": JobSettings,
+    "detector": DetectorSettings,
+    "agent": AgentSettings,
+    "serve": ServeSettings,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One process's settings, section by section; `Settings.of(threshold=0.7, port=0)` takes flat names."""
+
+    job: JobSettings = field(default_factory=JobSettings)
+    detector: DetectorSettings = field(default_factory=DetectorSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
+
+    @classmethod
+    def of(cls, **values) -> Settings:
+        return cls().replace(**values)
+
+    def replace(self, **values) -> Settings:
+        """A copy with the named settings changed, whichever section each belongs to."""
+        unknown = sorted(set(values) - set(owner_of))
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}; see --help for the names")
+        sections = {}
+        for name, cls in SECTIONS.items():
+            mine = {k: v for k, v in values.items() if owner_of[k] == name}
+            sections[name] = dataclasses.replace(getattr(self, name), **mine) if mine else getattr(self, name)
+        return Settings(**sections)
+
+
+owner_of: dict[str, str] = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"setting {f.name}: {value} is not a finite number")
+    if meta.get("choices") is not None:
+        bad = [v for v in (value if isinstance(value, tuple) else (value,)) if v not in meta["choices"]]
+        if bad:
+            raise ValueError(f"setting {f.name}: {bad[0]!r} is not one of {', '.join(map(str, meta['choices']))}")
+    if meta.get("low") is not None and value < meta["low"]:
+        raise ValueError(f"setting {f.name}: {value} must be >= {meta['low']}")
+    if meta.get("high") is not None and value > meta["high"]:
+        raise ValueError(f"setting {f.name}: {value} must be <= {meta['high']}")
+    if meta.get("above") is not None and not value > meta["above"]:
+        raise ValueError(f"setting {f.name}: {value} must be > {meta['above']}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value

@@ -10,7 +10,8 @@ import pytest
 
 from export.build import build_bundle
 from export.mllm_export import MllmSpec
-from runtime.prompts.agent import AgentSettings, PromptAgent, to_prompt, valid_descriptions
+from runtime.prompts.agent import PromptAgent, to_prompt, valid_descriptions
+from runtime.settings import AgentSettings
 from runtime.detect.detector import Detector
 from runtime.prompts.false_alarms import Candidate, filter_candidates
 from runtime.prompts.language_model import HANDLER_CLASSES, LanguageModel, handler_class, image_part, vision_message
@@ -115,18 +116,22 @@ def test_smollm2_builds_a_bank_repeatably(smol_bundle, tmp_path):
     assert PromptBank.read(path) == PromptBank.read(banks[0].write(tmp_path / "again.json"))
 
 
-def test_explain_answers_within_its_time_bound(smol_bundle, tmp_path):
-    import time
-
+def test_explain_is_cut_at_its_deadline_and_falls_back_to_rules(smol_bundle, tmp_path):
+    """The deadline is checked between streamed tokens: a deadline already passed stops
+    the answer at its first token, and the cut answer is replaced by the rule sentence.
+    (No wall-clock bound is asserted: the machine is shared and noisy.)"""
     detector = Detector.from_bundle(smol_bundle, text_cache_dir=tmp_path / "text", sam_gate=0.0,
                                     region_threshold=0.0, max_region_frac=1.0)  # fmt: skip
     normals, samples = _images()
     result = detector.detect(samples[0], "screw", normals, colour="RGB")
-    agent = PromptAgent(detector, LanguageModel(detector.bundle, threads=2))
-    started = time.perf_counter()
-    sentence = agent.explain(result, samples[0], normals[0], deadline_s=3.0)
-    assert sentence and time.perf_counter() - started < 6.0
-    assert PromptAgent(detector, None).explain(result, samples[0], normals[0]).startswith(("Likely", "The screw"))
+    llm = LanguageModel(detector.bundle, threads=2)
+    answer, stats = llm.chat([{"role": "user", "content": "Describe a screw."}], max_tokens=60, deadline_s=0.0)
+    assert stats["finish_reason"] == "deadline" and stats["tokens"] <= 1
+    uncut, stats = llm.chat([{"role": "user", "content": "Describe a screw."}], max_tokens=8)
+    assert stats["finish_reason"] != "deadline" and stats["tokens"] > 1
+    rules = PromptAgent(detector, None).explain(result, samples[0], normals[0])
+    assert rules.startswith(("Likely", "The screw"))
+    assert PromptAgent(detector, llm).explain(result, samples[0], normals[0], deadline_s=0.0) == rules
 
 
 def test_ungrounded_explanations_are_replaced_by_rules():

@@ -36,4 +36,4 @@ def test_every_input_gets_a_line_and_an_overlay(tiny_bundle, tmp_path, capsys):
 def test_bad_setting_is_refused_with_its_name(tiny_bundle, tmp_path, capsys):
     code = main([str(tmp_path), "--bundle", str(tiny_bundle), "--category", "screw", "--out", str(tmp_path / "o"),
                  "--threshold", "1.5"])  # fmt: skip
-    assert code == 1 and "setting threshold: 1.5 is outside 0..1" in capsys.readouterr().err
+    assert code == 1 and "setting threshold: 1.5 must be <= 1.0" in capsys.readouterr().err

@@ -29,7 +29,7 @@ import open_clip
 import pytest
 
 from runtime.detect.detector import Detector
-from runtime.serve import Server, ServeSettings
+from runtime.serve import Server, Settings
 from runtime.serve.__main__ import main as serve_main
 from runtime.serve.capture import LatestFrameSlot
 from runtime.serve.metrics import Metrics
@@ -59,10 +59,10 @@ def _parts(folder: Path, n: int, every_ng: int = 3) -> Path:
     return folder
 
 
-def _settings(controlled, source, tmp_path, **kw) -> ServeSettings:
+def _settings(controlled, source, tmp_path, **kw) -> Settings:
     base = dict(source=str(source), bundle=controlled, category=CATEGORY, port=0, explain=False,
                 results=tmp_path / "results.jsonl")  # fmt: skip
-    return ServeSettings(**(base | kw))
+    return Settings.of(**(base | kw))
 
 
 def _strict(text: str) -> dict:

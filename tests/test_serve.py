@@ -16,7 +16,7 @@ import open_clip
 import pytest
 
 from runtime.detect.detector import Detector
-from runtime.serve import Server, ServeSettings
+from runtime.serve import Server, Settings
 from runtime.serve.__main__ import main as serve_main
 from tests.controlled import CATEGORY, build_controlled_bundle, part
 
@@ -39,9 +39,9 @@ def frames(tmp_path) -> Path:
     return folder
 
 
-def _settings(controlled, frames, tmp_path, **kw) -> ServeSettings:
+def _settings(controlled, frames, tmp_path, **kw) -> Settings:
     base = dict(source=str(frames), bundle=controlled, category=CATEGORY, port=0, results=tmp_path / "results.jsonl")
-    return ServeSettings(**(base | kw))
+    return Settings.of(**(base | kw))
 
 
 def _get(port, path):
@@ -171,7 +171,7 @@ def test_mqtt_and_webhook_sinks_deliver_to_real_peers(controlled, frames, tmp_pa
     assert sorted(x["frame_id"] for x in got) == list(range(1, 8))
     assert sorted(x["frame_id"] for x in Collector.received) == list(range(1, 8))
     assert server.metrics.registry.get_sample_value("lineside_sink_failures_total",
-                                                    {"sink": settings.sink[0]}) is None  # fmt: skip
+                                                    {"sink": settings.serve.sink[0]}) is None  # fmt: skip
 
 
 def test_a_dead_sink_never_blocks_inspection(controlled, frames, tmp_path):
@@ -251,8 +251,8 @@ def test_reference_only_bundle_serves_after_teaching(frames, tmp_path):
     bundle = build_bundle(tmp_path / "default", "default", patch=PatchSpec(image_size=128, precisions=("fp32",)))
     assert bundle.components.keys() == {"patch_encoder"}
     with pytest.raises(ValueError, match="no language branch: give --references DIR or --teach N"):
-        Server(ServeSettings(source=str(frames), bundle=tmp_path / "default", port=0, results=tmp_path / "r.jsonl"))
-    server = Server(ServeSettings(source=str(frames), bundle=tmp_path / "default", port=0, teach=2, explain=False,
+        Server(Settings.of(source=str(frames), bundle=tmp_path / "default", port=0, results=tmp_path / "r.jsonl"))
+    server = Server(Settings.of(source=str(frames), bundle=tmp_path / "default", port=0, teach=2, explain=False,
                                   results=tmp_path / "r.jsonl")).start()  # fmt: skip
     server.wait()
     server.shutdown()

@@ -2,7 +2,8 @@
 
 Batch inspection: every input image gets one line in OUT/results.jsonl (ERROR
 for unreadable files, never skipped), an overlay in OUT/overlays/ and its map
-and masks as PNG in OUT/maps/. Detector settings are flags (or --config FILE).
+and masks as PNG in OUT/maps/. Every job and detector setting is a flag, a
+--config key and a LINESIDE_* variable (runtime/settings.py).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..options import add_arguments, from_sources
+from ..options import add_arguments, load
 from .detector import Detector
-from .frames import MAX_IMAGE_PIXELS, list_images, printable, read_frame, to_rgb_uint8, write_image
+from .frames import list_images, printable, read_frame, to_rgb_uint8, write_image
 from ..bundle.manifest import BundleError
 from .lines import FrameRef, new_run, result_line, strict_json
 from .overlay import render
-from ..settings import DetectorSettings
 
 log = logging.getLogger("lineside.detect")
 
@@ -31,26 +31,19 @@ log = logging.getLogger("lineside.detect")
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m runtime.detect", description=__doc__.splitlines()[0])
     ap.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
-    ap.add_argument("--bundle", type=Path, required=True)
-    ap.add_argument("--category", required=True, help="what the part is, e.g. screw or metal_nut")
-    ap.add_argument("--references", type=Path, help="folder of known-good images (few-shot branch)")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--config", type=Path, help="JSON file of detector settings")
-    ap.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
-                    help=f"files declaring more pixels are refused before decoding (default {MAX_IMAGE_PIXELS})")
-    add_arguments(ap, DetectorSettings)
+    ap.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, overlays and maps")
+    add_arguments(ap, "job", "detector")
     return ap
 
 
 def run(args) -> tuple[dict[str, int], dict[str, float]]:
     """Inspect every input; (counts per label, median milliseconds per stage)."""
-    settings = from_sources(DetectorSettings, args.config, args)
-    detector = Detector.from_bundle(args.bundle, settings)
-    if args.max_image_pixels < 1:
-        raise ValueError(f"--max-image-pixels {args.max_image_pixels} must be >= 1")
-    bits, min_side = settings.input_bits, settings.min_frame_side
-    read = lambda p: to_rgb_uint8(read_frame(p, args.max_image_pixels), "BGR", bits, min_side)  # noqa: E731
-    refs = [read(p) for p in list_images([args.references])] if args.references else None
+    config = load(args)
+    job, settings = config.job, config.detector
+    detector = Detector.from_bundle(job.bundle, settings)
+    bits, min_side, max_pixels = settings.input_bits, settings.min_frame_side, settings.max_image_pixels
+    read = lambda p: to_rgb_uint8(read_frame(p, max_pixels), "BGR", bits, min_side)  # noqa: E731
+    refs = [read(p) for p in list_images([job.references])] if job.references else None
     refs = detector.remember(refs, colour="RGB") if refs else None  # encoded once, not per image
     paths = list_images(args.inputs)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -65,9 +58,9 @@ def run(args) -> tuple[dict[str, int], dict[str, float]]:
             try:
                 frame = read(path)
             except (ValueError, OSError) as e:  # unreadable, not a regular file, too large, too small
-                line = result_line(where, detector.error_result(str(e), args.category))
+                line = result_line(where, detector.error_result(str(e), job.category))
             else:
-                result = detector.detect(frame, args.category, refs, colour="RGB")
+                result = detector.detect(frame, job.category, refs, colour="RGB")
                 line = result_line(where, result, result.save(args.out / "maps", stem))
                 write_image(args.out / "overlays" / f"{stem}.png", render(frame, result))
                 for stage, ms in result.timings_ms.items():

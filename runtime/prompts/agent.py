@@ -32,6 +32,7 @@ from .false_alarms import Candidate, filter_candidates
 from .language_model import LanguageModel, vision_message
 from ..detect.prompt_bank import BankPrompt, PromptBank, category_text
 from ..detect.result import Result
+from ..settings import AgentSettings
 
 log = logging.getLogger("lineside.agent")
 
@@ -57,18 +58,6 @@ GENERIC_DEFECTS = [  # the last resort when neither the model nor the evidence g
     {"type": "dent", "location": "surface", "appearance": "shallow"},
     {"type": "stain", "location": "surface", "appearance": "discoloured"},
 ]
-
-
-@dataclass(frozen=True)
-class AgentSettings:
-    retries: int = 3  # answers tried per question before falling back
-    max_prompts: int = 8
-    merge_cosine: float = 0.95  # candidates closer than this are one prompt
-    fire_bound: float = 0.5  # a candidate whose map or score on a normal reference reaches this is dropped
-    max_tokens: int = 160
-    temperature: float = 0.3
-    seed: int = 0
-    answer_seconds: float = 60.0
 
 
 def image_hash(rgb: np.ndarray) -> str:
@@ -105,8 +94,8 @@ def to_prompt(category: str, d: dict) -> str:
 class PromptAgent:
     """Builds a category's prompt bank; `explain` puts an NG result into words."""
 
-    def __init__(self, detector: Detector, llm: LanguageModel | None, settings: AgentSettings = AgentSettings()):
-        self.detector, self.llm, self.settings = detector, llm, settings
+    def __init__(self, detector: Detector, llm: LanguageModel | None, settings: AgentSettings | None = None):
+        self.detector, self.llm, self.settings = detector, llm, settings or AgentSettings()
 
     # --- stage 1 ------------------------------------------------------------------
     def _ask(self, messages: list[dict], attempt_log: list[dict]) -> tuple[list[dict], list[str]]:

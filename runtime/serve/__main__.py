@@ -12,17 +12,14 @@ import logging
 import re
 import signal
 import sys
-from dataclasses import replace
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..options import add_arguments, from_sources
+from ..options import add_arguments, load
 from ..bundle.manifest import BundleError
 from . import logs
 from .server import Server
-from .settings import ServeSettings
 
 log = logging.getLogger("lineside.serve")
 
@@ -33,8 +30,7 @@ START_ERRORS = (BundleError, ValueError, OSError, RuntimeError)
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m runtime.serve", description=__doc__.splitlines()[0])
     ap.add_argument("--camera", help="camera index (same as --source N)")
-    ap.add_argument("--config", type=Path, help="JSON file with any of the settings below")
-    add_arguments(ap, ServeSettings)
+    add_arguments(ap, "job", "serve", "detector", "agent")
     return ap
 
 
@@ -50,16 +46,11 @@ def show(server: Server) -> None:
 
 
 def build(args: argparse.Namespace) -> Server:
-    """Settings from defaults, --config and flags, then the server; raises one of START_ERRORS."""
-    try:
-        settings = from_sources(ServeSettings, args.config, args)
-    except (TypeError, OverflowError, AttributeError) as e:  # a config file of the wrong shape or kind of value
-        where = f"config file {args.config}" if args.config else "settings"
-        raise ValueError(f"{where}: {e} (a value of the wrong kind: a list, object or Infinity where a number "
-                         "or text belongs, or a file that is not one JSON object)") from e
+    """Settings from defaults, --config, LINESIDE_* and flags, then the server; raises one of START_ERRORS."""
+    settings = load(args)
     if args.camera is not None:
-        settings = replace(settings, source=args.camera)
-    if settings.show and re.search(r"GUI:\s+NONE", cv2.getBuildInformation()):
+        settings = settings.replace(source=args.camera)
+    if settings.serve.show and re.search(r"GUI:\s+NONE", cv2.getBuildInformation()):
         raise ValueError("--show needs OpenCV with a GUI (pip install opencv-python instead of -headless)")
     return Server(settings)
 
@@ -81,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve refused to start: {e}", file=sys.stderr)
         server.shutdown()
         return 2
-    settings = server.settings
+    settings = server.settings.serve
     print(f"serving on http://{settings.host}:{server.web.port}  (results -> {settings.results})", flush=True)
     if settings.show:
         show(server)

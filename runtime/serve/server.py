@@ -17,14 +17,13 @@ import time
 
 from ..detect.detector import Detector
 from ..detect.frames import list_images, read_image
-from ..settings import DetectorSettings
+from ..settings import AgentSettings, Settings
 from . import logs
 from .capture import Capture, LatestFrameSlot
 from .metrics import Metrics
 from .ngstore import NgImageSink
 from .pipeline import Explainer, Inspector, State
 from .records import ResultsLog
-from .settings import ServeSettings
 from .sinks import parse_sink
 from .sources import open_source
 from .web import WebThread, create_app
@@ -32,7 +31,7 @@ from .web import WebThread, create_app
 log = logging.getLogger("lineside.serve")
 
 
-def build_agent(detector: Detector):
+def build_agent(detector: Detector, settings: AgentSettings):
     """The prompt agent for explanations: with the bundle's language model if it can run, else rules."""
     from ..prompts.agent import PromptAgent
 
@@ -41,36 +40,35 @@ def build_agent(detector: Detector):
         try:
             from ..prompts.language_model import LanguageModel
 
-            llm = LanguageModel(detector.bundle)
+            llm = LanguageModel(detector.bundle, threads=settings.llm_threads, n_ctx=settings.llm_context)
         except RuntimeError as e:
             log.warning("explanations from rules only: %s", e)
-    return PromptAgent(detector, llm)
+    return PromptAgent(detector, llm, settings)
 
 
 class Server:
-    def __init__(self, settings: ServeSettings, detector: Detector | None = None, agent=None, source=None):
+    def __init__(self, settings: Settings, detector: Detector | None = None, agent=None, source=None):
         logs.install()
-        self.settings = s = settings
+        self.settings, s, job = settings, settings.serve, settings.job
+        max_pixels = settings.detector.max_image_pixels
         self.metrics, self.state, self.stop = Metrics(), State(s.recent), threading.Event()
-        self.source = source or open_source(s.source, s.max_image_pixels)
+        self.source = source or open_source(s.source, max_pixels)
         self.sinks = [parse_sink(spec, self.metrics, s.sink_queue, s.mqtt_queue, s.webhook_follow_redirects)
                       for spec in s.sink]  # fmt: skip
         if s.save_ng:
             self.sinks.append(NgImageSink(s.save_ng, s.save_ng_mb, self.metrics, s.sink_queue))
         if source is None:
             self.source.probe()
-        overrides = {"threshold": s.threshold} if s.threshold is not None else {}
-        self.detector = detector or Detector.from_bundle(
-            s.bundle, DetectorSettings(providers=s.providers, precision=s.precision, **overrides))
-        references = [read_image(p, s.max_image_pixels) for p in list_images([s.references])] if s.references else None
+        self.detector = detector or Detector.from_bundle(job.bundle, settings.detector)
+        references = [read_image(p, max_pixels) for p in list_images([job.references])] if job.references else None
         if not self.detector.has_language and not references and s.teach == 0:
-            raise ValueError(f"bundle {s.bundle} has no language branch: give --references DIR or --teach N")
+            raise ValueError(f"bundle {job.bundle} has no language branch: give --references DIR or --teach N")
         self.results_log = ResultsLog(s.results)
         self.slot = LatestFrameSlot()
-        self.explainer = Explainer(agent or build_agent(self.detector), self.results_log, self.state, self.metrics,
+        self.explainer = Explainer(agent or build_agent(self.detector, settings.agent), self.results_log, self.state, self.metrics,
                                    s.explain_queue, s.explain_seconds) if s.explain else None  # fmt: skip
         self.capture = Capture(self.source, self.slot, self.stop, self.metrics, s.max_fps, s.loop, s.reconnect_max_s)
-        self.inspector = Inspector(self.detector, s.category, references, self.slot, self.results_log, self.state,
+        self.inspector = Inspector(self.detector, job.category, references, self.slot, self.results_log, self.state,
                                    self.sinks, self.explainer, self.metrics, self.stop, s.teach,
                                    capture_done=self._capture_done)  # fmt: skip
         self.web = WebThread(create_app(self), s.host, s.port, s.http_max_connections, s.http_read_timeout_s,
@@ -112,10 +110,11 @@ class Server:
         return out
 
     def start(self) -> Server:
+        s = self.settings.serve
         self.web.start()
         self.web.started.wait(10)
         if self.web.error is not None:
-            raise OSError(f"cannot serve HTTP on {self.settings.host}:{self.settings.port}: {self.web.error}")
+            raise OSError(f"cannot serve HTTP on {s.host}:{s.port}: {self.web.error}")
         for sink in self.sinks:
             sink.start()
         if self.explainer is not None:
@@ -124,7 +123,7 @@ class Server:
         self.capture.start()
         self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         self._watchdog.start()
-        log.info("serving %s on http://%s:%d", self.settings.source, self.settings.host, self.web.port)
+        log.info("serving %s on http://%s:%d", s.source, s.host, self.web.port)
         return self
 
     def _watch(self) -> None:
