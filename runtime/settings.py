@@ -120,6 +120,7 @@ class ServeSettings(Section):
     teach: int = setting(0, "take the first N frames as known-good references", low=0)
     max_fps: float = setting(0.0, "read at most this many frames per second (0: as fast as they come)", low=0.0)
     loop: bool = setting(False, "restart a video file or folder at its end")
+    decode_threads: int = setting(2, "threads decoding image files ahead of inspection (folder sources)", low=1)
     host: str = setting("127.0.0.1", "HTTP address (127.0.0.1: this box only)")
     port: int = setting(8080, "HTTP port (0: any free port)", low=0, high=65535)
     http_max_connections: int = setting(64, "open HTTP connections at most; more are answered 503", low=1)

@@ -52,7 +52,7 @@ class Server:
         self.settings, s, job = settings, settings.serve, settings.job
         max_pixels = settings.detector.max_image_pixels
         self.metrics, self.state, self.stop = Metrics(), State(s.recent), threading.Event()
-        self.source = source or open_source(s.source, max_pixels)
+        self.source = source or open_source(s.source, max_pixels, s.decode_threads)
         self.sinks = [parse_sink(spec, self.metrics, s.sink_queue, s.mqtt_queue, s.webhook_follow_redirects)
                       for spec in s.sink]  # fmt: skip
         if s.save_ng:
