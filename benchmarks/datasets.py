@@ -54,7 +54,9 @@ def mvtec(root: Path) -> list[Category]:
             for path in _images(kind_dir):
                 mask = cat_dir / "ground_truth" / kind_dir.name / f"{path.stem}_mask.png"
                 good = kind_dir.name == "good"
-                cat.test.append(Sample(path, 0 if good else 1, None if good or not mask.is_file() else mask, kind_dir.name))
+                cat.test.append(
+                    Sample(path, 0 if good else 1, None if good or not mask.is_file() else mask, kind_dir.name)
+                )
         categories.append(cat)
     if not categories:
         raise ValueError(f"{root} holds no category in the MVTec layout ({{category}}/test/...)")

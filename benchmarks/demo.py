@@ -19,10 +19,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from runtime.bundle.manifest import BundleError
 from runtime.detect.detector import Detector
 from runtime.detect.frames import printable, read_image
 from runtime.detect.lines import FrameRef, new_run, result_line, strict_json
-from runtime.bundle.manifest import BundleError
 from runtime.detect.overlay import render
 
 from .datasets import elpv
@@ -62,11 +62,20 @@ def run(bundle: Path, out: Path, per_class: int, seed: int, precision: str) -> d
                 cv2.imwrite(str(out / "overlays" / f"{stem}.png"), render(rgb, result))
                 cv2.imwrite(str(out / "frames" / f"{stem}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
                 truth = "defective" if sample.label else "good"
-                where = FrameRef(run_name, len(rows) + 1, time.time(), printable(sample.path.parent),
-                                 printable(sample.path.name))  # fmt: skip
+                where = FrameRef(
+                    run_name, len(rows) + 1, time.time(), printable(sample.path.parent), printable(sample.path.name)
+                )
                 sink.write(strict_json(result_line(where, result) | {"truth": truth}) + "\n")
-                rows.append({"cell": sample.path.name, "type": cat.name, "truth": truth, "score": result.image_score,
-                             "verdict": result.label, "ms": result.timings_ms.get("total", 0.0)})  # fmt: skip
+                rows.append(
+                    {
+                        "cell": sample.path.name,
+                        "type": cat.name,
+                        "truth": truth,
+                        "score": result.image_score,
+                        "verdict": result.label,
+                        "ms": result.timings_ms.get("total", 0.0),
+                    }
+                )
                 labels.append(sample.label)
                 scores.append(result.image_score)
             summary[cat.name] = binary_metrics(labels, scores) | {"threshold": threshold}
@@ -79,15 +88,27 @@ def run(bundle: Path, out: Path, per_class: int, seed: int, precision: str) -> d
 def _confusion(labels, scores, threshold) -> dict:
     pred = np.asarray(scores) >= threshold
     truth = np.asarray(labels).astype(bool)
-    return {"caught": int((pred & truth).sum()), "missed": int((~pred & truth).sum()),
-            "false_alarms": int((pred & ~truth).sum()), "good_passed": int((~pred & ~truth).sum())}  # fmt: skip
+    return {
+        "caught": int((pred & truth).sum()),
+        "missed": int((~pred & truth).sum()),
+        "false_alarms": int((pred & ~truth).sum()),
+        "good_passed": int((~pred & ~truth).sum()),
+    }
 
 
 def _markdown(rows: list[dict], summary: dict) -> str:
     stats = [{"type": k, **v} for k, v in summary.items()]
     cols = ["type", "auroc", "ap", "f1_max", "threshold", "caught", "missed", "false_alarms", "good_passed"]
-    return "\n".join(["# lineside demo: ELPV solar cells", "", table(stats, cols), "",
-                      table(rows, ["cell", "type", "truth", "score", "verdict", "ms"]), ""])  # fmt: skip
+    return "\n".join(
+        [
+            "# lineside demo: ELPV solar cells",
+            "",
+            table(stats, cols),
+            "",
+            table(rows, ["cell", "type", "truth", "score", "verdict", "ms"]),
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,8 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
     for name, s in summary.items():
-        extra = f"  threshold {s['threshold']:.3f}: caught {s['caught']}, missed {s['missed']}, " \
-                f"false alarms {s['false_alarms']}" if "threshold" in s else ""  # fmt: skip
+        extra = (
+            f"  threshold {s['threshold']:.3f}: caught {s['caught']}, missed {s['missed']}, "
+            f"false alarms {s['false_alarms']}"
+            if "threshold" in s
+            else ""
+        )
         print(f"{name:5s} image AUROC {s['auroc']:.3f}  AP {s['ap']:.3f}  F1-max {s['f1_max']:.3f}{extra}")
     print(f"overlays, results.jsonl and results.md in {args.out}")
     return 0

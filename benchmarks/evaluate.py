@@ -79,8 +79,9 @@ def global_feature_baseline(detector: Detector, refs: list[np.ndarray]):
     return score
 
 
-def evaluate_category(detector: Detector, cat: Category, shots: int, limit: int | None,
-                      baselines: bool) -> dict[str, Scored]:  # fmt: skip
+def evaluate_category(
+    detector: Detector, cat: Category, shots: int, limit: int | None, baselines: bool
+) -> dict[str, Scored]:
     """Every test sample through the detector (and baselines); Scored per method."""
     refs = [read_image(p) for p in cat.normal_pool[:shots]] if shots else None
     if shots and len(refs) < shots:

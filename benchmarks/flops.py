@@ -43,8 +43,9 @@ def graph_flops(path, batch: int = 1) -> float:
     shapes = _shapes(model)
     wanted = [n.output[0] for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
     wanted += [n.input[0] for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
-    shapes |= _run_shapes(model, [w for w in dict.fromkeys(wanted) if w not in
-                                  {i.name for i in model.graph.initializer}], batch)  # fmt: skip
+    shapes |= _run_shapes(
+        model, [w for w in dict.fromkeys(wanted) if w not in {i.name for i in model.graph.initializer}], batch
+    )
     total = 0.0
     for node in model.graph.node:
         if node.op_type in ("MatMul", "Gemm") and all(i in shapes for i in node.input[:2]):

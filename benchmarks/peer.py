@@ -42,5 +42,11 @@ def winclip_ms(repeats: int = 3, size: int = 240, pretrained_ok: bool = False) -
             t = time.perf_counter()
             model(x)
             times.append((time.perf_counter() - t) * 1e3)
-    return {"model": "anomalib WinClipModel (zero-shot)", "backbone": torch_model.BACKBONE, "size": size,
-            "random_weights": random_init, "ms_p50": float(np.median(times)), "n": repeats}  # fmt: skip
+    return {
+        "model": "anomalib WinClipModel (zero-shot)",
+        "backbone": torch_model.BACKBONE,
+        "size": size,
+        "random_weights": random_init,
+        "ms_p50": float(np.median(times)),
+        "n": repeats,
+    }

@@ -52,8 +52,12 @@ def _shape_mask(kind: str, rng: np.random.Generator) -> np.ndarray:
         points = [(cx, cy)]
         for _ in range(int(rng.integers(6, 14))):
             x, y = points[-1]
-            points.append((int(np.clip(x + rng.integers(-14, 15), 0, SIZE - 1)),
-                           int(np.clip(y + rng.integers(4, 15) * rng.choice([-1, 1]), 0, SIZE - 1))))  # fmt: skip
+            points.append(
+                (
+                    int(np.clip(x + rng.integers(-14, 15), 0, SIZE - 1)),
+                    int(np.clip(y + rng.integers(4, 15) * rng.choice([-1, 1]), 0, SIZE - 1)),
+                )
+            )
         cv2.polylines(mask, [np.array(points, np.int32)], False, 1, int(rng.integers(1, 4)))
     elif kind in ("hole", "colour_spot"):
         axes = (int(rng.integers(6, 28)), int(rng.integers(6, 28)))

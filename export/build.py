@@ -14,7 +14,17 @@ from .patch_encoder import PatchSpec, export_patch_encoder
 from .sam_export import SamSpec, export_sam
 from .writer import BundleWriter
 
-VERSIONED = ("lineside", "torch", "onnx", "onnxruntime", "open_clip_torch", "segment-anything", "timm", "llama_cpp_python", "numpy")
+VERSIONED = (
+    "lineside",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "open_clip_torch",
+    "segment-anything",
+    "timm",
+    "llama_cpp_python",
+    "numpy",
+)
 
 
 def library_versions() -> dict[str, str]:

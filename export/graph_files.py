@@ -73,8 +73,14 @@ def save_graph(model: onnx.ModelProto, path: Path, threshold: int) -> Path | Non
     if tensor_bytes(model) <= threshold:
         onnx.save_model(model, str(path))
         return None
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=INLINE_BELOW)  # fmt: skip
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=INLINE_BELOW,
+    )
     os.chmod(data, path.stat().st_mode & 0o777)  # onnx creates it private; it ships like its .onnx
     return data
 

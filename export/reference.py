@@ -31,9 +31,17 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def torch_scores(model, image_graph: ClipImageGraph, arch: str, category: str, pixels: np.ndarray,
-                 frame_hw: tuple[int, int], scale: float = 100.0, sigma_at_518: float = 4.0,
-                 map_weight: float = 0.5) -> tuple[float, np.ndarray]:  # fmt: skip
+def torch_scores(
+    model,
+    image_graph: ClipImageGraph,
+    arch: str,
+    category: str,
+    pixels: np.ndarray,
+    frame_hw: tuple[int, int],
+    scale: float = 100.0,
+    sigma_at_518: float = 4.0,
+    map_weight: float = 0.5,
+) -> tuple[float, np.ndarray]:
     """(image score, (H, W) map) for one preprocessed frame `pixels` (1, 3, S, S)."""
     tokenizer, text = open_clip.get_tokenizer(arch), ClipTextGraph(model).eval()
 

@@ -13,8 +13,11 @@ def closing_table(out: Path, manifest: Manifest, seconds: float) -> str:
     rows = [("component", "precision", "MB", "parity vs torch / speed")]
     for name, component in sorted(manifest.components.items()):
         for precision, entry in component.files.items():
-            figures = summary(entry.parity) if "outputs" in entry.parity else \
-                f"{entry.parity.get('smoke', {}).get('tokens_per_s', '?')} tokens/s"  # fmt: skip
+            figures = (
+                summary(entry.parity)
+                if "outputs" in entry.parity
+                else f"{entry.parity.get('smoke', {}).get('tokens_per_s', '?')} tokens/s"
+            )
             data = component.assets.get(f"{precision}.data")  # external data (graph_files)
             size = entry.bytes + (data.bytes if data else 0)
             rows.append((name, precision, f"{size / 1e6:.1f}" + (" (+data)" if data else ""), figures))

@@ -15,8 +15,9 @@ import json
 import logging
 import os
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .settings import SECTIONS, Settings, owner_of
 
@@ -52,8 +53,9 @@ def _as_text(choices) -> list[str] | None:
     return None if choices is None else [str(c) for c in choices]
 
 
-def load(args: argparse.Namespace | None = None, config_file: Path | None = None,
-         environ: Mapping[str, str] | None = None) -> Settings:  # fmt: skip
+def load(
+    args: argparse.Namespace | None = None, config_file: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Defaults <- config file <- LINESIDE_* environment <- flags given on the command line."""
     config_file = config_file or (getattr(args, "config", None) if args is not None else None)
     values: dict[str, tuple[Any, str]] = {}
@@ -85,7 +87,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX):
             continue
-        name = key[len(ENV_PREFIX):].lower()
+        name = key[len(ENV_PREFIX) :].lower()
         if name in owner_of:
             out[name] = (value, f"environment variable {key}")
         else:

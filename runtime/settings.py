@@ -121,6 +121,13 @@ class ServeSettings(Section):
     max_fps: float = setting(0.0, "read at most this many frames per second (0: as fast as they come)", low=0.0)
     loop: bool = setting(False, "restart a video file or folder at its end")
     decode_threads: int = setting(2, "threads decoding image files ahead of inspection (folder sources)", low=1)
+    trigger: str = setting("free-run", "free-run: inspect every frame (the newest, live); software: one "
+                           "inspection per trigger (POST /api/trigger, trigger_mqtt)",
+                           choices=("free-run", "software"))  # fmt: skip
+    trigger_queue: int = setting(8, "triggers that may wait while the inspector is busy; more are refused (HTTP "
+                                 "429, MQTT TOPIC/refused) and counted", low=1)  # fmt: skip
+    trigger_mqtt: str = setting("", "MQTT command topic mqtt://HOST:PORT/TOPIC: each message is one trigger "
+                                "(payload: its id, {\"id\": ...} or empty); needs trigger=software")  # fmt: skip
     host: str = setting("127.0.0.1", "HTTP address (127.0.0.1: this box only)")
     port: int = setting(8080, "HTTP port (0: any free port)", low=0, high=65535)
     http_max_connections: int = setting(64, "open HTTP connections at most; more are answered 503", low=1)
@@ -146,6 +153,8 @@ class ServeSettings(Section):
     def check(self) -> None:
         if not str(self.source).strip():
             raise ValueError("setting source: empty; give a camera index, file, folder or URL")
+        if self.trigger_mqtt and self.trigger != "software":
+            raise ValueError("setting trigger_mqtt: needs trigger=software (now free-run: every frame is inspected)")
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -40,9 +40,17 @@ def test_hadolint_passes(dockerfile):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_each_image_serves_the_runtime_only_as_the_readme_says(dockerfile):
     text = dockerfile.read_text()
-    for needed in ("STOPSIGNAL SIGTERM", "EXPOSE 8080", "LINESIDE_HOST=0.0.0.0", "LINESIDE_BUNDLE=/bundle",
-                   'VOLUME ["/bundle", "/data"]', 'CMD ["lineside-healthcheck"]', 'ENTRYPOINT ["lineside", "serve"]',
-                   f"--stop-timeout {GRACE_S}", " AS wheels"):  # fmt: skip
+    for needed in (
+        "STOPSIGNAL SIGTERM",
+        "EXPOSE 8080",
+        "LINESIDE_HOST=0.0.0.0",
+        "LINESIDE_BUNDLE=/bundle",
+        'VOLUME ["/bundle", "/data"]',
+        'CMD ["lineside-healthcheck"]',
+        'ENTRYPOINT ["lineside", "serve"]',
+        f"--stop-timeout {GRACE_S}",
+        " AS wheels",
+    ):
         assert needed in text, f"{dockerfile.name} lacks {needed!r}"
     installs = re.findall(r"pip3? (?:install|wheel) [^\n]*", text)
     assert installs and all(" -c " in line for line in installs), installs  # the set-up's pins, always
@@ -68,8 +76,13 @@ def test_compose_and_systemd_give_the_same_stop_grace_and_settings_by_environmen
     assert serve["build"]["dockerfile"] == "deploy/Dockerfile.cpu" and "/bundle:ro" in " ".join(serve["volumes"])
     assert all(k.startswith("LINESIDE_") for k in serve["environment"])
     unit = (DEPLOY / "lineside.service").read_text()
-    for needed in ("Restart=on-failure", "RestartPreventExitStatus=2", f"TimeoutStopSec={GRACE_S}",
-                   "KillSignal=SIGTERM", "EnvironmentFile=/etc/lineside/lineside.env"):  # fmt: skip
+    for needed in (
+        "Restart=on-failure",
+        "RestartPreventExitStatus=2",
+        f"TimeoutStopSec={GRACE_S}",
+        "KillSignal=SIGTERM",
+        "EnvironmentFile=/etc/lineside/lineside.env",
+    ):
         assert needed in unit
     env = (DEPLOY / "lineside.env").read_text().splitlines()
     assert all(re.fullmatch(r"#.*|(# )?LINESIDE_[A-Z_]+=.*", line) for line in env if line), env

@@ -19,8 +19,23 @@ def test_every_input_gets_a_line_and_an_overlay(tiny_bundle, tmp_path, capsys):
     refs.mkdir()
     cv2.imwrite(str(refs / "good.png"), np.full((100, 100, 3), 120, np.uint8))
     out = tmp_path / "out"
-    code = main([str(images), "--bundle", str(tiny_bundle), "--category", "screw", "--out", str(out),
-                 "--references", str(refs), "--text-cache-dir", str(tmp_path / "cache"), "--threshold", "0.7"])  # fmt: skip
+    code = main(
+        [
+            str(images),
+            "--bundle",
+            str(tiny_bundle),
+            "--category",
+            "screw",
+            "--out",
+            str(out),
+            "--references",
+            str(refs),
+            "--text-cache-dir",
+            str(tmp_path / "cache"),
+            "--threshold",
+            "0.7",
+        ]
+    )
     assert code == 0
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert len(lines) == 4
@@ -34,6 +49,17 @@ def test_every_input_gets_a_line_and_an_overlay(tiny_bundle, tmp_path, capsys):
 
 
 def test_bad_setting_is_refused_with_its_name(tiny_bundle, tmp_path, capsys):
-    code = main([str(tmp_path), "--bundle", str(tiny_bundle), "--category", "screw", "--out", str(tmp_path / "o"),
-                 "--threshold", "1.5"])  # fmt: skip
+    code = main(
+        [
+            str(tmp_path),
+            "--bundle",
+            str(tiny_bundle),
+            "--category",
+            "screw",
+            "--out",
+            str(tmp_path / "o"),
+            "--threshold",
+            "1.5",
+        ]
+    )
     assert code == 1 and "setting threshold: 1.5 must be <= 1.0" in capsys.readouterr().err

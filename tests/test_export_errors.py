@@ -32,8 +32,11 @@ def test_clip_checkpoint_of_another_architecture_names_keys(tmp_path):
     state["visual.ln_post.weight"] = torch.zeros(7)
     path = tmp_path / "other.pt"
     torch.save(state, path)
-    with pytest.raises(ValueError, match=r"not a lineside-tiny-clip checkpoint: 1 missing: visual.proj.*"
-                                         r"shape mismatch: visual.ln_post.weight expected \(64,\) found \(7,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"not a lineside-tiny-clip checkpoint: 1 missing: visual.proj.*"
+        r"shape mismatch: visual.ln_post.weight expected \(64,\) found \(7,\)",
+    ):
         load_clip("lineside-tiny-clip", checkpoint=path)
 
 
@@ -117,5 +120,8 @@ def test_bad_external_data_threshold_in_the_environment_is_named(tmp_path, monke
     monkeypatch.setenv("LINESIDE_EXTERNAL_DATA_THRESHOLD_BYTES", "1.8GB")
     code = main(["sam", "--variant", "tiny", "--random-init", "--out", str(tmp_path / "b")])
     err = capsys.readouterr().err
-    assert code == 1 and "LINESIDE_EXTERNAL_DATA_THRESHOLD_BYTES must be a number of bytes (e.g. 1.8e9), not '1.8GB'" in err
+    assert (
+        code == 1
+        and "LINESIDE_EXTERNAL_DATA_THRESHOLD_BYTES must be a number of bytes (e.g. 1.8e9), not '1.8GB'" in err
+    )
     assert list(tmp_path.iterdir()) == []

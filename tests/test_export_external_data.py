@@ -118,6 +118,7 @@ def test_small_graphs_stay_in_one_file_by_default(tiny_bundle):
 
 def test_saving_again_replaces_the_data_file(tmp_path, external_bundle):
     """onnx appends to an existing data file; a re-export must not double it."""
+
     def model():  # save_graph spends the proto it is given
         return onnx.load(str(external_bundle / "clip_image.fp32.onnx"))
 

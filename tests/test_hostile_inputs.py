@@ -10,8 +10,8 @@ import dataclasses
 import json
 import os
 import shutil
-import zlib
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +21,10 @@ import pytest
 from onnx import numpy_helper
 
 from runtime.bundle.loader import file_sha256
+from runtime.bundle.manifest import Manifest
 from runtime.detect.__main__ import main as detect_main
 from runtime.detect.detector import Detector, verdict
 from runtime.detect.frames import ImageError, read_frame, to_rgb_uint8
-from runtime.bundle.manifest import Manifest
 from runtime.detect.result import Result
 from tests.controlled import CATEGORY, build_controlled_bundle, part
 
@@ -144,8 +144,20 @@ def test_detect_cli_gives_every_hostile_file_a_strict_json_line(controlled, tmp_
     (folder / "e_tiny.png").write_bytes(cv2.imencode(".png", np.zeros((2, 2, 3), np.uint8))[1].tobytes())
     (folder / "f_last.png").write_bytes(png.tobytes())
     out = tmp_path / "out"
-    code = detect_main([str(folder), "--bundle", str(controlled), "--category", CATEGORY, "--out", str(out),
-                        "--text-cache-dir", str(tmp_path / "text"), "--no-use-sam"])  # fmt: skip
+    code = detect_main(
+        [
+            str(folder),
+            "--bundle",
+            str(controlled),
+            "--category",
+            CATEGORY,
+            "--out",
+            str(out),
+            "--text-cache-dir",
+            str(tmp_path / "text"),
+            "--no-use-sam",
+        ]
+    )
     assert code == 0
     raw = (out / "results.jsonl").read_text()
     assert "NaN" not in raw and "Infinity" not in raw

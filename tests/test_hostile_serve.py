@@ -60,8 +60,14 @@ def _parts(folder: Path, n: int, every_ng: int = 3) -> Path:
 
 
 def _settings(controlled, source, tmp_path, **kw) -> Settings:
-    base = dict(source=str(source), bundle=controlled, category=CATEGORY, port=0, explain=False,
-                results=tmp_path / "results.jsonl")  # fmt: skip
+    base = dict(
+        source=str(source),
+        bundle=controlled,
+        category=CATEGORY,
+        port=0,
+        explain=False,
+        results=tmp_path / "results.jsonl",
+    )
     return Settings.of(**(base | kw))
 
 
@@ -102,8 +108,23 @@ def _free_port() -> int:
 
 
 def _serve_cmd(controlled, source, results, *extra) -> list[str]:
-    return [sys.executable, "-m", "runtime.serve", "--bundle", str(controlled), "--category", CATEGORY,
-            "--source", str(source), "--results", str(results), "--port", "0", "--no-explain", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "runtime.serve",
+        "--bundle",
+        str(controlled),
+        "--category",
+        CATEGORY,
+        "--source",
+        str(source),
+        "--results",
+        str(results),
+        "--port",
+        "0",
+        "--no-explain",
+        *extra,
+    ]
 
 
 # --- files -------------------------------------------------------------------------------------------------------
@@ -180,8 +201,10 @@ def test_a_file_that_is_not_a_video_is_refused_at_start(controlled, tmp_path, ca
     code = serve_main(["--bundle", str(controlled), "--source", str(video), "--results", str(tmp_path / "r.jsonl")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and time.time() - started < 10
-    assert err == [f"serve refused to start: --source '{video}' is not a video OpenCV can read "
-                   "(empty, truncated or another kind of file)"]  # fmt: skip
+    assert err == [
+        f"serve refused to start: --source '{video}' is not a video OpenCV can read "
+        "(empty, truncated or another kind of file)"
+    ]
 
 
 def test_a_truncated_video_ends_with_a_warning_naming_the_frame_count(controlled, detector, tmp_path, caplog):
@@ -220,17 +243,20 @@ def test_a_result_that_is_not_strict_json_becomes_an_error_line(controlled, dete
 
 def test_results_log_that_cannot_be_written_stops_serve_non_zero(controlled, tmp_path):
     frames = _parts(tmp_path / "frames", 3)
-    proc = subprocess.run(_serve_cmd(controlled, frames, "/dev/full"), cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        _serve_cmd(controlled, frames, "/dev/full"), cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == ("serve stopped: results log /dev/full cannot be written: "
-                                                    "[Errno 28] No space left on device")  # fmt: skip
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "serve stopped: results log /dev/full cannot be written: [Errno 28] No space left on device"
+    )
 
 
 def test_healthz_fails_when_the_results_log_breaks(controlled, detector, tmp_path):
     frames = _parts(tmp_path / "frames", 3)
-    server = Server(_settings(controlled, frames, tmp_path, results=Path("/dev/full"), loop=True),
-                    detector=detector).start()  # fmt: skip
+    server = Server(
+        _settings(controlled, frames, tmp_path, results=Path("/dev/full"), loop=True), detector=detector
+    ).start()
     try:
         assert server.stop.wait(10), "serve kept running with a results log it cannot write"
         status, body = _get(server.web.port, "/healthz")
@@ -273,32 +299,46 @@ def test_healthz_fails_when_a_worker_dies(controlled, detector, tmp_path, monkey
 # --- settings --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv, setting", [
-    (["--sink-queue", "-1"], "sink_queue"),
-    (["--explain-queue", "0"], "explain_queue"),
-    (["--recent", "0"], "recent"),
-    (["--mqtt-queue", "0"], "mqtt_queue"),
-    (["--category", ""], "category"),
-    (["--category", "   "], "category"),
-    (["--reconnect-max-s", "0"], "reconnect_max_s"),
-    (["--reconnect-max-s", "-1"], "reconnect_max_s"),
-    (["--max-fps", "nan"], "max_fps"),
-    (["--save-ng-mb", "inf"], "save_ng_mb"),
-    (["--threshold", "nan"], "threshold"),
-    (["--max-image-pixels", "0"], "max_image_pixels"),
-    (["--http-max-connections", "0"], "http_max_connections"),
-    (["--http-read-timeout-s", "0"], "http_read_timeout_s"),
-    (["--port", "x"], "port"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, setting",
+    [
+        (["--sink-queue", "-1"], "sink_queue"),
+        (["--explain-queue", "0"], "explain_queue"),
+        (["--recent", "0"], "recent"),
+        (["--mqtt-queue", "0"], "mqtt_queue"),
+        (["--category", ""], "category"),
+        (["--category", "   "], "category"),
+        (["--reconnect-max-s", "0"], "reconnect_max_s"),
+        (["--reconnect-max-s", "-1"], "reconnect_max_s"),
+        (["--max-fps", "nan"], "max_fps"),
+        (["--save-ng-mb", "inf"], "save_ng_mb"),
+        (["--threshold", "nan"], "threshold"),
+        (["--max-image-pixels", "0"], "max_image_pixels"),
+        (["--http-max-connections", "0"], "http_max_connections"),
+        (["--http-read-timeout-s", "0"], "http_read_timeout_s"),
+        (["--port", "x"], "port"),
+    ],
+)
 def test_every_bounded_setting_is_checked_at_start_in_one_line(controlled, tmp_path, capsys, argv, setting):
-    code = serve_main(["--bundle", str(controlled), "--source", str(tmp_path), "--results", str(tmp_path / "r.jsonl"),
-                       *argv])  # fmt: skip
+    code = serve_main(
+        ["--bundle", str(controlled), "--source", str(tmp_path), "--results", str(tmp_path / "r.jsonl"), *argv]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(f"serve refused to start: setting {setting}: "), err
 
 
-@pytest.mark.parametrize("config", ['{"recent": Infinity}', '[1, 2]', '5', '{"providers": 5}',
-                                    '{"explain_seconds": NaN}', '{"sink": ["ftp://x"]}', '{not json'])  # fmt: skip
+@pytest.mark.parametrize(
+    "config",
+    [
+        '{"recent": Infinity}',
+        "[1, 2]",
+        "5",
+        '{"providers": 5}',
+        '{"explain_seconds": NaN}',
+        '{"sink": ["ftp://x"]}',
+        "{not json",
+    ],
+)
 def test_a_bad_config_file_is_refused_in_one_line(controlled, tmp_path, capsys, config):
     path = tmp_path / "serve.json"
     path.write_text(config)
@@ -358,8 +398,9 @@ def test_sigterm_on_a_real_process_loses_no_frame(controlled, tmp_path):
     for i in range(1000):
         writer.write(cv2.resize(part(red_box=DEFECT if i % 7 == 6 else None), (128, 128)))
     writer.release()
-    proc = subprocess.Popen(_serve_cmd(controlled, frames, results), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _serve_cmd(controlled, frames, results), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         assert proc.stdout.readline().startswith("serving on")
         time.sleep(0.5)
@@ -386,12 +427,15 @@ class Broker:
         self.exe, self.port, self.proc = exe, _free_port(), None
         stay = "user root\n" if os.geteuid() == 0 else ""  # else, as root, it drops to a user who cannot save here
         self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                             f"persistence_location {folder}/\n{stay}")  # fmt: skip
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {folder}/\n{stay}"
+        )
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         for _ in range(100):
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0:
@@ -548,8 +592,9 @@ def _answer(sock: socket.socket) -> bytes:
 
 def test_half_sent_requests_cannot_exhaust_http_or_touch_inspection(controlled, detector, tmp_path, caplog):
     frames = _parts(tmp_path / "frames", 6)
-    settings = _settings(controlled, frames, tmp_path, loop=True, max_fps=20, http_max_connections=20,
-                         http_read_timeout_s=1.0)  # fmt: skip
+    settings = _settings(
+        controlled, frames, tmp_path, loop=True, max_fps=20, http_max_connections=20, http_read_timeout_s=1.0
+    )
     server = Server(settings, detector=detector).start()
     sockets = []
     try:

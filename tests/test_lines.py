@@ -20,9 +20,18 @@ SETTINGS = {"threshold": 0.5, "use_sam": True}
 
 def _result(label="NG", **kw) -> Result:
     region = Region(np.ones((2, 2), bool), (0, 0, 2, 2), [[0, 0], [2, 0], [2, 2]], 4, 0.9, "a scratch", 0.7, "sam")
-    fields = dict(image_score=0.8, anomaly_map=np.zeros((4, 4), np.float32), regions=[region], category="screw",
-                  branches=("language",), refiner="sam", timings_ms={"total": 3.25},
-                  providers=("CPUExecutionProvider",), bundle_id="b" * 16, settings=SETTINGS)  # fmt: skip
+    fields = dict(
+        image_score=0.8,
+        anomaly_map=np.zeros((4, 4), np.float32),
+        regions=[region],
+        category="screw",
+        branches=("language",),
+        refiner="sam",
+        timings_ms={"total": 3.25},
+        providers=("CPUExecutionProvider",),
+        bundle_id="b" * 16,
+        settings=SETTINGS,
+    )
     return Result(label, **(fields | kw))
 
 
@@ -31,9 +40,13 @@ def _errors(schema, line) -> list[str]:
 
 
 def test_every_label_is_one_schema_and_one_head(line_schema, tmp_path):
-    lines = [result_line(WHERE, _result("NG")), result_line(WHERE, _result("OK", regions=[])),
-             result_line(WHERE, _result("ERROR", error="inference failed: boom")),
-             teach_line(WHERE, 2), explanation_line(WHERE, "Likely a scratch near the thread.")]  # fmt: skip
+    lines = [
+        result_line(WHERE, _result("NG")),
+        result_line(WHERE, _result("OK", regions=[])),
+        result_line(WHERE, _result("ERROR", error="inference failed: boom")),
+        teach_line(WHERE, 2),
+        explanation_line(WHERE, "Likely a scratch near the thread."),
+    ]
     log = ResultsLog(tmp_path / "results.jsonl")  # the autouse check validates the file as well
     for line in lines:
         log.write(line)

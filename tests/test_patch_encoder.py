@@ -6,8 +6,8 @@ import torch
 from skimage import data
 
 from export.build import build_bundle
-from export.patch_encoder import PatchSpec, freeze_same_padding, load_lite0, packaged_weights, rename_state_dict
 from export.checkpoints import read_state_dict
+from export.patch_encoder import PatchSpec, freeze_same_padding, load_lite0, packaged_weights, rename_state_dict
 from runtime.detect.detector import Detector
 from runtime.detect.preprocess import clip_input
 

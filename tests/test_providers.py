@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
-from runtime.detect.detector import Detector
 from runtime.bundle.sessions import ProviderError
+from runtime.detect.detector import Detector
 
 
 def test_missing_cuda_is_named_per_graph(tiny_bundle, tmp_path, caplog):

@@ -12,7 +12,12 @@ TRAINING_SIDE = ("torch", "open_clip", "segment_anything", "torchvision", "expor
 
 def test_every_runtime_module_imports_without_torch():
     names = [m.name for m in pkgutil.walk_packages(runtime.__path__, "runtime.")]
-    assert {"runtime.bundle.loader", "runtime.detect.tokenizer", "runtime.serve.server", "runtime.prompts.agent"} <= set(names)
+    assert {
+        "runtime.bundle.loader",
+        "runtime.detect.tokenizer",
+        "runtime.serve.server",
+        "runtime.prompts.agent",
+    } <= set(names)
     code = (
         "import importlib, sys\n"
         f"for name in {names!r}: importlib.import_module(name)\n"
@@ -20,6 +25,7 @@ def test_every_runtime_module_imports_without_torch():
         "print(bad)\n"
         "sys.exit(1 if bad else 0)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=Path(runtime.__file__).parents[1])  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(runtime.__file__).parents[1]
+    )
     assert done.returncode == 0, f"runtime imported training-side modules: {done.stdout} {done.stderr}"

@@ -71,8 +71,12 @@ def test_a_bad_value_is_refused_in_one_line_naming_the_setting(source, message):
 
 def test_config_files_are_checked_whole(tmp_path):
     bad = tmp_path / "c.json"
-    for text, message in [("[1, 2]", "must be one JSON object"), ('{"treshold": 1}', "unknown settings"),
-                          ('{"port": Infinity}', "setting port"), ("{", "config file")]:  # fmt: skip
+    for text, message in [
+        ("[1, 2]", "must be one JSON object"),
+        ('{"treshold": 1}', "unknown settings"),
+        ('{"port": Infinity}', "setting port"),
+        ("{", "config file"),
+    ]:
         bad.write_text(text)
         with pytest.raises(ValueError, match=message):
             load(config_file=bad, environ={})

@@ -17,7 +17,10 @@ def test_masks_are_exactly_the_changed_pixels():
 
 
 def test_same_seed_same_files(tmp_path):
-    a, b = generate(tmp_path / "a", seed=3, train=1, good=1, per_defect=1), generate(tmp_path / "b", seed=3, train=1, good=1, per_defect=1)
+    a, b = (
+        generate(tmp_path / "a", seed=3, train=1, good=1, per_defect=1),
+        generate(tmp_path / "b", seed=3, train=1, good=1, per_defect=1),
+    )
     files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
     assert files and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
 
@@ -49,7 +52,9 @@ def test_visa_split_csv_becomes_the_mvtec_layout(tmp_path):
 
     root = tmp_path / "VisA"
     rows = ["object,split,label,image,mask"]
-    for i, (split, label) in enumerate([("train", "normal"), ("test", "normal"), ("test", "anomaly"), ("train", "anomaly")]):
+    for i, (split, label) in enumerate(
+        [("train", "normal"), ("test", "normal"), ("test", "anomaly"), ("train", "anomaly")]
+    ):
         kind = "Normal" if label == "normal" else "Anomaly"
         image = root / "pcb1" / "Data" / "Images" / kind / f"{i:03d}.JPG"
         image.parent.mkdir(parents=True, exist_ok=True)

@@ -50,9 +50,15 @@ def build_tiny_gguf(path: Path, seed: int = 0) -> Path:
     writer.add_tensor("token_embd.weight", weight(len(tokens), EMBED))
     writer.add_tensor("output_norm.weight", np.ones(EMBED, np.float32))
     for b in range(BLOCKS):
-        for name, shape in [("attn_q", (EMBED, EMBED)), ("attn_k", (EMBED, EMBED)), ("attn_v", (EMBED, EMBED)),
-                            ("attn_output", (EMBED, EMBED)), ("ffn_gate", (FF, EMBED)), ("ffn_up", (FF, EMBED)),
-                            ("ffn_down", (EMBED, FF))]:  # fmt: skip
+        for name, shape in [
+            ("attn_q", (EMBED, EMBED)),
+            ("attn_k", (EMBED, EMBED)),
+            ("attn_v", (EMBED, EMBED)),
+            ("attn_output", (EMBED, EMBED)),
+            ("ffn_gate", (FF, EMBED)),
+            ("ffn_up", (FF, EMBED)),
+            ("ffn_down", (EMBED, FF)),
+        ]:
             writer.add_tensor(f"blk.{b}.{name}.weight", weight(*shape))
         writer.add_tensor(f"blk.{b}.attn_norm.weight", np.ones(EMBED, np.float32))
         writer.add_tensor(f"blk.{b}.ffn_norm.weight", np.ones(EMBED, np.float32))

@@ -8,8 +8,8 @@ GPU build is installed, so we ask the session afterwards.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -65,8 +65,10 @@ def missing_providers(ort, requested: Sequence[str], obtained: Sequence[str]) ->
         if name not in available:
             reason = f"this onnxruntime build ({ort.__version__}) has no {name}: install onnxruntime-gpu"
         else:
-            reason = ("onnxruntime could not create it (no GPU visible, or CUDA/cuDNN/TensorRT libraries "
-                      "missing or of the wrong version; onnxruntime's own log above says which)")  # fmt: skip
+            reason = (
+                "onnxruntime could not create it (no GPU visible, or CUDA/cuDNN/TensorRT libraries "
+                "missing or of the wrong version; onnxruntime's own log above says which)"
+            )
         out.append((short, reason))
     return out
 

@@ -18,10 +18,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..bundle.manifest import BundleError
 from ..options import add_arguments, load
+from .calibration import calibrate_detector
 from .detector import Detector
 from .frames import list_images, printable, read_frame, to_rgb_uint8, write_image
-from ..bundle.manifest import BundleError
 from .lines import FrameRef, new_run, result_line, strict_json
 from .overlay import render
 
@@ -45,6 +46,11 @@ def run(args) -> tuple[dict[str, int], dict[str, float]]:
     read = lambda p: to_rgb_uint8(read_frame(p, max_pixels), "BGR", bits, min_side)  # noqa: E731
     refs = [read(p) for p in list_images([job.references])] if job.references else None
     refs = detector.remember(refs, colour="RGB") if refs else None  # encoded once, not per image
+    if job.calibrate:  # the threshold from known-good images, for the false-alarm target
+        good = [read(p) for p in list_images([job.calibrate])]
+        point, detector = calibrate_detector(detector, good, job.category, refs, "RGB", job.false_alarm_target,
+                                             f"calibrate {job.calibrate}")  # fmt: skip
+        print(f"operating point: {point.describe()}", file=sys.stderr)
     paths = list_images(args.inputs)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "overlays").mkdir(exist_ok=True)

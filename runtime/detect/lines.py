@@ -46,6 +46,8 @@ class FrameRef:
     source: str  # where frames come from: serve's source spec, the folder detect found the file in
     file: str = ""  # the image file's name inside `source`, printable whatever its bytes; "" for cameras, videos
     part_id: str | None = None  # reserved: the part's own id (barcode, PLC) once a source knows it
+    trigger_id: str | None = None  # serve with a trigger: the trigger this frame was taken for
+    trigger_time: float | None = None  # and when it arrived (unix seconds; the frame's `time` is at or after it)
 
     def head(self) -> dict:
         head = {"schema": SCHEMA, "run": self.run, "frame_id": self.frame_id, "time": self.time, "source": self.source}
@@ -53,6 +55,8 @@ class FrameRef:
             head["file"] = self.file
         if self.part_id is not None:
             head["part_id"] = self.part_id
+        if self.trigger_id is not None:
+            head |= {"trigger_id": self.trigger_id, "trigger_time": self.trigger_time}
         return head
 
 

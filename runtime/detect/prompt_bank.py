@@ -17,8 +17,15 @@ log = logging.getLogger("lineside.prompts")
 
 BANK_SCHEMA = "lineside.prompt_bank/1"
 
-NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "unblemished {}",
-                 "{} without flaw", "{} without defect", "{} without damage")  # fmt: skip
+NORMAL_STATES = (
+    "{}",
+    "flawless {}",
+    "perfect {}",
+    "unblemished {}",
+    "{} without flaw",
+    "{} without defect",
+    "{} without damage",
+)
 ABNORMAL_STATES = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage")
 TEMPLATES = (
     "a photo of a {}.",

@@ -21,18 +21,18 @@ import json
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import asdict
 
 import numpy as np
 
 from ..detect.detector import Detector
-from .evidence import evidence_text, heuristic_descriptions, region_evidence
-from .false_alarms import Candidate, filter_candidates
-from .language_model import LanguageModel, vision_message
 from ..detect.prompt_bank import BankPrompt, PromptBank, category_text
 from ..detect.result import Result
 from ..settings import AgentSettings
+from .evidence import evidence_text, heuristic_descriptions, region_evidence
+from .false_alarms import Candidate, filter_candidates
+from .language_model import LanguageModel, vision_message
 
 log = logging.getLogger("lineside.agent")
 
@@ -40,18 +40,27 @@ WORD = {"type": "string", "minLength": 3, "maxLength": 24, "pattern": "^[a-zA-Z]
 SCHEMA = {
     "type": "object",
     "properties": {
-        "defects": {"type": "array", "minItems": 1, "maxItems": 3, "items": {
-            "type": "object", "properties": {"type": WORD, "location": WORD, "appearance": WORD},
-            "required": ["type", "location", "appearance"]}},
+        "defects": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 3,
+            "items": {
+                "type": "object",
+                "properties": {"type": WORD, "location": WORD, "appearance": WORD},
+                "required": ["type", "location", "appearance"],
+            },
+        },
         "normal_features": {"type": "array", "maxItems": 3, "items": WORD},
     },
     "required": ["defects", "normal_features"],
-}  # fmt: skip
+}
 PLACEHOLDERS = {"defect", "defects", "anomaly", "unknown", "none", "type", "location", "appearance", "string", "n a"}
-SYSTEM = ("You are an inspector on a production line. You compare a part with a normal one and name visible "
-          "defects precisely: type (scratch, crack, dent, stain, hole, ...), location on the part, appearance. "
-          'Example answer for a bottle: {"defects": [{"type": "crack", "location": "neck", "appearance": '
-          '"thin dark"}], "normal_features": ["smooth glass", "round rim"]}')  # fmt: skip
+SYSTEM = (
+    "You are an inspector on a production line. You compare a part with a normal one and name visible "
+    "defects precisely: type (scratch, crack, dent, stain, hole, ...), location on the part, appearance. "
+    'Example answer for a bottle: {"defects": [{"type": "crack", "location": "neck", "appearance": '
+    '"thin dark"}], "normal_features": ["smooth glass", "round rim"]}'
+)
 GENERIC_DEFECTS = [  # the last resort when neither the model nor the evidence gives anything
     {"type": "scratch", "location": "surface", "appearance": "thin bright"},
     {"type": "crack", "location": "surface", "appearance": "thin dark"},
@@ -101,8 +110,9 @@ class PromptAgent:
     def _ask(self, messages: list[dict], attempt_log: list[dict]) -> tuple[list[dict], list[str]]:
         s = self.settings
         for attempt in range(s.retries):
-            answer, stats = self.llm.chat(messages, SCHEMA, s.max_tokens, s.seed + attempt, s.temperature,
-                                          s.answer_seconds)  # fmt: skip
+            answer, stats = self.llm.chat(
+                messages, SCHEMA, s.max_tokens, s.seed + attempt, s.temperature, s.answer_seconds
+            )
             good, normals, reason = valid_descriptions(answer)
             if stats["finish_reason"] != "stop" and not good:
                 reason = f"cut off ({stats['finish_reason']}) without a usable answer"
@@ -124,19 +134,28 @@ class PromptAgent:
             messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
         elif self.llm is not None and self.llm.vision:
             question = f"How does the second {obj} differ from the normal first one? Answer in JSON."
-            messages = [{"role": "system", "content": SYSTEM},
-                        vision_message(question, [("Normal part:", normals[0]), ("Inspected part:", sample)])]  # fmt: skip
+            messages = [
+                {"role": "system", "content": SYSTEM},
+                vision_message(question, [("Normal part:", normals[0]), ("Inspected part:", sample)]),
+            ]
         else:
             question = evidence_text(obj, evidence) + "\nWhat defects are these? Answer in JSON."
             messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
-        record |= {"question": question, "evidence": evidence, "mode": "vision" if self.llm and self.llm.vision else "text"}
+        record |= {
+            "question": question,
+            "evidence": evidence,
+            "mode": "vision" if self.llm and self.llm.vision else "text",
+        }
         descriptions, normal_features = self._ask(messages, record["attempts"]) if self.llm else ([], [])
         if descriptions:
             record |= {"descriptions": descriptions, "normal_features": normal_features, "origin": "model"}
         else:
             fallback = heuristic_descriptions(evidence) or GENERIC_DEFECTS
-            why = "no language model in the bundle" if self.llm is None else \
-                f"no usable answer in {self.settings.retries} attempts"  # fmt: skip
+            why = (
+                "no language model in the bundle"
+                if self.llm is None
+                else f"no usable answer in {self.settings.retries} attempts"
+            )
             origin = "rules on the evidence" if evidence else "generic defect vocabulary"
             record |= {"descriptions": fallback, "normal_features": [], "origin": origin, "fallback_reason": why}
         return record
@@ -157,8 +176,13 @@ class PromptAgent:
                     out[text] = Candidate(text, d, [index])
         return list(out.values())
 
-    def build_bank(self, category: str, normals: list[np.ndarray], samples: list[np.ndarray] | None = None,
-                   progress: Callable[[str], None] = lambda _: None) -> PromptBank:  # fmt: skip
+    def build_bank(
+        self,
+        category: str,
+        normals: list[np.ndarray],
+        samples: list[np.ndarray] | None = None,
+        progress: Callable[[str], None] = lambda _: None,
+    ) -> PromptBank:
         if not self.detector.has_language:
             raise ValueError("the prompt agent needs a bundle with CLIP (clip_image + clip_text) to embed prompts")
         if not normals:
@@ -169,15 +193,18 @@ class PromptAgent:
             t = time.perf_counter()
             records.append(self.articulate(category, normals, sample))
             tokens = sum(a["stats"]["tokens"] for a in records[-1]["attempts"])
-            progress(f"articulate {i + 1}/{len(samples or [None])}: {records[-1]['origin']}, "
-                     f"{tokens} tokens in {time.perf_counter() - t:.1f}s")  # fmt: skip
+            progress(
+                f"articulate {i + 1}/{len(samples or [None])}: {records[-1]['origin']}, "
+                f"{tokens} tokens in {time.perf_counter() - t:.1f}s"
+            )
         t = time.perf_counter()
         candidates = self.refine(category, records)
         normal_features = sorted({f for r in records for f in r["normal_features"]})
         kept, dropped = filter_candidates(self.detector, category, candidates, normals, normal_features, self.settings)
         progress(f"refine + filter: {len(candidates)} candidates, {len(kept)} kept in {time.perf_counter() - t:.1f}s")
-        prompts = tuple(BankPrompt(c.text, True, c.reason, c.provenance()) for c in kept) + \
-            tuple(BankPrompt(c.text, False, c.reason, c.provenance()) for c in dropped)  # fmt: skip
+        prompts = tuple(BankPrompt(c.text, True, c.reason, c.provenance()) for c in kept) + tuple(
+            BankPrompt(c.text, False, c.reason, c.provenance()) for c in dropped
+        )
         meta = {
             "model": {"file": self.llm.name, "sha256": self.llm.sha256, "quant": self.llm.quant} if self.llm else None,
             "bundle_id": self.detector.bundle_id,
@@ -192,8 +219,9 @@ class PromptAgent:
         return PromptBank(category, prompts, meta)
 
     # --- explanations -------------------------------------------------------------------
-    def explain(self, result: Result, image: np.ndarray, reference: np.ndarray | None = None,
-                deadline_s: float = 10.0) -> str:  # fmt: skip
+    def explain(
+        self, result: Result, image: np.ndarray, reference: np.ndarray | None = None, deadline_s: float = 10.0
+    ) -> str:
         """One or two sentences on an NG result, within `deadline_s` (rules if no model)."""
         evidence = region_evidence(result, image, reference)
         obj = category_text(result.category or "part")
@@ -202,8 +230,12 @@ class PromptAgent:
         if self.llm is None:
             return _rule_sentence(obj, evidence)
         question = facts + f"\nIn one or two short sentences, say what is wrong with this {obj} and where."
-        answer, stats = self.llm.chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
-                                      max_tokens=60, seed=self.settings.seed, deadline_s=deadline_s)  # fmt: skip
+        answer, stats = self.llm.chat(
+            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+            max_tokens=60,
+            seed=self.settings.seed,
+            deadline_s=deadline_s,
+        )
         return answer if grounded(answer, obj, evidence) else _rule_sentence(obj, evidence)
 
 

@@ -51,16 +51,19 @@ def region_evidence(result: Result, image: np.ndarray, reference: np.ndarray | N
             "area_percent": round(100.0 * region.area / mask.size, 2),
             "width_px": region.bbox[2] - region.bbox[0],
             "height_px": region.bbox[3] - region.bbox[1],
-            "touches_edge": region.bbox[0] <= 1 or region.bbox[1] <= 1
-            or region.bbox[2] >= image.shape[1] - 1 or region.bbox[3] >= image.shape[0] - 1,
+            "touches_edge": region.bbox[0] <= 1
+            or region.bbox[1] <= 1
+            or region.bbox[2] >= image.shape[1] - 1
+            or region.bbox[3] >= image.shape[0] - 1,
             "score": round(region.score, 3),
         }
         if reference is not None:
             diff = image[mask].astype(np.float32).mean(axis=0) - reference[mask].astype(np.float32).mean(axis=0)
             entry["brightness_diff"] = round(float(diff.mean()), 1)  # grey levels, + brighter
             chroma = diff - diff.mean()
-            entry["colour_shift"] = ("none" if np.abs(chroma).max() < 8 else
-                                     ("red", "green", "blue")[int(np.argmax(chroma))])  # fmt: skip
+            entry["colour_shift"] = (
+                "none" if np.abs(chroma).max() < 8 else ("red", "green", "blue")[int(np.argmax(chroma))]
+            )
         out.append(entry)
     return out
 
@@ -70,8 +73,10 @@ def evidence_text(category: str, evidence: list[dict]) -> str:
         return f"The inspected {category} shows no region that differs clearly from the normal one."
     lines = [f"The inspected {category} differs from a normal one in {len(evidence)} region(s):"]
     for i, e in enumerate(evidence, start=1):
-        text = (f"Region {i}: {e['position']}, {e['shape']}, {e['area_percent']}% of the image "
-                f"({e['width_px']}x{e['height_px']} px)")  # fmt: skip
+        text = (
+            f"Region {i}: {e['position']}, {e['shape']}, {e['area_percent']}% of the image "
+            f"({e['width_px']}x{e['height_px']} px)"
+        )
         if "brightness_diff" in e:
             tone = "brighter" if e["brightness_diff"] > 0 else "darker"
             text += f", {abs(e['brightness_diff']):.0f} grey levels {tone} than the normal part"

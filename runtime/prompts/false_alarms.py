@@ -35,16 +35,26 @@ class Candidate:
     merged: list[str] = field(default_factory=list)
 
     def provenance(self) -> dict:
-        return {"description": self.description, "stage1_records": self.sources, "checks": self.checks,
-                "merged": self.merged}  # fmt: skip
+        return {
+            "description": self.description,
+            "stage1_records": self.sources,
+            "checks": self.checks,
+            "merged": self.merged,
+        }
 
 
 def content_words(text: str, ignore: set[str]) -> set[str]:
     return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 4 and w not in STOP | ignore}
 
 
-def filter_candidates(detector, category: str, candidates: list[Candidate], normals: list[np.ndarray],
-                      normal_features: list[str], settings) -> tuple[list[Candidate], list[Candidate]]:  # fmt: skip
+def filter_candidates(
+    detector,
+    category: str,
+    candidates: list[Candidate],
+    normals: list[np.ndarray],
+    normal_features: list[str],
+    settings,
+) -> tuple[list[Candidate], list[Candidate]]:
     """(kept, dropped), each candidate carrying its reason and figures."""
     if not candidates:
         return [], []
@@ -63,8 +73,12 @@ def filter_candidates(detector, category: str, candidates: list[Candidate], norm
         classes = np.stack([normal_c, emb])
         fire_map = max(float(language_grid(t, classes, scale, detector.encoder.grid).max()) for _, t in encoded)
         fire_global = max(float(abnormal_probability(g, classes, scale)) for g, _ in encoded)
-        cand.checks = {"cos_normal": round(cos_n, 4), "cos_abnormal": round(cos_a, 4),
-                       "fire_map_max": round(fire_map, 4), "fire_global_max": round(fire_global, 4)}  # fmt: skip
+        cand.checks = {
+            "cos_normal": round(cos_n, 4),
+            "cos_abnormal": round(cos_a, 4),
+            "fire_map_max": round(fire_map, 4),
+            "fire_global_max": round(fire_global, 4),
+        }
         restated = content_words(f"{cand.description['type']} {cand.description['appearance']}", ignore) & normal_words
         if twin is not None:
             twin.merged.append(cand.text)
@@ -74,9 +88,12 @@ def filter_candidates(detector, category: str, candidates: list[Candidate], norm
         elif cos_n >= cos_a:
             cand.reason = f"nearer the normal prompts than the abnormal ones ({cos_n:.3f} >= {cos_a:.3f})"
         elif max(fire_map, fire_global) >= settings.fire_bound:
-            cand.reason = f"fires on normal references (map {fire_map:.2f}, score {fire_global:.2f} >= {settings.fire_bound})"
+            cand.reason = (
+                f"fires on normal references (map {fire_map:.2f}, score {fire_global:.2f} >= {settings.fire_bound})"
+            )
         else:
-            cand.reason = f"kept: abnormal margin {cos_a - cos_n:.3f}, quiet on normal references (<= {max(fire_map, fire_global):.2f})"
+            quiet = max(fire_map, fire_global)
+            cand.reason = f"kept: abnormal margin {cos_a - cos_n:.3f}, quiet on normal references (<= {quiet:.2f})"
             kept.append((cand, emb))
             continue
         dropped.append(cand)

@@ -16,8 +16,8 @@ import sys
 import cv2
 import numpy as np
 
-from ..options import add_arguments, load
 from ..bundle.manifest import BundleError
+from ..options import add_arguments, load
 from . import logs
 from .server import Server
 

@@ -63,8 +63,16 @@ class LatestFrameSlot:
 class Capture(threading.Thread):
     """Reads the source into the slot; reconnects live sources with backoff."""
 
-    def __init__(self, source: FrameSource, slot: LatestFrameSlot, stop: threading.Event, metrics,
-                 max_fps: float = 0.0, loop: bool = False, backoff_max: float = 30.0):  # fmt: skip
+    def __init__(
+        self,
+        source: FrameSource,
+        slot: LatestFrameSlot,
+        stop: threading.Event,
+        metrics,
+        max_fps: float = 0.0,
+        loop: bool = False,
+        backoff_max: float = 30.0,
+    ):
         super().__init__(name="capture", daemon=True)
         if not backoff_max > 0:
             raise ValueError(f"setting reconnect_max_s: {backoff_max} must be > 0")

@@ -25,6 +25,10 @@ class Metrics:
                                   buckets=STAGE_BUCKETS_MS, registry=r)  # fmt: skip
         self.http_refused = Counter("lineside_http_refused", "HTTP connections refused at http_max_connections",
                                     registry=r)  # fmt: skip
+        self.triggers = Counter("lineside_triggers", "triggers by outcome: accepted, refused (queue full or "
+                                "malformed), inspected, unserved (serve stopped first)", ["outcome"],
+                                registry=r)  # fmt: skip
+        self.triggers_waiting = Gauge("lineside_triggers_waiting", "triggers queued for the inspector", registry=r)
         self.ready = Gauge("lineside_ready", "1 when the source is connected and the detector loaded", registry=r)
         for label in ("OK", "NG", "ERROR"):
             self.results.labels(label)

@@ -137,8 +137,9 @@ class NgImageSink(Sink):
         stem = self.folder / f"{record['run']}_{record['frame_id']:08d}"
         image = create_exclusive(stem, ".jpg", jpeg.tobytes())
         try:
-            sidecar = create_exclusive(image.with_suffix(""), ".json", json.dumps(record, indent=1,
-                                                                                  allow_nan=False).encode())
+            sidecar = create_exclusive(
+                image.with_suffix(""), ".json", json.dumps(record, indent=1, allow_nan=False).encode()
+            )
         except (OSError, ValueError):
             image.unlink()  # created a moment ago by us: ours to remove
             raise

@@ -99,21 +99,22 @@ class Inspector(threading.Thread):
     """Takes frames from the slot, detects, logs durably, then fans out.
 
     It ends when stop is set, the slot is empty and `capture_done()` says no
-    frame is on its way. Any error it did not expect (the results log cannot be
+    frame is on its way. With `triggers` (a `TriggerQueue`) it inspects one frame
+    per trigger instead of every frame, and ends at stop. Any error it did not expect (the results log cannot be
     written, a bug) is kept in `failure` and stops serve: a dead inspector must
     never leave a process that looks healthy.
     """
 
     def __init__(self, detector: Detector, category: str, references, slot: LatestFrameSlot, log_: ResultsLog,
                  state: State, sinks: list, explainer, metrics, stop: threading.Event, teach: int = 0,
-                 capture_done=lambda: True):  # fmt: skip
+                 capture_done=lambda: True, triggers=None, live: bool = True):  # fmt: skip
         super().__init__(name="inspector", daemon=True)
         self.detector, self.category, self.references = detector, category, references  # RGB images or None
         # Encoded once here (serve fails at start on an unusable one) and again after each TEACH frame.
         self.memory = detector.remember(references, colour="RGB") if references else None
         self.slot, self.log, self.state, self.sinks = slot, log_, state, sinks
         self.explainer, self.metrics, self.stop, self.teach = explainer, metrics, stop, teach
-        self.capture_done = capture_done
+        self.capture_done, self.triggers, self.live = capture_done, triggers, live
         self.done = threading.Event()
         self.failure: str | None = None
         # Frame ids restart with every process; (run, frame_id) names a frame for good.
@@ -124,20 +125,29 @@ class Inspector(threading.Thread):
     def run(self) -> None:
         try:
             while True:
-                frame = self.slot.get(timeout=0.2)
+                frame = self._next()
                 if frame is None:
-                    if self.stop.is_set() and self.capture_done():
+                    if self.stop.is_set() and (self.triggers is not None or self.capture_done()):
                         break
                     continue
                 self.handle(frame)
                 self.handled += 1
+                if self.triggers is not None:
+                    self.triggers.inspected()
         except Exception as e:  # whatever it was, serve must stop and say why
             self.failure = self.log.failure or f"inspector stopped: {type(e).__name__}: {e}"
             log.error("%s; stopping serve", self.failure, exc_info=self.log.failure is None)
             self.stop.set()
         finally:
             self.slot.abandon()
+            if self.triggers is not None:
+                self.triggers.close()
             self.done.set()
+
+    def _next(self) -> Frame | None:
+        if self.triggers is None:
+            return self.slot.get(timeout=0.2)
+        return self.triggers.next_frame(self.slot, self.live, self.stop)
 
     def handle(self, frame: Frame) -> None:
         if self.teach > 0 and self._learn(frame):

@@ -26,7 +26,8 @@ log = logging.getLogger("lineside.serve")
 
 def frame_ref(frame, run: str) -> FrameRef:
     """The head of every line about a captured `Frame`: which frame, from where."""
-    return FrameRef(run, frame.frame_id, frame.time, frame.source, frame.file)
+    return FrameRef(run, frame.frame_id, frame.time, frame.source, frame.file,
+                    trigger_id=frame.trigger_id, trigger_time=frame.trigger_time)  # fmt: skip
 
 
 def record_of(frame, result: Result, run: str) -> dict:

@@ -26,6 +26,7 @@ from .pipeline import Explainer, Inspector, State
 from .records import ResultsLog
 from .sinks import parse_sink
 from .sources import open_source
+from .triggers import MqttTriggers, TriggerQueue
 from .web import WebThread, create_app
 
 log = logging.getLogger("lineside.serve")
@@ -57,6 +58,8 @@ class Server:
                       for spec in s.sink]  # fmt: skip
         if s.save_ng:
             self.sinks.append(NgImageSink(s.save_ng, s.save_ng_mb, self.metrics, s.sink_queue))
+        self.triggers = TriggerQueue(s.trigger_queue, self.metrics) if s.trigger == "software" else None
+        self.trigger_topic = MqttTriggers(s.trigger_mqtt, self.triggers) if s.trigger_mqtt else None
         if source is None:
             self.source.probe()
         self.detector = detector or Detector.from_bundle(job.bundle, settings.detector)
@@ -70,7 +73,8 @@ class Server:
         self.capture = Capture(self.source, self.slot, self.stop, self.metrics, s.max_fps, s.loop, s.reconnect_max_s)
         self.inspector = Inspector(self.detector, job.category, references, self.slot, self.results_log, self.state,
                                    self.sinks, self.explainer, self.metrics, self.stop, s.teach,
-                                   capture_done=self._capture_done)  # fmt: skip
+                                   capture_done=self._capture_done, triggers=self.triggers,
+                                   live=self.source.live)  # fmt: skip
         self.web = WebThread(create_app(self), s.host, s.port, s.http_max_connections, s.http_read_timeout_s,
                              self.metrics.http_refused)  # fmt: skip
 
@@ -121,6 +125,8 @@ class Server:
             self.explainer.start()
         self.inspector.start()
         self.capture.start()
+        if self.trigger_topic is not None:
+            self.trigger_topic.start()
         self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         self._watchdog.start()
         log.info("serving %s on http://%s:%d", s.source, s.host, self.web.port)
@@ -147,6 +153,8 @@ class Server:
     def shutdown(self) -> None:
         """Stop and drain; safe to call when start() failed half-way (threads never started are skipped)."""
         self.stop.set()
+        if self.trigger_topic is not None:
+            self.trigger_topic.close()
         if self.capture.ident is not None:
             self.capture.join(5)
         if self.inspector.ident is not None:

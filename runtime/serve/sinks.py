@@ -128,8 +128,10 @@ class WebhookSink(Sink):
         if error.code not in REDIRECTS or not location:
             raise error
         if not self.follow:
-            raise ConnectionError(f"webhook {url} answered {error.code} (to {location}): a redirect is not a "
-                                  "delivery; fix the URL or set webhook_follow_redirects")  # fmt: skip
+            raise ConnectionError(
+                f"webhook {url} answered {error.code} (to {location}): a redirect is not a "
+                "delivery; fix the URL or set webhook_follow_redirects"
+            )
         target = urljoin(url, location)
         if urlparse(target).scheme not in ("http", "https"):
             raise ConnectionError(f"webhook {url} redirects to {target!r}, not an http(s) URL")
@@ -146,8 +148,9 @@ class MqttSink(Sink):
     still unacknowledged are counted as failures.
     """
 
-    def __init__(self, host: str, port: int, topic: str, metrics, maxsize: int, queue_max: int = 1000,
-                 drain_s: float = 10.0):  # fmt: skip
+    def __init__(
+        self, host: str, port: int, topic: str, metrics, maxsize: int, queue_max: int = 1000, drain_s: float = 10.0
+    ):
         super().__init__(f"mqtt://{host}:{port}/{topic}", metrics, maxsize)
         self.drain_s = drain_s
         import paho.mqtt.client as mqtt
@@ -173,8 +176,11 @@ class MqttSink(Sink):
         info = self.client.publish(self.topic, strict_json(record), qos=1)
         if info.rc == self.mqtt.MQTT_ERR_QUEUE_SIZE:
             self.metrics.sink_drops.labels(self.label).inc()
-            log.warning("sink %s: %d records wait for the broker already; record dropped (counted in "
-                        "lineside_sink_drops)", self.label, self.pending)  # fmt: skip
+            log.warning(
+                "sink %s: %d records wait for the broker already; record dropped (counted in lineside_sink_drops)",
+                self.label,
+                self.pending,
+            )
             return
         # paho 2.2 answers NO_CONN while the broker is away but keeps a QoS 1 message in its queue
         # (Client.publish) and sends it after the next CONNACK: that is a record on its way, not a failure.
@@ -192,8 +198,11 @@ class MqttSink(Sink):
             time.sleep(0.05)
         if self.pending > 0:
             self.metrics.sink_failures.labels(self.label).inc(self.pending)
-            log.warning("sink %s: %d records never acknowledged by the broker (counted in lineside_sink_failures)",
-                        self.label, self.pending)  # fmt: skip
+            log.warning(
+                "sink %s: %d records never acknowledged by the broker (counted in lineside_sink_failures)",
+                self.label,
+                self.pending,
+            )
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -34,6 +34,8 @@ class Frame:
     source: str
     note: str = ""  # why image is None
     file: str = ""  # the image file it came from (folder sources), printable whatever bytes its name holds
+    trigger_id: str | None = None  # the trigger this frame was inspected for (trigger = software)
+    trigger_time: float | None = None  # unix seconds when that trigger arrived
 
 
 class FrameSource:

@@ -21,6 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .records import strict_json
+from .triggers import MAX_BODY, TriggerRefused, trigger_id
 
 log = logging.getLogger("lineside.serve")
 
@@ -84,6 +85,25 @@ def create_app(server) -> web.Application:
             pass
         return response
 
+    async def trigger(request):
+        """POST /api/trigger[?id=ID] (or a body: ID, {"id": ID}): one inspection; 202, 429 when the queue is full."""
+        queue = server.triggers
+        if queue is None:
+            return _json({"error": "serve runs free-run (every frame is inspected); set trigger=software"}, 409)
+        if server.stop.is_set():
+            return _json({"error": "serve is stopping"}, 503)
+        body = await request.content.read(MAX_BODY + 1)
+        try:
+            given = trigger_id(body, request.query.get("id"))
+        except ValueError as e:
+            queue.refused()
+            return _json({"error": str(e)}, 413 if len(body) > MAX_BODY else 400)
+        try:
+            accepted = queue.offer(given, "http")
+        except TriggerRefused as e:
+            return _json({"error": str(e)}, 429)
+        return _json({"id": accepted.id, "time": accepted.time, "waiting": queue.waiting()}, 202)
+
     async def page(_):
         return web.Response(text=PAGE, content_type="text/html")
 
@@ -91,7 +111,7 @@ def create_app(server) -> web.Application:
     app.add_routes([web.get("/", page), web.get("/healthz", healthz), web.get("/readyz", readyz),
                     web.get("/metrics", metrics_text), web.get("/api/status", status),
                     web.get("/api/result/latest", latest), web.get("/api/results", results),
-                    web.get("/stream", stream)])  # fmt: skip
+                    web.get("/stream", stream), web.post("/api/trigger", trigger)])  # fmt: skip
     return app
 
 
