@@ -189,10 +189,11 @@ class WebThread(threading.Thread):
             listener = self.loop.run_until_complete(
                 self.loop.create_server(self.guard, self.host, self.port, backlog=128, reuse_address=True))
             self.port = listener.sockets[0].getsockname()[1]
-        except OSError as e:
+        except OSError as e:  # cleaned up and closed before start() hears of it: nothing left running
             self.error = e
-            self.started.set()
             self.loop.run_until_complete(runner.cleanup())
+            self.loop.close()
+            self.started.set()
             return
         self.started.set()
         self.loop.run_forever()
@@ -200,7 +201,7 @@ class WebThread(threading.Thread):
         self.loop.run_until_complete(runner.cleanup())
 
     def close(self) -> None:
-        if self.loop is not None:
+        if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.loop.stop)
         if self.ident is not None:
             self.join(5)

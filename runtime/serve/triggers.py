@@ -1,0 +1,201 @@
+"""Triggered inspection: one inspection per trigger, from an HTTP POST or an MQTT command topic.
+
+With `trigger = software` the inspector inspects no frame on its own: each trigger
+takes exactly one, the first a live source captures at or after the trigger's
+time (for a recording, its next frame), and the result line carries the
+trigger's id and time. Triggers wait in a bounded queue while the inspector is
+busy; one that finds the queue full is refused, never dropped unseen: HTTP
+answers 429, MQTT publishes the refusal on TOPIC/refused, and both are counted
+in lineside_triggers_total{outcome="refused"}. Triggers still waiting when
+serve stops are counted as unserved and logged with their ids.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from .sources import Frame
+
+log = logging.getLogger("lineside.serve")
+
+MAX_ID = 128  # characters of a trigger id
+MAX_BODY = 4096  # bytes of a trigger request or message
+
+
+@dataclass(frozen=True)
+class Trigger:
+    id: str  # the caller's id (a part number, a PLC counter), or VIA-N when it gave none
+    time: float  # unix seconds when it arrived
+    via: str  # "http" or "mqtt"
+
+
+class TriggerRefused(Exception):
+    """The queue is full: the trigger was not taken (and was counted)."""
+
+
+def trigger_id(payload: bytes, query_id: str | None = None) -> str | None:
+    """The id a request or message gives: `{"id": ...}` JSON, plain text, or `?id=`; None for none.
+
+    ValueError (naming the problem) for a body too long, not UTF-8, a JSON value that is
+    not an object with a string or integer id, or an id with control characters.
+    """
+    if len(payload) > MAX_BODY:
+        raise ValueError(f"trigger body of {len(payload)} bytes; at most {MAX_BODY}")
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise ValueError("trigger body is not UTF-8 text") from e
+    value = query_id
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"trigger body is not valid JSON: {e}") from e
+        value = data.get("id", value)
+    elif text:
+        value = text
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"trigger id must be a string or an integer, got {type(value).__name__}")
+    value = str(value)
+    if not 0 < len(value) <= MAX_ID or not value.isprintable():
+        raise ValueError(f"trigger id must be 1 to {MAX_ID} printable characters, got {value[:40]!r}")
+    return value
+
+
+class TriggerQueue:
+    """Triggers waiting for the inspector, at most `bound`; the one being served is not counted."""
+
+    def __init__(self, bound: int, metrics):
+        if bound < 1:
+            raise ValueError(f"setting trigger_queue: {bound} must be >= 1")
+        self.bound, self.metrics = bound, metrics
+        self._waiting: collections.deque[Trigger] = collections.deque()
+        self._cond = threading.Condition()
+        self._count = 0
+        self.current: Trigger | None = None  # taken, its frame not yet found
+        for outcome in ("accepted", "refused", "inspected", "unserved"):
+            metrics.triggers.labels(outcome)
+
+    def offer(self, given_id: str | None, via: str) -> Trigger:
+        """Queue a trigger arriving now; TriggerRefused when `bound` are already waiting."""
+        with self._cond:
+            if len(self._waiting) >= self.bound:
+                self.metrics.triggers.labels("refused").inc()
+                raise TriggerRefused(f"{len(self._waiting)} triggers already wait (trigger_queue); "
+                                     f"trigger {given_id or '(no id)'} refused")  # fmt: skip
+            self._count += 1
+            trigger = Trigger(given_id or f"{via}-{self._count}", time.time(), via)
+            self._waiting.append(trigger)
+            self.metrics.triggers.labels("accepted").inc()
+            self.metrics.triggers_waiting.set(len(self._waiting))
+            self._cond.notify_all()
+            return trigger
+
+    def refused(self) -> None:
+        """A malformed trigger (bad id, body too long): refused, and counted like a full queue's."""
+        self.metrics.triggers.labels("refused").inc()
+
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiting)
+
+    def _take(self, timeout: float) -> Trigger | None:
+        with self._cond:
+            if not self._waiting:
+                self._cond.wait(timeout)
+            if not self._waiting:
+                return None
+            self.current = self._waiting.popleft()
+            self.metrics.triggers_waiting.set(len(self._waiting))
+            return self.current
+
+    def next_frame(self, slot, live: bool, stop: threading.Event) -> Frame | None:
+        """The next trigger's frame, marked with it; None when no trigger came or serve is stopping.
+
+        Live: the first frame captured at or after the trigger (older ones are passed over).
+        A recording: its next frame, whenever it was read.
+        """
+        trigger = self.current or self._take(0.2)
+        if trigger is None:
+            return None
+        while True:
+            frame = slot.get(timeout=0.2)
+            if frame is not None and (not live or frame.time >= trigger.time):
+                self.current = None
+                return dataclasses.replace(frame, trigger_id=trigger.id, trigger_time=trigger.time)
+            if stop.is_set():
+                return None
+
+    def inspected(self) -> None:
+        self.metrics.triggers.labels("inspected").inc()
+
+    def close(self) -> None:
+        """Serve stops: count and name the triggers no frame was found for."""
+        with self._cond:
+            left = ([self.current] if self.current else []) + list(self._waiting)
+            self._waiting.clear()
+            self.current = None
+            self.metrics.triggers_waiting.set(0)
+        if left:
+            self.metrics.triggers.labels("unserved").inc(len(left))
+            log.warning("serve stopped before %d triggers found a frame: %s", len(left),
+                        ", ".join(t.id for t in left[:20]))  # fmt: skip
+
+
+class MqttTriggers:
+    """Subscribes to an MQTT command topic; each message is one trigger (payload: id, {"id": ...} or empty).
+
+    A refused or malformed message is answered on TOPIC/refused with its id and the reason.
+    """
+
+    def __init__(self, url: str, queue: TriggerQueue):
+        import paho.mqtt.client as mqtt
+
+        self.host, self.port, self.topic = parse_mqtt_url(url)
+        self.queue, self.mqtt = queue, mqtt
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"lineside-trigger-{id(self):x}")
+        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self.client.on_connect = self._connected
+        self.client.on_message = self._message
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+
+    def start(self) -> None:
+        self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+
+    def _connected(self, client, userdata, flags, reason_code, properties=None) -> None:
+        if not reason_code.is_failure:
+            client.subscribe(self.topic, qos=1)  # again after every reconnection
+
+    def _message(self, client, userdata, message) -> None:
+        try:
+            self.queue.offer(trigger_id(message.payload), "mqtt")
+        except (ValueError, TriggerRefused) as e:
+            if isinstance(e, ValueError):
+                self.queue.refused()
+            log.warning("MQTT trigger on %s refused: %s", self.topic, e)
+            answer = {"error": str(e), "payload": message.payload[:200].decode("utf-8", "replace")}
+            client.publish(f"{self.topic}/refused", json.dumps(answer), qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int, str]:
+    """mqtt://HOST[:PORT]/TOPIC -> (host, port, topic); ValueError naming the setting otherwise."""
+    parsed = urlparse(url)
+    topic = parsed.path.lstrip("/")
+    if parsed.scheme != "mqtt" or not parsed.hostname or not topic or "+" in topic or "#" in url:
+        raise ValueError(f"setting trigger_mqtt: {url!r}: use mqtt://HOST:PORT/TOPIC (no wildcards)")
+    return parsed.hostname, parsed.port or 1883, topic

@@ -1,0 +1,210 @@
+"""Triggered inspection: real HTTP, a real mosquitto broker, a live source on the real clock.
+
+Asserts what the issue asks: with a trigger, exactly one inspection per trigger (a
+live frame captured at or after it), its id and time in the result line, and a
+trigger that finds the inspector busy queued up to the bound or refused (429,
+TOPIC/refused, counted), never silently lost.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import open_clip
+import pytest
+
+from runtime.detect.detector import Detector
+from runtime.serve import Server, Settings
+from runtime.serve.__main__ import main as serve_main
+from runtime.serve.sources import FrameSource
+from runtime.serve.triggers import trigger_id
+from tests.controlled import CATEGORY, build_controlled_bundle, part
+from tests.test_hostile_serve import Broker
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory) -> Path:
+    return build_controlled_bundle(tmp_path_factory.mktemp("c") / "b", Path(open_clip.tokenizer.default_bpe()))
+
+
+@pytest.fixture(scope="module")
+def detector(controlled, tmp_path_factory) -> Detector:
+    return Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path_factory.mktemp("text"))
+
+
+class LiveCamera(FrameSource):
+    """A live source: a new part every `period` seconds; `opens` False: a camera that never answers."""
+
+    live = True
+
+    def __init__(self, period: float = 0.03, opens: bool = True):
+        super().__init__("test-camera")
+        self.period, self.opens = period, opens
+
+    def open(self) -> None:
+        if not self.opens:
+            raise ConnectionError("test camera unplugged")
+
+    def read(self):
+        time.sleep(self.period)
+        return True, part(), ""
+
+
+def _settings(controlled, tmp_path, **kw) -> Settings:
+    base = dict(source="test-camera", bundle=controlled, category=CATEGORY, port=0, explain=False,
+                trigger="software", results=tmp_path / "results.jsonl")  # fmt: skip
+    return Settings.of(**(base | kw))
+
+
+def _post(port: int, query: str = "", body: bytes = b"") -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/trigger{query}", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _lines(server: Server) -> list[dict]:
+    path = server.settings.serve.results
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, what
+        time.sleep(0.05)
+
+
+def _count(server: Server, outcome: str) -> int:
+    return int(server.metrics.registry.get_sample_value("lineside_triggers_total", {"outcome": outcome}) or 0)
+
+
+def test_trigger_ids_are_read_from_query_text_or_json_and_bad_ones_refused():
+    assert trigger_id(b"") is None and trigger_id(b"", "q-1") == "q-1"
+    assert trigger_id(b"  part-7 \n") == "part-7" and trigger_id(b'{"id": 42}') == "42"
+    assert trigger_id(b"{}", "from-query") == "from-query"
+    for bad, why in [(b'{"id": [1]}', "string or an integer"), (b'{"id": true}', "string or an integer"),
+                     (b"a\x00b", "printable"), (b"x" * 129, "printable"), (b"\xff", "not UTF-8"),
+                     (b"{nope", "not valid JSON"), (b"x" * 5000, "at most 4096")]:  # fmt: skip
+        with pytest.raises(ValueError, match=why):
+            trigger_id(bad)
+
+
+def test_one_inspection_per_http_trigger_with_its_id_and_time(controlled, detector, tmp_path):
+    server = Server(_settings(controlled, tmp_path), detector=detector, source=LiveCamera()).start()
+    try:
+        _wait(server.capture.connected.is_set, 10, "camera not connected")
+        time.sleep(0.5)
+        assert server.capture.frames > 5 and _lines(server) == []  # free frames are not inspected
+        port = server.web.port
+        answers = [_post(port, "?id=A"), _post(port, body=b'{"id": "B"}'), _post(port, body=b"C"), _post(port)]
+        assert [a[0] for a in answers] == [202] * 4 and answers[3][1]["id"] == "http-4"
+        _wait(lambda: len(_lines(server)) >= 4, 20, "four triggers, four lines")
+        time.sleep(0.5)
+        assert _post(port, body=b"bad\x01id")[0] == 400 and _post(port, body=b"x" * 5000)[0] == 413
+    finally:
+        server.shutdown()
+    lines = _lines(server)
+    assert [x["trigger_id"] for x in lines] == ["A", "B", "C", "http-4"]  # exactly one each, in order
+    assert all(x["label"] in ("OK", "NG") and x["time"] >= x["trigger_time"] for x in lines)
+    sent = {a[1]["id"]: a[1]["time"] for a in answers}
+    assert all(x["trigger_time"] == sent[x["trigger_id"]] for x in lines)
+    assert len({x["frame_id"] for x in lines}) == 4
+    assert (_count(server, "accepted"), _count(server, "inspected"), _count(server, "refused")) == (4, 4, 2)
+
+
+def test_triggers_while_busy_are_queued_to_the_bound_then_refused_never_lost(controlled, detector, tmp_path,
+                                                                            monkeypatch):  # fmt: skip
+    detect = detector.detect
+    monkeypatch.setattr(detector, "detect", lambda *a, **k: (time.sleep(0.4), detect(*a, **k))[1])
+    server = Server(_settings(controlled, tmp_path, trigger_queue=2), detector=detector, source=LiveCamera()).start()
+    try:
+        _wait(server.capture.connected.is_set, 10, "camera not connected")
+        answers = [_post(server.web.port, f"?id=t{i}") for i in range(7)]
+        accepted = [a[1]["id"] for a in answers if a[0] == 202]
+        refused = [a for a in answers if a[0] != 202]
+        assert 2 <= len(accepted) <= 3 and all(a[0] == 429 and "trigger_queue" in a[1]["error"] for a in refused)
+        _wait(lambda: len(_lines(server)) == len(accepted), 20, "every accepted trigger inspected")
+    finally:
+        server.shutdown()
+    assert [x["trigger_id"] for x in _lines(server)] == accepted
+    assert (_count(server, "accepted"), _count(server, "refused")) == (len(accepted), len(refused))
+    assert _count(server, "inspected") == len(accepted) and _count(server, "unserved") == 0
+
+
+def test_one_inspection_per_mqtt_command_and_refusals_are_answered(controlled, detector, tmp_path):
+    import paho.mqtt.client as mqtt
+
+    broker = Broker(tmp_path)
+    broker.start()
+    refusals = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.on_message = lambda c, u, m: refusals.append(json.loads(m.payload))
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe("line/trigger/refused", qos=1)
+    client.loop_start()
+    url = f"mqtt://127.0.0.1:{broker.port}/line/trigger"
+    server = Server(_settings(controlled, tmp_path, trigger_mqtt=url), detector=detector, source=LiveCamera()).start()
+    try:
+        assert server.trigger_topic.subscribed.wait(10), "trigger topic not subscribed"
+        for payload in (b"P1", b'{"id": "P2"}', b"", b'{"id": [1]}'):
+            client.publish("line/trigger", payload, qos=1).wait_for_publish(5)
+        _wait(lambda: len(_lines(server)) >= 3 and refusals, 20, "three inspections and one refusal")
+        time.sleep(0.3)
+    finally:
+        server.shutdown()
+        client.loop_stop()
+        broker.stop()
+    assert [x["trigger_id"] for x in _lines(server)] == ["P1", "P2", "mqtt-3"]
+    assert len(refusals) == 1 and "string or an integer" in refusals[0]["error"]
+    assert (_count(server, "accepted"), _count(server, "refused"), _count(server, "inspected")) == (3, 1, 3)
+
+
+def test_a_recording_gives_its_next_frame_per_trigger(controlled, detector, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), part())
+    server = Server(_settings(controlled, tmp_path, source=str(folder)), detector=detector).start()
+    try:
+        for i in range(3):
+            assert _post(server.web.port, f"?id=r{i}")[0] == 202
+        _wait(server.finished, 20, "the recording ends after three triggers")
+    finally:
+        server.shutdown()
+    assert [(x["file"], x["trigger_id"]) for x in _lines(server)] == [("0.png", "r0"), ("1.png", "r1"), ("2.png", "r2")]
+
+
+def test_a_trigger_without_a_frame_is_counted_unserved_at_stop(controlled, detector, tmp_path, caplog):
+    camera = LiveCamera(opens=False)
+    server = Server(_settings(controlled, tmp_path, reconnect_max_s=0.2), detector=detector, source=camera).start()
+    try:
+        assert _post(server.web.port, "?id=lost-1")[0] == 202
+        time.sleep(0.5)
+    finally:
+        server.shutdown()
+    assert _lines(server) == [] and _count(server, "unserved") == 1
+    assert "lost-1" in caplog.text
+
+
+def test_free_run_refuses_triggers_and_bad_trigger_settings_are_refused_at_start(controlled, detector, tmp_path,
+                                                                                capsys):  # fmt: skip
+    server = Server(_settings(controlled, tmp_path, trigger="free-run", max_fps=5), detector=detector,
+                    source=LiveCamera()).start()  # fmt: skip
+    try:
+        status, body = _post(server.web.port, "?id=x")
+        assert status == 409 and "trigger=software" in body["error"]
+    finally:
+        server.shutdown()
+    base = ["--bundle", str(controlled), "--source", str(tmp_path), "--results", str(tmp_path / "r.jsonl")]
+    assert serve_main([*base, "--trigger-mqtt", "mqtt://h/t"]) == 2
+    assert "needs trigger=software" in capsys.readouterr().err
+    assert serve_main([*base, "--trigger", "software", "--trigger-mqtt", "mqtt://h/a/#"]) == 2
+    assert "use mqtt://HOST:PORT/TOPIC" in capsys.readouterr().err
