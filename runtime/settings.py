@@ -116,7 +116,8 @@ class AgentSettings(Section):
 
 @dataclass(frozen=True)
 class ServeSettings(Section):
-    source: str = setting("0", "camera index, /dev/videoN, video file, image folder, rtsp:// or http(s):// URL")
+    source: str = setting("0", "camera index, /dev/videoN, v4l2:///dev/videoN, csi://N, gst:PIPELINE, an FFmpeg "
+                          "URL (rtsp, rtmp, udp, srt, rtp, tcp, http(s)), a video file, an image folder or file://PATH")
     teach: int = setting(0, "take the first N frames as known-good references", low=0)
     max_fps: float = setting(0.0, "read at most this many frames per second (0: as fast as they come)", low=0.0)
     loop: bool = setting(False, "restart a video file or folder at its end")

@@ -17,6 +17,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
 
 import cv2
 import numpy as np
@@ -24,6 +25,10 @@ import numpy as np
 from ..detect.frames import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageError, printable, read_frame
 
 log = logging.getLogger("lineside.serve")
+
+# Stream URLs passed to OpenCV's FFmpeg backend as they are (rtsp and http(s) among them, as always).
+FFMPEG_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "srt", "rtp", "tcp", "http", "https")
+APPSINK = "appsink drop=true max-buffers=1 sync=false"  # the newest frame only: a live source never queues
 
 
 @dataclass
@@ -62,10 +67,14 @@ class FrameSource:
 
 
 class CaptureSource(FrameSource):
-    """cv2.VideoCapture over a device index, /dev/videoN, a video file or a stream URL."""
+    """cv2.VideoCapture over a device index, /dev/videoN, a video file, a stream URL or a GStreamer pipeline.
 
-    def __init__(self, spec: str, target, live: bool):
+    `api` is OpenCV's backend (cv2.CAP_V4L2, CAP_FFMPEG, CAP_GSTREAMER; CAP_ANY lets it choose).
+    """
+
+    def __init__(self, spec: str, target, live: bool, api: int = cv2.CAP_ANY):
         super().__init__(spec)
+        self.api = api
         if isinstance(target, str) and not _utf8(target):
             raise ValueError(f"--source {printable(spec)!r}: the name is not UTF-8, which OpenCV's video reader "
                              "cannot open (it crashes); rename the file")  # fmt: skip
@@ -76,7 +85,7 @@ class CaptureSource(FrameSource):
         """A file must open and give one frame: a 0-byte, text or truncated file is not a camera to wait for."""
         if self.live:
             return
-        cap = cv2.VideoCapture(self.target)
+        cap = cv2.VideoCapture(self.target, self.api)
         try:
             if not cap.isOpened() or not cap.read()[0]:
                 raise ValueError(f"--source {self.spec!r} is not a video OpenCV can read "
@@ -85,7 +94,7 @@ class CaptureSource(FrameSource):
             cap.release()
 
     def open(self) -> None:
-        self.cap = cv2.VideoCapture(self.target)
+        self.cap = cv2.VideoCapture(self.target, self.api)
         if not self.cap.isOpened():
             self.cap.release()
             self.cap = None
@@ -176,13 +185,76 @@ def _utf8(text: str) -> bool:
     return True
 
 
+def _backend(name: str, spec: str, fix: str) -> None:
+    """Refuse `spec` in one line when this OpenCV was built without video backend `name`, saying how to get it."""
+    if not re.search(rf"^\s*{name}:\s+YES", cv2.getBuildInformation(), re.M):
+        raise ValueError(f"--source {printable(spec)!r} needs OpenCV built with {name}, and this one is not "
+                         f"(cv2.getBuildInformation() says {name}: NO); {fix}")  # fmt: skip
+
+
+GSTREAMER_FIX = ("use an OpenCV built with it, in place of opencv-python-headless (whose wheels never are): on a "
+                 "Jetson JetPack's own (deploy/Dockerfile.jetson, or a venv made with --system-site-packages and "
+                 "without the cpu/gpu extras), elsewhere apt-get install python3-opencv the same way")  # fmt: skip
+
+
+def csi_pipeline(spec: str) -> str:
+    """csi://N[?width=W&height=H&fps=F&flip=M] -> the nvarguscamerasrc pipeline of Jetson's CSI camera N, BGR out."""
+    url = urlparse(spec)
+    options = {k: v[-1] for k, v in parse_qs(url.query).items()}
+    values = {"width": 1920, "height": 1080, "fps": 30, "flip": 0}
+    unknown = sorted(set(options) - set(values))
+    if not url.netloc.isdigit() or unknown or not all(options[k].isdigit() for k in options):
+        raise ValueError(f"--source {spec!r}: use csi://N[?width=W&height=H&fps=F&flip=M] with whole numbers")
+    v = values | {k: int(x) for k, x in options.items()}
+    return (f"nvarguscamerasrc sensor-id={url.netloc} ! video/x-raw(memory:NVMM),width={v['width']},"
+            f"height={v['height']},framerate={v['fps']}/1 ! nvvidconv flip-method={v['flip']} ! "
+            f"video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! {APPSINK}")  # fmt: skip
+
+
+def _device(spec: str) -> CaptureSource:
+    """v4l2:///dev/videoN: a V4L2 device through OpenCV's V4L2 backend."""
+    device = unquote(urlparse(spec).path)
+    if not re.fullmatch(r"/dev/[\w./-]+", device):
+        raise ValueError(f"--source {spec!r}: use v4l2:///dev/videoN")
+    return CaptureSource(spec, device, live=True, api=cv2.CAP_V4L2)
+
+
+def _url(spec: str, scheme: str) -> FrameSource:
+    """A source given as a URL: v4l2, csi, the FFmpeg protocols, file."""
+    if scheme == "v4l2":
+        return _device(spec)
+    if scheme == "csi":
+        pipeline = csi_pipeline(spec)
+        _backend("GStreamer", spec, GSTREAMER_FIX)
+        return CaptureSource(spec, pipeline, live=True, api=cv2.CAP_GSTREAMER)
+    if scheme in FFMPEG_SCHEMES:  # passed through as it is: FFmpeg reads it
+        _backend("FFMPEG", spec, "install opencv-python-headless (the cpu/gpu extras), whose wheels carry FFmpeg")
+        return CaptureSource(spec, spec, live=True, api=cv2.CAP_FFMPEG)
+    known = ", ".join(f"{s}://" for s in ("file", "v4l2", "csi", *FFMPEG_SCHEMES))
+    raise ValueError(f"--source {printable(spec)!r}: unknown scheme {scheme}://; known: {known}, gst:PIPELINE")
+
+
 def open_source(spec: str, max_pixels: int = MAX_IMAGE_PIXELS, decode_threads: int = 2) -> FrameSource:
-    """The right source for a --source value; a missing file or folder is refused at once."""
+    """The right source for a --source value; a missing file or folder is refused at once.
+
+    A camera index, /dev/videoN, v4l2:///dev/videoN, csi://N (Jetson), gst:PIPELINE (GStreamer),
+    an FFmpeg URL (rtsp, rtmp, udp, srt, rtp, tcp, http(s): passed through), a video file or an
+    image folder (a path, or file://PATH).
+    """
     if re.fullmatch(r"\d+", spec):
         return CaptureSource(spec, int(spec), live=True)
-    if re.match(r"^(rtsp|rtsps|http|https)://", spec) or spec.startswith("/dev/video"):
+    if spec.startswith("/dev/video"):
         return CaptureSource(spec, spec, live=True)
-    path = Path(spec)
+    if spec.startswith("gst:"):
+        _backend("GStreamer", spec, GSTREAMER_FIX)
+        pipeline = spec[4:].strip()
+        if "appsink" not in pipeline:  # a pipeline that ends in a raw video source: OpenCV reads BGR from appsink
+            pipeline += f" ! videoconvert ! video/x-raw,format=BGR ! {APPSINK}"
+        return CaptureSource(spec, pipeline, live=True, api=cv2.CAP_GSTREAMER)
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", spec)
+    if scheme and scheme[1].lower() != "file":
+        return _url(spec, scheme[1].lower())
+    path = Path(unquote(spec[7:]) if scheme else spec)
     if path.is_dir():
         return FolderSource(spec, path, max_pixels, decode_threads)
     if path.is_file():
