@@ -57,6 +57,10 @@ class JobSettings(Section):
     bundle: Path = setting(Path("bundles/default"), "bundle folder (python -m export ... --out DIR)")
     category: str = setting("part", "what the parts are, e.g. solar_cell or metal_nut")
     references: Path | None = setting(None, "folder of known-good images (few-shot branch)")
+    calibrate: Path | None = setting(None, "folder of known-good images (not the references) that sets the NG "
+                                     "threshold for false_alarm_target; unset: the threshold setting")  # fmt: skip
+    false_alarm_target: float = setting(0.01, "false-alarm rate on good parts that calibration aims at "
+                                        "(--calibrate DIR, --calibrate-teach)", above=0.0, high=0.5)  # fmt: skip
 
     def check(self) -> None:
         if not str(self.category).strip():
@@ -83,6 +87,13 @@ class DetectorSettings(Section):
     smoothing_sigma: float = setting(4.0, "Gaussian sigma of the anomaly map, in pixels at 518 px input", low=0.0)
     map_weight: float = unit(0.5, "image score = (1 - w) * global-embedding score + w * map maximum")
     reference_weight: float = unit(0.5, "weight of the reference (few-shot) map when references are given")
+    coreset_ratio: float = setting(1.0, "share of the references' patches kept (greedy k-center coreset) for the "
+                                   "nearest-neighbour search; 1.0: all, exact", above=0.0, high=1.0)  # fmt: skip
+    nn_index: str = setting("auto", "nearest-neighbour search over reference patches: numpy (exact, blocked), faiss "
+                            "(HNSW, pip install 'lineside[fast]'), auto (faiss on large banks when installed)",
+                            choices=("auto", "numpy", "faiss"))  # fmt: skip
+    reference_cache_dir: Path | None = setting(None, "where reference memories are kept by content (default: "
+                                               "beside the text cache, ~/.cache/lineside/references)")  # fmt: skip
     use_sam: bool = setting(True, "refine suspicious frames with SAM when the bundle has it")
     sam_gate: float = unit(0.4, "SAM runs only when the image score or map maximum reaches this")
     region_threshold: float = unit(0.5, "map value above which pixels form candidate regions")
@@ -119,6 +130,10 @@ class ServeSettings(Section):
     source: str = setting("0", "camera index, /dev/videoN, v4l2:///dev/videoN, csi://N, gst:PIPELINE, an FFmpeg "
                           "URL (rtsp, rtmp, udp, srt, rtp, tcp, http(s)), a video file, an image folder or file://PATH")
     teach: int = setting(0, "take the first N frames as known-good references", low=0)
+    teach_screen: bool = setting(True, "refuse taught frames that are empty, blurred or outliers among the taught "
+                                 "ones (the TEACH line says why)")  # fmt: skip
+    calibrate_teach: bool = setting(False, "set the NG threshold from the taught frames (each scored against the "
+                                    "others) for false_alarm_target")  # fmt: skip
     max_fps: float = setting(0.0, "read at most this many frames per second (0: as fast as they come)", low=0.0)
     loop: bool = setting(False, "restart a video file or folder at its end")
     decode_threads: int = setting(2, "threads decoding image files ahead of inspection (folder sources)", low=1)

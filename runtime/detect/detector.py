@@ -28,6 +28,7 @@ from ..settings import DetectorSettings
 from .encoders import SESSION_SETTINGS, ImageEncoder, NonFiniteError, require_finite
 from .frames import ImageError, to_rgb_uint8
 from .prompt_text import PromptText
+from .reference_cache import cache_dir as reference_cache_dir
 from .references import ReferenceMemory, memory_for
 from .regions import find_regions, work_size
 from .result import Result
@@ -129,7 +130,7 @@ class Detector:
         rgb = self._to_rgb(image, colour)
         refs = references if isinstance(references, ReferenceMemory) else self._convert_references(references, colour)
         try:
-            memory = memory_for(refs, self.encoder, self._last_memory)
+            memory = memory_for(refs, self.encoder, self._last_memory, self._build_memory)
             self._last_memory = memory or self._last_memory
             return self._detect(rgb, category, memory)
         except ValueError:
@@ -143,7 +144,13 @@ class Detector:
         refs = self._convert_references(images, colour)
         if not refs:
             raise ValueError("remember needs at least one known-good image")
-        return ReferenceMemory.build(self.encoder, refs)
+        return self._build_memory(refs)
+
+    def _build_memory(self, rgb_images: list[np.ndarray]) -> ReferenceMemory:
+        """RGB uint8 references -> their memory, shaped by coreset_ratio and nn_index, cached on disk by content."""
+        s = self.settings
+        cache = reference_cache_dir(s.reference_cache_dir, s.text_cache_dir)
+        return ReferenceMemory.build(self.encoder, rgb_images, s.coreset_ratio, s.nn_index, cache)
 
     def stream(
         self, frames: Iterable[np.ndarray], category: str, references: References = None, colour: str = "BGR"

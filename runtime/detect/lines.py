@@ -5,7 +5,8 @@ about (`FrameRef`). Then the label, and what that label carries:
 
     OK / NG / ERROR   the Result's fields (`Result.to_dict`): score, regions, timings,
                       providers, bundle_id, settings, error
-    TEACH             how many references serve holds after taking this frame as one
+    TEACH             how many references serve holds after taking this frame as one,
+                      or (`rejected`) why it refused the frame as a reference
     EXPLANATION       the prompt agent's text about the (NG) frame in the head
 
 result-line.schema.json, beside this module, is the same contract for readers,
@@ -76,9 +77,11 @@ def error_line(frame: FrameRef, why: str, like: Result) -> dict:
     return result_line(frame, error)
 
 
-def teach_line(frame: FrameRef, references: int) -> dict:
-    """A TEACH line: `frame` became a known-good reference, the `references`-th one."""
-    return frame.head() | {"label": "TEACH", "references": references}
+def teach_line(frame: FrameRef, references: int, rejected: str | None = None) -> dict:
+    """A TEACH line: `frame` became a known-good reference, the `references`-th one; or, with `rejected`,
+    it was refused as one (empty, blurred, an outlier among the taught frames) and serve holds `references`."""
+    line = frame.head() | {"label": "TEACH", "references": references}
+    return line | {"rejected": str(rejected)} if rejected else line
 
 
 def explanation_line(frame: FrameRef, text: str) -> dict:

@@ -56,7 +56,9 @@ def _banner(canvas: np.ndarray, result: Result, truth: str | None) -> None:
     x, y = max(4, bar // 6), (bar + th) // 2
     _text(canvas, result.label, (x, y), big, colour)
     threshold = result.settings.get("threshold") if isinstance(result.settings, dict) else None
-    details = f"{result.image_score:.3f}" + (f" / {threshold:.3f}" if isinstance(threshold, (int, float)) else "")
+    details = f"score {result.image_score:.3f}"
+    if isinstance(threshold, (int, float)) and result.label in ("OK", "NG"):
+        details += f" {'>=' if result.label == 'NG' else '<'} {threshold:.3f}"
     if truth:
         details += f"  known: {truth}" + _disagreement(result.label, truth)
     x += tw + max(6, bar // 4)

@@ -1,20 +1,31 @@
 """The few-shot branch's memory of known-good images, and a frame scored against it.
 
-    memory = detector.remember(good_images, colour="BGR")    # encoded once
+    memory = detector.remember(good_images, colour="BGR")    # encoded once (or read from the cache)
     result = detector.detect(frame, "screw", references=memory)
 
 A memory is keyed by the content of its images (never by the identity of a
 list), and names the encoder that built it: it is only valid with that graph.
+Its patch bank is a coreset of the references' patches (all of them at
+coreset_ratio 1.0), searched by the blocked numpy search or a faiss index
+(neighbours.py); built once per reference set and kept on disk by content
+(reference_cache.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from . import reference_cache
+from .neighbours import coreset_indices, index_kind, searcher
 from .scoring import MIN_SCALE, calibrated, normal_spread, reference_grid
+
+CORESET_SEED = 0
 
 
 def content_key(images: list[np.ndarray]) -> str:
@@ -34,37 +45,131 @@ class ReferenceMemory:
     encoder: str  # identity of the image encoder that built it (ImageEncoder.identity)
     count: int  # reference images
     globals: np.ndarray  # (R, D)
-    taps: tuple[np.ndarray, ...]  # per tap (R * N, D)
-    spread: float  # normal patch-distance spread (scoring.normal_spread)
+    taps: tuple[np.ndarray, ...]  # per tap (K, D): the coreset's rows, K = ceil(coreset_ratio * R * N)
+    spread: float  # normal patch-distance spread (scoring.normal_spread), against the coreset
     global_spread: float  # largest leave-one-out global distance among references
+    coreset_ratio: float = 1.0  # kept fraction of the references' patches (1.0: all, exact search)
+    index: str = "numpy"  # the search over `taps`: "numpy" (exact, blocked) or "faiss" (HNSW)
+    saved_index: tuple = field(default=(), compare=False, repr=False)  # per tap a faiss index's bytes, or ()
+    searches: tuple = field(init=False, compare=False, repr=False)  # per tap, built from the above
+
+    def __post_init__(self):
+        saved = self.saved_index or (None,) * len(self.taps)
+        object.__setattr__(self, "searches", tuple(searcher(t, self.index, s) for t, s in zip(self.taps, saved)))
 
     @classmethod
-    def build(cls, encoder, images: list[np.ndarray]) -> ReferenceMemory:
-        """HxWx3 uint8 RGB images (any sizes: resized like any frame) through `encoder` (an ImageEncoder)."""
+    def build(
+        cls,
+        encoder,
+        images: list[np.ndarray],
+        coreset_ratio: float = 1.0,
+        nn_index: str = "numpy",
+        cache: Path | None = None,
+    ) -> ReferenceMemory:
+        """HxWx3 uint8 RGB images (any sizes: resized like any frame) through `encoder` (an ImageEncoder);
+        read from `cache` (a folder) when this reference set was built there before, else built and saved."""
         if not images:
             raise ValueError("a reference memory needs at least one known-good image")
+        key = content_key(images)
+        kind = index_kind(nn_index, math.ceil(coreset_ratio * len(images) * math.prod(encoder.grid)))
+        path = None
+        if cache is not None:
+            path = reference_cache.cache_file(cache, key, encoder.identity, coreset_ratio, CORESET_SEED, kind)
+            memory = cls.from_arrays(reference_cache.load(path))
+            if memory is not None and (memory.key, memory.encoder, memory.index) == (key, encoder.identity, kind):
+                return memory
         encoded = [encoder.encode(image) for image in images]
+        memory = cls.from_encoded(key, encoder.identity, encoded, coreset_ratio, kind)
+        if path is not None:
+            reference_cache.save(path, memory.to_arrays())
+        return memory
+
+    @classmethod
+    def from_encoded(
+        cls,
+        key: str,
+        encoder: str,
+        encoded: list[tuple[np.ndarray, list[np.ndarray]]],
+        coreset_ratio: float = 1.0,
+        nn_index: str = "numpy",
+    ) -> ReferenceMemory:
+        """A memory from `encoded`, each reference's (global (D,), taps [(N, D)]) as ImageEncoder.encode gives;
+        `nn_index` the setting (auto, numpy, faiss)."""
+        if not encoded:
+            raise ValueError("a reference memory needs at least one known-good image")
         globals_ = np.stack([g for g, _ in encoded])  # (R, D)
-        taps = tuple(np.concatenate([t[i] for _, t in encoded]) for i in range(len(encoded[0][1])))  # (R * N, D)
-        if len(images) > 1:
-            sims = globals_ @ globals_.T
-            np.fill_diagonal(sims, -1.0)
-            global_spread = max(float(((1.0 - sims.max(axis=1)) / 2.0).max()), MIN_SCALE)
-        else:
-            global_spread = MIN_SCALE
-        spread = normal_spread([t for _, t in encoded])
-        return cls(content_key(images), encoder.identity, len(images), globals_, taps, spread, global_spread)
+        per_tap = [np.concatenate([t[i] for _, t in encoded]) for i in range(len(encoded[0][1]))]  # (R * N, D)
+        owner = np.concatenate([np.full(len(t[0]), r) for r, (_, t) in enumerate(encoded)])  # (R * N,)
+        keep = coreset_indices(np.concatenate(per_tap, axis=1), coreset_ratio, CORESET_SEED)  # one set for all taps
+        taps = tuple(np.ascontiguousarray(t[keep]) for t in per_tap)  # (K, D)
+        spread = normal_spread([t for _, t in encoded], list(taps), owner[keep])
+        index = index_kind(nn_index, len(keep))
+        return cls(key, encoder, len(encoded), globals_, taps, spread, global_spread(globals_), coreset_ratio, index)
 
     def score(self, global_emb: np.ndarray, taps: list[np.ndarray], grid: tuple[int, int]) -> tuple[np.ndarray, float]:
         """A frame's (D,) embedding and [(N, D)] tap tokens -> (rows, cols) reference map and global probability."""
-        ref_grid = reference_grid(taps, list(self.taps), grid, self.spread)
+        ref_grid = reference_grid(taps, self.searches, grid, self.spread)
         global_p = float(calibrated((1.0 - (self.globals @ global_emb).max()) / 2.0, self.global_spread))
         return ref_grid, global_p
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Everything the memory holds, as named arrays (reference_cache.save)."""
+        arrays = {
+            "key": np.array(self.key),
+            "encoder": np.array(self.encoder),
+            "count": np.array(self.count),
+            "globals": self.globals,
+            "spread": np.array(self.spread),
+            "index": np.array(self.index),
+            "global_spread": np.array(self.global_spread),
+            "coreset_ratio": np.array(self.coreset_ratio),
+        }
+        for i, (tap, search) in enumerate(zip(self.taps, self.searches)):
+            arrays[f"tap{i}"] = tap
+            saved = search.to_bytes()
+            if saved is not None:
+                arrays[f"index{i}"] = np.frombuffer(saved, np.uint8)
+        return arrays
 
-def memory_for(refs, encoder, last: ReferenceMemory | None = None) -> ReferenceMemory | None:
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray] | None) -> ReferenceMemory | None:
+        """The memory `to_arrays` wrote, or None when `arrays` is None or not one."""
+        if arrays is None:
+            return None
+        try:
+            taps = tuple(arrays[f"tap{i}"] for i in range(sum(k.startswith("tap") for k in arrays)))
+            saved = tuple(arrays[f"index{i}"].tobytes() for i in range(len(taps)) if f"index{i}" in arrays)
+            return cls(
+                str(arrays["key"]),
+                str(arrays["encoder"]),
+                int(arrays["count"]),
+                arrays["globals"],
+                taps,
+                float(arrays["spread"]),
+                float(arrays["global_spread"]),
+                float(arrays["coreset_ratio"]),
+                str(arrays["index"]),
+                saved,
+            )
+        except (KeyError, ValueError, TypeError, RuntimeError):
+            return None
+
+
+def global_spread(globals_: np.ndarray) -> float:
+    """(R, D) unit rows -> the largest leave-one-out distance (1 - cos) / 2 among them (MIN_SCALE for one)."""
+    if len(globals_) < 2:
+        return MIN_SCALE
+    sims = globals_ @ globals_.T
+    np.fill_diagonal(sims, -1.0)
+    return max(float(((1.0 - sims.max(axis=1)) / 2.0).max()), MIN_SCALE)
+
+
+Build = Callable[[list[np.ndarray]], ReferenceMemory]
+
+
+def memory_for(refs, encoder, last: ReferenceMemory | None = None, build: Build | None = None):
     """What a frame is scored against: `refs` a ReferenceMemory (refused unless `encoder` built it),
-    HxWx3 uint8 RGB images (`last` again when their content is the same, else a new memory), or None."""
+    HxWx3 uint8 RGB images (`last` again when their content is the same, else `build(refs)`), or None."""
     if isinstance(refs, ReferenceMemory):
         if refs.encoder != encoder.identity:
             raise ValueError(
@@ -76,4 +181,4 @@ def memory_for(refs, encoder, last: ReferenceMemory | None = None) -> ReferenceM
         return None
     if last is not None and last.key == content_key(refs):
         return last
-    return ReferenceMemory.build(encoder, refs)
+    return build(refs) if build is not None else ReferenceMemory.build(encoder, refs)

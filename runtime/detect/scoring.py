@@ -12,6 +12,8 @@ import math
 import cv2
 import numpy as np
 
+from .neighbours import NumpySearch
+
 REFERENCE_SIZE = 518  # the input size at which smoothing_sigma is stated
 
 
@@ -42,10 +44,11 @@ def language_grid(taps: list[np.ndarray], classes: np.ndarray, scale: float, gri
     return np.mean(probs, axis=0).reshape(grid).astype(np.float32)
 
 
-def reference_grid(taps: list[np.ndarray], memory: list[np.ndarray], grid: tuple[int, int], spread: float) -> np.ndarray:
+def reference_grid(taps: list[np.ndarray], searches, grid: tuple[int, int], spread: float) -> np.ndarray:
     """Few-shot score per patch: min over the normal memory of (1 - cos) / 2, averaged over
-    taps, in units of the normal spread (`calibrated`)."""
-    distance = np.mean([nearest_distance(tokens, bank) for tokens, bank in zip(taps, memory)], axis=0)
+    taps, in units of the normal spread (`calibrated`). `searches`: per tap a search over its
+    bank (neighbours.NumpySearch or FaissSearch)."""
+    distance = np.mean([as_distance(search.max_similarity(tokens)) for tokens, search in zip(taps, searches)], axis=0)
     return calibrated(distance, spread).reshape(grid).astype(np.float32)
 
 
@@ -53,19 +56,29 @@ MIN_SCALE = 0.01  # never treat a cosine distance below this as the normal sprea
 SCALE_REFERENCES = 8  # references used to estimate the normal spread
 
 
+def as_distance(similarity: np.ndarray) -> np.ndarray:
+    """Cosine similarity -> (1 - cos) / 2 in 0..1."""
+    return np.clip((1.0 - similarity) / 2.0, 0.0, 1.0)
+
+
 def nearest_distance(tokens: np.ndarray, bank: np.ndarray) -> np.ndarray:
-    """(N, D) vs (M, D) unit rows -> (N,) min over the bank of (1 - cos) / 2."""
-    return np.clip((1.0 - (tokens @ bank.T).max(axis=1)) / 2.0, 0.0, 1.0)
+    """(N, D) vs (M, D) unit rows -> (N,) min over the bank of (1 - cos) / 2 (exact, blocked)."""
+    return as_distance(NumpySearch(bank).max_similarity(tokens))
 
 
-def normal_spread(per_ref: list[list[np.ndarray]]) -> float:
+def normal_spread(
+    per_ref: list[list[np.ndarray]], bank: list[np.ndarray] | None = None, owner: np.ndarray | None = None
+) -> float:
     """The 99th percentile of patch distances between known-good images (leave one out).
 
     Raw distances depend on the encoder, the part and the lighting; dividing by
     the spread among good references puts a reference map on a common scale
     (normal patches below 0.5, twice the normal spread at 1.0) so one set of
-    thresholds works across lines. With one reference, each patch is compared
-    with the other patches of the same image instead.
+    thresholds works across lines. Each reference's patches are searched in the
+    others': in `bank` (per tap (K, D), `owner` (K,) the reference each row came
+    from: the coreset a frame will be searched in) when given, else in all their
+    patches. With one reference, each patch is compared with the other patches of
+    the same image instead.
     """
     taps = len(per_ref[0])
     if len(per_ref) == 1:
@@ -77,7 +90,10 @@ def normal_spread(per_ref: list[list[np.ndarray]]) -> float:
         return max(float(np.percentile(np.mean(dists, axis=0), 99)), MIN_SCALE)
     dists = []
     for r in range(min(len(per_ref), SCALE_REFERENCES)):
-        others = [np.concatenate([per_ref[o][t] for o in range(len(per_ref)) if o != r]) for t in range(taps)]
+        if bank is not None and np.any(owner != r):
+            others = [b[owner != r] for b in bank]
+        else:
+            others = [np.concatenate([per_ref[o][t] for o in range(len(per_ref)) if o != r]) for t in range(taps)]
         dists.append(np.mean([nearest_distance(per_ref[r][t], others[t]) for t in range(taps)], axis=0))
     return max(float(np.percentile(np.concatenate(dists), 99)), MIN_SCALE)
 

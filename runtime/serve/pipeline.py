@@ -25,6 +25,7 @@ from ..detect.result import Result
 from .capture import LatestFrameSlot
 from .records import ResultsLog, bare_error, frame_ref, record_of, strict_json
 from .sources import Frame
+from .teaching import Operating, Teaching
 
 log = logging.getLogger("lineside.serve")
 
@@ -45,6 +46,7 @@ class State:
         self._view: tuple[int, np.ndarray | None, Result | None] = (0, None, None)
         self._jpeg: tuple[int, bytes | None] = (0, None)
         self.fps = 0.0
+        self.operating_point: dict | None = None  # the threshold in force and how it was set (/api/status)
 
     def publish(self, record: dict, image: np.ndarray | None, result: Result) -> None:
         with self.lock:
@@ -107,6 +109,7 @@ class Inspector(threading.Thread):
 
     def __init__(self, detector: Detector, category: str, references, slot: LatestFrameSlot, log_: ResultsLog,
                  state: State, sinks: list, explainer, metrics, stop: threading.Event, teach: int = 0,
+                 screen: bool = True, operating: Operating | None = None,
                  capture_done=lambda: True, triggers=None, live: bool = True):  # fmt: skip
         super().__init__(name="inspector", daemon=True)
         self.detector, self.category, self.references = detector, category, references  # RGB images or None
@@ -115,6 +118,10 @@ class Inspector(threading.Thread):
         self.slot, self.log, self.state, self.sinks = slot, log_, state, sinks
         self.explainer, self.metrics, self.stop, self.teach = explainer, metrics, stop, teach
         self.capture_done, self.triggers, self.live = capture_done, triggers, live
+        self.teaching = Teaching(detector, screen) if teach > 0 else None
+        self.operating = operating  # how the threshold is set (None: the detector's, as it is)
+        if operating is not None and not teach:
+            self._settle()  # the threshold in force from the first frame (calibration fails here, at start)
         self.done = threading.Event()
         self.failure: str | None = None
         # Frame ids restart with every process; (run, frame_id) names a frame for good.
@@ -128,6 +135,7 @@ class Inspector(threading.Thread):
                 frame = self._next()
                 if frame is None:
                     if self.stop.is_set() and (self.triggers is not None or self.capture_done()):
+                        self._finish_teaching()  # a recording shorter than --teach: teach what came
                         break
                     continue
                 self.handle(frame)
@@ -170,21 +178,33 @@ class Inspector(threading.Thread):
             self.explainer.offer(frame, result, self.references, self.run_id)
 
     def _learn(self, frame: Frame) -> bool:
-        """A teach frame becomes a reference (True); one that cannot be is inspected instead (an ERROR line)."""
+        """A teach frame is taken for teaching (True); one that cannot be is inspected instead (an ERROR line)."""
         try:
-            rgb = to_rgb_uint8(frame.image, "BGR")
-        except ValueError:
-            return False
-        references = [*(self.references or []), rgb]
-        try:
-            self.memory = self.detector.remember(references, colour="RGB")
-        except Exception as e:  # too small, or the encoder failed on it: not a reference
+            self.teaching.take(frame, to_rgb_uint8(frame.image, "BGR"))
+        except Exception as e:  # not an image, too small, or the encoder failed on it: not a reference
             log.warning("frame %d cannot be a reference (%s); inspecting it instead", frame.frame_id, e)
             return False
-        self.references = references
         self.teach -= 1
-        self.log.write(teach_line(frame_ref(frame, self.run_id), len(self.references)))
+        if self.teach == 0:
+            self._finish_teaching()
         return True
+
+    def _finish_teaching(self) -> None:
+        """The taught frames screened among themselves, one TEACH line each, the memory, then the threshold."""
+        if self.teaching is None or not self.teaching.pending:
+            return
+        taught = self.teaching.finish(self.references)
+        for frame, held, refused in taught.lines:
+            self.log.write(teach_line(frame_ref(frame, self.run_id), held, refused))
+        self.references, self.memory, self.teach = taught.references or None, taught.memory, 0
+        self._settle(taught)
+
+    def _settle(self, taught=None) -> None:
+        """The detector with the threshold in force (setting, --calibrate DIR or the taught frames)."""
+        if self.operating is None:
+            return
+        self.detector, point = self.operating.settle(self.detector, self.category, self.memory, taught)
+        self.state.operating_point = point.to_dict()
 
     def _line(self, frame: Frame, result: Result) -> tuple[dict, str]:
         """(record, its strict JSON line); a result that cannot be strict JSON becomes an ERROR line."""

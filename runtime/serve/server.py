@@ -26,6 +26,7 @@ from .pipeline import Explainer, Inspector, State
 from .records import ResultsLog
 from .sinks import parse_sink
 from .sources import open_source
+from .teaching import Operating
 from .triggers import MqttTriggers, TriggerQueue
 from .web import WebThread, create_app
 
@@ -66,6 +67,8 @@ class Server:
         references = [read_image(p, max_pixels) for p in list_images([job.references])] if job.references else None
         if not self.detector.has_language and not references and s.teach == 0:
             raise ValueError(f"bundle {job.bundle} has no language branch: give --references DIR or --teach N")
+        good = [read_image(p, max_pixels) for p in list_images([job.calibrate])] if job.calibrate else None
+        operating = Operating(good, job.calibrate, job.false_alarm_target, s.calibrate_teach, s.teach)
         self.results_log = ResultsLog(s.results)
         self.slot = LatestFrameSlot()
         self.explainer = Explainer(agent or build_agent(self.detector, settings.agent), self.results_log, self.state, self.metrics,
@@ -73,6 +76,7 @@ class Server:
         self.capture = Capture(self.source, self.slot, self.stop, self.metrics, s.max_fps, s.loop, s.reconnect_max_s)
         self.inspector = Inspector(self.detector, job.category, references, self.slot, self.results_log, self.state,
                                    self.sinks, self.explainer, self.metrics, self.stop, s.teach,
+                                   screen=s.teach_screen, operating=operating,
                                    capture_done=self._capture_done, triggers=self.triggers,
                                    live=self.source.live)  # fmt: skip
         self.web = WebThread(create_app(self), s.host, s.port, s.http_max_connections, s.http_read_timeout_s,

@@ -67,7 +67,8 @@ def create_app(server) -> web.Application:
     async def status(_):
         ok, problem = server.ready()
         return _json({"ready": ok, "problem": problem, "counters": server.counters(),
-                      "fps": state.fps, "last_ng": state.last_ng, "latest": state.latest})  # fmt: skip
+                      "fps": state.fps, "operating_point": state.operating_point,
+                      "last_ng": state.last_ng, "latest": state.latest})  # fmt: skip
 
     async def stream(request):
         response = web.StreamResponse(headers={"Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",

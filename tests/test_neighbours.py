@@ -1,0 +1,146 @@
+"""The reference memory's coreset, searches and disk cache, on small arrays and a stand-in encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.detect import neighbours, reference_cache
+from runtime.detect.neighbours import NumpySearch, coreset_indices, index_kind, searcher
+from runtime.detect.references import ReferenceMemory
+from runtime.detect.scoring import l2_normalize, nearest_distance
+
+
+def unit_rows(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
+    return l2_normalize(np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32))
+
+
+class CountingEncoder:
+    """ImageEncoder's interface: a 4 x 4 grid of patch tokens from the image's pixels, counting its calls."""
+
+    grid, identity = (4, 4), "stand-in fp32 0000"
+
+    def __init__(self):
+        self.calls = 0
+
+    def encode(self, rgb):
+        self.calls += 1
+        small = rgb[:64:4, :64:4].reshape(16, -1)[:, :8].astype(np.float32) + 1.0  # (16, 8)
+        tokens = l2_normalize(small + np.arange(8, dtype=np.float32))
+        return l2_normalize(tokens.mean(axis=0)), [tokens]
+
+
+def images(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_coreset_keeps_all_at_ratio_one_and_the_asked_fraction_otherwise():
+    bank = unit_rows(100)
+    assert np.array_equal(coreset_indices(bank, 1.0), np.arange(100))
+    keep = coreset_indices(bank, 0.1)
+    assert len(keep) == 10 and len(set(keep.tolist())) == 10 and np.all(np.diff(keep) > 0)
+    assert np.array_equal(keep, coreset_indices(bank, 0.1))  # deterministic
+    with pytest.raises(ValueError, match="coreset ratio"):
+        coreset_indices(bank, 0.0)
+
+
+def test_greedy_k_center_picks_one_row_per_cluster():
+    """Three tight clusters, three picks: greedy k-center covers each, where a random pick would not."""
+    centres = unit_rows(3, d=32, seed=1)
+    rng = np.random.default_rng(2)
+    noise = 0.01 * rng.standard_normal((225, 32)).astype(np.float32)
+    bank = l2_normalize(np.repeat(centres, [200, 20, 5], axis=0) + noise)
+    keep = coreset_indices(bank, 3 / 225)
+    assert sorted({int(i) // 200 if i < 200 else 1 + int(i >= 220) for i in keep}) == [0, 1, 2]
+    # every row has a kept row within the cluster radius
+    assert nearest_distance(bank, bank[keep]).max() < 0.01
+
+
+def test_coreset_of_wide_rows_works_in_a_projection():
+    bank = unit_rows(300, d=neighbours.PROJECTION_DIM * 2)
+    keep = coreset_indices(bank, 0.2)
+    assert len(keep) == 60
+
+
+def test_blocked_numpy_search_is_exact_across_blocks(monkeypatch):
+    bank, tokens = unit_rows(1000, seed=3), unit_rows(37, seed=4)
+    monkeypatch.setattr(neighbours, "BLOCK_ELEMENTS", 37 * 64)  # 64 bank rows per block: 16 blocks
+    exact = (tokens @ bank.T).max(axis=1)
+    np.testing.assert_allclose(NumpySearch(bank).max_similarity(tokens), exact, atol=1e-6)
+
+
+def test_faiss_index_is_exact_on_the_farthest_tokens_and_survives_bytes():
+    pytest.importorskip("faiss")
+    bank, tokens = unit_rows(5000, seed=5), unit_rows(200, seed=6)
+    exact = NumpySearch(bank).max_similarity(tokens)
+    search = searcher(bank, "faiss")
+    found = search.max_similarity(tokens)
+    assert np.all(found <= exact + 1e-5)  # a graph search can only miss the nearest row, never beat it
+    far = np.argsort(exact)[:5]  # the tokens that set the score
+    np.testing.assert_allclose(found[far], exact[far], atol=1e-5)
+    again = searcher(bank, "faiss", search.to_bytes())
+    np.testing.assert_allclose(again.max_similarity(tokens), found, atol=1e-6)
+
+
+def test_index_choice(monkeypatch):
+    assert index_kind("numpy", 10**6) == "numpy"
+    assert index_kind("auto", 10) == "numpy"  # small banks: numpy is as fast
+    monkeypatch.setattr(neighbours, "has_faiss", lambda: False)
+    assert index_kind("auto", 10**6) == "numpy"
+    with pytest.raises(RuntimeError, match=r"lineside\[fast\]"):
+        index_kind("faiss", 10)
+    with pytest.raises(ValueError, match="not one of"):
+        index_kind("annoy", 10)
+
+
+def test_memory_at_ratio_one_scores_as_the_exact_search():
+    encoder, refs = CountingEncoder(), images(3)
+    memory = ReferenceMemory.build(encoder, refs)
+    frame = images(1, seed=9)[0]
+    global_emb, taps = encoder.encode(frame)
+    grid, _ = memory.score(global_emb, taps, encoder.grid)
+    bank = np.concatenate([encoder.encode(r)[1][0] for r in refs])
+    expected = np.clip(0.5 * nearest_distance(taps[0], bank) / memory.spread, 0, 1).reshape(4, 4)
+    np.testing.assert_allclose(grid, expected, atol=1e-6)
+    assert memory.taps[0].shape == (48, 8) and memory.coreset_ratio == 1.0
+
+
+def test_coreset_memory_keeps_its_fraction_and_scores_its_references_low():
+    encoder, refs = CountingEncoder(), images(4)
+    memory = ReferenceMemory.build(encoder, refs, coreset_ratio=0.25)
+    assert memory.taps[0].shape == (16, 8) and memory.spread > 0
+    grid, _ = memory.score(*encoder.encode(refs[0]), encoder.grid)
+    assert np.isfinite(grid).all() and grid.shape == (4, 4)
+
+
+def test_memory_is_built_once_then_read_from_the_cache(tmp_path):
+    encoder, refs = CountingEncoder(), images(3)
+    first = ReferenceMemory.build(encoder, refs, 0.5, "numpy", cache=tmp_path)
+    assert encoder.calls == 3 and len(list(tmp_path.glob("*.npz"))) == 1
+    again = ReferenceMemory.build(encoder, [r.copy() for r in refs], 0.5, "numpy", cache=tmp_path)
+    assert encoder.calls == 3  # same content: nothing encoded
+    assert again.key == first.key and again.spread == first.spread
+    np.testing.assert_array_equal(again.taps[0], first.taps[0])
+    ReferenceMemory.build(encoder, refs, 1.0, "numpy", cache=tmp_path)  # another ratio shapes another memory
+    assert encoder.calls == 6 and len(list(tmp_path.glob("*.npz"))) == 2
+
+
+def test_a_damaged_cache_file_is_rebuilt(tmp_path):
+    encoder, refs = CountingEncoder(), images(2)
+    ReferenceMemory.build(encoder, refs, cache=tmp_path)
+    (path,) = tmp_path.glob("*.npz")
+    path.write_bytes(b"not a zip")
+    memory = ReferenceMemory.build(encoder, refs, cache=tmp_path)
+    assert encoder.calls == 4 and memory.count == 2
+    assert reference_cache.load(path) is not None  # written again, whole
+
+
+def test_faiss_memory_round_trips_through_the_cache(tmp_path):
+    pytest.importorskip("faiss")
+    encoder, refs = CountingEncoder(), images(3)
+    first = ReferenceMemory.build(encoder, refs, 1.0, "faiss", cache=tmp_path)
+    again = ReferenceMemory.build(encoder, refs, 1.0, "faiss", cache=tmp_path)
+    assert encoder.calls == 3 and again.index == "faiss" and again.searches[0].name == "faiss"
+    tokens = encoder.encode(images(1, seed=7)[0])[1][0]
+    np.testing.assert_allclose(again.searches[0].max_similarity(tokens), first.searches[0].max_similarity(tokens))
