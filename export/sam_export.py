@@ -128,6 +128,7 @@ def _export_encoder(sam, spec, writer, source) -> tuple[Component, np.ndarray]:
     shape = (1, 3, target, target)
     component = Component(
         name="sam_encoder",
+        role="sam_encoder",
         kind="onnx",
         files=graphs.files,
         assets=graphs.assets,
@@ -190,6 +191,7 @@ def _export_decoder(sam, embeddings, spec, writer, source) -> Component:
     emb_shape = tuple(embeddings.shape)
     return Component(
         name="sam_decoder",
+        role="sam_decoder",
         kind="onnx",
         files=graphs.files,
         assets=graphs.assets,

@@ -78,10 +78,17 @@ class BundleWriter:
         self.components[component.name] = component
 
     def commit(self) -> Manifest:
-        """Carry over untouched components, write the manifest, rename into place."""
+        """Carry over untouched components, write the manifest, rename into place.
+
+        A bundle has one component per role: an old component whose role a new one takes
+        (a patch encoder when CLIP's image tower is exported into its bundle) is dropped.
+        """
         if self.existing:
+            roles = {c.role: c.name for c in self.components.values()}
             for name, component in self.existing.components.items():
-                if name not in self.components:
+                if name not in self.components and component.role in roles:
+                    log.info("%s replaces %s as the bundle's %s", roles[component.role], name, component.role)
+                elif name not in self.components:
                     for entry in component.all_files():
                         _link_or_copy(self.out / entry.path, self.path(entry.path))
                     self.components[name] = component

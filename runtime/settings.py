@@ -83,7 +83,9 @@ class DetectorSettings(Section):
     input_bits: int = setting(16, "bit depth of uint16 frames; values above it are refused", choices=(10, 12, 14, 16))
     min_frame_side: int = setting(16, "frames with a side shorter than this many pixels are refused", low=1)
     threshold: float = unit(0.5, "image score at or above which a frame is NG")
-    logit_scale: float = setting(100.0, "CLIP temperature in softmax(scale * [<x,t_n>, <x,t_a>])", above=0.0)
+    logit_scale: float | None = setting(
+        None, "CLIP temperature in softmax(scale * [<x,t_n>, <x,t_a>]); unset: the checkpoint's (bundle)", above=0.0
+    )
     smoothing_sigma: float = setting(4.0, "Gaussian sigma of the anomaly map, in pixels at 518 px input", low=0.0)
     map_weight: float = unit(0.5, "image score = (1 - w) * global-embedding score + w * map maximum")
     reference_weight: float = unit(0.5, "weight of the reference (few-shot) map when references are given")

@@ -27,6 +27,7 @@ D = 8
 SIZE, PATCH = 64, 8
 GRID = SIZE // PATCH
 NORMAL, ABNORMAL, SCRATCH, STAIN, CONTEXT, GRAIN = (np.eye(D, dtype=np.float32)[i] for i in range(6))
+LOGIT_SCALE = 100.0  # the temperature its scores were designed with, recorded as a checkpoint's own would be
 CATEGORY = "widget"
 SCRATCH_PROMPT = "a photo of a widget with a scratch"
 STAIN_PROMPT = "a photo of a widget with a stain"
@@ -170,10 +171,10 @@ def sam_decoder_graph() -> onnx.ModelProto:
     return _model(nodes, inputs, outputs, inits)
 
 
-def _component(writer, name, model, inputs, outputs, **extra) -> Component:
+def _component(writer, name, role, model, inputs, outputs, **extra) -> Component:
     onnx.save(model, str(writer.path(f"{name}.fp32.onnx")))
     files = {"fp32": writer.entry(f"{name}.fp32.onnx")}
-    return Component(name, "onnx", files, tuple(inputs), tuple(outputs), **extra)
+    return Component(name, role, "onnx", files, tuple(inputs), tuple(outputs), **extra)
 
 
 def build_controlled_bundle(out: Path, vocab: Path, with_sam: bool = True) -> Path:
@@ -185,16 +186,20 @@ def build_controlled_bundle(out: Path, vocab: Path, with_sam: bool = True) -> Pa
         prep = {"layout": "NCHW", "colour": "RGB", "dtype": f32, "range": [0, 255], "resize": "stretch",
                 "size": [SIZE, SIZE], "interpolation": "area", "normalisation": {"where": "graph"}}  # fmt: skip
         writer.add(_component(
-            writer, "clip_image", image_graph(), [TensorSpec("pixels", ("batch", 3, SIZE, SIZE), f32)],
+            writer, "clip_image", "image_encoder", image_graph(), [TensorSpec("pixels", ("batch", 3, SIZE, SIZE), f32)],
             [TensorSpec("image_embedding", ("batch", D), f32)]
             + [TensorSpec(f"patch_tokens_{i}", ("batch", GRID * GRID, D), f32) for i in (1, 2)],
             preprocessing=prep,
-            config={"grid": [GRID, GRID], "embed_dim": D, "taps": [{"layer": i, "output": f"patch_tokens_{i}"} for i in (1, 2)]},
+            config={"grid": [GRID, GRID], "taps": [{"layer": i, "output": f"patch_tokens_{i}"} for i in (1, 2)],
+                    "branches": ["language", "reference"], "logit_scale": LOGIT_SCALE},
         ))  # fmt: skip
         writer.add(_component(
-            writer, "clip_text", text_graph(token_table(tokenizer)), [TensorSpec("input_ids", ("batch", 77), "int64")],
-            [TensorSpec("text_embedding", ("batch", D), f32)], assets={"tokenizer": writer.entry("tokenizer/vocab.txt.gz")},
-            config={"tokenizer": {"context_length": 77, "num_merges": len(tokenizer.ranks)}},
+            writer, "clip_text", "text_encoder", text_graph(token_table(tokenizer)),
+            [TensorSpec("input_ids", ("batch", 77), "int64")],
+            [TensorSpec("text_embedding", ("batch", D), f32)],
+            assets={"tokenizer": writer.entry("tokenizer/vocab.txt.gz")},
+            config={"tokenizer": {"kind": "clip_bpe", "context_length": 77, "num_merges": len(tokenizer.ranks),
+                                  "sot": tokenizer.sot, "eot": tokenizer.eot}},
         ))  # fmt: skip
         if with_sam:
             _add_sam(writer)
@@ -209,13 +214,13 @@ def _add_sam(writer) -> None:
     f32 = "float32"
     mean = [123.675, 116.28, 103.53]
     writer.add(_component(
-        writer, "sam_encoder", sam_encoder_graph(), [TensorSpec("pixels", (1, 3, 1024, 1024), f32)],
+        writer, "sam_encoder", "sam_encoder", sam_encoder_graph(), [TensorSpec("pixels", (1, 3, 1024, 1024), f32)],
         [TensorSpec("image_embeddings", (1, 256, 64, 64), f32)],
         preprocessing={"resize": "longest_side", "target_length": 1024, "interpolation": "bilinear",
                        "pad_value": mean, "normalisation": {"where": "graph"}},
     ))  # fmt: skip
     writer.add(_component(
-        writer, "sam_decoder", sam_decoder_graph(),
+        writer, "sam_decoder", "sam_decoder", sam_decoder_graph(),
         [TensorSpec("image_embeddings", (1, 256, 64, 64), f32), TensorSpec("point_coords", (1, "points", 2), f32),
          TensorSpec("point_labels", (1, "points"), f32), TensorSpec("mask_input", (1, 1, 256, 256), f32),
          TensorSpec("has_mask_input", (1,), f32), TensorSpec("orig_im_size", (2,), f32)],

@@ -10,7 +10,8 @@ import pytest
 
 from export.build import build_bundle
 from export.mllm_export import MllmSpec
-from runtime.prompts.agent import PromptAgent, to_prompt, valid_descriptions
+from runtime.prompts.agent import GENERIC_DEFECTS, PromptAgent, to_prompt, valid_descriptions
+from runtime.prompts.evidence import heuristic_descriptions
 from runtime.settings import AgentSettings
 from runtime.detect.detector import Detector
 from runtime.prompts.false_alarms import Candidate, filter_candidates
@@ -109,11 +110,31 @@ def test_smollm2_builds_a_bank_repeatably(smol_bundle, tmp_path):
     first, second = ([(p.text, p.kept, p.reason) for p in b.prompts] for b in banks)
     assert first == second and first  # same seed, same bank
     record = banks[0].meta["stage1"][0]
-    assert record["attempts"] and record["origin"] in ("model", "rules on the evidence", "generic defect vocabulary")
-    assert all(a["stats"]["tokens"] > 0 for a in record["attempts"])
+    assert record["attempts"] and all(a["stats"]["tokens"] > 0 for a in record["attempts"])
+    _assert_origin_follows_the_attempts(record, settings.retries)
     assert banks[0].meta["model"]["file"].startswith("SmolLM2-135M-Instruct")
     path = banks[0].write(tmp_path / "screw.json")
     assert PromptBank.read(path) == PromptBank.read(banks[0].write(tmp_path / "again.json"))
+
+
+def _assert_origin_follows_the_attempts(record: dict, retries: int) -> None:
+    """A stage-1 record's origin is the one its attempts and evidence call for, and its descriptions
+    come from there: the accepted answer (which ends the attempts), else the rules, else the vocabulary."""
+    attempts = record["attempts"]
+    accepted = [i for i, a in enumerate(attempts) if a["rejected"] is None]
+    if accepted:
+        assert accepted == [len(attempts) - 1], "the first usable answer ends the attempts"
+        good, normals, _ = valid_descriptions(attempts[-1]["answer"])
+        assert record["origin"] == "model" and "fallback_reason" not in record
+        assert record["descriptions"] == good and record["normal_features"] == normals
+    else:
+        assert len(attempts) == retries and all(a["rejected"] for a in attempts)
+        assert record["fallback_reason"] == f"no usable answer in {retries} attempts"
+        if record["evidence"]:
+            assert record["origin"] == "rules on the evidence"
+            assert record["descriptions"] == heuristic_descriptions(record["evidence"])
+        else:
+            assert record["origin"] == "generic defect vocabulary" and record["descriptions"] == GENERIC_DEFECTS
 
 
 def test_explain_is_cut_at_its_deadline_and_falls_back_to_rules(smol_bundle, tmp_path):

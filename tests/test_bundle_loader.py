@@ -8,7 +8,8 @@ import onnx
 import pytest
 
 from runtime.bundle.loader import Bundle, file_sha256
-from runtime.bundle.manifest import MANIFEST_NAME, SCHEMA, BundleError, Manifest
+from runtime.bundle.manifest import MANIFEST_NAME, ROLES, SCHEMA, BundleError, Manifest
+from runtime.detect.detector import Detector
 
 
 def _edit_manifest(folder, change):
@@ -81,6 +82,46 @@ def test_unknown_schema_is_refused(bundle_copy):
     _edit_manifest(bundle_copy, lambda d: d.update(schema="lineside.bundle/99"))
     with pytest.raises(BundleError, match=rf"unknown bundle schema 'lineside.bundle/99'.*reads '{SCHEMA}'"):
         Bundle.open(bundle_copy)
+
+
+def test_a_bundle_of_the_first_schema_is_refused_with_the_rebuild(bundle_copy):
+    def first_schema(data):  # what lineside.bundle/1 wrote: no roles
+        data["schema"] = "lineside.bundle/1"
+        for component in data["components"].values():
+            component.pop("role")
+
+    _edit_manifest(bundle_copy, first_schema)
+    with pytest.raises(BundleError) as caught:
+        Bundle.open(bundle_copy)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{bundle_copy / MANIFEST_NAME}: ")
+    assert f"unknown bundle schema 'lineside.bundle/1'; this runtime reads '{SCHEMA}' only" in message
+    assert message.endswith("rebuild the bundle with python -m export (see models/README.md)")
+
+
+def test_components_are_found_by_the_role_their_manifest_states(tiny_bundle):
+    bundle = Bundle.open(tiny_bundle)
+    roles = {role: c.name if (c := bundle.by_role(role)) else None for role in ROLES}
+    assert roles == {"image_encoder": "clip_image", "text_encoder": "clip_text", "sam_encoder": "sam_encoder",
+                     "sam_decoder": "sam_decoder", "language_model": None}  # fmt: skip
+    with pytest.raises(ValueError, match="unknown component role 'clip_image'; one of image_encoder"):
+        bundle.by_role("clip_image")
+
+
+def test_component_names_mean_nothing_to_the_runtime(bundle_copy, tmp_path, capsys):
+    """Every component renamed: the detector and the checker find each part by its role alone."""
+    names = {"clip_image": "eyes", "clip_text": "words", "sam_encoder": "outline", "sam_decoder": "masks"}
+    _edit_manifest(bundle_copy, lambda d: d.update(components={names[n]: c for n, c in d["components"].items()}))
+    detector = Detector.from_bundle(bundle_copy, sam_gate=0.0, text_cache_dir=tmp_path)
+    assert detector.encoder.component.name == "eyes" and detector.text.encoder.component.name == "words"
+    assert detector.refiner.encoder_c.name == "outline" and detector.refiner.decoder_c.name == "masks"
+    frame = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    result = detector.detect(frame, "part")
+    assert result.label in ("OK", "NG") and result.branches == ("language",) and result.refiner in ("sam", "none")
+    from runtime.bundle.check import main
+
+    assert main([str(bundle_copy)]) == 0
+    assert capsys.readouterr().out.count("masks ") == 3  # the decoder ran at fp32, fp16, int8, after its encoder
 
 
 def test_unreadable_manifest_and_missing_folder(bundle_copy, tmp_path):

@@ -1,5 +1,7 @@
 """The detector on a bundle whose right answers are known (tests/controlled.py)."""
 
+import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +12,8 @@ import pytest
 from runtime.detect.detector import Detector
 from runtime.detect.encoders import ImageEncoder
 from runtime.detect.regions import work_size
-from tests.controlled import CATEGORY, SCRATCH_PROMPT, build_controlled_bundle, part
+from runtime.settings import DetectorSettings
+from tests.controlled import CATEGORY, LOGIT_SCALE, SCRATCH_PROMPT, build_controlled_bundle, part
 
 DEFECT = (96, 64, 144, 112)  # x0, y0, x1, y1 on a 256 x 256 part
 
@@ -50,6 +53,25 @@ def test_planted_defect_lights_up_and_is_explained_by_the_planted_prompt(detecto
     assert region.prompt == SCRATCH_PROMPT and region.probability > 0.9
     assert region.sam_iou == pytest.approx(0.9)
     assert {"image_encoder", "sam_encoder", "sam_decoder", "explain"} <= set(result.timings_ms)
+
+
+def test_logit_scale_is_the_bundles_unless_a_setting_overrides_it(controlled, tmp_path):
+    """The temperature is the checkpoint's own, from the manifest, and every result records the one it used."""
+    cooler = Path(shutil.copytree(controlled, tmp_path / "cooler"))
+    manifest = json.loads((cooler / "manifest.json").read_text())
+    manifest["components"]["clip_image"]["config"]["logit_scale"] = 10.0
+    (cooler / "manifest.json").write_text(json.dumps(manifest))
+    frame, settings = part(red_box=DEFECT), DetectorSettings(map_weight=1.0, text_cache_dir=tmp_path / "cache")
+    assert settings.logit_scale is None  # unset: the bundle's
+    built, cooled, overridden = (Detector.from_bundle(b, replace(settings, logit_scale=scale)).detect(frame, CATEGORY)
+                                 for b, scale in ((controlled, None), (cooler, None), (cooler, 100.0)))  # fmt: skip
+    assert [r.settings["logit_scale"] for r in (built, cooled, overridden)] == [LOGIT_SCALE, 10.0, 100.0]
+    assert cooled.image_score < built.image_score - 0.005  # a cooler softmax is less sure, on the defect
+    assert cooled.anomaly_map.min() > 100 * built.anomaly_map.min()  # and on the good surface
+    assert overridden.image_score == pytest.approx(built.image_score, abs=1e-6)
+    np.testing.assert_allclose(overridden.anomaly_map, built.anomaly_map, atol=1e-6)
+    back = Detector.from_bundle(cooler, replace(settings, logit_scale=100.0)).with_settings(settings)
+    assert back.settings.logit_scale == 10.0
 
 
 def test_ok_part_stays_ok_and_never_pays_for_sam(detector):

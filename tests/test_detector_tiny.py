@@ -28,7 +28,7 @@ def test_runtime_maps_and_scores_match_the_torch_reference(tmp_path):
     detector = Detector.from_bundle(tmp_path / "b", sam_gate=1.0, text_cache_dir=tmp_path / "text")
     comp = detector.encoder.component
     norm = comp.preprocessing["normalisation"]
-    graph = ClipImageGraph(model.visual, norm["mean"], norm["std"], comp.config["vv_from"],
+    graph = ClipImageGraph(model.visual, norm["mean"], norm["std"], comp.source["vv_from"],
                            [t["layer"] for t in comp.config["taps"]]).eval()  # fmt: skip
     rng = np.random.default_rng(5)
     for h, w in [(200, 300), (64, 64), (480, 360)]:

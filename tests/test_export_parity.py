@@ -129,7 +129,7 @@ def test_taps_without_vv_equal_open_clip_tokens(same_weights, vv_pair):
 
 def test_vv_stream_changes_tokens_but_not_the_global_embedding(vv_pair):
     vv, plain = vv_pair
-    assert vv.component("clip_image").config["vv_from"] == 2 and plain.component("clip_image").config["vv_from"] is None
+    assert vv.component("clip_image").source["vv_from"] == 2 and plain.component("clip_image").source["vv_from"] is None
     frame = np.random.default_rng(3).integers(0, 256, size=(90, 120, 3), dtype=np.uint8)
     _, with_vv = _run(vv, frame)
     _, without = _run(plain, frame)
@@ -141,8 +141,8 @@ def test_vv_stream_changes_tokens_but_not_the_global_embedding(vv_pair):
 
 def test_tiny_profile_taps_read_the_vv_stream(tiny_bundle):
     comp = Bundle.open(tiny_bundle).component("clip_image")
-    assert comp.config["vv_from"] == 2 and [t["layer"] for t in comp.config["taps"]] == [2, 3, 4]
-    assert comp.config["wrapper_vs_open_clip_max_abs_diff"] < 1e-5
+    assert comp.source["vv_from"] == 2 and [t["layer"] for t in comp.config["taps"]] == [2, 3, 4]
+    assert comp.source["wrapper_vs_open_clip_max_abs_diff"] < 1e-5
 
 
 def test_sam_coordinate_transform_matches_segment_anything():

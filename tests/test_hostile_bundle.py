@@ -56,6 +56,15 @@ MALFORMED = {
     "no components": (lambda d: d.pop("components"), "components is missing"),
     "components a list": (lambda d: d.update(components=[]), "components must be an object, not list"),
     "component a number": (lambda d: d["components"].update(clip_image=3), f"{TAP} must be an object, not int 3"),
+    "no role": (lambda d: _image(d).pop("role"), f"{TAP}.role is missing"),
+    "unknown role": (lambda d: _image(d).update(role="detector"),
+                     f"{TAP}.role 'detector' is unknown; one of image_encoder, text_encoder, sam_encoder, sam_decoder, "
+                     "language_model"),
+    "role a number": (lambda d: _image(d).update(role=1), f"{TAP}.role must be a string, not int 1"),
+    "role of another kind": (lambda d: _image(d).update(role="language_model"),
+                             f"{TAP}.kind 'onnx' does not fit role 'language_model' (its files are gguf)"),
+    "one role twice": (lambda d: d["components"]["clip_text"].update(role="image_encoder"),
+                       "components.clip_text.role 'image_encoder' is components.clip_image's too"),
     "no kind": (lambda d: _image(d).pop("kind"), f"{TAP}.kind is missing"),
     "unknown kind": (lambda d: _image(d).update(kind="tflite"), f"{TAP}.kind 'tflite' is unknown"),
     "no files": (lambda d: _image(d).pop("files"), f"{TAP}.files is missing"),
@@ -83,7 +92,8 @@ MALFORMED = {
     "config a list": (lambda d: _image(d).update(config=[]), f"{TAP}.config must be an object, not list"),
     "asset without path": (lambda d: d["components"]["clip_text"]["assets"]["tokenizer"].pop("path"),
                            "components.clip_text.assets.tokenizer.path is missing"),
-    "odd component name": (lambda d: d["components"].update({"a\nb": {"kind": "onnx"}}), "components['a\\nb'].files"),
+    "odd component name": (lambda d: d["components"].update({"a\nb": {"role": "image_encoder", "kind": "onnx"}}),
+                           "components['a\\nb'].files"),
     "versions a string": (lambda d: d.update(versions="1"), "versions must be an object, not str"),
 }
 
@@ -163,6 +173,8 @@ def test_bundle_id_follows_every_field_that_changes_results(manifest_data):
         "an output": lambda d: _image(d)["outputs"][0].update(name="emb"),
         "a hash": lambda d: _image(d)["files"]["fp16"].update(sha256="0" * 64),
         "tokenizer": lambda d: d["components"]["clip_text"]["config"]["tokenizer"].update(context_length=76),
+        "roles": lambda d: [d["components"][n].update(role=r) for n, r in
+                            (("sam_encoder", "sam_decoder"), ("sam_decoder", "sam_encoder"))],
     }
     ids = {}
     for what, change in changes.items():
@@ -211,6 +223,19 @@ BROKEN_PIPELINES = {
     "tap outputs missing": (lambda d: _image(d).update(outputs=_image(d)["outputs"][:1]), "config.taps[0]"),
     "size unlike the graph": (lambda d: _image(d)["preprocessing"].update(size=[32, 32]),
                               "preprocessing.size [32, 32] differs"),
+    "no branches": (lambda d: _image(d)["config"].pop("branches"),
+                    "config.branches must be a non-empty list of language and/or reference, not NoneType"),
+    "unknown branch": (lambda d: _image(d)["config"].update(branches=["language", "smell"]),
+                       "config.branches must be a non-empty list of language and/or reference, not list"),
+    "no logit scale": (lambda d: _image(d)["config"].pop("logit_scale"),
+                       "config.logit_scale must be a positive number for the language branch, not NoneType"),
+    "logit scale zero": (lambda d: _image(d)["config"].update(logit_scale=0),
+                         "config.logit_scale must be a positive number for the language branch, not int 0"),
+    "another tokenizer": (lambda d: d["components"]["clip_text"]["config"]["tokenizer"].update(kind="sentencepiece"),
+                          "components.clip_text.config.tokenizer.kind str 'sentencepiece' is unknown"),
+    "tokenizer eot of another vocabulary": (
+        lambda d: d["components"]["clip_text"]["config"]["tokenizer"].update(eot=7),
+        "components.clip_text.config.tokenizer sot/eot 49406/7 differ from its vocabulary's 49406/49407"),
 }
 
 
@@ -250,7 +275,7 @@ def test_the_end_to_end_run_refuses_non_finite_numbers(tiny_bundle, tmp_path):
 def test_check_fails_a_bundle_without_an_image_graph(bundle_copy, capsys):
     _edit(bundle_copy, lambda d: [d["components"].pop(n) for n in ("clip_image", "clip_text")])
     assert check_main([str(bundle_copy)]) == 1
-    assert "has no image graph (clip_image or patch_encoder)" in capsys.readouterr().err
+    assert "has no image encoder (role image_encoder)" in capsys.readouterr().err
 
 
 def test_check_passes_the_intact_tiny_bundle(tiny_bundle, capsys):

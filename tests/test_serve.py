@@ -60,10 +60,21 @@ def _detector(controlled, tmp_path):
     return Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path / "text")
 
 
+def _explanations(path, count: int, seconds: float = 60.0) -> list[dict]:
+    """The EXPLANATION lines of the results log, once there are `count` of them (or the time is up)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = [x for x in _lines(path) if x["label"] == "EXPLANATION"]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 def test_every_frame_gets_one_durable_line_and_http_answers(controlled, frames, tmp_path):
     server = Server(_settings(controlled, frames, tmp_path), detector=_detector(controlled, tmp_path)).start()
     server.wait()
     port = server.web.port
+    explained = _explanations(tmp_path / "results.jsonl", 2)  # the two NG frames (rules: no language model)
     try:
         lines = [x for x in _lines(tmp_path / "results.jsonl") if x["label"] != "EXPLANATION"]
         assert len(lines) == 7 and [x["frame_id"] for x in lines] == list(range(1, 8))
@@ -84,7 +95,13 @@ def test_every_frame_gets_one_durable_line_and_http_answers(controlled, frames, 
     finally:
         server.shutdown()
     explanations = [x for x in _lines(tmp_path / "results.jsonl") if x["label"] == "EXPLANATION"]
-    assert {x["frame_id"] for x in explanations} <= {x["frame_id"] for x in lines if x["label"] == "NG"}
+    assert explanations == explained  # one per NG frame, nothing after the drain
+    ng = {x["frame_id"]: x for x in lines if x["label"] == "NG"}
+    assert sorted(x["frame_id"] for x in explanations) == sorted(ng) and len(ng) == 2
+    for x in explanations:  # each names its frame as the NG line does, and says something about the part
+        frame = ng[x["frame_id"]]
+        assert (x["run"], x["source"], x["file"]) == (frame["run"], frame["source"], frame["file"])
+        assert CATEGORY in x["text"] and x["explained_at"] >= frame["time"]
 
 
 def test_restart_appends_and_ng_images_are_kept_under_a_cap(controlled, frames, tmp_path):

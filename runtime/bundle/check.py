@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .loader import IMAGE_COMPONENTS, Bundle, one_line
-from .manifest import BundleError
+from .loader import Bundle, one_line
+from .manifest import ROLES, BundleError
 from ..detect.preprocess import clip_input, sam_input, sam_prompts
 from ..detect.tokenizer import ClipTokenizer
 
@@ -40,17 +40,17 @@ def check_frame(height: int = 480, width: int = 640) -> np.ndarray:
 
 def _feeds(bundle: Bundle, name: str, frame: np.ndarray, cache: dict) -> dict[str, np.ndarray]:
     component = bundle.component(name)
-    if name in ("clip_image", "patch_encoder"):
+    if component.role == "image_encoder":
         return {component.inputs[0].name: clip_input(frame, component.preprocessing)}
-    if name == "clip_text":
+    if component.role == "text_encoder":
         return {component.inputs[0].name: ClipTokenizer.from_component(bundle.path, component)(PROMPTS)}
-    if name == "sam_encoder":
+    if component.role == "sam_encoder":
         return {component.inputs[0].name: sam_input(frame, component.preprocessing)}
-    if name == "sam_decoder":
+    if component.role == "sam_decoder" and "sam_encoder" in cache:
         h, w = frame.shape[:2]
         prompts = sam_prompts((h, w), component.preprocessing, np.array([[w / 3, h / 2]]), np.array([1]))
         return {component.inputs[0].name: cache["sam_encoder"][0], **prompts}
-    raise BundleError(f"no smoke input for component {name!r}")
+    raise BundleError(f"no smoke input for component {name!r} (role {component.role})")
 
 
 def check(
@@ -60,8 +60,8 @@ def check(
     parts such as a language model alone); rows of (component, precision, providers, ms, outputs)."""
     bundle = Bundle.open(path)
     frame, cache, rows = check_frame(), {}, []
-    order = ["clip_image", "patch_encoder", "clip_text", "sam_encoder", "sam_decoder", "mllm"]
-    for name in sorted(bundle.manifest.components, key=lambda n: order.index(n) if n in order else 99):
+    order = list(ROLES)  # by role: SAM's decoder is fed the encoder's output
+    for name in sorted(bundle.manifest.components, key=lambda n: order.index(bundle.component(n).role)):
         if bundle.component(name).kind == "gguf":
             rows.append(_check_gguf(bundle, name))
             continue
@@ -73,7 +73,7 @@ def check(
             ms = (time.perf_counter() - started) * 1e3
             if not all(np.isfinite(o).all() for o in outputs):
                 raise BundleError(f"{name} ({precision}) produced NaN or inf on a plain test frame")
-            cache.setdefault(name, outputs)
+            cache.setdefault(bundle.component(name).role, outputs)
             shapes = " ".join("x".join(map(str, o.shape)) for o in outputs)
             rows.append((name, precision, ",".join(p.replace("ExecutionProvider", "") for p in session.providers),
                          f"{ms:.1f}", shapes))  # fmt: skip
@@ -92,8 +92,8 @@ def check_detector(bundle: Bundle, frame: np.ndarray, providers: tuple[str, ...]
     """
     from ..detect.detector import Detector  # the detector imports this package's modules, not the reverse
 
-    if not set(IMAGE_COMPONENTS) & set(bundle.manifest.components):
-        raise BundleError(f"{bundle.path} has no image graph ({' or '.join(IMAGE_COMPONENTS)}), so it cannot "
+    if bundle.by_role("image_encoder") is None:
+        raise BundleError(f"{bundle.path} has no image encoder (role image_encoder), so it cannot "
                           "score a frame; export one into it: python -m export clip|all ...")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="lineside-check-") as cache:
         detector = Detector.from_bundle(bundle.path, providers=providers, sam_gate=0.0, text_cache_dir=Path(cache))

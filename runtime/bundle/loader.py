@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from pathlib import Path
 from typing import Sequence
 
+from .fields import describe
 from .manifest import REBUILD_HINT as REBUILD
-from .manifest import BundleError, Component, FileEntry, Manifest, TensorSpec, describe
+from .manifest import BundleError, Component, FileEntry, Manifest, TensorSpec
 from .sessions import OnnxSession, ProviderError
 
 log = logging.getLogger("lineside.bundle")
@@ -32,7 +34,7 @@ ORT_DTYPES = {
     "tensor(uint8)": "uint8",
     "tensor(bool)": "bool",
 }
-IMAGE_COMPONENTS = ("clip_image", "patch_encoder")
+BRANCHES = ("language", "reference")  # an image encoder's config.branches: the detector branches it serves
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -59,11 +61,16 @@ class Bundle:
         for component in bundle.manifest.components.values():
             for entry in component.all_files():
                 bundle._check_file(component.name, entry, verify_hashes)
-            if component.name in IMAGE_COMPONENTS:
+            if component.role == "image_encoder":
                 _check_image_config(path, component)
-            if component.name == "clip_text":
+            if component.role == "text_encoder":
                 _check_text_config(path, component)
         return bundle
+
+    def by_role(self, role: str) -> Component | None:
+        """The component with this role ("image_encoder", "text_encoder", "sam_encoder", "sam_decoder",
+        "language_model"), as its manifest states it; None when the bundle has none."""
+        return self.manifest.by_role(role)
 
     @property
     def bundle_id(self) -> str:
@@ -168,7 +175,7 @@ def _check_io(what: str, role: str, expected: Sequence[TensorSpec], actual) -> N
 
 
 def _check_image_config(folder: Path, component: Component) -> None:
-    """The image graph's grid, taps and input size, as the detector will read them.
+    """The image graph's grid, taps, branches and input size, as the detector will read them.
 
     A wrong grid or a tap naming no output would let the bundle load and then
     turn every frame into ERROR on the line; refusing it here names the field.
@@ -190,6 +197,7 @@ def _check_image_config(folder: Path, component: Component) -> None:
         if len(shape) != 3 or (isinstance(shape[1], int) and shape[1] != grid[0] * grid[1]):
             raise BundleError(f"{at}.config.grid {grid} does not fit output {name} of shape {list(shape)} "
                               f"(batch, rows * cols, dim); {REBUILD}")  # fmt: skip
+    _check_branches(at, cfg)
     size = component.preprocessing.get("size")
     if not _ints(size, 2):
         raise BundleError(f"{at}.preprocessing.size must be [height, width] of positive ints, not {describe(size)}; {REBUILD}")
@@ -197,6 +205,20 @@ def _check_image_config(folder: Path, component: Component) -> None:
     if len(pixels) == 4 and all(isinstance(d, int) for d in pixels[2:]) and list(pixels[2:]) != size:
         raise BundleError(f"{at}.preprocessing.size {size} differs from input {component.inputs[0].name} "
                           f"of shape {list(pixels)}; {REBUILD}")  # fmt: skip
+
+
+def _check_branches(at: str, cfg: dict) -> None:
+    """`branches`: which detector branches the embeddings serve; "language" (CLIP's joint space, scored
+    against text) needs the checkpoint's `logit_scale`, the temperature the detector scores with."""
+    branches = cfg.get("branches")
+    if not isinstance(branches, list) or not branches or not set(branches) <= set(BRANCHES):
+        raise BundleError(f"{at}.config.branches must be a non-empty list of {' and/or '.join(BRANCHES)}, "
+                          f"not {describe(branches)}; {REBUILD}")  # fmt: skip
+    scale = cfg.get("logit_scale")
+    number = isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale)
+    if "language" in branches and not (number and scale > 0):
+        raise BundleError(f"{at}.config.logit_scale must be a positive number for the language branch, "
+                          f"not {describe(scale)}; {REBUILD}")  # fmt: skip
 
 
 def _check_text_config(folder: Path, component: Component) -> None:
@@ -207,7 +229,10 @@ def _check_text_config(folder: Path, component: Component) -> None:
     tokenizer = component.config.get("tokenizer")
     if not isinstance(tokenizer, dict):
         raise BundleError(f"{at}.config.tokenizer must be an object, not {describe(tokenizer)}; {REBUILD}")
-    for key in ("context_length", "num_merges"):
+    if tokenizer.get("kind") != "clip_bpe":
+        raise BundleError(f"{at}.config.tokenizer.kind {describe(tokenizer.get('kind'))} is unknown; this runtime "
+                          f"has CLIP's BPE only (clip_bpe); {REBUILD}")  # fmt: skip
+    for key in ("context_length", "num_merges", "sot", "eot"):
         if not _ints([tokenizer.get(key)], 1):
             raise BundleError(f"{at}.config.tokenizer.{key} must be a positive int, not {describe(tokenizer.get(key))}; "
                               f"{REBUILD}")  # fmt: skip

@@ -4,9 +4,13 @@ Export writes it, the runtime reads it; both go through these dataclasses so the
 two sides cannot drift apart. The JSON layout is documented in models/README.md.
 
 Reading is strict: a manifest is a file anyone can edit, so every field is
-checked for presence and type here, and a bad one is refused with its dotted
-name ("components.clip_image.files.fp32.sha256 is missing") instead of
-surfacing later as a KeyError deep in the detector.
+checked for presence and type here (fields.py), and a bad one is refused with
+its dotted name ("components.clip_image.files.fp32.sha256 is missing") instead
+of surfacing later as a KeyError deep in the detector.
+
+Each component states its `role` (what the runtime does with it) beside its
+`kind` (the file format); the runtime finds a component by role
+(`Manifest.by_role`), never by guessing from its name.
 """
 
 from __future__ import annotations
@@ -17,70 +21,26 @@ import json
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
-SCHEMA = "lineside.bundle/1"
+from .fields import BundleError, an_object, describe, dotted, need, one_of, optional, relative_path, typed
+
+SCHEMA = "lineside.bundle/2"  # /2: every component states its role
 MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 KINDS = ("onnx", "gguf")  # gguf files are keyed by quantisation (Q4_1, ...), not by PRECISIONS
+# role -> the kind its files have. At most one component per role in a bundle.
+ROLES = {
+    "image_encoder": "onnx",  # frames -> global embedding + patch tokens (config: grid, taps, branches)
+    "text_encoder": "onnx",  # prompt token ids -> text embeddings (config: tokenizer)
+    "sam_encoder": "onnx",  # SAM's image encoder
+    "sam_decoder": "onnx",  # SAM's prompt encoder + mask decoder (config: mask_slots, mask_threshold)
+    "language_model": "gguf",  # the prompt agent's language model (config: handler, vision, chat_format)
+}
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
 REBUILD_HINT = "rebuild the bundle with python -m export (see models/README.md)"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_PLAIN_KEY = re.compile(r"[\w+-]+")
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be used as it is; the message says how to rebuild it."""
-
-
-# --- field checks: each names the dotted field and the bad value ------------------
-
-
-def describe(value: Any) -> str:
-    """A short one-line description of a JSON value for an error message."""
-    text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
-
-
-def _key(at: str, key: Any) -> str:
-    """The dotted name of `key` under `at`; odd keys are quoted so the message stays one line."""
-    key = str(key)
-    if not _PLAIN_KEY.fullmatch(key):
-        return f"{at}[{key!r}]"
-    return f"{at}.{key}" if at else key
-
-
-def _typed(value: Any, at: str, kinds: tuple[type, ...], what: str) -> Any:
-    """`value` if it is one of `kinds` (a bool is never an int here), else BundleError."""
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise BundleError(f"{at} must be {what}, not {describe(value)}")
-    return value
-
-
-def _need(d: dict, key: str, at: str, kinds: tuple[type, ...], what: str) -> Any:
-    if key not in d:
-        raise BundleError(f"{_key(at, key)} is missing")
-    return _typed(d[key], _key(at, key), kinds, what)
-
-
-def _opt(d: dict, key: str, at: str, kinds: tuple[type, ...], what: str, default: Any) -> Any:
-    return _typed(d[key], _key(at, key), kinds, what) if key in d else default
-
-
-def _object(value: Any, at: str) -> dict:
-    return _typed(value, at, (dict,), "an object")
-
-
-def _relative_path(path: str, at: str) -> str:
-    """Refuse paths that could name a file outside the bundle folder, whatever the OS."""
-    if not path or "\x00" in path:
-        raise BundleError(f"{at} must be a non-empty relative path, not {path!r}")
-    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).anchor:
-        raise BundleError(f"{at} {path!r} is absolute; bundle files must lie inside the bundle folder")
-    if ".." in PurePosixPath(path).parts or ".." in PureWindowsPath(path).parts:
-        raise BundleError(f"{at} {path!r} climbs out with '..'; bundle files must lie inside the bundle folder")
-    return path
 
 
 # --- the manifest's parts ------------------------------------------------------------
@@ -96,14 +56,14 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, d: Any, at: str = "tensor") -> TensorSpec:
-        d = _object(d, at)
-        name = _need(d, "name", at, (str,), "a string")
-        shape = _need(d, "shape", at, (list,), "a list")
+        d = an_object(d, at)
+        name = need(d, "name", at, (str,), "a string")
+        shape = need(d, "shape", at, (list,), "a list")
         for i, dim in enumerate(shape):
-            _typed(dim, f"{at}.shape[{i}]", (int, str), "an int or a dimension name")
+            typed(dim, f"{at}.shape[{i}]", (int, str), "an int or a dimension name")
             if isinstance(dim, int) and dim < 0:
                 raise BundleError(f"{at}.shape[{i}] is {dim}; sizes are >= 0")
-        dtype = _need(d, "dtype", at, (str,), "a string")
+        dtype = need(d, "dtype", at, (str,), "a string")
         if dtype not in DTYPES:
             raise BundleError(f"{at}.dtype {dtype!r} is unknown; one of {', '.join(DTYPES)}")
         return cls(name, tuple(shape), dtype)
@@ -123,40 +83,43 @@ class FileEntry:
 
     @classmethod
     def from_dict(cls, d: Any, at: str = "file") -> FileEntry:
-        d = _object(d, at)
-        path = _relative_path(_need(d, "path", at, (str,), "a string"), _key(at, "path"))
-        sha256 = _need(d, "sha256", at, (str,), "a string")
+        d = an_object(d, at)
+        path = relative_path(need(d, "path", at, (str,), "a string"), dotted(at, "path"))
+        sha256 = need(d, "sha256", at, (str,), "a string")
         if not _SHA256.fullmatch(sha256):
-            raise BundleError(f"{_key(at, 'sha256')} must be 64 lowercase hex digits, not {describe(sha256)}")
-        size = _need(d, "bytes", at, (int,), "an int")
+            raise BundleError(f"{dotted(at, 'sha256')} must be 64 lowercase hex digits, not {describe(sha256)}")
+        size = need(d, "bytes", at, (int,), "an int")
         if size < 0:
-            raise BundleError(f"{_key(at, 'bytes')} is {size}; a size is >= 0")
-        return cls(path, sha256, size, _opt(d, "parity", at, (dict,), "an object", {}))
+            raise BundleError(f"{dotted(at, 'bytes')} is {size}; a size is >= 0")
+        return cls(path, sha256, size, optional(d, "parity", at, (dict,), "an object", {}))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 def _tensors(d: dict, key: str, at: str) -> tuple[TensorSpec, ...]:
-    items = _opt(d, key, at, (list,), "a list", [])
-    return tuple(TensorSpec.from_dict(t, f"{_key(at, key)}[{i}]") for i, t in enumerate(items))
+    items = optional(d, key, at, (list,), "a list", [])
+    return tuple(TensorSpec.from_dict(t, f"{dotted(at, key)}[{i}]") for i, t in enumerate(items))
 
 
 def _files(d: dict, key: str, at: str) -> dict[str, FileEntry]:
-    entries = _opt(d, key, at, (dict,), "an object", {})
-    return {k: FileEntry.from_dict(f, _key(_key(at, key), k)) for k, f in entries.items()}
+    entries = optional(d, key, at, (dict,), "an object", {})
+    return {k: FileEntry.from_dict(f, dotted(dotted(at, key), k)) for k, f in entries.items()}
 
 
 @dataclass(frozen=True)
 class Component:
     """One exported model (or data file set) and everything needed to run it.
 
-    `files` maps a precision ("fp32", "fp16", "int8") to its graph; `assets` holds
-    side files such as the tokenizer vocabulary. `preprocessing` and `config` are
-    free-form per component kind and documented in models/README.md.
+    `role` says what the runtime does with it (one of ROLES), `kind` the file
+    format. `files` maps a precision ("fp32", "fp16", "int8") to its graph;
+    `assets` holds side files such as the tokenizer vocabulary. `preprocessing`
+    and `config` hold the constants the runtime reads, per role, documented in
+    models/README.md; `source` is provenance only.
     """
 
     name: str
+    role: str
     kind: str
     files: dict[str, FileEntry]
     inputs: tuple[TensorSpec, ...] = ()
@@ -169,24 +132,27 @@ class Component:
 
     @classmethod
     def from_dict(cls, name: str, d: Any, at: str | None = None) -> Component:
-        at = at or _key("components", name)
-        d = _object(d, at)
-        kind = _need(d, "kind", at, (str,), "a string")
-        if kind not in KINDS:
-            raise BundleError(f"{_key(at, 'kind')} {kind!r} is unknown; one of {', '.join(KINDS)}")
-        keys = _need(d, "files", at, (dict,), "an object")
+        at = at or dotted("components", name)
+        d = an_object(d, at)
+        role = one_of(need(d, "role", at, (str,), "a string"), dotted(at, "role"), ROLES)
+        kind = one_of(need(d, "kind", at, (str,), "a string"), dotted(at, "kind"), KINDS)
+        if kind != ROLES[role]:
+            raise BundleError(f"{dotted(at, 'kind')} {kind!r} does not fit role {role!r} (its files are {ROLES[role]})")
+        keys = need(d, "files", at, (dict,), "an object")
         if not keys:
-            raise BundleError(f"{_key(at, 'files')} is empty; a component needs at least its fp32 file")
+            raise BundleError(f"{dotted(at, 'files')} is empty; a component needs at least its fp32 file")
         if kind == "onnx" and (odd := [p for p in keys if p not in PRECISIONS]):
-            raise BundleError(f"{_key(_key(at, 'files'), odd[0])}: unknown precision; one of {', '.join(PRECISIONS)}")
+            where = dotted(dotted(at, "files"), odd[0])
+            raise BundleError(f"{where}: unknown precision; one of {', '.join(PRECISIONS)}")
         files = _files(d, "files", at)
-        blocks = {k: _opt(d, k, at, (dict,), "an object", {})
+        blocks = {k: optional(d, k, at, (dict,), "an object", {})
                   for k in ("preprocessing", "config", "source", "tensorrt_profile")}  # fmt: skip
-        return cls(name, kind, files, _tensors(d, "inputs", at), _tensors(d, "outputs", at),
+        return cls(name, role, kind, files, _tensors(d, "inputs", at), _tensors(d, "outputs", at),
                    _files(d, "assets", at), **blocks)  # fmt: skip
 
     def to_dict(self) -> dict:
         return {
+            "role": self.role,
             "kind": self.kind,
             "files": {p: f.to_dict() for p, f in self.files.items()},
             "inputs": [t.to_dict() for t in self.inputs],
@@ -208,6 +174,7 @@ class Component:
         ids = {"files": self.files, "assets": self.assets}
         return {
             **{k: {key: [f.path, f.sha256] for key, f in v.items()} for k, v in ids.items()},
+            "role": self.role,
             "kind": self.kind,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
@@ -228,6 +195,19 @@ class Manifest:
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     schema: str = SCHEMA
+
+    def __post_init__(self):
+        seen: dict[str, str] = {}
+        for name, component in self.components.items():
+            if (other := seen.setdefault(component.role, name)) != name:
+                raise BundleError(f"components.{name}.role {component.role!r} is components.{other}'s too; "
+                                  "a bundle has one component per role")  # fmt: skip
+
+    def by_role(self, role: str) -> Component | None:
+        """The component with this role (one of ROLES), or None when the bundle has none."""
+        if role not in ROLES:
+            raise ValueError(f"unknown component role {role!r}; one of {', '.join(ROLES)}")
+        return next((c for c in self.components.values() if c.role == role), None)
 
     @cached_property
     def bundle_id(self) -> str:
@@ -255,15 +235,16 @@ class Manifest:
         if not isinstance(d, dict):
             raise BundleError(f"the top level must be an object, not {describe(d)}")
         if (schema := d.get("schema")) != SCHEMA:
-            raise BundleError(f"unknown bundle schema {schema!r}; this runtime reads {SCHEMA!r}")
-        raw = _need(d, "components", "", (dict,), "an object")
+            raise BundleError(f"unknown bundle schema {schema!r}; this runtime reads {SCHEMA!r} only "
+                              f"(this bundle was written by another version of lineside): {REBUILD_HINT}")  # fmt: skip
+        raw = need(d, "components", "", (dict,), "an object")
         if not raw:
             raise BundleError("components is empty: the bundle has no graphs; export them into it, "
                               "e.g. python -m export all --profile tiny --out DIR")  # fmt: skip
         components = {n: Component.from_dict(n, c) for n, c in raw.items()}
-        profile = _opt(d, "profile", "", (str,), "a string", "custom")
-        created = _opt(d, "created", "", (str,), "a string", "")
-        return cls(components, profile, created, _opt(d, "versions", "", (dict,), "an object", {}))
+        profile = optional(d, "profile", "", (str,), "a string", "custom")
+        created = optional(d, "created", "", (str,), "a string", "")
+        return cls(components, profile, created, optional(d, "versions", "", (dict,), "an object", {}))
 
     def to_dict(self) -> dict:
         return {

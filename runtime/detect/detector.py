@@ -25,7 +25,7 @@ import numpy as np
 
 from ..bundle.loader import Bundle
 from ..settings import DetectorSettings
-from .encoders import SESSION_SETTINGS, ImageEncoder, NonFiniteError, require_finite
+from .encoders import SESSION_SETTINGS, ImageEncoder, NonFiniteError, require_finite, with_encoder_defaults
 from .frames import ImageError, to_rgb_uint8
 from .prompt_text import PromptText
 from .reference_cache import cache_dir as reference_cache_dir
@@ -64,7 +64,7 @@ class Detector:
         if text is not None and not encoder.clip:
             raise ValueError(f"prompt text needs a CLIP image encoder; {encoder.component.name} has no text space")
         self.encoder, self.text, self.refiner = encoder, text, refiner
-        self._settings = settings or DetectorSettings()
+        self._settings = with_encoder_defaults(settings or DetectorSettings(), encoder)  # logit_scale: the bundle's
         self.bundle = bundle  # where the parts came from (the language model, banks' default folder), if known
         self.bundle_id = bundle_id if bundle_id is not None else bundle.bundle_id if bundle is not None else ""
         self._settings_dict = self.settings.to_dict()

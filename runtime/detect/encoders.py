@@ -10,9 +10,11 @@ in for it (benchmarks/parity.py runs the torch module the graph came from).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from ..bundle.loader import IMAGE_COMPONENTS, Bundle
+from ..bundle.loader import Bundle
 from ..bundle.manifest import BundleError, Component
 from ..settings import DetectorSettings
 from .preprocess import clip_input
@@ -53,15 +55,23 @@ def session_options(settings: DetectorSettings) -> dict:
     }
 
 
-def image_component(bundle: Bundle) -> str:
-    """The bundle's image graph: CLIP's image tower if it has one, else the patch encoder."""
-    have = [name for name in IMAGE_COMPONENTS if name in bundle.manifest.components]
-    if not have:
+def with_encoder_defaults(settings: DetectorSettings, encoder: ImageEncoder) -> DetectorSettings:
+    """`settings` with what they leave unset taken from the encoder's manifest entry: logit_scale None is
+    the checkpoint's own, recorded at export, so that a result's settings show the value it was scored with."""
+    if settings.logit_scale is None and encoder.logit_scale is not None:
+        return dataclasses.replace(settings, logit_scale=encoder.logit_scale)
+    return settings
+
+
+def image_component(bundle: Bundle) -> Component:
+    """The bundle's image encoder (role image_encoder): CLIP's image tower or the patch encoder."""
+    component = bundle.by_role("image_encoder")
+    if component is None:
         raise BundleError(
-            f"{bundle.path} has no image graph ({' or '.join(IMAGE_COMPONENTS)}), so it cannot "
+            f"{bundle.path} has no image encoder (role image_encoder), so it cannot "
             "score a frame; export one into it: python -m export clip|all ..."
         )
-    return have[0]
+    return component
 
 
 class ImageEncoder:
@@ -80,22 +90,21 @@ class ImageEncoder:
         self.input_name = component.inputs[0].name
         self.global_output = component.outputs[0].name
         self.tap_outputs = [t["output"] for t in component.config["taps"]]
+        # Whether its embeddings live in CLIP's joint space (so text prompts can score them), and the
+        # temperature of that scoring: the checkpoint's own, recorded at export (None without language).
+        self.clip: bool = "language" in component.config["branches"]
+        self.logit_scale: float | None = float(component.config["logit_scale"]) if self.clip else None
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, settings: DetectorSettings) -> ImageEncoder:
-        name = image_component(bundle)
-        precision = bundle.precision_for(name, settings.precision)
-        session = bundle.session(name, precision, settings.providers, **session_options(settings))
-        return cls(session, bundle.component(name), precision)
+        component = image_component(bundle)
+        precision = bundle.precision_for(component.name, settings.precision)
+        session = bundle.session(component.name, precision, settings.providers, **session_options(settings))
+        return cls(session, component, precision)
 
     @property
     def providers(self) -> tuple[str, ...]:
         return tuple(self.session.providers)
-
-    @property
-    def clip(self) -> bool:
-        """Whether its embeddings live in CLIP's joint space (so text prompts can score them)."""
-        return self.component.name == "clip_image"
 
     @property
     def identity(self) -> str:

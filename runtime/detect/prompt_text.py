@@ -60,7 +60,7 @@ class PromptText:
     @classmethod
     def from_bundle(cls, bundle: Bundle, settings: DetectorSettings) -> PromptText | None:
         """The bundle's text graph (None if it has none); banks from settings.prompt_dir, else BUNDLE/prompts."""
-        if "clip_text" not in bundle.manifest.components:
+        if bundle.by_role("text_encoder") is None:
             return None
         encoder = TextEncoder(bundle, settings.providers, settings.text_cache_dir, **session_options(settings))
         return cls(encoder, settings.prompt_dir or bundle.path / "prompts")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..bundle.loader import Bundle
+from ..bundle.manifest import REBUILD_HINT, BundleError
 from ..settings import DetectorSettings
 from .encoders import session_options
 from .preprocess import sam_input, sam_prompts
@@ -21,20 +22,20 @@ class SamMask:
 
 
 def has_sam(bundle: Bundle) -> bool:
-    return {"sam_encoder", "sam_decoder"} <= set(bundle.manifest.components)
+    """Whether the bundle has both SAM parts (roles sam_encoder and sam_decoder)."""
+    return bundle.by_role("sam_encoder") is not None and bundle.by_role("sam_decoder") is not None
 
 
 class SamRefiner:
     """Masks for candidate regions; the caller filters them by IoU, area and anomaly mass."""
 
     def __init__(self, bundle: Bundle, precision: str = "fp32", providers=("cpu",), **session_options):
-        self.encoder_c = bundle.component("sam_encoder")
-        self.decoder_c = bundle.component("sam_decoder")
-        self.encoder = bundle.session(
-            "sam_encoder", bundle.precision_for("sam_encoder", precision), providers, **session_options
-        )
-        self.decoder = bundle.session(
-            "sam_decoder", bundle.precision_for("sam_decoder", precision), providers, **session_options
+        if not has_sam(bundle):
+            raise BundleError(f"{bundle.path} has no SAM (roles sam_encoder and sam_decoder); {REBUILD_HINT}")
+        self.encoder_c, self.decoder_c = bundle.by_role("sam_encoder"), bundle.by_role("sam_decoder")
+        self.encoder, self.decoder = (
+            bundle.session(c.name, bundle.precision_for(c.name, precision), providers, **session_options)
+            for c in (self.encoder_c, self.decoder_c)
         )
         self.multi = list(self.decoder_c.config["mask_slots"]["multi"])
         self.threshold = float(self.decoder_c.config["mask_threshold"])

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle.loader import Bundle
+from ..bundle.manifest import REBUILD_HINT, BundleError
 from .tokenizer import ClipTokenizer
 
 log = logging.getLogger("lineside.text")
@@ -34,9 +35,12 @@ class TextEncoder:
     """prompts -> (P, D) float32 L2-normalised embeddings, cached per prompt."""
 
     def __init__(self, bundle: Bundle, providers=("cpu",), cache_dir: Path | None = None, **session_options):
-        self.component = bundle.component("clip_text")
-        self.tokenizer = ClipTokenizer.from_component(bundle.path, self.component)
-        self._session = bundle.session("clip_text", "fp32", providers, **session_options)
+        component = bundle.by_role("text_encoder")
+        if component is None:
+            raise BundleError(f"{bundle.path} has no text encoder (role text_encoder); {REBUILD_HINT}")
+        self.component = component
+        self.tokenizer = ClipTokenizer.from_component(bundle.path, component)
+        self._session = bundle.session(component.name, "fp32", providers, **session_options)
         self.cache = Path(cache_dir or default_cache_dir()) / bundle.bundle_id
         self._memory: dict[str, np.ndarray] = {}
         self.encoded = 0  # prompts run through the graph (not found in the cache) since start

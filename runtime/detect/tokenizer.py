@@ -17,6 +17,8 @@ import ftfy
 import numpy as np
 import regex
 
+from ..bundle.manifest import REBUILD_HINT, BundleError
+
 SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
 
 
@@ -66,9 +68,17 @@ class ClipTokenizer:
 
     @classmethod
     def from_component(cls, folder: Path, component) -> ClipTokenizer:
-        """Build from a bundle's `clip_text` component (its `tokenizer` asset and config)."""
+        """Build from a bundle's text encoder (its `tokenizer` asset and config); the vocabulary's start and
+        end ids must be the ones the manifest recorded at export, else it is not the vocabulary the graph knows."""
         cfg = component.config["tokenizer"]
-        return cls(Path(folder) / component.assets["tokenizer"].path, cfg["context_length"], cfg["num_merges"])
+        tokenizer = cls(Path(folder) / component.assets["tokenizer"].path, cfg["context_length"], cfg["num_merges"])
+        if (tokenizer.sot, tokenizer.eot) != (cfg["sot"], cfg["eot"]):
+            at = f"{folder}: components.{component.name}.config.tokenizer"
+            raise BundleError(
+                f"{at} sot/eot {cfg['sot']}/{cfg['eot']} differ from its vocabulary's {tokenizer.sot}/{tokenizer.eot} "
+                f"(not the vocabulary the text graph was exported with); {REBUILD_HINT}"
+            )
+        return tokenizer
 
     def _merge(self, word: str) -> list[int]:
         """Apply BPE merges to one pre-split word (already byte-mapped), lowest rank first."""

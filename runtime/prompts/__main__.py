@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         job, agent = settings.job, settings.agent
         detector = Detector.from_bundle(job.bundle, settings.detector)
         llm = None
-        if "mllm" in detector.bundle.manifest.components:
+        if detector.bundle.by_role("language_model") is not None:
             llm = LanguageModel(detector.bundle, threads=agent.llm_threads, n_ctx=agent.llm_context)
         else:
             print("no language model in this bundle: descriptions come from rules on the detector's evidence",

@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 
 from ..bundle.loader import Bundle
+from ..bundle.manifest import BundleError
 
 log = logging.getLogger("lineside.llm")
 
-# manifest `handler` -> llama_cpp.llama_chat_format class
+# manifest `handler` of a vision model -> llama_cpp.llama_chat_format class
 HANDLER_CLASSES = {
     "mtmd": "MTMDChatHandler",
     "llava-1-5": "Llava15ChatHandler",
@@ -25,6 +26,8 @@ HANDLER_CLASSES = {
     "llama-3-vision-alpha": "Llama3VisionAlphaChatHandler",
     "gemma4": "Gemma4ChatHandler",
 }
+TEXT_HANDLER = "text"  # a text-only model: no chat handler
+HANDLERS = (TEXT_HANDLER, *HANDLER_CLASSES)  # every handler a manifest may name (export checks --handler here)
 
 
 def _llama_cpp():
@@ -64,20 +67,35 @@ def vision_message(text: str, images: list[tuple[str, np.ndarray]]) -> dict:
 
 
 class LanguageModel:
-    """The `mllm` component, loaded once. `vision` says whether images can be shown to it."""
+    """The bundle's language model (role language_model), loaded once. `vision` says whether images
+    can be shown to it.
+
+    From the manifest's config: `handler` and `vision` (the chat handler and its projector),
+    `chat_format` ("gguf-template": the file's own chat template; "chatml" when the file has none)
+    and `n_ctx_train`, which caps `n_ctx` (a longer context than the model was trained on only degrades it).
+    """
 
     def __init__(self, bundle: Bundle, threads: int | None = None, n_ctx: int = 2048):
         llama_cpp = _llama_cpp()
-        self.component = bundle.component("mllm")
-        self.quant, entry = next(iter(self.component.files.items()))
+        component = bundle.by_role("language_model")
+        if component is None:
+            raise BundleError(f"{bundle.path} has no language model (role language_model); "
+                              "add one with python -m export mllm --packaged --out BUNDLE")  # fmt: skip
+        self.component, config = component, component.config
+        self.quant, entry = next(iter(component.files.items()))
         self.path = bundle.file_path(entry)
         self.sha256 = entry.sha256
         handler = None
-        if self.component.config.get("vision"):
-            mmproj = bundle.file_path(self.component.assets["mmproj"])
-            handler = handler_class(self.component.config["handler"])(clip_model_path=str(mmproj), verbose=False)
+        if config.get("vision"):
+            mmproj = bundle.file_path(component.assets["mmproj"])
+            handler = handler_class(config["handler"])(clip_model_path=str(mmproj), verbose=False)
+        chat_format = None if config.get("chat_format", "gguf-template") == "gguf-template" else config["chat_format"]
+        trained = int(config.get("n_ctx_train") or 0)
+        if 0 < trained < n_ctx:
+            log.info("context %d capped at the %d tokens %s was trained with", n_ctx, trained, self.path.name)
+            n_ctx = trained
         self.llm = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, n_threads=threads, chat_handler=handler,
-                                   seed=0, verbose=False)  # fmt: skip
+                                   chat_format=chat_format, seed=0, verbose=False)  # fmt: skip
         self.vision = handler is not None
         self.name = self.path.name
 

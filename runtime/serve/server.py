@@ -38,7 +38,7 @@ def build_agent(detector: Detector, settings: AgentSettings):
     from ..prompts.agent import PromptAgent
 
     llm = None
-    if "mllm" in detector.bundle.manifest.components:
+    if detector.bundle.by_role("language_model") is not None:
         try:
             from ..prompts.language_model import LanguageModel
 
