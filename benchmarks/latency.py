@@ -29,6 +29,7 @@ from runtime.detect.encoders import image_component
 
 from . import reporting
 from .flops import graph_flops, matmul_peak_gflops
+from .peaks import compiled_ms, gemm_peak_gflops, on_gpu, peak_line, percent_of_peak
 from .peer import winclip_ms
 
 
@@ -173,14 +174,17 @@ def torch_eager(bundle: Bundle, threads: int, n: int = 10, device: str = "cpu", 
 
         model, _ = load_lite0(PatchSpec(random_init=True))
         graph = PatchEncoderGraph(freeze_same_padding(model, size)).eval()
+    x = torch.rand(1, 3, size, size) * 255
     out = {"device": device, "dtype": str(dtype).removeprefix("torch."),
-           "image_encoder_ms": percentiles(timed(graph, torch.rand(1, 3, size, size) * 255, n))}  # fmt: skip
+           "image_encoder_ms": percentiles(timed(graph, x, n)),
+           "image_encoder_compiled_ms": compiled_ms(timed, graph, x, n, device)}  # fmt: skip
     if (sam := bundle.by_role("sam_encoder")) is not None:
         from export.sam_export import SamEncoderGraph, load_sam
 
         variant = sam.source["architecture"].removeprefix("sam_")
         sam_graph = SamEncoderGraph(load_sam(variant)[0]).eval()
         out["sam_encoder_ms"] = statistics.median(timed(sam_graph, torch.rand(1, 3, 1024, 1024) * 255, 3))
+        out["sam_encoder_compiled_ms"] = compiled_ms(timed, sam_graph, torch.rand(1, 3, 1024, 1024) * 255, 3, device)
     return out
 
 
@@ -208,6 +212,8 @@ def run(args) -> dict:
             entry["pipeline"] = pipelined_fps(args.bundle, precision, providers, args.frames, refs_dir, Path(work))
             entry["image_encoder_gflops"] = gflop / (entry["ok_frames"]["image_encoder"]["p50"] / 1e3)
             data["runs"].append(entry)
+    gpu = args.torch and any(on_gpu(r) for r in data["runs"])  # the GPU's own fp16 peak for its rows
+    data["gpu_gemm_peak_gflops"] = gemm_peak_gflops(args.torch_device) if gpu else None
     data["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     data["torch_eager"] = torch_eager(bundle, threads, device=args.torch_device, fp16=args.torch_fp16) \
         if args.torch else None  # fmt: skip
@@ -219,8 +225,7 @@ def markdown(data: dict) -> str:
     lines = [f"# Latency: bundle `{data['bundle_id']}` ({data['profile']})", "",
              f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores; "
              f"onnxruntime {data['machine']['versions'].get('onnxruntime', '?')}.",
-             f"Measured matmul peak (numpy fp32 GEMM 1024³): {data['matmul_peak_gflops']:.1f} GFLOP/s. "
-             f"Image graph: {data['image_graph_gflop']:.2f} GFLOP per frame.", ""]  # fmt: skip
+             f"{peak_line(data)} Image graph: {data['image_graph_gflop']:.2f} GFLOP per frame.", ""]  # fmt: skip
     rows = []
     for run_ in data["runs"]:
         enc = run_["ok_frames"]["image_encoder"]
@@ -229,7 +234,7 @@ def markdown(data: dict) -> str:
                      "OK frame total p50": run_["ok_frames"]["total"]["p50"],
                      "detect-only fps": run_["sequential_fps"], "serve fps": run_["pipeline"]["fps"],
                      "GFLOP/s": run_["image_encoder_gflops"],
-                     "% of matmul peak": 100 * run_["image_encoder_gflops"] / data["matmul_peak_gflops"],
+                     "% of peak": percent_of_peak(run_, data),
                      "cold load ms": run_["cold"]["load_ms"], "first frame ms": run_["cold"]["first_frame_ms"]})  # fmt: skip
     lines += [reporting.table(rows, list(rows[0]) if rows else []), ""]
     for run_ in data["runs"]:
@@ -256,6 +261,11 @@ def _ratios(data: dict) -> list[str]:
     if eager:
         out += [f"- ORT {r['precision']} vs torch eager {eager.get('dtype', 'float32')} on {eager.get('device', 'cpu')}, "
                 f"image encoder p50: {eager['image_encoder_ms']['p50'] / encoder(r):.2f}x" for r in data["runs"]]  # fmt: skip
+        fast = eager.get("image_encoder_compiled_ms") or {}
+        out += [f"- ORT {r['precision']} vs torch.compile {eager.get('dtype')} on {eager.get('device')}, image encoder "
+                f"p50: {fast['p50'] / encoder(r):.2f}x" for r in data["runs"] if "p50" in fast]  # fmt: skip
+        if "error" in fast:
+            out.append(f"- torch.compile peer failed: {fast['error']}")
         if "sam_encoder_ms" in eager and "sam_encoder" in fp32["suspicious_frames"]:
             out.append(f"- SAM encoder ORT fp32 vs torch eager: "
                        f"{eager['sam_encoder_ms'] / fp32['suspicious_frames']['sam_encoder']['p50']:.2f}x")  # fmt: skip

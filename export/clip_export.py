@@ -18,12 +18,13 @@ from runtime.detect.tokenizer import ClipTokenizer
 from .clip_graphs import ClipImageGraph, ClipTextGraph, tap_name
 from .clip_model import load_clip, preset_for
 from .measure import export_measured
+from .optimize import Optimisation
 from .samples import PARITY_PROMPTS, parity_image
 from .writer import BundleWriter
 
 log = logging.getLogger("lineside.export")
 
-MAX_BATCH = {"pixels": 8, "input_ids": 64}  # the TensorRT profile's upper end
+MAX_BATCH = {"input_ids": 64}  # the TensorRT profile's upper end (the image graph is static, batch 1)
 # Text embeddings are computed once per prompt and cached, so a faster text graph
 # buys nothing; and onnxruntime 1.31's CPU provider crashes (SIGSEGV at session
 # creation, ORT_ENABLE_ALL) on the fp16 conversion of this graph.
@@ -42,6 +43,7 @@ class ClipSpec:
     taps: tuple[int, ...] | None = None
     no_vv: bool = False
     precisions: tuple[str, ...] = ("fp32",)
+    fuse: bool = True  # attention as onnxruntime's fused operator, graph folded and fused (optimize.py)
 
 
 def export_clip(spec: ClipSpec, writer: BundleWriter) -> list[Component]:
@@ -51,7 +53,7 @@ def export_clip(spec: ClipSpec, writer: BundleWriter) -> list[Component]:
     model, source = load_clip(spec.arch, spec.pretrained, spec.checkpoint, size)
     mean, std = _norm_constants(model)
     vv_from = None if spec.no_vv else (spec.vv_from or preset.vv_from)
-    graph = ClipImageGraph(model.visual, mean, std, vv_from, spec.taps or preset.taps).eval()
+    graph = ClipImageGraph(model.visual, mean, std, vv_from, spec.taps or preset.taps, fused=spec.fuse).eval()
     image = _export_image(graph, model, size, mean, std, spec, writer, source)
     text = _export_text(model, spec, writer, source)
     return [image, text]
@@ -84,10 +86,12 @@ def _export_image(graph, model, size, mean, std, spec, writer, source) -> Compon
     if wrapper_gap > 1e-4:
         raise RuntimeError(f"image graph wrapper differs from open_clip's encode_image by {wrapper_gap:.2e}")
     names = ["image_embedding", *[tap_name(t) for t in graph.taps]]
+    # Static shapes, batch 1 (what the detector runs): no shape arithmetic is left in the graph.
+    cases = [({n: o[i : i + 1] for n, o in zip(names, outputs)}, {"pixels": pixels[i : i + 1]}) for i in range(len(x))]
+    blocks = model.visual.transformer.resblocks
     graphs = export_measured(
-        writer, "clip_image", graph, (x,), ["pixels"], names,
-        reference=dict(zip(names, outputs)), feeds={"pixels": pixels}, precisions=spec.precisions,
-        dynamic_axes={n: {0: "batch"} for n in ["pixels", *names]},
+        writer, "clip_image", graph, (x[:1],), ["pixels"], names, cases=cases, precisions=spec.precisions,
+        optimise=Optimisation(blocks[0].attn.num_heads, blocks[0].attn.embed_dim) if graph.fused else None,
     )  # fmt: skip
     grid = size // model.visual.patch_size[0]
     dim = outputs[0].shape[-1]
@@ -97,10 +101,10 @@ def _export_image(graph, model, size, mean, std, spec, writer, source) -> Compon
         kind="onnx",
         files=graphs.files,
         assets=graphs.assets,
-        inputs=(TensorSpec("pixels", ("batch", 3, size, size), "float32"),),
+        inputs=(TensorSpec("pixels", (1, 3, size, size), "float32"),),
         outputs=(
-            TensorSpec("image_embedding", ("batch", dim), "float32"),
-            *[TensorSpec(tap_name(t), ("batch", grid * grid, dim), "float32") for t in graph.taps],
+            TensorSpec("image_embedding", (1, dim), "float32"),
+            *[TensorSpec(tap_name(t), (1, grid * grid, dim), "float32") for t in graph.taps],
         ),
         preprocessing=prep,
         config={  # what the runtime reads; how the graph was made is in `source`
@@ -117,7 +121,7 @@ def _export_image(graph, model, size, mean, std, spec, writer, source) -> Compon
             "vv_from": graph.vv_from,
             "wrapper_vs_open_clip_max_abs_diff": wrapper_gap,
         },
-        tensorrt_profile=_profile("pixels", (3, size, size)),
+        tensorrt_profile={"pixels": {k: [1, 3, size, size] for k in ("min", "opt", "max")}},
     )
 
 

@@ -9,12 +9,14 @@ live in the same space as the text embeddings.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
+
+from .attention import attention
 
 
 def tap_name(layer: int) -> str:
@@ -30,17 +32,28 @@ def check_supported(visual: nn.Module) -> None:
     for i, block in enumerate(visual.transformer.resblocks, start=1):
         if not isinstance(block, ResidualAttentionBlock) or not block.attn.batch_first:
             raise NotImplementedError(f"block {i} is {type(block).__name__}; need batch-first ResidualAttentionBlock")
+        attn = block.attn
+        if not attn._qkv_same_embed_dim or attn.in_proj_bias is None or attn.bias_k is not None or attn.add_zero_attn:
+            raise NotImplementedError(f"block {i}: attention needs one biased q/k/v projection, no bias_k/zero_attn")
 
 
-def vv_attention(attn: nn.MultiheadAttention, y: torch.Tensor) -> torch.Tensor:
-    """Self-attention with q = k = v = the value projection of y; y is (B, L, W)."""
-    batch, length, width = y.shape
-    heads = attn.num_heads
-    v = F.linear(y, attn.in_proj_weight[2 * width :], attn.in_proj_bias[2 * width :])
-    v = v.reshape(batch, length, heads, width // heads).transpose(1, 2)  # (B, h, L, d)
-    weights = torch.softmax(v @ v.transpose(-1, -2) * (width // heads) ** -0.5, dim=-1)
-    out = (weights @ v).transpose(1, 2).reshape(batch, length, width)
-    return attn.out_proj(out)
+def block_forward(block: ResidualAttentionBlock, x: torch.Tensor, vv: torch.Tensor | None, fused: bool = True):
+    """One open_clip block on the original stream x (B, L, W), and on the V-V stream when `vv` is given.
+
+    The same computation as open_clip's block (checked against encode_image at
+    export), written so that attention is `attention.attention`: one fused node in
+    the graph. The V-V stream attends with q = k = v = this block's value
+    projection of ln_1(x), the v the original stream computes anyway, and is
+    accumulated without MLP.
+    """
+    attn = block.attn
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)  # (B, L, 3W)
+    q, k, v = qkv.chunk(3, dim=-1)
+    if vv is not None:
+        vv = vv + block.ls_1(attn.out_proj(attention(v, v, v, attn.num_heads, fused=fused)))
+    x = x + block.ls_1(attn.out_proj(attention(q, k, v, attn.num_heads, fused=fused)))
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x, vv
 
 
 class ClipImageGraph(nn.Module):
@@ -50,10 +63,12 @@ class ClipImageGraph(nn.Module):
     `patch_tokens_L` (B, N, D) with N = grid * grid in row-major order. Blocks
     from `vv_from` on feed the V-V stream; `vv_from=None` turns it off and taps
     then read the original stream (the ablation and an exact check against
-    open_clip's own tokens).
+    open_clip's own tokens). `fused`: attention traces as onnxruntime's fused
+    MultiHeadAttention (attention.py); False traces plain operators.
     """
 
-    def __init__(self, visual: VisionTransformer, mean, std, vv_from: int | None, taps: Sequence[int]):
+    def __init__(self, visual: VisionTransformer, mean, std, vv_from: int | None, taps: Sequence[int],
+                 fused: bool = True):  # fmt: skip
         super().__init__()
         check_supported(visual)
         depth = len(visual.transformer.resblocks)
@@ -64,6 +79,7 @@ class ClipImageGraph(nn.Module):
         self.visual = visual
         self.vv_from = vv_from
         self.taps = tuple(sorted(set(taps)))
+        self.fused = fused
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
 
@@ -75,9 +91,9 @@ class ClipImageGraph(nn.Module):
         vv = None
         taps = []
         for i, block in enumerate(self.visual.transformer.resblocks, start=1):
-            if self.vv_from is not None and i >= self.vv_from:
-                vv = (x if vv is None else vv) + block.ls_1(vv_attention(block.attn, block.ln_1(x)))
-            x = block(x)
+            if i == self.vv_from:
+                vv = x  # the V-V stream starts from the original stream's input to this block
+            x, vv = block_forward(block, x, vv, self.fused)
             if i in self.taps:
                 taps.append(self.project((x if vv is None else vv)[:, 1:]))
         return (self.project(x[:, 0]), *taps)

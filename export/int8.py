@@ -109,9 +109,12 @@ def _dynamic(src: Path, dst: Path, big: bool) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
     _, weights = _types(DYNAMIC)
+    # Tensors after onnxruntime's fused operators (optimize.py) have no type from onnx's shape
+    # inference; in these graphs every such activation is float32.
     quantize_dynamic(str(src), str(dst), weight_type=weights, per_channel=DYNAMIC.per_channel,
                      reduce_range=DYNAMIC.reduce_range, op_types_to_quantize=list(DYNAMIC.op_types),
-                     use_external_data_format=big)  # fmt: skip
+                     use_external_data_format=big,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fmt: skip
 
 
 def _static(src: Path, dst: Path, calibration: list[dict], big: bool) -> None:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import onnx
 import torch
 
+from .attention import DOMAIN
 from .graph_files import DEFAULT_THRESHOLD, check_graph, graph_outputs, save_graph
 from .int8 import to_int8
 
@@ -69,31 +70,32 @@ def _export(module, args, path, input_names, output_names, dynamic_axes) -> None
         opset_version=OPSET,
         do_constant_folding=True,
         dynamo=False,
+        custom_opsets={DOMAIN: 1} if getattr(module, "fused", False) else None,  # attention.py's nodes
     )
 
 
-def to_fp16(src: Path, dst: Path, threshold: int = DEFAULT_THRESHOLD) -> Path:
-    """Weights and activations in fp16; inputs and outputs stay fp32 so feeds do not change.
+def to_fp16(src: Path, dst: Path, threshold: int = DEFAULT_THRESHOLD, keep_fp32: Sequence[str] = ()) -> Path:
+    """Weights and activations in fp16 except the op types `keep_fp32`, which compute in fp32
+    between casts; inputs and outputs stay fp32 so feeds do not change (fp16.py)."""
+    from .fp16 import convert
 
-    The converter is given the path, not a loaded proto: it then infers shapes with
-    `infer_shapes_path`, which works past protobuf's 2 GB where `infer_shapes` fails.
-    onnx's checker is not run: the converter appends its input casts after the
-    nodes that use them, which onnxruntime accepts and the checker does not.
-    """
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(str(src), keep_io_types=True)
-    save_graph(model, dst, threshold)
+    save_graph(convert(src, keep_fp32), dst, threshold)
     return dst
 
 
 def make_variant(
-    fp32_path: Path, precision: str, calibration: list[dict] | None = None, threshold: int = DEFAULT_THRESHOLD
+    fp32_path: Path,
+    precision: str,
+    calibration: list[dict] | None = None,
+    threshold: int = DEFAULT_THRESHOLD,
+    keep_fp32: Sequence[str] = (),
 ) -> Path:
-    """Write the `precision` variant beside the fp32 graph and return its path."""
+    """Write the `precision` variant beside the fp32 graph and return its path.
+
+    keep_fp32: op types the fp16 variant leaves in fp32."""
     dst = fp32_path.with_name(fp32_path.name.replace(".fp32.", f".{precision}."))
     if precision == "fp16":
-        return to_fp16(fp32_path, dst, threshold)
+        return to_fp16(fp32_path, dst, threshold, keep_fp32)
     if precision == "int8":
         return to_int8(fp32_path, dst, calibration, threshold)
     raise ValueError(f"unknown precision {precision!r}; choose fp16 or int8")

@@ -27,6 +27,8 @@ from runtime.detect.preprocess import longest_side_shape, sam_input, sam_prompts
 
 from .checkpoints import file_source, load_exact, read_state_dict
 from .measure import export_measured
+from .optimize import Optimisation
+from .sam_graphs import encoder_forward
 from .samples import parity_image
 from .writer import BundleWriter
 
@@ -58,6 +60,7 @@ class SamSpec:
     variant: str = "vit_b"
     checkpoint: Path | None = None
     precisions: tuple[str, ...] = ("fp32",)
+    fuse: bool = True  # the encoder's attention as onnxruntime's fused operator, folded and fused (optimize.py)
 
 
 def load_sam(variant: str, checkpoint: Path | None = None) -> tuple[nn.Module, dict]:
@@ -76,16 +79,20 @@ def load_sam(variant: str, checkpoint: Path | None = None) -> tuple[nn.Module, d
 
 
 class SamEncoderGraph(nn.Module):
-    """(1, 3, 1024, 1024) float32 RGB 0..255, padded with the mean -> (1, 256, 64, 64)."""
+    """(1, 3, 1024, 1024) float32 RGB 0..255, padded with the mean -> (1, 256, 64, 64).
 
-    def __init__(self, sam: nn.Module):
+    `fused`: attention traces as onnxruntime's MultiHeadAttention (sam_graphs.py).
+    """
+
+    def __init__(self, sam: nn.Module, fused: bool = True):
         super().__init__()
         self.encoder = sam.image_encoder
+        self.fused = fused
         self.register_buffer("mean", sam.pixel_mean.clone()[None])
         self.register_buffer("std", sam.pixel_std.clone()[None])
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.encoder((pixels - self.mean) / self.std)
+        return encoder_forward(self.encoder, (pixels - self.mean) / self.std, self.fused)
 
 
 def export_sam(spec: SamSpec, writer: BundleWriter) -> list[Component]:
@@ -120,10 +127,13 @@ def _export_encoder(sam, spec, writer, source) -> tuple[Component, np.ndarray]:
     unpadded = torch.from_numpy(pixels[:, :, :new_h, :new_w].copy())
     with torch.no_grad():  # SAM's own normalise-then-zero-pad path
         reference = sam.image_encoder(sam.preprocess(unpadded)).numpy()
-    graph = SamEncoderGraph(sam).eval()
+    graph = SamEncoderGraph(sam, fused=spec.fuse).eval()
+    attn = sam.image_encoder.blocks[0].attn
     graphs = export_measured(
         writer, "sam_encoder", graph, (torch.from_numpy(pixels),), ["pixels"], ["image_embeddings"],
         reference={"image_embeddings": reference}, feeds={"pixels": pixels}, precisions=spec.precisions,
+        optimise=Optimisation(attn.num_heads, attn.qkv.in_features) if spec.fuse else None,
+        features={"image_embeddings": 1},  # a 256-vector per position (NCHW)
     )  # fmt: skip
     shape = (1, 3, target, target)
     component = Component(

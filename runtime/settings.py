@@ -76,6 +76,10 @@ class DetectorSettings(Section):
     threads: int | None = setting(None, "intra-op threads per session (unset: onnxruntime decides)", low=1)
     trt_cache_dir: Path | None = setting(None, "where TensorRT engines are built and cached")
     trt_fp16: bool = setting(False, "let TensorRT build fp16 engines (faster on GPUs with tensor cores)")
+    io_binding: bool | None = setting(None, "bind graph inputs and outputs to the device: a frame is uploaded once, "
+                                      "SAM's embeddings stay on the GPU; unset: on for CUDA and TensorRT")  # fmt: skip
+    cuda_graph: bool = setting(False, "capture the static graphs (image encoder, SAM encoder) as CUDA graphs on "
+                               "CUDA/TensorRT (implies io_binding); off until measured faster on the GPU")  # fmt: skip
     text_cache_dir: Path | None = setting(None, "text-embedding cache (default ~/.cache/lineside/text)")
     prompt_dir: Path | None = setting(None, "folder of prompt banks CATEGORY.json (default BUNDLE/prompts)")
     max_image_pixels: int = setting(MAX_IMAGE_PIXELS, "image files declaring more pixels are refused before "

@@ -188,10 +188,14 @@ def test_text_graph_output_is_unit_norm(tiny_bundle):
 def test_tensorrt_options_carry_the_manifest_profile(tiny_bundle, tmp_path):
     from runtime.bundle.sessions import provider_list
 
-    profile = Bundle.open(tiny_bundle).component("clip_image").tensorrt_profile
+    bundle = Bundle.open(tiny_bundle)
+    profile = bundle.component("sam_decoder").tensorrt_profile  # dynamic: 1..16 prompt points
     entries = provider_list(["tensorrt", "cuda", "cpu"], tmp_path, True, profile)
     name, opts = entries[0]
     assert name == "TensorrtExecutionProvider" and entries[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert opts["trt_profile_max_shapes"] == "pixels:8x3x64x64" and opts["trt_engine_cache_path"] == str(tmp_path)
+    assert opts["trt_profile_max_shapes"] == "point_coords:1x16x2,point_labels:1x16"
+    assert opts["trt_engine_cache_path"] == str(tmp_path)
+    static = provider_list(["tensorrt"], None, False, bundle.component("clip_image").tensorrt_profile)[0][1]
+    assert static["trt_profile_min_shapes"] == static["trt_profile_max_shapes"] == "pixels:1x3x64x64"
     with pytest.raises(ValueError, match="unknown provider 'tpu'"):
         provider_list(["tpu"])

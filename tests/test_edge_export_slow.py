@@ -20,7 +20,7 @@ def test_edge_profile_random_init_exports_and_runs(tmp_path, capsys):
     bundle = Bundle.open(out)
     image = bundle.component("clip_image")
     assert image.config["grid"] == [14, 14] and [t["layer"] for t in image.config["taps"]] == [6, 9, 12]
-    assert image.source["vv_from"] == 4 and image.outputs[1].shape == ("batch", 196, 512)
+    assert image.source["vv_from"] == 4 and image.outputs[1].shape == (1, 196, 512)
     assert bundle.component("sam_encoder").outputs[0].shape == (1, 256, 64, 64)
     _, rows = check(out)
     assert len(rows) == 4

@@ -83,8 +83,12 @@ def provider_list(
     trt_cache_dir: Path | None = None,
     trt_fp16: bool = False,
     trt_profile: dict | None = None,
+    cuda_graph: bool = False,
 ) -> list:
-    """Short names ("tensorrt", "cuda", "cpu") -> onnxruntime provider entries, in order."""
+    """Short names ("tensorrt", "cuda", "cpu") -> onnxruntime provider entries, in order.
+
+    cuda_graph: capture the graph in a CUDA graph on its first run and replay it (static
+    shapes and IO-bound buffers at fixed addresses only: runtime/bundle/binding.py)."""
     out = []
     for short in providers:
         if short not in PROVIDER_NAMES:
@@ -98,10 +102,19 @@ def provider_list(
                 # The engine is keyed by the onnx file's hash inside this folder, so a
                 # new bundle or GPU builds a new engine instead of loading a stale one.
                 opts |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache_dir)}
+            if cuda_graph:
+                opts["trt_cuda_graph_enable"] = True
             out.append((name, opts))
+        elif short == "cuda" and cuda_graph:
+            out.append((name, {"enable_cuda_graph": "1"}))
         else:
             out.append(name)
     return out
+
+
+def _static(session) -> bool:
+    """Whether every input and output of an onnxruntime session has a fixed shape."""
+    return all(isinstance(d, int) for t in (*session.get_inputs(), *session.get_outputs()) for d in t.shape)
 
 
 class OnnxSession:
@@ -116,9 +129,11 @@ class OnnxSession:
         trt_fp16: bool = False,
         trt_profile: dict | None = None,
         strict_providers: bool = False,
+        cuda_graph: bool = False,
     ):
         self.path = Path(path)
         self._options = (threads, trt_cache_dir, trt_fp16, trt_profile)
+        self.cuda_graph = cuda_graph and bool({"cuda", "tensorrt"} & set(providers))
         self.strict = strict_providers
         self._open(tuple(providers))
         self._report_missing(tuple(providers))
@@ -133,9 +148,18 @@ class OnnxSession:
             options.intra_op_num_threads = threads
         self.requested = providers
         _preload_gpu_libraries(ort, providers)
-        self.session = ort.InferenceSession(
-            str(self.path), options, providers=provider_list(providers, trt_cache_dir, trt_fp16, trt_profile)
-        )
+        entries = provider_list(providers, trt_cache_dir, trt_fp16, trt_profile, self.cuda_graph)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=entries)
+        except Exception as e:  # e.g. nodes the CUDA provider leaves to the CPU, which capture refuses
+            if not self.cuda_graph:
+                raise
+            log.warning("%s: CUDA-graph capture refused (%s); running without it", self.path.name, e)
+            self.cuda_graph = False
+            return self._open(providers)
+        if self.cuda_graph and not _static(self.session):  # a replayed graph cannot change shape
+            self.cuda_graph = False
+            return self._open(providers)
         self.providers = tuple(self.session.get_providers())
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())
@@ -163,3 +187,10 @@ class OnnxSession:
             self._open(fallback)
             return self.run(feeds, outputs)
         return dict(zip(names, values))
+
+    def run_with_iobinding(self, binding) -> None:
+        """Run once on an IO binding of this session (binding.py, which falls back through `run`)."""
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as e:  # onnxruntime's pybind errors share no useful base class
+            raise RuntimeError(f"{self.path.name} failed on {', '.join(self.providers)}: {e}") from e

@@ -14,6 +14,7 @@ import dataclasses
 
 import numpy as np
 
+from ..bundle.binding import bound
 from ..bundle.loader import Bundle
 from ..bundle.manifest import BundleError, Component
 from ..settings import DetectorSettings
@@ -28,6 +29,8 @@ SESSION_SETTINGS = (
     "strict_providers",
     "trt_cache_dir",
     "trt_fp16",
+    "io_binding",
+    "cuda_graph",
     "text_cache_dir",
 )
 
@@ -51,6 +54,7 @@ def session_options(settings: DetectorSettings) -> dict:
         "threads": settings.threads,
         "trt_cache_dir": settings.trt_cache_dir,
         "trt_fp16": settings.trt_fp16,
+        "cuda_graph": settings.cuda_graph,
         "strict_providers": settings.strict_providers,
     }
 
@@ -100,7 +104,7 @@ class ImageEncoder:
         component = image_component(bundle)
         precision = bundle.precision_for(component.name, settings.precision)
         session = bundle.session(component.name, precision, settings.providers, **session_options(settings))
-        return cls(session, component, precision)
+        return cls(bound(session, component, settings.io_binding), component, precision)
 
     @property
     def providers(self) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..bundle.binding import BoundSession, bound
 from ..bundle.loader import Bundle
 from ..bundle.manifest import REBUILD_HINT, BundleError
 from ..settings import DetectorSettings
@@ -29,7 +30,15 @@ def has_sam(bundle: Bundle) -> bool:
 class SamRefiner:
     """Masks for candidate regions; the caller filters them by IoU, area and anomaly mass."""
 
-    def __init__(self, bundle: Bundle, precision: str = "fp32", providers=("cpu",), **session_options):
+    def __init__(
+        self,
+        bundle: Bundle,
+        precision: str = "fp32",
+        providers=("cpu",),
+        io_binding: bool | None = None,
+        **session_options,
+    ):
+        """With IO binding (`io_binding`, binding.py) the image embeddings stay on the device between the two."""
         if not has_sam(bundle):
             raise BundleError(f"{bundle.path} has no SAM (roles sam_encoder and sam_decoder); {REBUILD_HINT}")
         self.encoder_c, self.decoder_c = bundle.by_role("sam_encoder"), bundle.by_role("sam_decoder")
@@ -37,6 +46,8 @@ class SamRefiner:
             bundle.session(c.name, bundle.precision_for(c.name, precision), providers, **session_options)
             for c in (self.encoder_c, self.decoder_c)
         )
+        self.encoder = bound(self.encoder, self.encoder_c, io_binding)
+        self.decoder = bound(self.decoder, self.decoder_c, io_binding)
         self.multi = list(self.decoder_c.config["mask_slots"]["multi"])
         self.threshold = float(self.decoder_c.config["mask_threshold"])
 
@@ -45,20 +56,26 @@ class SamRefiner:
         """The bundle's SAM at the settings' precision and providers; None when the bundle has no SAM."""
         if not has_sam(bundle):
             return None
-        return cls(bundle, settings.precision, settings.providers, **session_options(settings))
+        return cls(bundle, settings.precision, settings.providers, settings.io_binding, **session_options(settings))
 
-    def embed(self, frame_rgb: np.ndarray) -> np.ndarray:
+    def embed(self, frame_rgb: np.ndarray):
+        """The frame's image embeddings: numpy, or an OrtValue left on the device with IO binding."""
         feeds = {self.encoder_c.inputs[0].name: sam_input(frame_rgb, self.encoder_c.preprocessing)}
-        return self.encoder.run(feeds)[self.encoder_c.outputs[0].name]
+        name = self.encoder_c.outputs[0].name
+        if isinstance(self.encoder, BoundSession):
+            return self.encoder.run(feeds, to_host=(), keep=(name,))[name]
+        return self.encoder.run(feeds)[name]
 
-    def masks(self, embeddings: np.ndarray, work_hw: tuple[int, int], found: list[Candidate]) -> list[SamMask]:
+    def masks(self, embeddings, work_hw: tuple[int, int], found: list[Candidate]) -> list[SamMask]:
         """One mask per candidate: of SAM's multi-mask answers, the one it rates best."""
         out = []
-        names = [t.name for t in self.decoder_c.outputs]
+        names = [t.name for t in self.decoder_c.outputs][:2]  # masks, iou_predictions (low_res_masks unused)
+        if not isinstance(embeddings, np.ndarray) and not isinstance(self.decoder, BoundSession):
+            embeddings = embeddings.numpy()  # an unbound decoder takes host memory
         for candidate in found:
             feeds = sam_prompts(work_hw, self.decoder_c.preprocessing,
                                 np.array([candidate.peak]), np.array([1.0]), np.array(candidate.box, np.float32))  # fmt: skip
-            result = self.decoder.run({self.decoder_c.inputs[0].name: embeddings, **feeds})
+            result = self.decoder.run({self.decoder_c.inputs[0].name: embeddings, **feeds}, names)
             masks, ious = result[names[0]][0], result[names[1]][0]  # (4, h, w), (4,)
             best = max(self.multi, key=lambda slot: ious[slot])
             out.append(SamMask(masks[best] > self.threshold, float(ious[best])))
