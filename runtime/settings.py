@@ -150,6 +150,24 @@ class ServeSettings(Section):
                                  "429, MQTT TOPIC/refused) and counted", low=1)  # fmt: skip
     trigger_mqtt: str = setting("", "MQTT command topic mqtt://HOST:PORT/TOPIC: each message is one trigger "
                                 "(payload: its id, {\"id\": ...} or empty); needs trigger=software")  # fmt: skip
+    camera_exposure_us: float | None = setting(
+        None,
+        "gige:// or u3v:// camera: exposure time in microseconds (GenICam ExposureTime); unset: as it is",
+        above=0.0,
+    )
+    camera_gain_db: float | None = setting(
+        None, "gige:// or u3v:// camera: gain in dB (GenICam Gain); unset: as it is", low=0.0
+    )
+    camera_pixel_format: str = setting(
+        "",
+        "gige:// or u3v:// camera: GenICam PixelFormat (Mono8, Mono16, RGB8, BGR8, BayerRG8, BayerGR8, BayerGB8, "
+        "BayerBG8); empty: as it is",
+    )
+    camera_trigger: str = setting(
+        "off",
+        "gige:// or u3v:// camera: off (free-running); software (each trigger fires its TriggerSoftware; needs "
+        "trigger=software); or a line such as Line0 (its hardware trigger: every frame it sends is inspected)",
+    )
     host: str = setting("127.0.0.1", "HTTP address (127.0.0.1: this box only)")
     port: int = setting(8080, "HTTP port (0: any free port)", low=0, high=65535)
     http_max_connections: int = setting(64, "open HTTP connections at most; more are answered 503", low=1)
@@ -177,6 +195,8 @@ class ServeSettings(Section):
             raise ValueError("setting source: empty; give a camera index, file, folder or URL")
         if self.trigger_mqtt and self.trigger != "software":
             raise ValueError("setting trigger_mqtt: needs trigger=software (now free-run: every frame is inspected)")
+        if self.camera_trigger == "software" and self.trigger != "software":
+            raise ValueError("setting camera_trigger: software needs trigger=software (the triggers that fire it)")
 
 
 SECTIONS: dict[str, type[Section]] = {

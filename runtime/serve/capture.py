@@ -142,10 +142,13 @@ class Capture(threading.Thread):
                     self.problem = f"source {self.source.spec!r} stopped delivering ({note})"
                     log.warning(self.problem)
                 return
+            if image is None and not note:
+                continue  # no frame yet (a triggered camera waiting for its trigger)
             self.frames += 1
             self.metrics.captured.inc()
-            frame = Frame(self.frames, time.time(), image, self.source.spec, note, self.source.last_file)
-            if self.slot.put(frame, wait=not self.source.live, stop=self.stop):
+            taken = self.source.last_time or time.time()  # the source's own capture time when it has one
+            frame = Frame(self.frames, taken, image, self.source.spec, note, self.source.last_file)
+            if self.slot.put(frame, wait=self.source.waits, stop=self.stop):
                 self.metrics.dropped.inc()
             if period:
                 next_at += period

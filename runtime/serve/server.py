@@ -54,12 +54,13 @@ class Server:
         self.settings, s, job = settings, settings.serve, settings.job
         max_pixels = settings.detector.max_image_pixels
         self.metrics, self.state, self.stop = Metrics(), State(s.recent), threading.Event()
-        self.source = source or open_source(s.source, max_pixels, s.decode_threads)
+        self.source = source or open_source(s.source, max_pixels, s.decode_threads, camera=s)
         self.sinks = [parse_sink(spec, self.metrics, s.sink_queue, s.mqtt_queue, s.webhook_follow_redirects)
                       for spec in s.sink]  # fmt: skip
         if s.save_ng:
             self.sinks.append(NgImageSink(s.save_ng, s.save_ng_mb, self.metrics, s.sink_queue))
-        self.triggers = TriggerQueue(s.trigger_queue, self.metrics) if s.trigger == "software" else None
+        software = s.trigger == "software"
+        self.triggers = TriggerQueue(s.trigger_queue, self.metrics, self.source.fire) if software else None
         self.trigger_topic = MqttTriggers(s.trigger_mqtt, self.triggers) if s.trigger_mqtt else None
         if source is None:
             self.source.probe()

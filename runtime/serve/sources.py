@@ -48,6 +48,16 @@ class FrameSource:
 
     live = True
     last_file = ""  # the file the last read() came from, if the source reads files
+    last_time: float | None = None  # when the last read()'s frame was taken (unix seconds), if the source knows
+
+    @property
+    def waits(self) -> bool:
+        """Frames wait for the inspector (every one inspected) instead of replacing an unread one."""
+        return not self.live
+
+    def fire(self) -> bool:
+        """Make the source take a frame now (a camera's software trigger); False when it cannot now."""
+        return True
 
     def __init__(self, spec: str):
         self.spec = spec
@@ -59,7 +69,11 @@ class FrameSource:
         raise NotImplementedError
 
     def read(self) -> tuple[bool, np.ndarray | None, str]:
-        """(source still delivering, image or None, note). False means: reopen (or finished)."""
+        """(source still delivering, image or None, note). False means: reopen (or finished).
+
+        (True, None, note) is a frame that could not be decoded, and `note` says why; (True, None, "")
+        is no frame yet (a triggered camera waiting), which is not a frame at all.
+        """
         raise NotImplementedError
 
     def close(self) -> None:
@@ -230,15 +244,16 @@ def _url(spec: str, scheme: str) -> FrameSource:
     if scheme in FFMPEG_SCHEMES:  # passed through as it is: FFmpeg reads it
         _backend("FFMPEG", spec, "install opencv-python-headless (the cpu/gpu extras), whose wheels carry FFmpeg")
         return CaptureSource(spec, spec, live=True, api=cv2.CAP_FFMPEG)
-    known = ", ".join(f"{s}://" for s in ("file", "v4l2", "csi", *FFMPEG_SCHEMES))
+    known = ", ".join(f"{s}://" for s in ("file", "v4l2", "csi", "gige", "u3v", *FFMPEG_SCHEMES))
     raise ValueError(f"--source {printable(spec)!r}: unknown scheme {scheme}://; known: {known}, gst:PIPELINE")
 
 
-def open_source(spec: str, max_pixels: int = MAX_IMAGE_PIXELS, decode_threads: int = 2) -> FrameSource:
+def open_source(spec: str, max_pixels: int = MAX_IMAGE_PIXELS, decode_threads: int = 2, camera=None) -> FrameSource:
     """The right source for a --source value; a missing file or folder is refused at once.
 
     A camera index, /dev/videoN, v4l2:///dev/videoN, csi://N (Jetson), gst:PIPELINE (GStreamer),
-    an FFmpeg URL (rtsp, rtmp, udp, srt, rtp, tcp, http(s): passed through), a video file or an
+    an FFmpeg URL (rtsp, rtmp, udp, srt, rtp, tcp, http(s): passed through), gige:// or u3v://
+    (a GenICam camera through Aravis, set up from `camera`, the ServeSettings), a video file or an
     image folder (a path, or file://PATH).
     """
     if re.fullmatch(r"\d+", spec):
@@ -252,6 +267,10 @@ def open_source(spec: str, max_pixels: int = MAX_IMAGE_PIXELS, decode_threads: i
             pipeline += f" ! videoconvert ! video/x-raw,format=BGR ! {APPSINK}"
         return CaptureSource(spec, pipeline, live=True, api=cv2.CAP_GSTREAMER)
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", spec)
+    if scheme and scheme[1].lower() in ("gige", "u3v"):
+        from .aravis import AravisSource  # GObject introspection, only for these cameras
+
+        return AravisSource(spec, camera)
     if scheme and scheme[1].lower() != "file":
         return _url(spec, scheme[1].lower())
     path = Path(unquote(spec[7:]) if scheme else spec)

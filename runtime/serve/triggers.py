@@ -27,6 +27,7 @@ log = logging.getLogger("lineside.serve")
 
 MAX_ID = 128  # characters of a trigger id
 MAX_BODY = 4096  # bytes of a trigger request or message
+REFIRE_S = 2.0  # a fired source (a camera's software trigger) that sent no frame is fired again
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,11 @@ def trigger_id(payload: bytes, query_id: str | None = None) -> str | None:
 class TriggerQueue:
     """Triggers waiting for the inspector, at most `bound`; the one being served is not counted."""
 
-    def __init__(self, bound: int, metrics):
+    def __init__(self, bound: int, metrics, fire=lambda: True):
         if bound < 1:
             raise ValueError(f"setting trigger_queue: {bound} must be >= 1")
-        self.bound, self.metrics = bound, metrics
+        self.bound, self.metrics, self.fire = bound, metrics, fire  # fire: the source's, e.g. a camera's trigger
+        self._fired_at: float | None = None
         self._waiting: collections.deque[Trigger] = collections.deque()
         self._cond = threading.Condition()
         self._count = 0
@@ -122,15 +124,18 @@ class TriggerQueue:
         """The next trigger's frame, marked with it; None when no trigger came or serve is stopping.
 
         Live: the first frame captured at or after the trigger (older ones are passed over).
-        A recording: its next frame, whenever it was read.
+        A recording: its next frame, whenever it was read. The source is fired when the trigger
+        is taken (a camera's software trigger), and again every REFIRE_S while no frame came.
         """
         trigger = self.current or self._take(0.2)
         if trigger is None:
             return None
         while True:
+            if self._fired_at is None or time.monotonic() - self._fired_at > REFIRE_S:
+                self._fired_at = time.monotonic() if self.fire() else None
             frame = slot.get(timeout=0.2)
             if frame is not None and (not live or frame.time >= trigger.time):
-                self.current = None
+                self.current = self._fired_at = None
                 return dataclasses.replace(frame, trigger_id=trigger.id, trigger_time=trigger.time)
             if stop.is_set():
                 return None

@@ -1,0 +1,205 @@
+"""GigE Vision through Aravis, against Aravis's own simulated camera (arv-fake-gv-camera-0.8) on loopback:
+settings applied to the camera, free-running inspection, one inspection per software trigger fired on the
+camera, the hardware trigger configured, a missing camera waited for, refused settings refused at start."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import open_clip
+import pytest
+
+from runtime.detect.detector import Detector
+from runtime.serve import Server, Settings
+from runtime.serve.__main__ import main as serve_main
+from runtime.serve.aravis import PIXEL_FORMATS, to_bgr
+from tests.controlled import CATEGORY, build_controlled_bundle
+
+SYSTEM_GI = Path("/usr/lib/python3/dist-packages")  # Debian's python3-gi: GObject introspection is not a wheel
+SERIAL = "LINESIDE1"
+CAMERA = f"gige://Aravis-Fake-{SERIAL}"
+
+
+def _aravis():
+    """Aravis's bindings, from the system packages as the README says (a venv with --system-site-packages)."""
+    try:
+        import gi  # noqa: F401
+    except ImportError:
+        if (SYSTEM_GI / "gi").is_dir():
+            sys.path.append(str(SYSTEM_GI))
+    try:
+        import gi
+
+        gi.require_version("Aravis", "0.8")
+        from gi.repository import Aravis
+    except (ImportError, ValueError) as e:
+        pytest.fail(f"Aravis bindings missing ({e}): .ci/run installs gir1.2-aravis-0.8 python3-gi aravis-tools")
+    return Aravis
+
+
+@pytest.fixture
+def fake_camera():
+    """Aravis's simulated GigE Vision camera on 127.0.0.1, found by discovery before the test uses it.
+
+    A new one for each test: the simulator resumes a frame cut short by the previous test's stop,
+    so that the next session's first frame would arrive incomplete (an ERROR line, as it should be).
+    """
+    exe = shutil.which("arv-fake-gv-camera-0.8")
+    if exe is None:
+        pytest.fail("arv-fake-gv-camera-0.8 is not installed: .ci/run installs Debian's aravis-tools")
+    aravis = _aravis()
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([exe, "-i", "127.0.0.1", "-s", SERIAL], **quiet)
+    try:
+        deadline = time.time() + 15
+        while True:
+            aravis.update_device_list()
+            if f"Aravis-Fake-{SERIAL}" in [aravis.get_device_id(i) for i in range(aravis.get_n_devices())]:
+                break
+            assert time.time() < deadline and proc.poll() is None, "the fake camera was not discovered"
+            time.sleep(0.2)
+        yield CAMERA
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory) -> Path:
+    return build_controlled_bundle(tmp_path_factory.mktemp("c") / "b", Path(open_clip.tokenizer.default_bpe()))
+
+
+@pytest.fixture(scope="module")
+def detector(controlled, tmp_path_factory) -> Detector:
+    return Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path_factory.mktemp("text"))
+
+
+def _settings(controlled, tmp_path, **kw) -> Settings:
+    base = dict(source=CAMERA, bundle=controlled, category=CATEGORY, port=0, explain=False,
+                results=tmp_path / "results.jsonl", reconnect_max_s=0.5)  # fmt: skip
+    return Settings.of(**(base | kw))
+
+
+def _lines(server: Server) -> list[dict]:
+    path = server.settings.serve.results
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, what
+        time.sleep(0.05)
+
+
+def _feature(server: Server, name: str) -> str:
+    return server.source.camera.get_device().get_string_feature_value(name)
+
+
+def test_every_pixel_format_lineside_reads_becomes_bgr():
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    assert (to_bgr(rgb.tobytes(), 6, 4, "RGB8")[1, 1] == [0, 0, 200]).all()
+    assert (to_bgr(rgb[..., ::-1].tobytes(), 6, 4, "BGR8")[1, 1] == [0, 0, 200]).all()
+    mosaic = np.zeros((8, 8), np.uint8)
+    mosaic[0::2, 0::2] = 200  # the red sites of an RGGB sensor (GenICam BayerRG8)
+    assert (to_bgr(mosaic.tobytes(), 8, 8, "BayerRG8")[4, 4] == [0, 0, 200]).all()
+    mono16 = to_bgr(np.full((2, 2), 4000, np.uint16).tobytes(), 2, 2, "Mono16")
+    assert mono16.shape == (2, 2, 3) and mono16.dtype == np.uint16 and (mono16 == 4000).all()
+    for name in PIXEL_FORMATS:
+        assert to_bgr(bytes(64 * 3 * 2), 8, 4, name).shape[:2] == (4, 8)
+
+
+def test_a_free_running_camera_is_inspected_with_the_settings_applied(fake_camera, controlled, detector, tmp_path):
+    settings = _settings(controlled, tmp_path, camera_pixel_format="Mono8", camera_exposure_us=5000.0,
+                         camera_gain_db=2.0)  # fmt: skip
+    server = Server(settings, detector=detector).start()
+    try:
+        _wait(lambda: len(_lines(server)) >= 3, 30, "three lines from the camera")
+        camera = server.source.camera
+        assert camera.get_exposure_time() == 5000.0 and camera.get_gain() == 2.0
+        assert camera.get_pixel_format_as_string() == "Mono8" and _feature(server, "TriggerMode") == "Off"
+        assert server.ready()[0]
+    finally:
+        server.shutdown()
+    lines = _lines(server)
+    assert all(x["source"] == CAMERA and x["label"] in ("OK", "NG") for x in lines)
+
+
+def test_one_inspection_per_trigger_fired_on_the_camera(fake_camera, controlled, detector, tmp_path):
+    settings = _settings(controlled, tmp_path, trigger="software", camera_trigger="software",
+                         camera_pixel_format="BayerRG8")  # fmt: skip
+    server = Server(settings, detector=detector).start()
+    try:
+        _wait(server.capture.connected.is_set, 15, "camera connected")
+        assert (_feature(server, "TriggerMode"), _feature(server, "TriggerSource")) == ("On", "Software")
+        time.sleep(1.0)
+        assert server.capture.frames == 0  # a triggered camera sends nothing by itself
+        for part in ("warm-up", "p1", "p2", "p3"):
+            request = urllib.request.Request(f"http://127.0.0.1:{server.web.port}/api/trigger?id={part}", b"")
+            with urllib.request.urlopen(request, timeout=5) as r:
+                assert r.status == 202
+        _wait(lambda: len(_lines(server)) >= 4, 30, "four triggered lines")
+        time.sleep(2.5)  # longer than a re-fire: nothing more comes
+    finally:
+        server.shutdown()
+    warm_up, *lines = _lines(server)
+    # Aravis's simulator, left idle before its first trigger, sends that first frame with most packets
+    # missing (so it does without lineside too): that line must then be an ERROR naming it, never OK.
+    assert warm_up["trigger_id"] == "warm-up" and (warm_up["label"] != "ERROR" or "incomplete" in warm_up["error"])
+    assert [x["trigger_id"] for x in lines] == ["p1", "p2", "p3"] and server.capture.frames == 4
+    assert all(x["label"] in ("OK", "NG") and x["time"] >= x["trigger_time"] for x in lines)
+
+
+def test_the_hardware_trigger_is_set_on_the_camera_and_its_frames_wait(fake_camera, controlled, detector, tmp_path):
+    server = Server(_settings(controlled, tmp_path, camera_trigger="Line0"), detector=detector).start()
+    try:
+        _wait(server.capture.connected.is_set, 15, "camera connected")
+        assert (_feature(server, "TriggerMode"), _feature(server, "TriggerSource")) == ("On", "Line0")
+        assert server.source.waits and server.ready()[0]
+        time.sleep(1.0)
+        assert _lines(server) == []  # no pulse on Line0: no part, no line
+    finally:
+        server.shutdown()
+
+
+def test_a_camera_that_is_not_there_is_waited_for(controlled, detector, tmp_path):
+    _aravis()
+    server = Server(_settings(controlled, tmp_path, source="gige://Aravis-Fake-NOBODY"), detector=detector).start()
+    try:
+        time.sleep(1.5)
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.web.port}/readyz", timeout=5)
+            status, body = 200, b""
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read()
+        assert status == 503 and b"Aravis-Fake-NOBODY" in body and server.health()[0]
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--camera-pixel-format", "Mono12p"], "lineside reads Mono8, Mono16"),
+    (["--camera-trigger", "Line7"], "refuses the settings"),
+    (["--camera-trigger", "software"], "camera_trigger: software needs trigger=software"),
+])  # fmt: skip
+def test_settings_the_camera_refuses_are_refused_at_start(fake_camera, controlled, tmp_path, capsys, argv, message):
+    code = serve_main(["--bundle", str(controlled), "--source", CAMERA, "--results", str(tmp_path / "r.jsonl"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_the_bayer_frames_match_opencvs_own_demosaic():
+    """The conversion table is OpenCV's RGGB naming, checked once more on a real-size gradient."""
+    gradient = np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))
+    expected = cv2.cvtColor(gradient, cv2.COLOR_BayerRGGB2BGR)
+    assert (to_bgr(gradient.tobytes(), 64, 48, "BayerRG8") == expected).all()
