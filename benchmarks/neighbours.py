@@ -12,6 +12,7 @@ cell type and pooled. Speed claims are ratios from this one run.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from .datasets import elpv
 from .demo import SHOTS, held_out
 from .metrics import binary_metrics
 
-DEFAULT_CONFIGS = "exact,coreset:0.1,coreset:0.25,faiss,coreset:0.1+faiss"
+DEFAULT_CONFIGS = "exact,coreset:0.05,coreset:0.1,coreset:0.25,faiss"
 
 
 def parse_config(spec: str) -> dict:
@@ -46,10 +47,13 @@ def parse_config(spec: str) -> dict:
     return {"coreset_ratio": ratio, "nn_index": index}
 
 
-def run(bundle: Path, configs: list[str], per_class: int, seed: int) -> dict:
+def run(bundle: Path, configs: list[str], per_class: int, seed: int, threads: int | None = None) -> dict:
     with tempfile.TemporaryDirectory() as cache:
         made = {c: parse_config(c) for c in configs}
-        detectors = {c: Detector.from_bundle(bundle, reference_cache_dir=Path(cache), **made[c]) for c in configs}
+        detectors = {
+            c: Detector.from_bundle(bundle, reference_cache_dir=Path(cache), threads=threads, **made[c])
+            for c in configs
+        }
         rows = {c: {"config": c, "build_s": 0.0, "reference": [], "image_encoder": [], "scores": {}} for c in configs}
         labels = {}
         for cat in elpv(seed):
@@ -116,6 +120,8 @@ def markdown(data: dict) -> str:
             f"ELPV, {data['shots']} shots per cell type, {data['per_class']} good + {data['per_class']} defective "
             f"held-out cells per type; bundle {data['bundle']}.",
             "",
+            f"Command: `{data.get('command', 'python -m benchmarks.neighbours')}`",
+            "",
             f"Machine: {m['cpu']}, {m['cores']} cores, ISA {', '.join(m['isa']) or '-'}, "
             f"onnxruntime {m['onnxruntime']}.",
             "",
@@ -135,12 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma list (default {DEFAULT_CONFIGS})")
     ap.add_argument("--per-class", type=int, default=40, help="good and defective cells per type")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, help="onnxruntime threads (with OPENBLAS_NUM_THREADS for numpy's)")
     ap.add_argument("--out", type=Path, default=reporting.REPORTS / "neighbours")
     args = ap.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     for c in configs:
         parse_config(c)
-    data = run(args.bundle, configs, args.per_class, args.seed)
+    data = run(args.bundle, configs, args.per_class, args.seed, args.threads)
+    data["command"] = f"python -m benchmarks.neighbours --bundle {args.bundle} --configs {','.join(configs)}"
+    data["command"] += f" --per-class {args.per_class} --seed {args.seed}"
+    if args.threads:
+        blas = os.environ.get("OPENBLAS_NUM_THREADS")
+        data["command"] = (
+            (f"OPENBLAS_NUM_THREADS={blas} " if blas else "") + data["command"] + f" --threads {args.threads}"
+        )
     reporting.publish(args.out, "report", data, markdown(data))
     return 0
 

@@ -93,6 +93,13 @@ class DetectorSettings(Section):
     smoothing_sigma: float = setting(4.0, "Gaussian sigma of the anomaly map, in pixels at 518 px input", low=0.0)
     map_weight: float = unit(0.5, "image score = (1 - w) * global-embedding score + w * map maximum")
     reference_weight: float = unit(0.5, "weight of the reference (few-shot) map when references are given")
+    coreset_ratio: float = setting(0.1, "share of the references' patches searched first (greedy k-center coreset; "
+                                   "the farthest patches then exactly); 1.0: all", above=0.0, high=1.0)  # fmt: skip
+    nn_index: str = setting("auto", "nearest-neighbour search over reference patches: numpy (exact, blocked), faiss "
+                            "(HNSW, pip install 'lineside[fast]'), auto (faiss on large banks when installed)",
+                            choices=("auto", "numpy", "faiss"))  # fmt: skip
+    reference_cache_dir: Path | None = setting(None, "where reference memories are kept by content (default: "
+                                               "beside the text cache, ~/.cache/lineside/references)")  # fmt: skip
     coreset_ratio: float = setting(1.0, "share of the references' patches kept (greedy k-center coreset) for the "
                                    "nearest-neighbour search; 1.0: all, exact", above=0.0, high=1.0)  # fmt: skip
     nn_index: str = setting("auto", "nearest-neighbour search over reference patches: numpy (exact, blocked), faiss "

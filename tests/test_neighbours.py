@@ -77,10 +77,26 @@ def test_faiss_index_is_exact_on_the_farthest_tokens_and_survives_bytes():
     search = searcher(bank, "faiss")
     found = search.max_similarity(tokens)
     assert np.all(found <= exact + 1e-5)  # a graph search can only miss the nearest row, never beat it
-    far = np.argsort(exact)[:5]  # the tokens that set the score
-    np.testing.assert_allclose(found[far], exact[far], atol=1e-5)
+    assert found.min() == pytest.approx(exact.min(), abs=1e-6)  # the token that sets the score
     again = searcher(bank, "faiss", search.to_bytes())
     np.testing.assert_allclose(again.max_similarity(tokens), found, atol=1e-6)
+
+
+def test_a_coreset_search_is_exact_on_the_farthest_tokens():
+    """Normal patches in clusters, a frame of normal patches and five odd ones: the odd ones are searched exactly."""
+    rng = np.random.default_rng(8)
+    centres = unit_rows(40, seed=9)
+    bank = l2_normalize(np.repeat(centres, 50, axis=0) + 0.15 * rng.standard_normal((2000, 16)).astype(np.float32))
+    normal = l2_normalize(centres[rng.integers(0, 40, 95)] + 0.15 * rng.standard_normal((95, 16)).astype(np.float32))
+    tokens = np.concatenate([normal, unit_rows(5, seed=10)])  # (100, 16): the last five odd
+    exact = NumpySearch(bank).max_similarity(tokens)
+    keep = coreset_indices(bank, 0.1)
+    refined = searcher(bank[keep], "numpy", complete=bank)
+    found = refined.max_similarity(tokens)
+    assert np.all(found <= exact + 1e-6) and refined.name == "numpy"
+    assert found.min() == pytest.approx(exact.min(), abs=1e-6)  # the farthest token: exact
+    np.testing.assert_allclose(np.sort(found[95:])[:3], np.sort(exact[95:])[:3], atol=1e-6)
+    assert NumpySearch(bank[keep]).max_similarity(tokens).min() < exact.min() - 0.01  # the coreset alone: not
 
 
 def test_index_choice(monkeypatch):
@@ -109,7 +125,8 @@ def test_memory_at_ratio_one_scores_as_the_exact_search():
 def test_coreset_memory_keeps_its_fraction_and_scores_its_references_low():
     encoder, refs = CountingEncoder(), images(4)
     memory = ReferenceMemory.build(encoder, refs, coreset_ratio=0.25)
-    assert memory.taps[0].shape == (16, 8) and memory.spread > 0
+    assert memory.taps[0].shape == (16, 8) and memory.complete[0].shape == (64, 8)
+    assert memory.spread == ReferenceMemory.build(encoder, refs).spread  # the exact search's scale
     grid, _ = memory.score(*encoder.encode(refs[0]), encoder.grid)
     assert np.isfinite(grid).all() and grid.shape == (4, 4)
 
@@ -144,3 +161,21 @@ def test_faiss_memory_round_trips_through_the_cache(tmp_path):
     assert encoder.calls == 3 and again.index == "faiss" and again.searches[0].name == "faiss"
     tokens = encoder.encode(images(1, seed=7)[0])[1][0]
     np.testing.assert_allclose(again.searches[0].max_similarity(tokens), first.searches[0].max_similarity(tokens))
+
+
+def test_the_benchmark_reads_its_configurations_and_writes_ratios():
+    from benchmarks.neighbours import markdown, parse_config
+
+    assert parse_config("exact") == {"coreset_ratio": 1.0, "nn_index": "numpy"}
+    assert parse_config("coreset:0.1+faiss") == {"coreset_ratio": 0.1, "nn_index": "faiss"}
+    with pytest.raises(ValueError, match="unknown configuration"):
+        parse_config("annoy")
+    row = {"reference_p90_ms": 1.0, "image_encoder_p90_ms": 1.0, "build_s": 1.0, "auroc_mono": 0.8}
+    rows = [
+        row | {"config": "exact", "reference_p50_ms": 100.0, "image_encoder_p50_ms": 25.0, "auroc_pooled": 0.75},
+        row | {"config": "coreset:0.1", "reference_p50_ms": 20.0, "image_encoder_p50_ms": 25.0, "auroc_pooled": 0.752},
+    ]
+    machine = {"cpu": "a CPU", "cores": 2, "isa": ["avx2"], "onnxruntime": "1.0"}
+    text = markdown({"rows": rows, "machine": machine, "shots": 16, "per_class": 40, "bundle": "b"})
+    assert "| coreset:0.1 | 20.000 |" in text and "| 5.000 | 0.800 |" in text and "a CPU" in text
+    assert rows[1]["d_auroc_pooled"] == pytest.approx(0.002)

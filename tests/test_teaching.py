@@ -139,3 +139,17 @@ def test_status_shows_a_threshold_given_as_a_setting(controlled, tmp_path):
     _, status = _serve(controlled, tmp_path, frames, threshold=0.6)
     assert status["operating_point"]["threshold"] == 0.6 and status["operating_point"]["source"] == "threshold setting"
     assert status["operating_point"]["expected_false_alarm"] is None
+
+
+def test_detect_calibrates_from_a_folder_and_says_how(controlled, tmp_path, capsys):
+    from runtime.detect.__main__ import main
+
+    good = _folder(tmp_path / "good", [part()] * 4)
+    frames = _folder(tmp_path / "frames", [part(), part(red_box=(96, 64, 144, 112))])
+    argv = [str(frames), "--bundle", str(controlled), "--category", CATEGORY, "--out", str(tmp_path / "out")]
+    argv += ["--calibrate", str(good), "--false-alarm-target", "0.2", "--text-cache-dir", str(tmp_path / "text")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().err
+    assert "operating point: threshold" in printed and f"calibrate {good}" in printed and "target 20.00%" in printed
+    lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [x["label"] for x in lines] == ["OK", "NG"] and lines[0]["settings"]["threshold"] > 0.0

@@ -1,14 +1,15 @@
 """Nearest neighbours in a reference memory: a coreset of its patches, and the search over them.
 
-    keep = coreset_indices(bank, ratio=0.1)          # greedy k-center: 10% of the rows, covering the rest
-    search = searcher(bank[keep], "auto")            # faiss when importable, else blocked numpy
-    similarity = search.max_similarity(tokens)       # (N,) largest cosine to any kept row
+    keep = coreset_indices(bank, ratio=0.1)                 # greedy k-center: 10% of the rows, covering the rest
+    search = searcher(bank[keep], "numpy", complete=bank)   # blocked numpy; the farthest tokens again in `bank`
+    similarity = search.max_similarity(tokens)              # (N,) cosine of each token's nearest row
 
 Banks and tokens are (M, D) / (N, D) float32 rows of unit length. The numpy
 search is exact and holds at most BLOCK_ELEMENTS similarities at once, whatever
 the bank's size; the faiss index (pip install 'lineside[fast]') is an HNSW graph,
 approximate, and much faster on large banks. Every search answers the same
-question: the cosine of each token's nearest bank row.
+question: the cosine of each token's nearest bank row; a coreset's or a graph's
+answer is `Refined`: its farthest tokens are searched again in the complete bank.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ BLOCK_ELEMENTS = 1 << 22  # similarities held at once by the numpy search: 16 MB
 PROJECTION_DIM = 128  # greedy k-center measures distances in a random projection of at most this many dims
 INDEXES = ("auto", "numpy", "faiss")
 HNSW_LINKS, HNSW_BUILD, HNSW_SEARCH = 32, 80, 64  # faiss HNSW: links per node, efConstruction, efSearch
-EXACT_FRACTION = 0.05  # faiss: the tokens farthest from the bank (those that set the score) are searched exactly
+EXACT_FRACTION = 0.01  # coreset, faiss: the tokens farthest from the bank (they set the score) searched exactly
 FAISS_MIN_ROWS = 4096  # below this many bank rows the blocked numpy search is as fast as a graph
 
 
@@ -80,13 +81,7 @@ class NumpySearch:
 
 
 class FaissSearch:
-    """An HNSW graph over the bank (faiss-cpu), built once and kept on disk as bytes.
-
-    A graph search can stop at a row that is not the nearest, so it only ever
-    overstates a distance, and does so mostly for tokens far from every normal
-    patch: the EXACT_FRACTION of tokens it finds farthest, which decide the map's
-    peak and so the image score, are searched again exactly.
-    """
+    """An HNSW graph over the bank (faiss-cpu): approximate, built once and kept on disk as bytes."""
 
     name = "faiss"
 
@@ -102,20 +97,47 @@ class FaissSearch:
             self.index.hnsw.efConstruction = HNSW_BUILD
             self.index.add(bank)
         self.index.hnsw.efSearch = HNSW_SEARCH
-        self.exact = NumpySearch(bank)
 
     def max_similarity(self, tokens: np.ndarray) -> np.ndarray:
-        """(N, D) -> (N,) largest cosine to any bank row (exact for the farthest EXACT_FRACTION)."""
-        tokens = np.ascontiguousarray(tokens, np.float32)
-        similarity = self.index.search(tokens, 1)[0][:, 0].copy()  # (N,)
-        k = math.ceil(EXACT_FRACTION * len(tokens))
-        if k:
-            far = np.argpartition(similarity, k - 1)[:k]  # the k lowest similarities
-            similarity[far] = self.exact.max_similarity(tokens[far])
-        return similarity
+        """(N, D) -> (N,) cosine of the nearest bank row the graph finds (never above the true nearest)."""
+        return self.index.search(np.ascontiguousarray(tokens, np.float32), 1)[0][:, 0].copy()
 
     def to_bytes(self) -> bytes:
         return _faiss().serialize_index(self.index).tobytes()
+
+
+class Refined:
+    """A fast search whose farthest tokens are searched again, exactly, in the complete bank.
+
+    A coreset or a graph search can only overstate a token's distance (its
+    nearest kept or found row is never nearer than the true nearest). The
+    farthest tokens decide the map's peak, and so the image score: they are
+    searched exactly, EXACT_FRACTION at a time, until the farthest exact distance
+    is at least every distance still from the fast search. Then the farthest
+    token, and its distance, are the exact search's (the bound holds because the
+    fast distances only overstate), while the bulk costs what the fast search costs.
+    """
+
+    def __init__(self, fast: NumpySearch | FaissSearch, exact: NumpySearch):
+        self.fast, self.exact, self.name = fast, exact, fast.name
+
+    def max_similarity(self, tokens: np.ndarray) -> np.ndarray:
+        """(N, D) -> (N,) cosines; exact for the farthest tokens, so exact at the minimum."""
+        tokens = np.ascontiguousarray(tokens, np.float32)
+        similarity = self.fast.max_similarity(tokens)  # (N,)
+        fast = np.ones(len(tokens), bool)  # still the fast search's (a lower bound of the exact cosine)
+        step = max(1, math.ceil(EXACT_FRACTION * len(tokens)))
+        while fast.any():
+            pending = np.flatnonzero(fast)
+            take = pending[np.argpartition(similarity[pending], min(step, len(pending)) - 1)[:step]]
+            similarity[take] = self.exact.max_similarity(tokens[take])
+            fast[take] = False
+            if not fast.any() or similarity[~fast].min() <= similarity[fast].min():
+                break
+        return similarity
+
+    def to_bytes(self) -> bytes | None:
+        return self.fast.to_bytes()
 
 
 def has_faiss() -> bool:
@@ -133,9 +155,13 @@ def index_kind(choice: str, rows: int) -> str:
     return choice
 
 
-def searcher(bank: np.ndarray, kind: str, saved: bytes | None = None) -> NumpySearch | FaissSearch:
-    """The search over `bank` of `kind` ("numpy" or "faiss", from `index_kind`); `saved` a faiss index's bytes."""
-    return FaissSearch(bank, saved) if kind == "faiss" else NumpySearch(bank)
+def searcher(bank: np.ndarray, kind: str, saved: bytes | None = None, complete: np.ndarray | None = None):
+    """The search over `bank` of `kind` ("numpy" or "faiss", from `index_kind`); `saved` a faiss index's bytes;
+    `complete` the rows `bank` is a coreset of. Approximate searches (a coreset, a graph) come `Refined`."""
+    fast = FaissSearch(bank, saved) if kind == "faiss" else NumpySearch(bank)
+    if kind == "faiss" or complete is not None:
+        return Refined(fast, NumpySearch(bank if complete is None else complete))
+    return fast
 
 
 def _faiss():

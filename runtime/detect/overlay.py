@@ -62,7 +62,7 @@ def _banner(canvas: np.ndarray, result: Result, truth: str | None) -> None:
     if truth:
         details += f"  known: {truth}" + _disagreement(result.label, truth)
     x += tw + max(6, bar // 4)
-    _text(canvas, details, (x, y), _fit(details, bar * 0.4, max(1, w - x - 4)))
+    _text(canvas, details, (x, y), _fit(details, bar * 0.4, 0.92 * max(1, w - x - 4)))
 
 
 def _disagreement(label: str, truth: str) -> str:

@@ -23,7 +23,7 @@ from .text_encoder import default_cache_dir
 
 log = logging.getLogger("lineside.references")
 
-FORMAT = 1
+FORMAT = 2
 
 
 def cache_dir(reference_cache_dir: Path | None, text_cache_dir: Path | None) -> Path:

@@ -5,9 +5,10 @@
 
 A memory is keyed by the content of its images (never by the identity of a
 list), and names the encoder that built it: it is only valid with that graph.
-Its patch bank is a coreset of the references' patches (all of them at
-coreset_ratio 1.0), searched by the blocked numpy search or a faiss index
-(neighbours.py); built once per reference set and kept on disk by content
+A frame's patches are searched first in a coreset of the references' patches
+(all of them at coreset_ratio 1.0) by the blocked numpy search or a faiss index,
+then the farthest again in all of them (neighbours.py: the image score stays the
+exact search's); built once per reference set and kept on disk by content
 (reference_cache.py).
 """
 
@@ -46,16 +47,19 @@ class ReferenceMemory:
     count: int  # reference images
     globals: np.ndarray  # (R, D)
     taps: tuple[np.ndarray, ...]  # per tap (K, D): the coreset's rows, K = ceil(coreset_ratio * R * N)
-    spread: float  # normal patch-distance spread (scoring.normal_spread), against the coreset
+    spread: float  # normal patch-distance spread (scoring.normal_spread)
     global_spread: float  # largest leave-one-out global distance among references
     coreset_ratio: float = 1.0  # kept fraction of the references' patches (1.0: all, exact search)
     index: str = "numpy"  # the search over `taps`: "numpy" (exact, blocked) or "faiss" (HNSW)
     saved_index: tuple = field(default=(), compare=False, repr=False)  # per tap a faiss index's bytes, or ()
+    complete: tuple = field(default=(), compare=False, repr=False)  # per tap (R * N, D) when `taps` is a coreset
     searches: tuple = field(init=False, compare=False, repr=False)  # per tap, built from the above
 
     def __post_init__(self):
         saved = self.saved_index or (None,) * len(self.taps)
-        object.__setattr__(self, "searches", tuple(searcher(t, self.index, s) for t, s in zip(self.taps, saved)))
+        complete = self.complete or (None,) * len(self.taps)
+        searches = tuple(searcher(t, self.index, s, c) for t, s, c in zip(self.taps, saved, complete))
+        object.__setattr__(self, "searches", searches)
 
     @classmethod
     def build(
@@ -99,12 +103,15 @@ class ReferenceMemory:
             raise ValueError("a reference memory needs at least one known-good image")
         globals_ = np.stack([g for g, _ in encoded])  # (R, D)
         per_tap = [np.concatenate([t[i] for _, t in encoded]) for i in range(len(encoded[0][1]))]  # (R * N, D)
-        owner = np.concatenate([np.full(len(t[0]), r) for r, (_, t) in enumerate(encoded)])  # (R * N,)
         keep = coreset_indices(np.concatenate(per_tap, axis=1), coreset_ratio, CORESET_SEED)  # one set for all taps
         taps = tuple(np.ascontiguousarray(t[keep]) for t in per_tap)  # (K, D)
-        spread = normal_spread([t for _, t in encoded], list(taps), owner[keep])
+        complete = tuple(per_tap) if len(keep) < len(per_tap[0]) else ()
+        spread = normal_spread([t for _, t in encoded])  # of the exact search: the score's peak is exact
         index = index_kind(nn_index, len(keep))
-        return cls(key, encoder, len(encoded), globals_, taps, spread, global_spread(globals_), coreset_ratio, index)
+        globals_spread = global_spread(globals_)
+        return cls(
+            key, encoder, len(encoded), globals_, taps, spread, globals_spread, coreset_ratio, index, (), complete
+        )
 
     def score(self, global_emb: np.ndarray, taps: list[np.ndarray], grid: tuple[int, int]) -> tuple[np.ndarray, float]:
         """A frame's (D,) embedding and [(N, D)] tap tokens -> (rows, cols) reference map and global probability."""
@@ -126,6 +133,8 @@ class ReferenceMemory:
         }
         for i, (tap, search) in enumerate(zip(self.taps, self.searches)):
             arrays[f"tap{i}"] = tap
+            if self.complete:
+                arrays[f"complete{i}"] = self.complete[i]
             saved = search.to_bytes()
             if saved is not None:
                 arrays[f"index{i}"] = np.frombuffer(saved, np.uint8)
@@ -139,6 +148,7 @@ class ReferenceMemory:
         try:
             taps = tuple(arrays[f"tap{i}"] for i in range(sum(k.startswith("tap") for k in arrays)))
             saved = tuple(arrays[f"index{i}"].tobytes() for i in range(len(taps)) if f"index{i}" in arrays)
+            complete = tuple(arrays[f"complete{i}"] for i in range(len(taps)) if f"complete{i}" in arrays)
             return cls(
                 str(arrays["key"]),
                 str(arrays["encoder"]),
@@ -150,6 +160,7 @@ class ReferenceMemory:
                 float(arrays["coreset_ratio"]),
                 str(arrays["index"]),
                 saved,
+                complete,
             )
         except (KeyError, ValueError, TypeError, RuntimeError):
             return None

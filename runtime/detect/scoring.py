@@ -66,19 +66,14 @@ def nearest_distance(tokens: np.ndarray, bank: np.ndarray) -> np.ndarray:
     return as_distance(NumpySearch(bank).max_similarity(tokens))
 
 
-def normal_spread(
-    per_ref: list[list[np.ndarray]], bank: list[np.ndarray] | None = None, owner: np.ndarray | None = None
-) -> float:
+def normal_spread(per_ref: list[list[np.ndarray]]) -> float:
     """The 99th percentile of patch distances between known-good images (leave one out).
 
     Raw distances depend on the encoder, the part and the lighting; dividing by
     the spread among good references puts a reference map on a common scale
     (normal patches below 0.5, twice the normal spread at 1.0) so one set of
-    thresholds works across lines. Each reference's patches are searched in the
-    others': in `bank` (per tap (K, D), `owner` (K,) the reference each row came
-    from: the coreset a frame will be searched in) when given, else in all their
-    patches. With one reference, each patch is compared with the other patches of
-    the same image instead.
+    thresholds works across lines. With one reference, each patch is compared
+    with the other patches of the same image instead.
     """
     taps = len(per_ref[0])
     if len(per_ref) == 1:
@@ -90,10 +85,7 @@ def normal_spread(
         return max(float(np.percentile(np.mean(dists, axis=0), 99)), MIN_SCALE)
     dists = []
     for r in range(min(len(per_ref), SCALE_REFERENCES)):
-        if bank is not None and np.any(owner != r):
-            others = [b[owner != r] for b in bank]
-        else:
-            others = [np.concatenate([per_ref[o][t] for o in range(len(per_ref)) if o != r]) for t in range(taps)]
+        others = [np.concatenate([per_ref[o][t] for o in range(len(per_ref)) if o != r]) for t in range(taps)]
         dists.append(np.mean([nearest_distance(per_ref[r][t], others[t]) for t in range(taps)], axis=0))
     return max(float(np.percentile(np.concatenate(dists), 99)), MIN_SCALE)
 
