@@ -100,13 +100,6 @@ class DetectorSettings(Section):
                             choices=("auto", "numpy", "faiss"))  # fmt: skip
     reference_cache_dir: Path | None = setting(None, "where reference memories are kept by content (default: "
                                                "beside the text cache, ~/.cache/lineside/references)")  # fmt: skip
-    coreset_ratio: float = setting(1.0, "share of the references' patches kept (greedy k-center coreset) for the "
-                                   "nearest-neighbour search; 1.0: all, exact", above=0.0, high=1.0)  # fmt: skip
-    nn_index: str = setting("auto", "nearest-neighbour search over reference patches: numpy (exact, blocked), faiss "
-                            "(HNSW, pip install 'lineside[fast]'), auto (faiss on large banks when installed)",
-                            choices=("auto", "numpy", "faiss"))  # fmt: skip
-    reference_cache_dir: Path | None = setting(None, "where reference memories are kept by content (default: "
-                                               "beside the text cache, ~/.cache/lineside/references)")  # fmt: skip
     use_sam: bool = setting(True, "refine suspicious frames with SAM when the bundle has it")
     sam_gate: float = unit(0.4, "SAM runs only when the image score or map maximum reaches this")
     region_threshold: float = unit(0.5, "map value above which pixels form candidate regions")
