@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.detect.detector import Detector
 from runtime.bundle.manifest import BundleError
+from runtime.detect.detector import Detector
 
 from . import reporting
 from .datasets import load
@@ -32,17 +32,24 @@ def run(args) -> dict:
     categories = load(args.dataset)
     if args.categories:
         categories = [c for c in categories if c.name in args.categories]
-    rows, curves = [], {}
+    rows, curves, graphs = [], {}, {}
     ablation = args.compare or []
     for bundle in [args.bundle, *ablation]:
         label = "lineside" if not ablation else f"lineside[{Path(bundle).name}]"
         for precision in args.precisions:
-            detector = Detector.from_bundle(bundle, precision=precision, use_sam=not args.no_sam,
-                                            prompt_dir=args.prompt_dir, sam_gate=args.sam_gate)  # fmt: skip
+            detector = Detector.from_bundle(
+                bundle,
+                precision=precision,
+                use_sam=not args.no_sam,
+                prompt_dir=args.prompt_dir,
+                sam_gate=args.sam_gate,
+                allow_unverified_precision=args.allow_unverified_precision,
+            )
+            graphs[f"{label} {precision}"] = {n: g["precision"] for n, g in detector.graphs().items()}
             baselines = args.baselines and precision == "fp32" and bundle == args.bundle
             _evaluate(detector, categories, label, precision, baselines, args, rows, curves)
     rows += _means(rows)
-    return {"rows": rows, "curves": curves}
+    return {"rows": rows, "curves": curves, "graphs": graphs}
 
 
 def _evaluate(detector, categories, label, precision, baselines, args, rows, curves) -> None:
@@ -55,8 +62,14 @@ def _evaluate(detector, categories, label, precision, baselines, args, rows, cur
             rows.append({"category": cat.name, "method": method, "precision": precision, **s.metrics()})
             curves[f"{cat.name} {method} {precision}"] = (s.labels, s.scores)
             if "uncertain" in s.kinds:
-                rows.append({"category": f"{cat.name} (uncertain vs normal)", "method": method,
-                             "precision": precision, **s.metrics(exclude=("defective",))})  # fmt: skip
+                rows.append(
+                    {
+                        "category": f"{cat.name} (uncertain vs normal)",
+                        "method": method,
+                        "precision": precision,
+                        **s.metrics(exclude=("defective",)),
+                    }
+                )
             _pool(pooled.setdefault(method, Scored()), s)
     for method, s in pooled.items():
         if len(categories) > 1:
@@ -77,8 +90,13 @@ def _means(rows: list[dict]) -> list[dict]:
     out = []
     keys = {(r["method"], r["precision"]) for r in rows}
     for method, precision in sorted(keys):
-        mine = [r for r in rows if (r["method"], r["precision"]) == (method, precision)
-                and not r["category"].startswith("all") and "(" not in r["category"]]  # fmt: skip
+        mine = [
+            r
+            for r in rows
+            if (r["method"], r["precision"]) == (method, precision)
+            and not r["category"].startswith("all")
+            and "(" not in r["category"]
+        ]
         if len(mine) < 2:
             continue
         mean = {"category": "mean", "method": method, "precision": precision, "n": sum(r["n"] for r in mine)}
@@ -90,20 +108,41 @@ def _means(rows: list[dict]) -> list[dict]:
 
 
 def markdown(args, result: dict, bundle, plumbing: bool) -> str:
-    rows, machine = result["rows"], reporting.machine()
+    rows = result["rows"]
     has_pixels = any(not math.isnan(r.get("pixel_auroc", math.nan)) for r in rows)
     lines = [f"# Accuracy: {args.dataset} with bundle `{bundle.bundle_id}` ({bundle.manifest.profile})", ""]
     if plumbing:
-        lines += ["**Plumbing only:** this bundle was exported from random weights. These numbers",
-                  "exercise the pipeline and say nothing about accuracy.", ""]  # fmt: skip
-    lines += [f"Shots (normal references per category): {args.shots}. SAM: {'off' if args.no_sam else 'on if present'}.",
-              f"Machine: {machine['cpu']}, {machine['cores']} cores.", "",
-              "## Image level", "", reporting.table(rows, IMAGE_COLS + ["ms_p50"]), ""]  # fmt: skip
+        lines += [
+            "**Plumbing only:** this bundle was exported from random weights. These numbers",
+            "exercise the pipeline and say nothing about accuracy.",
+            "",
+        ]
+    lines += [
+        f"Shots (normal references per category): {args.shots}. SAM: {'off' if args.no_sam else 'on if present'}.",
+        "",
+        "Each graph's precision as it ran here (a variant outside its parity bound is refused unless "
+        "--allow-unverified-precision):",
+        "",
+        *[f"- {how}: " + ", ".join(f"{n} {p}" for n, p in ran.items()) for how, ran in result["graphs"].items()],
+        "",
+        "## Image level",
+        "",
+        reporting.table(rows, IMAGE_COLS + ["ms_p50"]),
+        "",
+    ]
     if has_pixels:
-        lines += ["## Pixel level", "", "`aupro`: exact, FPR up to 0.3, divided by 0.3. `aupro_binned200`: the",
-                  "200-threshold, FPR-rescaled variant of AnomalyCLIP-family code (not comparable with `aupro`).", "",
-                  reporting.table([r for r in rows if not math.isnan(r.get("pixel_auroc", math.nan))],
-                                  ["category", "method", "precision"] + PIXEL_COLS), ""]  # fmt: skip
+        lines += [
+            "## Pixel level",
+            "",
+            "`aupro`: exact, FPR up to 0.3, divided by 0.3. `aupro_binned200`: the",
+            "200-threshold, FPR-rescaled variant of AnomalyCLIP-family code (not comparable with `aupro`).",
+            "",
+            reporting.table(
+                [r for r in rows if not math.isnan(r.get("pixel_auroc", math.nan))],
+                ["category", "method", "precision"] + PIXEL_COLS,
+            ),
+            "",
+        ]
     lines += _quantisation(rows)
     lines += ["![ROC](roc.png)", "", "![per category](categories.png)", ""]
     return "\n".join(lines)
@@ -119,9 +158,12 @@ def _quantisation(rows: list[dict]) -> list[str]:
         if r["method"] != "lineside" or r["precision"] == "fp32" or r["category"] not in base:
             continue
         b = base[r["category"]]
-        entry = {"category": r["category"], "precision": r["precision"],
-                 "speed-up (p50 total ms)": b["ms_p50"] / r["ms_p50"] if r["ms_p50"] else float("nan"),
-                 "Δ image AUROC": r["image_auroc"] - b["image_auroc"]}  # fmt: skip
+        entry = {
+            "category": r["category"],
+            "precision": r["precision"],
+            "speed-up (p50 total ms)": b["ms_p50"] / r["ms_p50"] if r["ms_p50"] else float("nan"),
+            "Δ image AUROC": r["image_auroc"] - b["image_auroc"],
+        }
         if "pixel_auroc" in r:
             entry |= {"Δ pixel AUROC": r["pixel_auroc"] - b["pixel_auroc"], "Δ AUPRO": r["aupro"] - b["aupro"]}
         out.append(entry)
@@ -133,8 +175,13 @@ def plots(out: Path, result: dict) -> None:
     rows = [r for r in result["rows"] if r["precision"] == "fp32" and "(" not in r["category"]]
     cats = sorted({r["category"] for r in rows})
     methods = sorted({r["method"] for r in rows})
-    series = {m: [next((r["image_auroc"] for r in rows if r["category"] == c and r["method"] == m), float("nan"))
-                  for c in cats] for m in methods}  # fmt: skip
+    series = {
+        m: [
+            next((r["image_auroc"] for r in rows if r["category"] == c and r["method"] == m), float("nan"))
+            for c in cats
+        ]
+        for m in methods
+    }
     reporting.bar_plot(out / "categories.png", cats, series, "image AUROC", "per category (fp32)")
     fp32 = {k: v for k, v in result["curves"].items() if k.endswith("fp32")}
     reporting.roc_plot(out / "roc.png", fp32, "image-level ROC (fp32)")
@@ -148,12 +195,26 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--precisions", type=lambda s: s.split(","), default=["fp32"])
     ap.add_argument("--categories", nargs="*", help="only these categories")
     ap.add_argument("--limit", type=int, help="at most N test samples per category (quick runs)")
-    ap.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
-                    help="raw-pixel and global-feature nearest-reference baselines")  # fmt: skip
+    ap.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="raw-pixel and global-feature nearest-reference baselines",
+    )
     ap.add_argument("--no-sam", action="store_true", help="ablation: contours instead of SAM")
-    ap.add_argument("--compare", nargs="+", type=Path, metavar="BUNDLE",
-                    help="ablation: more bundles in the same run (e.g. exported with --no-vv or other --taps)")  # fmt: skip
+    ap.add_argument(
+        "--compare",
+        nargs="+",
+        type=Path,
+        metavar="BUNDLE",
+        help="ablation: more bundles in the same run (e.g. exported with --no-vv or other --taps)",
+    )
     ap.add_argument("--sam-gate", type=float, default=0.4)
+    ap.add_argument(
+        "--allow-unverified-precision",
+        action="store_true",
+        help="measure fp16/int8 graphs even when outside their parity bound (refused otherwise)",
+    )
     ap.add_argument("--prompt-dir", type=Path, help="prompt banks (ablation: an empty folder = generic prompts)")
     ap.add_argument("--out", type=Path, help="report folder (default benchmarks/reports/accuracy-<dataset>)")
     return ap
@@ -176,8 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or reporting.REPORTS / f"accuracy-{args.dataset.split(':')[0]}"
     out.mkdir(parents=True, exist_ok=True)
     plots(out, result)
-    data = {"dataset": args.dataset, "bundle_id": bundle.bundle_id, "profile": bundle.manifest.profile,
-            "plumbing_only": plumbing, "shots": args.shots, "machine": reporting.machine(), "rows": result["rows"]}  # fmt: skip
+    data = {
+        "dataset": args.dataset,
+        "bundle_id": bundle.bundle_id,
+        "profile": bundle.manifest.profile,
+        "plumbing_only": plumbing,
+        "shots": args.shots,
+        "machine": reporting.machine(),
+        "rows": result["rows"],
+        "graphs": result["graphs"],
+    }
     _, md = reporting.write(out, "report", data, markdown(args, result, bundle, plumbing))
     print(md.read_text())
     return 0

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -24,11 +24,13 @@ import cv2
 import numpy as np
 
 from runtime.bundle.loader import Bundle
+from runtime.bundle.manifest import BundleError
 from runtime.detect.detector import Detector
 from runtime.detect.encoders import image_component
 
 from . import reporting
 from .flops import graph_flops, matmul_peak_gflops
+from .metrics import percentiles, stage_table
 from .peaks import compiled_ms, gemm_peak_gflops, on_gpu, peak_line, percent_of_peak
 from .peer import winclip_ms
 
@@ -44,24 +46,12 @@ def frames(n: int, size=(480, 640), seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-def percentiles(values: list[float]) -> dict:
-    v = np.asarray(values)
-    return {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)), "p99": float(np.percentile(v, 99)),
-            "n": len(values)}  # fmt: skip
-
-
-def stage_table(results) -> dict:
-    stages: dict[str, list[float]] = {}
-    for r in results:
-        for k, v in r.timings_ms.items():
-            stages.setdefault(k, []).append(v)
-    return {k: percentiles(v) for k, v in stages.items()}
-
-
-def measure(bundle: Path, precision: str, providers: tuple[str, ...], n: int, refs) -> dict:
+def measure(bundle: Path, precision: str, providers: tuple[str, ...], n: int, refs, allow: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as cache:
         t = time.perf_counter()
-        detector = Detector.from_bundle(bundle, precision=precision, providers=providers, text_cache_dir=cache)
+        detector = Detector.from_bundle(
+            bundle, precision=precision, providers=providers, text_cache_dir=cache, allow_unverified_precision=allow
+        )
         load_ms = (time.perf_counter() - t) * 1e3
         test = frames(n)
         t = time.perf_counter()
@@ -86,7 +76,7 @@ def measure(bundle: Path, precision: str, providers: tuple[str, ...], n: int, re
     }
 
 
-def pipelined_fps(bundle: Path, precision: str, providers, n: int, refs_dir: Path | None, work: Path) -> dict:
+def pipelined_fps(bundle: Path, precision: str, providers, n: int, refs_dir: Path | None, work: Path, allow=False):
     """Serve over a folder (reading, inspection, logging in parallel threads) against the
     same steps one after the other, with each step timed."""
     from runtime.detect.frames import read_image
@@ -97,8 +87,14 @@ def pipelined_fps(bundle: Path, precision: str, providers, n: int, refs_dir: Pat
     folder.mkdir(exist_ok=True)
     for i, f in enumerate(frames(n)):
         cv2.imwrite(str(folder / f"{i:04d}.png"), f)
-    make = lambda: Detector.from_bundle(bundle, precision=precision, providers=providers, sam_gate=1.0,  # noqa: E731
-                                        text_cache_dir=work / "t")  # fmt: skip
+    make = lambda: Detector.from_bundle(
+        bundle,
+        precision=precision,
+        providers=providers,
+        sam_gate=1.0,  # noqa: E731
+        text_cache_dir=work / "t",
+        allow_unverified_precision=allow,
+    )
     detector = make()
     refs = detector.remember([read_image(p) for p in sorted(refs_dir.iterdir())], "RGB") if refs_dir else None
     detector.detect(read_image(folder / "0000.png"), "part", refs, colour="RGB")  # warm
@@ -118,17 +114,30 @@ def pipelined_fps(bundle: Path, precision: str, providers, n: int, refs_dir: Pat
             for k, a, b in (("read", t0, t1), ("detect", t1, t2), ("log", t2, t3)):
                 steps[k].append((b - a) * 1e3)
     sequential = n / (time.perf_counter() - started)
-    settings = Settings.of(source=str(folder), bundle=bundle, category="part", port=0, precision=precision,
-                             providers=tuple(providers), results=work / "r.jsonl", explain=False,
-                             references=refs_dir, threshold=1.0)  # fmt: skip
+    settings = Settings.of(
+        source=str(folder),
+        bundle=bundle,
+        category="part",
+        port=0,
+        precision=precision,
+        providers=tuple(providers),
+        results=work / "r.jsonl",
+        explain=False,
+        references=refs_dir,
+        threshold=1.0,
+    )
     server = Server(settings, detector=make()).start()
     t = time.perf_counter()
     server.wait()
     seconds = time.perf_counter() - t
     server.shutdown()
     slowest = max(statistics.median(v) for v in steps.values())
-    return {"fps": n / seconds, "sequential_fps": sequential,
-            "step_p50_ms": {k: statistics.median(v) for k, v in steps.items()}, "slowest_step_ms": slowest}  # fmt: skip
+    return {
+        "fps": n / seconds,
+        "sequential_fps": sequential,
+        "step_p50_ms": {k: statistics.median(v) for k, v in steps.items()},
+        "slowest_step_ms": slowest,
+    }
 
 
 def torch_eager(bundle: Bundle, threads: int, n: int = 10, device: str = "cpu", fp16: bool = False) -> dict | None:
@@ -167,17 +176,21 @@ def torch_eager(bundle: Bundle, threads: int, n: int = 10, device: str = "cpu", 
 
         model, _ = load_clip(comp.source["architecture"], image_size=size)
         norm = comp.preprocessing["normalisation"]
-        graph = ClipImageGraph(model.visual, norm["mean"], norm["std"], comp.source["vv_from"],
-                               [t["layer"] for t in comp.config["taps"]]).eval()  # fmt: skip
+        graph = ClipImageGraph(
+            model.visual, norm["mean"], norm["std"], comp.source["vv_from"], [t["layer"] for t in comp.config["taps"]]
+        ).eval()
     else:
         from export.patch_encoder import PatchEncoderGraph, PatchSpec, freeze_same_padding, load_lite0
 
         model, _ = load_lite0(PatchSpec(random_init=True))
         graph = PatchEncoderGraph(freeze_same_padding(model, size)).eval()
     x = torch.rand(1, 3, size, size) * 255
-    out = {"device": device, "dtype": str(dtype).removeprefix("torch."),
-           "image_encoder_ms": percentiles(timed(graph, x, n)),
-           "image_encoder_compiled_ms": compiled_ms(timed, graph, x, n, device)}  # fmt: skip
+    out = {
+        "device": device,
+        "dtype": str(dtype).removeprefix("torch."),
+        "image_encoder_ms": percentiles(timed(graph, x, n)),
+        "image_encoder_compiled_ms": compiled_ms(timed, graph, x, n, device),
+    }
     if (sam := bundle.by_role("sam_encoder")) is not None:
         from export.sam_export import SamEncoderGraph, load_sam
 
@@ -195,8 +208,14 @@ def run(args) -> dict:
     threads = args.threads or os.cpu_count()
     peak = matmul_peak_gflops()
     gflop = graph_flops(bundle.file_path(image.files["fp32"])) / 1e9
-    data = {"bundle_id": bundle.bundle_id, "profile": bundle.manifest.profile, "machine": reporting.machine(),
-            "matmul_peak_gflops": peak, "image_graph_gflop": gflop, "runs": []}  # fmt: skip
+    data = {
+        "bundle_id": bundle.bundle_id,
+        "profile": bundle.manifest.profile,
+        "machine": reporting.machine(),
+        "matmul_peak_gflops": peak,
+        "image_graph_gflop": gflop,
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory() as work:
         refs_dir = None
         if refs:
@@ -207,41 +226,59 @@ def run(args) -> dict:
         for precision in args.precisions:
             if precision not in image.files:
                 continue
-            entry = measure(args.bundle, precision, tuple(args.providers), args.frames, refs)
-            providers = tuple(args.providers)
-            entry["pipeline"] = pipelined_fps(args.bundle, precision, providers, args.frames, refs_dir, Path(work))
+            providers, allow = tuple(args.providers), args.allow_unverified_precision
+            entry = measure(args.bundle, precision, providers, args.frames, refs, allow)
+            entry["pipeline"] = pipelined_fps(
+                args.bundle, precision, providers, args.frames, refs_dir, Path(work), allow
+            )
             entry["image_encoder_gflops"] = gflop / (entry["ok_frames"]["image_encoder"]["p50"] / 1e3)
             data["runs"].append(entry)
     gpu = args.torch and any(on_gpu(r) for r in data["runs"])  # the GPU's own fp16 peak for its rows
     data["gpu_gemm_peak_gflops"] = gemm_peak_gflops(args.torch_device) if gpu else None
     data["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    data["torch_eager"] = torch_eager(bundle, threads, device=args.torch_device, fp16=args.torch_fp16) \
-        if args.torch else None  # fmt: skip
+    data["torch_eager"] = (
+        torch_eager(bundle, threads, device=args.torch_device, fp16=args.torch_fp16) if args.torch else None
+    )
     data["peer"] = winclip_ms() if args.peer else None
     return data
 
 
 def markdown(data: dict) -> str:
-    lines = [f"# Latency: bundle `{data['bundle_id']}` ({data['profile']})", "",
-             f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores; "
-             f"onnxruntime {data['machine']['versions'].get('onnxruntime', '?')}.",
-             f"{peak_line(data)} Image graph: {data['image_graph_gflop']:.2f} GFLOP per frame.", ""]  # fmt: skip
+    lines = [
+        f"# Latency: bundle `{data['bundle_id']}` ({data['profile']})",
+        "",
+        f"{peak_line(data)} Image graph: {data['image_graph_gflop']:.2f} GFLOP per frame.",
+        "",
+    ]
     rows = []
     for run_ in data["runs"]:
         enc = run_["ok_frames"]["image_encoder"]
-        rows.append({"precision": run_["precision"], "providers": ",".join(run_["providers"]),
-                     "encoder p50 ms": enc["p50"], "encoder p90": enc["p90"], "encoder p99": enc["p99"],
-                     "OK frame total p50": run_["ok_frames"]["total"]["p50"],
-                     "detect-only fps": run_["sequential_fps"], "serve fps": run_["pipeline"]["fps"],
-                     "GFLOP/s": run_["image_encoder_gflops"],
-                     "% of peak": percent_of_peak(run_, data),
-                     "cold load ms": run_["cold"]["load_ms"], "first frame ms": run_["cold"]["first_frame_ms"]})  # fmt: skip
+        rows.append(
+            {
+                "precision": run_["precision"],
+                "providers": ",".join(run_["providers"]),
+                "encoder p50 ms": enc["p50"],
+                "encoder p90": enc["p90"],
+                "encoder p99": enc["p99"],
+                "OK frame total p50": run_["ok_frames"]["total"]["p50"],
+                "detect-only fps": run_["sequential_fps"],
+                "serve fps": run_["pipeline"]["fps"],
+                "GFLOP/s": run_["image_encoder_gflops"],
+                "% of peak": percent_of_peak(run_, data),
+                "cold load ms": run_["cold"]["load_ms"],
+                "first frame ms": run_["cold"]["first_frame_ms"],
+            }
+        )
     lines += [reporting.table(rows, list(rows[0]) if rows else []), ""]
     for run_ in data["runs"]:
         if run_["suspicious_frames"]:
             srows = [{"stage": k, **v} for k, v in run_["suspicious_frames"].items()]
-            lines += [f"Suspicious frames, {run_['precision']} (regions refined):", "",
-                      reporting.table(srows, ["stage", "p50", "p90", "p99", "n"]), ""]  # fmt: skip
+            lines += [
+                f"Suspicious frames, {run_['precision']} (regions refined):",
+                "",
+                reporting.table(srows, ["stage", "p50", "p90", "p99", "n"]),
+                "",
+            ]
     lines += ["## Ratios (this run)", "", *_ratios(data), "", f"Peak RSS: {data['peak_rss_mb']:.0f} MB.", ""]
     return "\n".join(lines)
 
@@ -255,31 +292,48 @@ def _ratios(data: dict) -> list[str]:
     fp32 = next((r for r in data["runs"] if r["precision"] == "fp32"), None)
     if fp32 is None:
         return []
-    out = [f"- {r['precision']} encoder speed-up over ORT fp32: {encoder(fp32) / encoder(r):.2f}x"
-           for r in data["runs"] if r is not fp32]  # fmt: skip
+    out = [
+        f"- {r['precision']} encoder speed-up over ORT fp32: {encoder(fp32) / encoder(r):.2f}x"
+        for r in data["runs"]
+        if r is not fp32
+    ]
     eager = data.get("torch_eager")
     if eager:
-        out += [f"- ORT {r['precision']} vs torch eager {eager.get('dtype', 'float32')} on {eager.get('device', 'cpu')}, "
-                f"image encoder p50: {eager['image_encoder_ms']['p50'] / encoder(r):.2f}x" for r in data["runs"]]  # fmt: skip
+        out += [
+            f"- ORT {r['precision']} vs torch eager {eager.get('dtype', 'float32')} on {eager.get('device', 'cpu')}, "
+            f"image encoder p50: {eager['image_encoder_ms']['p50'] / encoder(r):.2f}x"
+            for r in data["runs"]
+        ]
         fast = eager.get("image_encoder_compiled_ms") or {}
-        out += [f"- ORT {r['precision']} vs torch.compile {eager.get('dtype')} on {eager.get('device')}, image encoder "
-                f"p50: {fast['p50'] / encoder(r):.2f}x" for r in data["runs"] if "p50" in fast]  # fmt: skip
+        out += [
+            f"- ORT {r['precision']} vs torch.compile {eager.get('dtype')} on {eager.get('device')}, image encoder "
+            f"p50: {fast['p50'] / encoder(r):.2f}x"
+            for r in data["runs"]
+            if "p50" in fast
+        ]
         if "error" in fast:
             out.append(f"- torch.compile peer failed: {fast['error']}")
         if "sam_encoder_ms" in eager and "sam_encoder" in fp32["suspicious_frames"]:
-            out.append(f"- SAM encoder ORT fp32 vs torch eager: "
-                       f"{eager['sam_encoder_ms'] / fp32['suspicious_frames']['sam_encoder']['p50']:.2f}x")  # fmt: skip
+            out.append(
+                f"- SAM encoder ORT fp32 vs torch eager: "
+                f"{eager['sam_encoder_ms'] / fp32['suspicious_frames']['sam_encoder']['p50']:.2f}x"
+            )
     p = fp32["pipeline"]
-    out.append(f"- serve (threads) {p['fps']:.1f} fps vs the same steps in sequence {p['sequential_fps']:.1f} fps; "
-               f"1 / slowest step ({max(p['step_p50_ms'], key=p['step_p50_ms'].get)}, {p['slowest_step_ms']:.1f} ms) "
-               f"= {1e3 / p['slowest_step_ms']:.1f} fps -> pipelined at {100 * p['fps'] * p['slowest_step_ms'] / 1e3:.0f}% of it")  # fmt: skip
+    slowest, share = max(p["step_p50_ms"], key=p["step_p50_ms"].get), p["fps"] * p["slowest_step_ms"] / 1e3
+    out.append(
+        f"- serve (threads) {p['fps']:.1f} fps vs the same steps in sequence {p['sequential_fps']:.1f} fps; "
+        f"1 / slowest step ({slowest}, {p['slowest_step_ms']:.1f} ms) "
+        f"= {1e3 / p['slowest_step_ms']:.1f} fps -> pipelined at {100 * share:.0f}% of it"
+    )
     peer = data.get("peer")
     if peer:
-        out += [f"- lineside {r['precision']} vs {peer['model']} ({peer['backbone']} at {peer['size']}, "
-                f"{'random' if peer['random_weights'] else 'pretrained'} weights, {peer['ms_p50']:.0f} ms): "
-                f"{peer['ms_p50'] / r['ok_frames']['total']['p50']:.1f}x per OK frame, "
-                f"{peer['ms_p50'] / r['suspicious_frames']['total']['p50']:.1f}x per suspicious frame"
-                for r in data["runs"]]  # fmt: skip
+        out += [
+            f"- lineside {r['precision']} vs {peer['model']} ({peer['backbone']} at {peer['size']}, "
+            f"{'random' if peer['random_weights'] else 'pretrained'} weights, {peer['ms_p50']:.0f} ms): "
+            f"{peer['ms_p50'] / r['ok_frames']['total']['p50']:.1f}x per OK frame, "
+            f"{peer['ms_p50'] / r['suspicious_frames']['total']['p50']:.1f}x per suspicious frame"
+            for r in data["runs"]
+        ]
     elif "peer" in data:
         out.append("- WinCLIP peer: not measured (anomalib not installed or --peer not given)")
     return out
@@ -296,9 +350,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--torch-device", default="cpu", help="cpu or cuda (a GPU box)")
     ap.add_argument("--peer", action="store_true", help="time anomalib's WinCLIP beside (extra: lineside[peer])")
     ap.add_argument("--torch-fp16", action="store_true", help="the torch reference in fp16 (GPU)")
+    ap.add_argument("--allow-unverified-precision", action="store_true", help="time graphs outside their bound")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    data = run(args)
+    try:
+        data = run(args)
+    except BundleError as e:  # a precision outside its parity bound (PrecisionError), or a bundle that cannot run
+        print(f"latency failed: {e}", file=sys.stderr)
+        return 1
     reporting.publish(args.out or reporting.REPORTS / f"latency-{data['profile']}", "latency", data, markdown(data))
     return 0
 

@@ -1,4 +1,4 @@
-"""Anomaly-detection metrics: image and pixel AUROC / AP / F1-max, and AUPRO.
+"""Anomaly-detection metrics: image and pixel AUROC / AP / F1-max, and AUPRO; latency percentiles.
 
 AUPRO here is exact: every distinct score is a threshold, ground-truth regions
 are 8-connected components pooled over all images of a category, the per-region
@@ -110,3 +110,23 @@ def pixel_metrics(masks: list[np.ndarray], maps: list[np.ndarray]) -> dict[str, 
     out["aupro"] = aupro(masks, maps) if has_regions else float("nan")
     out["aupro_binned200"] = aupro_binned(masks, maps) if has_regions else float("nan")
     return out
+
+
+def percentiles(values: list[float]) -> dict:
+    """p50 / p90 / p99 and the count of a list of milliseconds."""
+    v = np.asarray(values)
+    return {
+        "p50": float(np.percentile(v, 50)),
+        "p90": float(np.percentile(v, 90)),
+        "p99": float(np.percentile(v, 99)),
+        "n": len(values),
+    }
+
+
+def stage_table(results) -> dict:
+    """Stage -> percentiles of `Result.timings_ms` over many results."""
+    stages: dict[str, list[float]] = {}
+    for r in results:
+        for k, v in r.timings_ms.items():
+            stages.setdefault(k, []).append(v)
+    return {k: percentiles(v) for k, v in stages.items()}

@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from runtime.bundle.loader import Bundle
+from runtime.bundle.manifest import BundleError
 from runtime.detect.detector import Detector
 from runtime.detect.encoders import ImageEncoder, image_component
 from runtime.detect.frames import read_image
+from runtime.machine import summary
 
 from . import reporting
 from .datasets import load
@@ -44,8 +46,9 @@ def torch_graph(bundle: Bundle, clip_checkpoint: Path | None):
 
     model, _ = load_clip(comp.source["architecture"], checkpoint=clip_checkpoint, image_size=comp.inputs[0].shape[-1])
     norm = comp.preprocessing["normalisation"]
-    return ClipImageGraph(model.visual, norm["mean"], norm["std"], comp.source["vv_from"],
-                          [t["layer"] for t in comp.config["taps"]]).eval()  # fmt: skip
+    return ClipImageGraph(
+        model.visual, norm["mean"], norm["std"], comp.source["vv_from"], [t["layer"] for t in comp.config["taps"]]
+    ).eval()
 
 
 class TorchImageEncoder(ImageEncoder):
@@ -79,8 +82,12 @@ def compare_on(images, torch_det: Detector, ort_det: Detector, category: str, re
         tg, tt = torch_det.encoder.encode(rgb)
         og, ot = ort_det.encoder.encode(rgb)
         cos_g.append(float(tg @ og / (np.linalg.norm(tg) * np.linalg.norm(og))))
-        cos_t.append(min(float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
-                         for a, b in zip(tt, ot)))  # fmt: skip
+        cos_t.append(
+            min(
+                float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
+                for a, b in zip(tt, ot)
+            )
+        )
         m_t = torch_det.detect(rgb, category, t_refs, colour="RGB").anomaly_map
         m_o = ort_det.detect(rgb, category, o_refs, colour="RGB").anomaly_map
         map_diff.append(float(np.abs(m_t - m_o).max()))
@@ -92,8 +99,14 @@ def run(args) -> dict:
     image_name = image_component(bundle).name
     export_figures = {p: e.parity for p, e in bundle.component(image_name).files.items()}
     graph = torch_graph(bundle, args.clip_checkpoint)
-    data = {"bundle_id": bundle.bundle_id, "profile": bundle.manifest.profile, "component": image_name,
-            "export_parity": export_figures, "machine": reporting.machine(), "rows": []}  # fmt: skip
+    data = {
+        "bundle_id": bundle.bundle_id,
+        "profile": bundle.manifest.profile,
+        "component": image_name,
+        "export_parity": export_figures,
+        "machine": reporting.machine(),
+        "rows": [],
+    }
     if graph is None:
         data["note"] = "the torch model cannot be rebuilt (random weights or no --clip-checkpoint): export figures only"
         return data
@@ -108,7 +121,9 @@ def run(args) -> dict:
         for precision in args.precisions:
             if precision not in bundle.component(image_name).files:
                 continue
-            ort_det = Detector.from_bundle(args.bundle, precision=precision, **base)
+            ort_det = Detector.from_bundle(
+                args.bundle, precision=precision, **base, allow_unverified_precision=args.allow_unverified_precision
+            )
             figures = compare_on(images, torch_det, ort_det, cat.name, refs)
             scores = evaluate_category(ort_det, cat, args.shots, args.limit, baselines=False)["lineside"].metrics()
             ref = reference_scores.metrics()
@@ -120,17 +135,38 @@ def run(args) -> dict:
 def markdown(data: dict) -> str:
     lines = [f"# Parity: bundle `{data['bundle_id']}` ({data['profile']}), {data['component']}", ""]
     lines += ["Export-time figures (fixed inputs, from the manifest):", ""]
-    rows = [{"precision": p, "within bound": f.get("within_bound"),
-             "worst cosine": min(o["cosine"] for o in f["outputs"].values()),
-             "worst rel diff": max(o["max_rel_diff"] for o in f["outputs"].values())}
-            for p, f in data["export_parity"].items()]  # fmt: skip
-    lines += [reporting.table(rows, ["precision", "within bound", "worst cosine", "worst rel diff"]), ""]
+    rows = [
+        {
+            "precision": p,
+            "within bound": f.get("within_bound"),
+            "worst cosine": min(o["cosine"] for o in f["outputs"].values()),
+            "worst rel diff": max(o["max_rel_diff"] for o in f["outputs"].values()),
+            "measured on": summary(f["measured_on"]) if "measured_on" in f else "not recorded",
+        }
+        for p, f in data["export_parity"].items()
+    ]
+    lines += [reporting.table(rows, ["precision", "within bound", "worst cosine", "worst rel diff", "measured on"]), ""]
     if data.get("note"):
         return "\n".join([*lines, data["note"], ""])
-    cols = ["category", "precision", "global_cosine_min", "token_cosine_min", "map_max_abs_diff",
-            "Δ image_auroc", "Δ pixel_auroc", "Δ aupro", "image_auroc", "pixel_auroc", "aupro"]  # fmt: skip
-    lines += ["On the synthetic set, torch vs onnxruntime through the same runtime scoring:", "",
-              reporting.table(data["rows"], cols), ""]  # fmt: skip
+    cols = [
+        "category",
+        "precision",
+        "global_cosine_min",
+        "token_cosine_min",
+        "map_max_abs_diff",
+        "Δ image_auroc",
+        "Δ pixel_auroc",
+        "Δ aupro",
+        "image_auroc",
+        "pixel_auroc",
+        "aupro",
+    ]
+    lines += [
+        "On the synthetic set, torch vs onnxruntime through the same runtime scoring:",
+        "",
+        reporting.table(data["rows"], cols),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -143,9 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shots", type=int, default=4)
     ap.add_argument("--images", type=int, default=8, help="images per category for the cosine/map figures")
     ap.add_argument("--limit", type=int, help="test samples per category for the metric deltas")
+    ap.add_argument(
+        "--allow-unverified-precision",
+        action="store_true",
+        help="compare graphs outside their parity bound too (refused otherwise)",
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    data = run(args)
+    try:
+        data = run(args)
+    except BundleError as e:  # a precision outside its parity bound (PrecisionError), or a bundle that cannot run
+        print(f"parity failed: {e}", file=sys.stderr)
+        return 1
     reporting.publish(args.out or reporting.REPORTS / f"parity-{data['profile']}", "parity", data, markdown(data))
     return 0
 

@@ -1,36 +1,59 @@
-"""Shared report plumbing: machine facts, tables, JSON + Markdown files, plots."""
+"""Shared report plumbing: machine facts, tables, JSON + Markdown files, plots.
+
+Every report written through `write` names the machine it was measured on (CPU model and ISA
+flags, GPUs, onnxruntime: `runtime.machine.describe()`) under its title: int8 and fp16 figures
+hold for that machine, not in general.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
+from runtime.machine import describe, summary
+
 REPORTS = Path(__file__).parent / "reports"
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """This machine as `runtime.machine.describe()` gives it (CPU model, ISA flags, GPUs, onnxruntime),
+    with Python, the system and the versions of the packages that run the figures."""
     versions = {}
     for name in ("lineside", "onnxruntime", "onnxruntime-gpu", "numpy", "opencv-python-headless", "torch"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "system": f"{platform.system()} {platform.release()}", "versions": versions}  # fmt: skip
+    return {
+        **describe(),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "versions": versions,
+    }
+
+
+def machine_line(described: dict) -> str:
+    """The "Measured on: ..." line of a report's header: CPU model and ISA flags (or GPU), from `machine()`'s
+    dict. A report from before ISA flags were recorded says so rather than guess."""
+    if "onnxruntime" not in described and "onnxruntime" in described.get("versions", {}):  # an older record
+        described = {**described, "onnxruntime": described["versions"]["onnxruntime"]}
+    extra = [f"Python {described['python']}" if described.get("python") else "", described.get("system", "")]
+    return f"Measured on: {', '.join([summary(described), *filter(None, extra)])}."
+
+
+def with_machine(markdown: str, described: dict) -> str:
+    """`markdown` with the machine line under its title, unless it has one already."""
+    if "\nMeasured on: " in markdown or markdown.startswith("Measured on: "):
+        return markdown
+    title, _, rest = markdown.partition("\n")
+    if not title.startswith("#"):
+        return f"{machine_line(described)}\n\n{markdown}"
+    return f"{title}\n\n{machine_line(described)}\n\n{rest.lstrip(chr(10))}"
 
 
 def random_weights(bundle) -> bool:
@@ -51,6 +74,9 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write(out: Path, name: str, data: dict, markdown: str) -> tuple[Path, Path]:
+    """NAME.json and NAME.md under `out`; both name the machine (`data["machine"]`, this one unless given)."""
+    data = data if isinstance(data.get("machine"), dict) else {**data, "machine": machine()}
+    markdown = with_machine(markdown, data["machine"])
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
     json_path.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n", encoding="utf-8")
@@ -61,7 +87,7 @@ def write(out: Path, name: str, data: dict, markdown: str) -> tuple[Path, Path]:
 def publish(out: Path, name: str, data: dict, markdown: str) -> Path:
     """Write NAME.json and NAME.md under `out`, print the Markdown, return its path."""
     _, md = write(out, name, data, markdown)
-    print(markdown)
+    print(md.read_text(encoding="utf-8"))
     return md
 
 

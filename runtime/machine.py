@@ -13,6 +13,8 @@ Standard library only (reads /proc), so the runtime can use it on the line's box
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 from collections.abc import Iterable
@@ -22,10 +24,33 @@ CPUINFO = Path("/proc/cpuinfo")
 BOARD = Path("/proc/device-tree/model")  # ARM boards (a Jetson) name themselves here
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 # The flags that decide which int8 / fp16 kernels onnxruntime picks.
-X86_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
-             "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")  # fmt: skip
+X86_FLAGS = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 ARM_FLAGS = ("asimd", "asimddp", "i8mm", "asimdhp", "fphp", "sve")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# numpy's names (CPUID as numpy reads it) for the flags above that it knows.
+CPUID_NAMES = {
+    "avx2": "AVX2",
+    "fma": "FMA3",
+    "f16c": "F16C",
+    "avx512f": "AVX512F",
+    "avx512bw": "AVX512BW",
+    "avx512_vnni": "AVX512VNNI",
+    "avx512_bf16": "AVX512BF16",
+    "avx512_fp16": "AVX512FP16",
+}
 
 
 def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
@@ -46,9 +71,26 @@ def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
 
 def cpu() -> tuple[str, set[str]]:
     """This machine's (CPU model, flags). ARM's cpuinfo names no model: the board's
-    device-tree name stands in, then platform.processor()."""
+    device-tree name stands in, then platform.processor(). Flags the processor itself
+    denies (`cpuid_denies`) are dropped."""
     model, flags = parse_cpuinfo(_read(CPUINFO))
+    flags -= cpuid_denies(flags)
     return model or _read(BOARD).strip("\x00 \n") or platform.processor() or "unknown", flags
+
+
+def cpuid_denies(flags: Iterable[str]) -> set[str]:
+    """The x86 `flags` that the processor's own CPUID answer lacks.
+
+    /proc/cpuinfo is the kernel's view of the host: under an emulator
+    (`qemu-x86_64 -cpu Haswell`) it still lists the host's AVX-512 VNNI while
+    onnxruntime, asking CPUID, gets AVX2 kernels. numpy asks CPUID at import
+    (`__cpu_features__`), so its answer is the one that decides the kernels.
+    """
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # another numpy layout: keep /proc's word
+        return set()
+    return {flag for flag, name in CPUID_NAMES.items() if flag in flags and features.get(name) is False}
 
 
 def _read(path: Path) -> str:
@@ -112,6 +154,33 @@ def describe(providers: Iterable[str] = ()) -> dict:
         "onnxruntime": onnxruntime_version(),
         "providers": list(providers),
     }
+
+
+def fingerprint() -> str:
+    """16 hex digits naming what decides a graph's numbers here: CPU model, architecture,
+    the ISA flags of `isa`, GPUs and onnxruntime's version (not the core count)."""
+    described = describe()
+    payload = {k: described[k] for k in ("cpu", "arch", "isa", "gpus", "onnxruntime")}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def summary(described: dict) -> str:
+    """One line for a person: `describe()`'s dict (or a parity record's `measured_on`) as
+    "AMD EPYC (x86_64, 2 cores; avx2 fma ... avx512_vnni; no NVIDIA GPU; onnxruntime 1.31.1)".
+    Missing fields (a record from before they were kept) are said to be unknown."""
+    isa = described.get("isa")
+    flags = " ".join(k for k, v in isa.items() if v) or "none of " + " ".join(isa) if isa else "ISA flags not recorded"
+    if described.get("u8s8_may_saturate"):
+        flags += ", no VNNI: U8S8 int8 may saturate"
+    gpus = described.get("gpus")
+    gpu = ("GPU " + ", ".join(gpus)) if gpus else "no NVIDIA GPU" if gpus is not None else "GPUs not recorded"
+    cores = f", {described['cores']} cores" if described.get("cores") else ""
+    providers = f"; {', '.join(described['providers'])}" if described.get("providers") else ""
+    return (
+        f"{described.get('cpu') or 'unknown CPU'} ({described.get('arch', 'arch not recorded')}{cores}; {flags}; "
+        f"{gpu}; onnxruntime {described.get('onnxruntime', 'version not recorded')}{providers})"
+    )
 
 
 def _cores() -> int:

@@ -69,7 +69,19 @@ class JobSettings(Section):
 
 @dataclass(frozen=True)
 class DetectorSettings(Section):
-    precision: str = setting("fp32", "graph precision to run", choices=PRECISIONS)
+    precision: str = setting(
+        "fp32",
+        "graph precision to run; auto: per graph, the fastest that holds its parity "
+        "bound on this machine (timed at start)",
+        choices=(*PRECISIONS, "auto"),
+    )
+    allow_unverified_precision: bool = setting(
+        False,
+        "run an fp16/int8 graph even when it is outside its parity bound, in the manifest or measured here (warns)",
+    )
+    precision_cache_dir: Path | None = setting(
+        None, "where the parity figures measured on this machine are kept (default ~/.cache/lineside/precision)"
+    )
     providers: tuple[str, ...] = setting(("cpu",), "onnxruntime providers in order", choices=PROVIDERS)
     strict_providers: bool = setting(False, "refuse to start when a requested accelerator (tensorrt, cuda) "
                                      "is not obtained, instead of running on the next provider")  # fmt: skip

@@ -102,8 +102,13 @@ def test_a_bundle_of_the_first_schema_is_refused_with_the_rebuild(bundle_copy):
 def test_components_are_found_by_the_role_their_manifest_states(tiny_bundle):
     bundle = Bundle.open(tiny_bundle)
     roles = {role: c.name if (c := bundle.by_role(role)) else None for role in ROLES}
-    assert roles == {"image_encoder": "clip_image", "text_encoder": "clip_text", "sam_encoder": "sam_encoder",
-                     "sam_decoder": "sam_decoder", "language_model": None}  # fmt: skip
+    assert roles == {
+        "image_encoder": "clip_image",
+        "text_encoder": "clip_text",
+        "sam_encoder": "sam_encoder",
+        "sam_decoder": "sam_decoder",
+        "language_model": None,
+    }
     with pytest.raises(ValueError, match="unknown component role 'clip_image'; one of image_encoder"):
         bundle.by_role("clip_image")
 
@@ -121,7 +126,8 @@ def test_component_names_mean_nothing_to_the_runtime(bundle_copy, tmp_path, caps
     from runtime.bundle.check import main
 
     assert main([str(bundle_copy)]) == 0
-    assert capsys.readouterr().out.count("masks ") == 3  # the decoder ran at fp32, fp16, int8, after its encoder
+    # the decoder ran at fp32, fp16, int8, after its encoder; then fp16 and int8 were measured against fp32
+    assert capsys.readouterr().out.count("masks ") == 3 + 2
 
 
 def test_unreadable_manifest_and_missing_folder(bundle_copy, tmp_path):
@@ -151,7 +157,7 @@ def test_check_cli_runs_every_graph(tiny_bundle, capsys):
     assert main([str(tiny_bundle)]) == 0
     out = capsys.readouterr().out
     assert "every graph loaded and ran, and the detector produced a finite result" in out
-    assert out.count("sam_decoder") == 3  # fp32, fp16, int8
+    assert out.count("sam_decoder ") == 3 + 2  # fp32, fp16, int8 run; fp16, int8 measured against fp32
     assert "\ndetector " in out  # the end-to-end run has its row
 
 

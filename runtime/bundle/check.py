@@ -6,7 +6,13 @@ runtime's own preprocessing and tokenizer, and prints what ran where and how lon
 it took. Finally it runs the real detector once, end to end, on the same frame:
 graphs that each run can still fail together (a grid or tap list that does not
 fit the outputs), and a bundle that passes here must produce results on the line.
-Exit status 1 with the reason, on one line, when anything is wrong.
+Then every fp16 / int8 graph is measured again against fp32 on this machine
+(verify.py, a few runs on the same frame) and printed beside its export figure
+and the machine that measured it, with the verdict the runtime acts on: a
+variant outside its bound, here or at export, is refused unless
+--allow-unverified-precision. Bundles from random weights are named as such.
+Exit status 1 with the reason, on one line, when anything is wrong (a variant
+outside its bound is not: the bundle still runs at the precisions that hold).
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .loader import Bundle, one_line
-from .manifest import ROLES, BundleError
 from ..detect.preprocess import clip_input, sam_input, sam_prompts
 from ..detect.tokenizer import ClipTokenizer
+from ..machine import describe, summary
+from .loader import Bundle, one_line
+from .manifest import ROLES, BundleError
+from .verify import Verdict, random_weights, remeasure
 
 log = logging.getLogger("lineside.check")
 
@@ -75,8 +83,15 @@ def check(
                 raise BundleError(f"{name} ({precision}) produced NaN or inf on a plain test frame")
             cache.setdefault(bundle.component(name).role, outputs)
             shapes = " ".join("x".join(map(str, o.shape)) for o in outputs)
-            rows.append((name, precision, ",".join(p.replace("ExecutionProvider", "") for p in session.providers),
-                         f"{ms:.1f}", shapes))  # fmt: skip
+            rows.append(
+                (
+                    name,
+                    precision,
+                    ",".join(p.replace("ExecutionProvider", "") for p in session.providers),
+                    f"{ms:.1f}",
+                    shapes,
+                )
+            )
     if end_to_end:
         rows.append(check_detector(bundle, frame, providers))
     return bundle, rows
@@ -93,8 +108,10 @@ def check_detector(bundle: Bundle, frame: np.ndarray, providers: tuple[str, ...]
     from ..detect.detector import Detector  # the detector imports this package's modules, not the reverse
 
     if bundle.by_role("image_encoder") is None:
-        raise BundleError(f"{bundle.path} has no image encoder (role image_encoder), so it cannot "
-                          "score a frame; export one into it: python -m export clip|all ...")  # fmt: skip
+        raise BundleError(
+            f"{bundle.path} has no image encoder (role image_encoder), so it cannot "
+            "score a frame; export one into it: python -m export clip|all ..."
+        )
     with tempfile.TemporaryDirectory(prefix="lineside-check-") as cache:
         detector = Detector.from_bundle(bundle.path, providers=providers, sam_gate=0.0, text_cache_dir=Path(cache))
         return check_detection(detector, frame)
@@ -115,8 +132,13 @@ def check_detection(detector, frame: np.ndarray) -> tuple[str, ...]:
     if bad := _non_finite(result):
         raise BundleError(f"the detector's {bad} is not finite on the check frame (label {result.label})")
     what = f"{result.label} {result.image_score:.3f} ({'+'.join(result.branches)}, refiner {result.refiner})"
-    return ("detector", "fp32", ",".join(p.replace("ExecutionProvider", "") for p in result.providers),
-            f"{ms:.1f}", what)  # fmt: skip
+    return (
+        "detector",
+        "fp32",
+        ",".join(p.replace("ExecutionProvider", "") for p in result.providers),
+        f"{ms:.1f}",
+        what,
+    )
 
 
 def _quiet_detect(detector, frame: np.ndarray, references):
@@ -183,13 +205,80 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # whatever else broke, the answer is one line and exit 1, not a traceback
         print(f"bundle check failed: {one_line(e)}", file=sys.stderr)
         return 1
-    header = ("component", "precision", "provider", "ms", "output shapes")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
-    for row in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    print(f"bundle {bundle.bundle_id} ({bundle.manifest.profile}): every graph loaded and ran, "
-          "and the detector produced a finite result")  # fmt: skip
+    _print_table(("component", "precision", "provider", "ms", "output shapes"), rows)
+    try:
+        verdicts = remeasure(bundle, tuple(args.providers.split(",")))
+    except Exception as e:  # a variant that loaded and ran above but cannot be measured: one line
+        print(f"bundle check failed: re-measuring the precision variants: {one_line(e)}", file=sys.stderr)
+        return 1
+    print(
+        f"bundle {bundle.bundle_id} ({bundle.manifest.profile}): every graph loaded and ran, "
+        "and the detector produced a finite result"
+    )
+    _print_verdicts(bundle, verdicts)
     return 0
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _print_verdicts(bundle: Bundle, verdicts: list[Verdict]) -> None:
+    """Each fp16 / int8 graph re-measured against fp32 here, beside its export figure and where that was
+    measured; then what is refused, and whether the weights are random."""
+    if verdicts:
+        print(f"\nprecision variants against fp32 on this machine: {summary(describe())}")
+        machines: list[str] = []
+        rows = [_verdict_row(v, machines) for v in verdicts]
+        _print_table(
+            (
+                "component",
+                "precision",
+                "cosine here",
+                "mask IoU here",
+                "bound",
+                "here",
+                "cosine at export",
+                "at export",
+            ),
+            rows,
+        )
+        for i, machine in enumerate(machines, 1):
+            print(f"  [{i}] export measured on {machine}")
+        outside = [f"{v.component} {v.precision}" for v in verdicts if not v.holds]
+        if outside:
+            print(
+                f"outside their parity bound: {', '.join(outside)}; the runtime refuses them (detector, serve, "
+                "detect, benchmarks) unless --allow-unverified-precision; --precision auto skips them"
+            )
+        else:
+            print("every precision variant holds its parity bound here and at export")
+    if random := random_weights(bundle):
+        print(
+            f"random weights (source.random_init) in {', '.join(random)}: these graphs run, but their figures "
+            "and results say nothing about accuracy"
+        )
+
+
+def _verdict_row(v: Verdict, machines: list[str]) -> tuple[str, ...]:
+    here_iou = [f["mask_iou"] for f in (v.here or {}).values() if "mask_iou" in f]
+    bound = f"cos>={v.bound.get('min_cosine', '?')}" + (f" IoU>={v.bound.get('min_mask_iou', '?')}" if here_iou else "")
+    machine = summary(v.export["measured_on"]) if isinstance(v.export.get("measured_on"), dict) else "not recorded"
+    if machine not in machines:
+        machines.append(machine)
+    export_cos = v.cosine("export")
+    return (
+        v.component,
+        v.precision,
+        f"{v.cosine():.5f}",
+        f"{min(here_iou):.4f}" if here_iou else "-",
+        bound,
+        "holds" if v.holds_here else "OUTSIDE",
+        "-" if export_cos is None else f"{export_cos:.5f}",
+        f"{'holds' if v.holds_in_manifest else 'OUTSIDE'} [{machines.index(machine) + 1}]",
+    )
 
 
 if __name__ == "__main__":

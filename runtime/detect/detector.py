@@ -78,9 +78,9 @@ class Detector:
         # The language branch needs CLIP's two towers; a patch encoder alone is few-shot only.
         text = PromptText.from_bundle(bundle, settings) if encoder.clip else None
         refiner = SamRefiner.from_bundle(bundle, settings) if settings.use_sam else None
-        where = f"{encoder.component.name} {encoder.precision} on {', '.join(encoder.providers)}"
-        log.info("detector on %s: %s, refiner %s", bundle.path, where, "sam" if refiner else "contours")
-        return cls(encoder, text, refiner, settings, bundle=bundle)
+        detector = cls(encoder, text, refiner, settings, bundle=bundle)
+        log.info("detector on %s, graphs: %s", bundle.path, detector.graphs())
+        return detector
 
     def with_settings(self, settings: DetectorSettings) -> Detector:
         """A detector over the same parts with other settings (thresholds, weights, gates).
@@ -111,6 +111,11 @@ class Detector:
     @property
     def providers(self) -> tuple[str, ...]:
         return self.encoder.providers
+
+    def graphs(self) -> dict[str, dict]:
+        """Every graph this detector runs: {name: {precision, providers, requested}}, providers as they are now."""
+        parts = (self.encoder, self.text.encoder if self.text else None, self.refiner)  # stand-ins may have none
+        return {name: g for part in parts if hasattr(part, "graphs") for name, g in part.graphs().items()}
 
     @property
     def has_language(self) -> bool:
@@ -193,9 +198,15 @@ class Detector:
         return self._result(label="ERROR", image_score=1.0, anomaly_map=None, category=category, error=message)
 
     def _result(self, **fields) -> Result:
-        """A Result with what made it: providers, bundle id, settings."""
-        settings = dict(self._settings_dict)
-        return Result(**fields, providers=self.providers, bundle_id=self.bundle_id, settings=settings)
+        """A Result with what made it: providers, each graph's precision, bundle id, settings."""
+        precisions = {n: g["precision"] for n, g in self.graphs().items()}
+        return Result(
+            **fields,
+            providers=self.providers,
+            precisions=precisions,
+            bundle_id=self.bundle_id,
+            settings=dict(self._settings_dict),
+        )
 
     # --- steps ----------------------------------------------------------------------
 

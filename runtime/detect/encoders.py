@@ -17,6 +17,7 @@ import numpy as np
 from ..bundle.binding import bound
 from ..bundle.loader import Bundle
 from ..bundle.manifest import BundleError, Component
+from ..bundle.precision import open_graph
 from ..settings import DetectorSettings
 from .preprocess import clip_input
 
@@ -24,6 +25,8 @@ from .preprocess import clip_input
 # (Detector.with_settings refuses it; build a new detector with Detector.from_bundle).
 SESSION_SETTINGS = (
     "precision",
+    "allow_unverified_precision",
+    "precision_cache_dir",
     "providers",
     "threads",
     "strict_providers",
@@ -57,6 +60,27 @@ def session_options(settings: DetectorSettings) -> dict:
         "cuda_graph": settings.cuda_graph,
         "strict_providers": settings.strict_providers,
     }
+
+
+def open_session(bundle: Bundle, name: str, settings: DetectorSettings):
+    """(precision, session) of graph `name` at the settings' precision, refused when outside its
+    parity bound (runtime/bundle/precision.py) unless allow_unverified_precision; "auto" picks."""
+    return open_graph(
+        bundle,
+        name,
+        settings.precision,
+        settings.providers,
+        settings.allow_unverified_precision,
+        settings.precision_cache_dir,
+        **session_options(settings),
+    )
+
+
+def graph_entry(precision: str, session, providers=None) -> dict:
+    """One graph's row of `Detector.graphs()`: its precision, the providers it runs on now (after any
+    fallback) and those the settings asked for."""
+    running = providers if providers is not None else getattr(session, "providers", ())
+    return {"precision": precision, "providers": list(running), "requested": list(getattr(session, "requested", ()))}
 
 
 def with_encoder_defaults(settings: DetectorSettings, encoder: ImageEncoder) -> DetectorSettings:
@@ -102,13 +126,16 @@ class ImageEncoder:
     @classmethod
     def from_bundle(cls, bundle: Bundle, settings: DetectorSettings) -> ImageEncoder:
         component = image_component(bundle)
-        precision = bundle.precision_for(component.name, settings.precision)
-        session = bundle.session(component.name, precision, settings.providers, **session_options(settings))
+        precision, session = open_session(bundle, component.name, settings)
         return cls(bound(session, component, settings.io_binding), component, precision)
 
     @property
     def providers(self) -> tuple[str, ...]:
         return tuple(self.session.providers)
+
+    def graphs(self) -> dict[str, dict]:
+        """{graph: {precision, providers, requested}}: what this part runs, on what, now."""
+        return {self.component.name: graph_entry(self.precision, self.session, self.providers)}
 
     @property
     def identity(self) -> str:

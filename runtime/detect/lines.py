@@ -4,7 +4,7 @@ Every line opens with the same head: the schema version and which frame it is
 about (`FrameRef`). Then the label, and what that label carries:
 
     OK / NG / ERROR   the Result's fields (`Result.to_dict`): score, regions, timings,
-                      providers, bundle_id, settings, error
+                      providers, precisions (per graph), bundle_id, settings, error
     TEACH             how many references serve holds after taking this frame as one,
                       or (`rejected`) why it refused the frame as a reference
     EXPLANATION       the prompt agent's text about the (NG) frame in the head
@@ -72,8 +72,17 @@ def error_line(frame: FrameRef, why: str, like: Result) -> dict:
     The last resort when even the detector's own ERROR result is not strict JSON:
     the settings are the one part of it that can be, so they are left out ({}).
     """
-    error = Result("ERROR", 1.0, None, category=str(like.category), providers=tuple(map(str, like.providers)),
-                   bundle_id=str(like.bundle_id), settings={}, error=why)  # fmt: skip
+    error = Result(
+        "ERROR",
+        1.0,
+        None,
+        category=str(like.category),
+        providers=tuple(map(str, like.providers)),
+        precisions={str(k): str(v) for k, v in like.precisions.items()},
+        bundle_id=str(like.bundle_id),
+        settings={},
+        error=why,
+    )
     return result_line(frame, error)
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import math
 
 import numpy as np
 
@@ -17,6 +16,7 @@ def finite_or_none(value: float | None, digits: int = 6) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return round(float(value), digits)
+
 
 @dataclass
 class Region:
@@ -57,7 +57,8 @@ class Result:
     branches: tuple[str, ...] = ()  # "language", "reference"
     refiner: str = "none"  # "sam", "contours" or "none" (frame not suspicious)
     timings_ms: dict[str, float] = field(default_factory=dict)
-    providers: tuple[str, ...] = ()
+    providers: tuple[str, ...] = ()  # of the image graph, as it ran
+    precisions: dict[str, str] = field(default_factory=dict)  # graph -> the precision it ran at
     bundle_id: str = ""
     settings: dict = field(default_factory=dict)
     error: str | None = None
@@ -84,6 +85,7 @@ class Result:
             "regions": [r.summary() for r in self.regions],
             "timings_ms": {k: finite_or_none(v, 2) for k, v in self.timings_ms.items()},
             "providers": list(self.providers),
+            "precisions": dict(self.precisions),
             "bundle_id": self.bundle_id,
             "settings": self.settings,
             "error": self.error,

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..bundle.loader import Bundle
 from ..bundle.manifest import REBUILD_HINT, BundleError
+from .encoders import graph_entry
 from .tokenizer import ClipTokenizer
 
 log = logging.getLogger("lineside.text")
@@ -44,6 +45,10 @@ class TextEncoder:
         self.cache = Path(cache_dir or default_cache_dir()) / bundle.bundle_id
         self._memory: dict[str, np.ndarray] = {}
         self.encoded = 0  # prompts run through the graph (not found in the cache) since start
+
+    def graphs(self) -> dict[str, dict]:
+        """{graph: {precision, providers, requested}}: the text graph, always fp32 (each prompt runs once)."""
+        return {self.component.name: graph_entry("fp32", self._session)}
 
     def _file(self, prompt: str) -> Path:
         return self.cache / (hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:32] + ".npy")

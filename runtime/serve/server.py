@@ -136,6 +136,10 @@ class Server:
         self._watchdog.start()
         log.info("serving %s on http://%s:%d", s.source, s.host, self.web.port)
         return self
+    def graphs(self) -> dict[str, dict]:
+        """Each graph the detector runs: its precision and the providers it runs on now (and those asked for)."""
+        return self.detector.graphs()
+
 
     def _watch(self) -> None:
         """Keeps the ready gauge current and stops serve when a worker died."""

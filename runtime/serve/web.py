@@ -35,8 +35,18 @@ def _json(data, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=strict_json)
 
 
+def graph_lines(graphs: dict[str, dict]) -> str:
+    """One line per graph: "graph clip_image int8 on CPUExecutionProvider (requested cuda, cpu)"."""
+    return "".join(
+        f"graph {name} {g['precision']} on {', '.join(g['providers']) or '-'} "
+        f"(requested {', '.join(g.get('requested') or ['-'])})\n"
+        for name, g in graphs.items()
+    )
+
+
 def create_app(server) -> web.Application:
-    """`server` offers .state, .metrics, .stop, .health(), .ready() -> (bool, problem) and .counters()."""
+    """`server` offers .state, .metrics, .stop, .health(), .ready() -> (bool, problem), .graphs(), .counters()
+    and .triggers (a TriggerQueue, None when free-run)."""
     state, metrics = server.state, server.metrics
 
     async def healthz(_):
@@ -45,11 +55,13 @@ def create_app(server) -> web.Application:
 
     async def readyz(_):
         ok, problem = server.ready()
-        return web.Response(status=200 if ok else 503, text="ready\n" if ok else f"not ready: {problem}\n")
+        text = ("ready\n" if ok else f"not ready: {problem}\n") + graph_lines(server.graphs())
+        return web.Response(status=200 if ok else 503, text=text)
 
     async def metrics_text(_):
-        return web.Response(body=metrics.text(), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type": "version=0.0.4"})  # fmt: skip
+        return web.Response(
+            body=metrics.text(), content_type="text/plain", charset="utf-8", headers={"X-Content-Type": "version=0.0.4"}
+        )
 
     async def latest(_):
         if state.latest is None:
@@ -60,19 +72,30 @@ def create_app(server) -> web.Application:
         raw = request.query.get("since", "0")
         if not FRAME_ID.fullmatch(raw):
             shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
-            return _json({"error": f"since must be a frame id (a whole number, 0 to 18 digits), got {shown!r}"},
-                         status=400)  # fmt: skip
+            return _json(
+                {"error": f"since must be a frame id (a whole number, 0 to 18 digits), got {shown!r}"}, status=400
+            )
         return _json(state.since(int(raw)))
 
     async def status(_):
         ok, problem = server.ready()
-        return _json({"ready": ok, "problem": problem, "counters": server.counters(),
-                      "fps": state.fps, "operating_point": state.operating_point,
-                      "last_ng": state.last_ng, "latest": state.latest})  # fmt: skip
+        return _json(
+            {
+                "ready": ok,
+                "problem": problem,
+                "graphs": server.graphs(),
+                "counters": server.counters(),
+                "fps": state.fps,
+                "operating_point": state.operating_point,
+                "last_ng": state.last_ng,
+                "latest": state.latest,
+            }
+        )
 
     async def stream(request):
-        response = web.StreamResponse(headers={"Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
-                                               "Cache-Control": "no-store"})  # fmt: skip
+        response = web.StreamResponse(
+            headers={"Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}", "Cache-Control": "no-store"}
+        )
         await response.prepare(request)
         loop, seen = asyncio.get_running_loop(), -1
         try:
@@ -109,10 +132,19 @@ def create_app(server) -> web.Application:
         return web.Response(text=PAGE, content_type="text/html")
 
     app = web.Application()
-    app.add_routes([web.get("/", page), web.get("/healthz", healthz), web.get("/readyz", readyz),
-                    web.get("/metrics", metrics_text), web.get("/api/status", status),
-                    web.get("/api/result/latest", latest), web.get("/api/results", results),
-                    web.get("/stream", stream), web.post("/api/trigger", trigger)])  # fmt: skip
+    app.add_routes(
+        [
+            web.get("/", page),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics_text),
+            web.get("/api/status", status),
+            web.get("/api/result/latest", latest),
+            web.get("/api/results", results),
+            web.get("/stream", stream),
+            web.post("/api/trigger", trigger),
+        ]
+    )
     return app
 
 
@@ -170,8 +202,15 @@ class ConnectionGuard:
 class WebThread(threading.Thread):
     """Runs the app on host:port in its own event loop; `port` holds the bound port once started."""
 
-    def __init__(self, app: web.Application, host: str, port: int, max_connections: int = 64,
-                 read_timeout: float = 10.0, refused_counter=None):  # fmt: skip
+    def __init__(
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        max_connections: int = 64,
+        read_timeout: float = 10.0,
+        refused_counter=None,
+    ):
         super().__init__(name="http", daemon=True)
         self.refused_counter = refused_counter
         self.app, self.host, self.port = app, host, port
@@ -188,7 +227,8 @@ class WebThread(threading.Thread):
             self.loop.run_until_complete(runner.setup())
             self.guard = ConnectionGuard(runner.server, self.max_connections, self.refused_counter)
             listener = self.loop.run_until_complete(
-                self.loop.create_server(self.guard, self.host, self.port, backlog=128, reuse_address=True))
+                self.loop.create_server(self.guard, self.host, self.port, backlog=128, reuse_address=True)
+            )
             self.port = listener.sockets[0].getsockname()[1]
         except OSError as e:  # cleaned up and closed before start() hears of it: nothing left running
             self.error = e
