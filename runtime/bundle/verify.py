@@ -6,7 +6,7 @@ a CPU with VNNI measured 0.38 on one without. So each variant is run here on
 the bundle's check frame (check.check_frame), beside the fp32 graph on the
 same providers, and judged by the bound its manifest records. On one frame
 the figures judged are the cosine and the mask IoU; the relative difference,
-a maximum over one frame's values, is shown but judged at export only.
+a maximum over one frame's values, is kept with the figures but judged at export only.
 
 The figures measured here are kept on disk (`cache_dir`, by default
 ~/.cache/lineside/precision) under a key of bundle id, graph, precision, this
