@@ -96,8 +96,11 @@ def check_graph(bundle: Bundle, name: str, precision: str, providers, repeats: i
             continue
         got = session.run(feeds)
         worst = agreement(reference, got)
-        row |= {"providers": ",".join(session.providers), "cosine": min(f["cosine"] for f in worst.values()),
-                "max_rel_diff": max(f["max_rel_diff"] for f in worst.values())}  # fmt: skip
+        row |= {
+            "providers": ",".join(session.providers),
+            "cosine": min(f["cosine"] for f in worst.values()),
+            "max_rel_diff": max(f["max_rel_diff"] for f in worst.values()),
+        }
         rows.append(row | timed(lambda s=session: s.run(feeds), repeats))
     return rows
 
@@ -113,8 +116,10 @@ def check_sam_chain(bundle: Bundle, providers, repeats: int) -> dict | None:
     parts = {on: SamRefiner(bundle, "fp32", providers, io_binding=on) for on in (False, True)}
     masks = {on: r.masks(r.embed(FRAME), (120, 160), found)[0] for on, r in parts.items()}
     agree = float((masks[False].mask == masks[True].mask).mean())
-    times = {f"io_binding={on}": timed(lambda r=r: r.masks(r.embed(FRAME), (120, 160), found), repeats)
-             for on, r in parts.items()}  # fmt: skip
+    times = {
+        f"io_binding={on}": timed(lambda r=r: r.masks(r.embed(FRAME), (120, 160), found), repeats)
+        for on, r in parts.items()
+    }
     return {"mask_pixels_agreeing": agree, "iou_gap": abs(masks[False].iou - masks[True].iou), **times}
 
 
@@ -128,25 +133,42 @@ def run(args) -> dict:
         build_bundle(args.bundle, args.export, clip=replace(p.clip, pretrained=None, **fp), sam=replace(p.sam, **fp))
     bundle = Bundle.open(args.bundle)
     providers = tuple(args.providers)
-    rows = [row for name in GRAPHS if name in bundle.manifest.components
-            for precision in ("fp32", "fp16") if precision in bundle.component(name).files
-            for row in check_graph(bundle, name, precision, providers, args.repeats)]  # fmt: skip
+    rows = [
+        row
+        for name in GRAPHS
+        if name in bundle.manifest.components
+        for precision in ("fp32", "fp16")
+        if precision in bundle.component(name).files
+        for row in check_graph(bundle, name, precision, providers, args.repeats)
+    ]
     torch_rows = None
     if args.torch:
         from .latency import torch_eager
 
         torch_rows = torch_eager(bundle, 4, args.repeats, args.torch_device, fp16=args.torch_device.startswith("cuda"))
     peak = gemm_peak_gflops(args.torch_device) if args.torch else None
-    return {"bundle_id": bundle.bundle_id, "profile": bundle.manifest.profile, "machine": reporting.machine(),
-            "providers": list(providers), "graphs": rows, "sam_chain": check_sam_chain(bundle, providers, args.repeats),
-            "torch": torch_rows, "gpu_gemm_peak_gflops": peak}  # fmt: skip
+    return {
+        "bundle_id": bundle.bundle_id,
+        "profile": bundle.manifest.profile,
+        "machine": reporting.machine(),
+        "providers": list(providers),
+        "graphs": rows,
+        "sam_chain": check_sam_chain(bundle, providers, args.repeats),
+        "torch": torch_rows,
+        "gpu_gemm_peak_gflops": peak,
+    }
 
 
 def markdown(data: dict) -> str:
     cols = ["graph", "precision", "way", "providers", "cosine", "max_rel_diff", "p50", "p90", "p99", "note"]
-    lines = [f"# GPU check: bundle `{data['bundle_id']}` ({data['profile']}), providers {data['providers']}", "",
-             "Agreement is with the CPU fp32 graph; times in ms, warm-up excluded.", "",
-             reporting.table(data["graphs"], cols), ""]  # fmt: skip
+    lines = [
+        f"# GPU check: bundle `{data['bundle_id']}` ({data['profile']}), providers {data['providers']}",
+        "",
+        "Agreement is with the CPU fp32 graph; times in ms, warm-up excluded.",
+        "",
+        reporting.table(data["graphs"], cols),
+        "",
+    ]
     if data["sam_chain"]:
         lines += [f"SAM encoder -> decoder, embeddings kept on the device vs through the host: {data['sam_chain']}", ""]
     if data["torch"]:

@@ -33,18 +33,24 @@ from .metrics import binary_metrics
 DEFAULT_CONFIGS = "exact,coreset:0.05,coreset:0.1,coreset:0.25,faiss"
 
 
+EXTRA = {"window": ("reference_window", int), "top": ("top_fraction", float), "mapw": ("map_weight", float)}
+
+
 def parse_config(spec: str) -> dict:
-    """'exact' | 'coreset:R' | 'faiss' | 'coreset:R+faiss' -> detector settings."""
-    ratio, index = 1.0, "numpy"
+    """'exact' | 'coreset:R' | 'faiss', and the scoring ablations 'window:N' (position-aware), 'top:F' (image score
+    from the top fraction of the map), 'mapw:W' (map weight), joined by + -> detector settings."""
+    out = {"coreset_ratio": 1.0, "nn_index": "numpy"}
     for part in spec.split("+"):
         name, _, value = part.partition(":")
         if name == "coreset":
-            ratio = float(value)
+            out["coreset_ratio"] = float(value)
         elif name == "faiss":
-            index = "faiss"
+            out["nn_index"] = "faiss"
+        elif name in EXTRA:
+            out[EXTRA[name][0]] = EXTRA[name][1](value)
         elif name != "exact":
-            raise ValueError(f"unknown configuration {part!r}: use exact, coreset:R or faiss, joined by +")
-    return {"coreset_ratio": ratio, "nn_index": index}
+            raise ValueError(f"unknown configuration {part!r}: use exact, coreset:R, faiss, window:N, top:F, mapw:W")
+    return out
 
 
 def run(bundle: Path, configs: list[str], per_class: int, seed: int, threads: int | None = None) -> dict:
@@ -115,7 +121,7 @@ def markdown(data: dict) -> str:
     ]
     return "\n".join(
         [
-            "# Reference stage: exact search, coresets, faiss index",
+            "# Reference stage: exact search, coresets, faiss index; scoring ablations",
             "",
             f"ELPV, {data['shots']} shots per cell type, {data['per_class']} good + {data['per_class']} defective "
             f"held-out cells per type; bundle {data['bundle']}.",
@@ -129,7 +135,12 @@ def markdown(data: dict) -> str:
             "",
             "speedup: exact's reference p50 / this one's; ref_vs_encoder: reference p50 / encoder p50 (target <= 1); "
             "d_auroc_pooled: pooled AUROC minus exact's (target within 0.005). build_s: memories of both types, "
-            "built once (then read from the disk cache).",
+            "built once (then read from the disk cache). Configurations: exact searches every reference patch; "
+            "coreset:R searches a greedy k-center coreset of that share first, then the farthest patches again in all; "
+            "faiss an HNSW graph, refined the same way; window:N compares each patch only with the references' "
+            "patches within N grid cells of its place (registered parts); top:F scores the image by the mean of the "
+            "map's top F of pixels instead of its maximum; mapw:W weighs the map against the global embedding "
+            "(default 0.5). The demo runs window:1+top:0.01+mapw:1.",
             "",
         ]
     )

@@ -42,12 +42,19 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--out", type=Path, required=True, help="bundle folder (created, or updated in place)")
     common.add_argument("--precisions", type=_csv(str), help="comma list of fp32,fp16,int8 (fp32 always)")
     common.add_argument("-q", "--quiet", action="store_true", help="only the closing table")
-    common.add_argument("--no-fuse", action="store_true",
-                        help="transformer encoders with plain attention ops, unfused (for runtimes without "
-                             "onnxruntime's contrib operators, e.g. TensorRT's own parser)")  # fmt: skip
-    common.add_argument("--external-data-threshold", type=_bytes, metavar="BYTES",
-                        help=f"graphs with more tensor bytes than this keep them in NAME.onnx.data "
-                             f"(default: ${THRESHOLD_ENV}, else 1.8e9)")  # fmt: skip
+    common.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="transformer encoders with plain attention ops, unfused (for runtimes without "
+        "onnxruntime's contrib operators, e.g. TensorRT's own parser)",
+    )
+    common.add_argument(
+        "--external-data-threshold",
+        type=_bytes,
+        metavar="BYTES",
+        help=f"graphs with more tensor bytes than this keep them in NAME.onnx.data "
+        f"(default: ${THRESHOLD_ENV}, else 1.8e9)",
+    )
 
     clip = sub.add_parser("clip", parents=[common], help="CLIP image + text graphs and tokenizer")
     clip.add_argument("--arch", default=ClipSpec.arch, help="open_clip architecture (default %(default)s)")
@@ -91,18 +98,33 @@ def specs(args) -> tuple[str, dict]:
     prec = {"precisions": args.precisions} if args.precisions else {}
     if args.command == "clip":
         _need_weights(bool(args.pretrained or args.checkpoint), args.random_init, "CLIP")
-        spec = ClipSpec(args.arch, args.pretrained, args.checkpoint, args.image_size, args.vv_from,
-                        args.taps, args.no_vv, **prec, fuse=not args.no_fuse)  # fmt: skip
+        spec = ClipSpec(
+            args.arch,
+            args.pretrained,
+            args.checkpoint,
+            args.image_size,
+            args.vv_from,
+            args.taps,
+            args.no_vv,
+            **prec,
+            fuse=not args.no_fuse,
+        )
         return "custom", {"clip": spec}
     if args.command == "sam":
         _need_weights(bool(args.checkpoint), args.random_init, "SAM")
         return "custom", {"sam": SamSpec(args.variant, args.checkpoint, **prec, fuse=not args.no_fuse)}
     if args.command == "mllm":
-        return "custom", {"mllm": MllmSpec(args.gguf, args.hf_dir, args.packaged, args.mmproj, args.handler,
-                                           args.quant, args.allow_requantize)}  # fmt: skip
+        return "custom", {
+            "mllm": MllmSpec(
+                args.gguf, args.hf_dir, args.packaged, args.mmproj, args.handler, args.quant, args.allow_requantize
+            )
+        }
     profile = PROFILES[args.profile]
-    chosen = {k: replace(v, **prec) for k, v in (("clip", profile.clip), ("sam", profile.sam),
-                                                 ("patch", profile.patch)) if v is not None}  # fmt: skip
+    chosen = {
+        k: replace(v, **prec)
+        for k, v in (("clip", profile.clip), ("sam", profile.sam), ("patch", profile.patch))
+        if v is not None
+    }
     if profile.mllm is not None:
         chosen["mllm"] = profile.mllm
     for key in ("clip", "sam"):

@@ -90,9 +90,16 @@ def _export_image(graph, model, size, mean, std, spec, writer, source) -> Compon
     cases = [({n: o[i : i + 1] for n, o in zip(names, outputs)}, {"pixels": pixels[i : i + 1]}) for i in range(len(x))]
     blocks = model.visual.transformer.resblocks
     graphs = export_measured(
-        writer, "clip_image", graph, (x[:1],), ["pixels"], names, cases=cases, precisions=spec.precisions,
+        writer,
+        "clip_image",
+        graph,
+        (x[:1],),
+        ["pixels"],
+        names,
+        cases=cases,
+        precisions=spec.precisions,
         optimise=Optimisation(blocks[0].attn.num_heads, blocks[0].attn.embed_dim) if graph.fused else None,
-    )  # fmt: skip
+    )
     grid = size // model.visual.patch_size[0]
     dim = outputs[0].shape[-1]
     return Component(
@@ -140,10 +147,17 @@ def _export_text(model, spec, writer, source) -> Component:
     with torch.no_grad():
         reference = text_graph(torch.from_numpy(theirs)).numpy()
     graphs = export_measured(
-        writer, "clip_text", text_graph, (torch.from_numpy(theirs),), ["input_ids"], ["text_embedding"],
-        reference={"text_embedding": reference}, feeds={"input_ids": theirs}, precisions=TEXT_PRECISIONS,
+        writer,
+        "clip_text",
+        text_graph,
+        (torch.from_numpy(theirs),),
+        ["input_ids"],
+        ["text_embedding"],
+        reference={"text_embedding": reference},
+        feeds={"input_ids": theirs},
+        precisions=TEXT_PRECISIONS,
         dynamic_axes={"input_ids": {0: "batch"}, "text_embedding": {0: "batch"}},
-    )  # fmt: skip
+    )
     return Component(
         name="clip_text",
         role="text_encoder",

@@ -67,8 +67,9 @@ class ClipImageGraph(nn.Module):
     MultiHeadAttention (attention.py); False traces plain operators.
     """
 
-    def __init__(self, visual: VisionTransformer, mean, std, vv_from: int | None, taps: Sequence[int],
-                 fused: bool = True):  # fmt: skip
+    def __init__(
+        self, visual: VisionTransformer, mean, std, vv_from: int | None, taps: Sequence[int], fused: bool = True
+    ):
         super().__init__()
         check_supported(visual)
         depth = len(visual.transformer.resblocks)

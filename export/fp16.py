@@ -40,8 +40,12 @@ def convert(src: Path, keep_fp32: Sequence[str] = ()) -> onnx.ModelProto:
     model = OnnxModel(onnx.load(str(src)))
     logging.disable(logging.WARNING)  # the converter's advice about initializers shared by fp16 and fp32 nodes
     try:
-        model.convert_float_to_float16(keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *keep_fp32],
-                                       min_positive_val=FP16_MIN, max_finite_val=FP16_MAX)  # fmt: skip
+        model.convert_float_to_float16(
+            keep_io_types=True,
+            op_block_list=[*DEFAULT_OP_BLOCK_LIST, *keep_fp32],
+            min_positive_val=FP16_MIN,
+            max_finite_val=FP16_MAX,
+        )
     finally:
         logging.disable(logging.NOTSET)
     _drop_duplicate_casts(model.model.graph)

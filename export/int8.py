@@ -72,8 +72,9 @@ class Int8Format:
 
 
 # Transformers: MatMul/Gemm weights (convolutions, a small share of their FLOPs, stay fp32).
-DYNAMIC = Int8Format("dynamic", "IntegerOps", "uint8", "uint8", per_channel=False, reduce_range=False,
-                     op_types=("MatMul", "Gemm"))  # fmt: skip
+DYNAMIC = Int8Format(
+    "dynamic", "IntegerOps", "uint8", "uint8", per_channel=False, reduce_range=False, op_types=("MatMul", "Gemm")
+)
 # CNNs, whose work is all convolutions: everything, calibrated, per-channel weights.
 STATIC = Int8Format("static", "QDQ", "uint8", "int8", per_channel=True, reduce_range=True)
 
@@ -111,10 +112,16 @@ def _dynamic(src: Path, dst: Path, big: bool) -> None:
     _, weights = _types(DYNAMIC)
     # Tensors after onnxruntime's fused operators (optimize.py) have no type from onnx's shape
     # inference; in these graphs every such activation is float32.
-    quantize_dynamic(str(src), str(dst), weight_type=weights, per_channel=DYNAMIC.per_channel,
-                     reduce_range=DYNAMIC.reduce_range, op_types_to_quantize=list(DYNAMIC.op_types),
-                     use_external_data_format=big,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fmt: skip
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        weight_type=weights,
+        per_channel=DYNAMIC.per_channel,
+        reduce_range=DYNAMIC.reduce_range,
+        op_types_to_quantize=list(DYNAMIC.op_types),
+        use_external_data_format=big,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
 
 
 def _static(src: Path, dst: Path, calibration: list[dict], big: bool) -> None:
@@ -131,12 +138,26 @@ def _static(src: Path, dst: Path, calibration: list[dict], big: bool) -> None:
     activations, weights = _types(STATIC)
     prepared = dst.with_suffix(".pre.onnx")
     try:
-        quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=True,
-                          save_as_external_data=big, all_tensors_to_one_file=True,
-                          external_data_location=data_path(prepared).name)  # fmt: skip
-        quantize_static(str(prepared), str(dst), Feeds(), quant_format=QuantFormat.QDQ,
-                        per_channel=STATIC.per_channel, reduce_range=STATIC.reduce_range,
-                        activation_type=activations, weight_type=weights, use_external_data_format=big)  # fmt: skip
+        quant_pre_process(
+            str(src),
+            str(prepared),
+            skip_optimization=True,
+            skip_symbolic_shape=True,
+            save_as_external_data=big,
+            all_tensors_to_one_file=True,
+            external_data_location=data_path(prepared).name,
+        )
+        quantize_static(
+            str(prepared),
+            str(dst),
+            Feeds(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=STATIC.per_channel,
+            reduce_range=STATIC.reduce_range,
+            activation_type=activations,
+            weight_type=weights,
+            use_external_data_format=big,
+        )
     finally:
         prepared.unlink(missing_ok=True)
         data_path(prepared).unlink(missing_ok=True)

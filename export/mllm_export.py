@@ -93,17 +93,38 @@ def convert_hf(hf_dir: Path, out: Path) -> Path:
         raise FileNotFoundError(f"{hf_dir} is not a Hugging Face model folder (no config.json)")
     llama_cpp = _llama_cpp()
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", tmp,
-                        f"llama-cpp-python=={llama_cpp.__version__}"], check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-d",
+                tmp,
+                f"llama-cpp-python=={llama_cpp.__version__}",
+            ],
+            check=True,
+            capture_output=True,
+        )
         sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         with tarfile.open(sdist) as tar:
-            members = [m for m in tar.getmembers() if "vendor/llama.cpp/" in m.name
-                       and (m.name.endswith("convert_hf_to_gguf.py") or "/gguf-py/" in m.name)]  # fmt: skip
+            members = [
+                m
+                for m in tar.getmembers()
+                if "vendor/llama.cpp/" in m.name and (m.name.endswith("convert_hf_to_gguf.py") or "/gguf-py/" in m.name)
+            ]
             tar.extractall(tmp, members=members, filter="data")
         script = next(Path(tmp).rglob("convert_hf_to_gguf.py"))
         env_path = str(script.parent / "gguf-py")
-        done = subprocess.run([sys.executable, str(script), str(hf_dir), "--outfile", str(out), "--outtype", "f16"],
-                              capture_output=True, text=True, env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"})  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, str(script), str(hf_dir), "--outfile", str(out), "--outtype", "f16"],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
+        )
         if done.returncode != 0:
             raise RuntimeError(f"llama.cpp's converter failed on {hf_dir}: {done.stderr[-800:]}")
     return out
@@ -116,8 +137,9 @@ def smoke(path: Path, threads: int | None = None) -> dict:
     llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=threads, seed=0, verbose=False)
     loaded = time.perf_counter() - started
     started = time.perf_counter()
-    out = llm.create_chat_completion(messages=[{"role": "user", "content": SMOKE_PROMPT}], max_tokens=24,
-                                     temperature=0.0, seed=0)  # fmt: skip
+    out = llm.create_chat_completion(
+        messages=[{"role": "user", "content": SMOKE_PROMPT}], max_tokens=24, temperature=0.0, seed=0
+    )
     seconds = time.perf_counter() - started
     tokens = out["usage"]["completion_tokens"]
     meta = llm.metadata
@@ -138,7 +160,13 @@ def export_mllm(spec: MllmSpec, writer: BundleWriter) -> Component:
     if spec.handler and spec.handler not in HANDLERS:
         raise ValueError(f"unknown chat handler {spec.handler!r}; choose from {', '.join(HANDLERS)}")
     with tempfile.TemporaryDirectory(dir=writer.tmp) as tmp:
-        src = packaged_gguf() if spec.packaged else Path(spec.gguf) if spec.gguf else convert_hf(spec.hf_dir, Path(tmp) / "f16.gguf")
+        src = (
+            packaged_gguf()
+            if spec.packaged
+            else Path(spec.gguf)
+            if spec.gguf
+            else convert_hf(spec.hf_dir, Path(tmp) / "f16.gguf")
+        )
         if not src.is_file():
             raise FileNotFoundError(f"GGUF file {src} does not exist")
         found = file_type(src)
@@ -163,8 +191,17 @@ def export_mllm(spec: MllmSpec, writer: BundleWriter) -> Component:
         kind="gguf",
         files={quant: writer.entry(rel, {"smoke": figures})},  # keyed by quantisation; tokens/s in the smoke figures
         assets=assets,
-        config={"handler": handler, "vision": bool(spec.mmproj), "n_ctx_train": figures["n_ctx_train"],
-                "chat_format": "gguf-template" if figures["chat_template"] else "chatml"},  # fmt: skip
-        source={"file": src.name, "architecture": figures["architecture"], "source_file_type": found, "how": how,
-                "license": PACKAGED[2] if spec.packaged else "as stated by the model's publisher"},  # fmt: skip
+        config={
+            "handler": handler,
+            "vision": bool(spec.mmproj),
+            "n_ctx_train": figures["n_ctx_train"],
+            "chat_format": "gguf-template" if figures["chat_template"] else "chatml",
+        },
+        source={
+            "file": src.name,
+            "architecture": figures["architecture"],
+            "source_file_type": found,
+            "how": how,
+            "license": PACKAGED[2] if spec.packaged else "as stated by the model's publisher",
+        },
     )

@@ -39,8 +39,20 @@ log = logging.getLogger("lineside.export")
 # Basic-level rewrites that would hide the patterns the fusions look for.
 KEEP_FOR_FUSION = ["MatMulAddFusion", "MatMulScaleFusion", "ConstantSharing"]
 # What the counts in the manifest track.
-COUNTED = ("MultiHeadAttention", "Attention", "Softmax", "SkipLayerNormalization", "LayerNormalization",
-           "BiasGelu", "Gelu", "FastGelu", "Shape", "MatMul", "Gemm", "Cast")  # fmt: skip
+COUNTED = (
+    "MultiHeadAttention",
+    "Attention",
+    "Softmax",
+    "SkipLayerNormalization",
+    "LayerNormalization",
+    "BiasGelu",
+    "Gelu",
+    "FastGelu",
+    "Shape",
+    "MatMul",
+    "Gemm",
+    "Cast",
+)
 
 
 @dataclass(frozen=True)
@@ -54,8 +66,12 @@ class Optimisation:
     fp16_keep_fp32: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"model_type": self.model_type, "num_heads": self.num_heads, "hidden_size": self.hidden_size,
-                "attention": f"{DOMAIN}.{FUSED_OP} (written at export)"}  # fmt: skip
+        return {
+            "model_type": self.model_type,
+            "num_heads": self.num_heads,
+            "hidden_size": self.hidden_size,
+            "attention": f"{DOMAIN}.{FUSED_OP} (written at export)",
+        }
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
@@ -77,8 +93,10 @@ def _same_io(before: list, after: list) -> bool:
     pairs = [(b, a) for side_b, side_a in zip(before, after) for b, a in zip(side_b, side_a)]
     if [len(side) for side in before] != [len(side) for side in after]:
         return False
-    return all(b[:2] == a[:2] and len(b[2]) == len(a[2]) and all(isinstance(d, str) or d == e
-               for d, e in zip(b[2], a[2])) for b, a in pairs)  # fmt: skip
+    return all(
+        b[:2] == a[:2] and len(b[2]) == len(a[2]) and all(isinstance(d, str) or d == e for d, e in zip(b[2], a[2]))
+        for b, a in pairs
+    )
 
 
 def fold_shapes(src: Path, dst: Path) -> None:

@@ -37,8 +37,14 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # TF Lite models: (x - 127.5) / 12
 STAGES = (2, 3)  # indices into model.blocks: stride 8 (40 channels) and stride 16 (80 channels)
 TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 IN_BLOCK_FIRST = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-IN_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-            "_project_conv": "conv_pwl", "_bn2": "bn3"}  # fmt: skip
+IN_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 
 
 @dataclass(frozen=True)
@@ -98,18 +104,31 @@ def freeze_same_padding(model: nn.Module, size: int) -> nn.Module:
     from timm.layers.conv2d_same import Conv2dSame
 
     sizes: dict[str, tuple[int, int]] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: sizes.__setitem__(name, args[0].shape[-2:]))
-             for name, m in model.named_modules() if isinstance(m, Conv2dSame)]  # fmt: skip
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, name=name: sizes.__setitem__(name, args[0].shape[-2:]))
+        for name, m in model.named_modules()
+        if isinstance(m, Conv2dSame)
+    ]
     with torch.no_grad():
         model(torch.zeros(1, 3, size, size))
     for h in hooks:
         h.remove()
     for name, (height, width) in sizes.items():
         conv = model.get_submodule(name)
-        pads = [_same_pad(n, k, s, d) for n, k, s, d in
-                zip((width, height), conv.kernel_size[::-1], conv.stride[::-1], conv.dilation[::-1])]  # fmt: skip
-        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
-                          conv.groups, conv.bias is not None)  # fmt: skip
+        pads = [
+            _same_pad(n, k, s, d)
+            for n, k, s, d in zip((width, height), conv.kernel_size[::-1], conv.stride[::-1], conv.dilation[::-1])
+        ]
+        plain = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            0,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+        )
         plain.load_state_dict(conv.state_dict())
         parent, _, leaf = name.rpartition(".")
         padding = (pads[0][0], pads[0][1], pads[1][0], pads[1][1])  # left, right, top, bottom
@@ -159,19 +178,32 @@ def export_patch_encoder(spec: PatchSpec, writer: BundleWriter) -> Component:
     model, source = load_lite0(spec)
     size = spec.image_size
     graph = PatchEncoderGraph(freeze_same_padding(model, size)).eval()
-    prep = {"layout": "NCHW", "colour": "RGB", "dtype": "float32", "range": [0, 255], "resize": "stretch",
-            "size": [size, size], "interpolation": "area",
-            "normalisation": {"where": "graph", "mean": list(MEAN), "std": list(STD)}}  # fmt: skip
+    prep = {
+        "layout": "NCHW",
+        "colour": "RGB",
+        "dtype": "float32",
+        "range": [0, 255],
+        "resize": "stretch",
+        "size": [size, size],
+        "interpolation": "area",
+        "normalisation": {"where": "graph", "mean": list(MEAN), "std": list(STD)},
+    }
     pixels = torch.cat([torch.from_numpy(clip_input(parity_image(300, 300, s), prep)) for s in (4, 5)])
     with torch.no_grad():
         global_emb, tokens = graph(pixels)
     graphs = export_measured(
-        writer, "patch_encoder", graph, (pixels,), ["pixels"], ["image_embedding", "patch_tokens"],
+        writer,
+        "patch_encoder",
+        graph,
+        (pixels,),
+        ["pixels"],
+        ["image_embedding", "patch_tokens"],
         reference={"image_embedding": global_emb.numpy(), "patch_tokens": tokens.numpy()},
-        feeds={"pixels": pixels.numpy()}, precisions=spec.precisions,
+        feeds={"pixels": pixels.numpy()},
+        precisions=spec.precisions,
         dynamic_axes={n: {0: "batch"} for n in ("pixels", "image_embedding", "patch_tokens")},
         calibration=[{"pixels": clip_input(img, prep)} for img in calibration_images()],
-    )  # fmt: skip
+    )
     n, dim = tokens.shape[1:]
     g = size // 8  # the stride of the first tapped stage
     assert n == g * g, f"{n} tokens is not a {g}x{g} grid"
@@ -182,8 +214,10 @@ def export_patch_encoder(spec: PatchSpec, writer: BundleWriter) -> Component:
         files=graphs.files,
         assets=graphs.assets,
         inputs=(TensorSpec("pixels", ("batch", 3, size, size), "float32"),),
-        outputs=(TensorSpec("image_embedding", ("batch", dim), "float32"),
-                 TensorSpec("patch_tokens", ("batch", n, dim), "float32")),  # fmt: skip
+        outputs=(
+            TensorSpec("image_embedding", ("batch", dim), "float32"),
+            TensorSpec("patch_tokens", ("batch", n, dim), "float32"),
+        ),
         preprocessing=prep,
         config={"grid": [g, g], "taps": [{"layer": "stages 2+3", "output": "patch_tokens"}], "branches": ["reference"]},
         source=source | {"image_size": size, "stages": list(STAGES)},

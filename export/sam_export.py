@@ -130,11 +130,18 @@ def _export_encoder(sam, spec, writer, source) -> tuple[Component, np.ndarray]:
     graph = SamEncoderGraph(sam, fused=spec.fuse).eval()
     attn = sam.image_encoder.blocks[0].attn
     graphs = export_measured(
-        writer, "sam_encoder", graph, (torch.from_numpy(pixels),), ["pixels"], ["image_embeddings"],
-        reference={"image_embeddings": reference}, feeds={"pixels": pixels}, precisions=spec.precisions,
+        writer,
+        "sam_encoder",
+        graph,
+        (torch.from_numpy(pixels),),
+        ["pixels"],
+        ["image_embeddings"],
+        reference={"image_embeddings": reference},
+        feeds={"pixels": pixels},
+        precisions=spec.precisions,
         optimise=Optimisation(attn.num_heads, attn.qkv.in_features) if spec.fuse else None,
         features={"image_embeddings": 1},  # a 256-vector per position (NCHW)
-    )  # fmt: skip
+    )
     shape = (1, 3, target, target)
     component = Component(
         name="sam_encoder",
@@ -192,12 +199,17 @@ def _export_decoder(sam, embeddings, spec, writer, source) -> Component:
     cases = _decoder_cases(sam, embeddings, prep)
     args = tuple(torch.from_numpy(cases[0][1][n]) for n in DECODER_INPUTS[1:])
     graphs = export_measured(
-        writer, "sam_decoder", SamOnnxModel(sam, return_single_mask=False).eval(),
-        (torch.from_numpy(embeddings), *args), DECODER_INPUTS, DECODER_OUTPUTS,
+        writer,
+        "sam_decoder",
+        SamOnnxModel(sam, return_single_mask=False).eval(),
+        (torch.from_numpy(embeddings), *args),
+        DECODER_INPUTS,
+        DECODER_OUTPUTS,
         cases=[(ref, {"image_embeddings": embeddings, **feeds}) for ref, feeds in cases],
-        precisions=spec.precisions, masks=("masks", "low_res_masks"),
+        precisions=spec.precisions,
+        masks=("masks", "low_res_masks"),
         dynamic_axes={"point_coords": {1: "points"}, "point_labels": {1: "points"}, "masks": {2: "height", 3: "width"}},
-    )  # fmt: skip
+    )
     emb_shape = tuple(embeddings.shape)
     return Component(
         name="sam_decoder",

@@ -41,7 +41,9 @@ class BundleWriter:
         self.out = Path(out).absolute()
         self.profile = profile
         self.versions = versions or {}
-        self.external_data_threshold = threshold_from_env() if external_data_threshold is None else external_data_threshold
+        self.external_data_threshold = (
+            threshold_from_env() if external_data_threshold is None else external_data_threshold
+        )
         self.existing = self._existing_manifest()
         parent = self.out.parent
         try:

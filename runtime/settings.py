@@ -57,10 +57,17 @@ class JobSettings(Section):
     bundle: Path = setting(Path("bundles/default"), "bundle folder (python -m export ... --out DIR)")
     category: str = setting("part", "what the parts are, e.g. solar_cell or metal_nut")
     references: Path | None = setting(None, "folder of known-good images (few-shot branch)")
-    calibrate: Path | None = setting(None, "folder of known-good images (not the references) that sets the NG "
-                                     "threshold for false_alarm_target; unset: the threshold setting")  # fmt: skip
-    false_alarm_target: float = setting(0.01, "false-alarm rate on good parts that calibration aims at "
-                                        "(--calibrate DIR, --calibrate-teach)", above=0.0, high=0.5)  # fmt: skip
+    calibrate: Path | None = setting(
+        None,
+        "folder of known-good images (not the references) that sets the NG "
+        "threshold for false_alarm_target; unset: the threshold setting",
+    )
+    false_alarm_target: float = setting(
+        0.01,
+        "false-alarm rate on good parts that calibration aims at (--calibrate DIR, --calibrate-teach)",
+        above=0.0,
+        high=0.5,
+    )
 
     def check(self) -> None:
         if not str(self.category).strip():
@@ -83,19 +90,29 @@ class DetectorSettings(Section):
         None, "where the parity figures measured on this machine are kept (default ~/.cache/lineside/precision)"
     )
     providers: tuple[str, ...] = setting(("cpu",), "onnxruntime providers in order", choices=PROVIDERS)
-    strict_providers: bool = setting(False, "refuse to start when a requested accelerator (tensorrt, cuda) "
-                                     "is not obtained, instead of running on the next provider")  # fmt: skip
+    strict_providers: bool = setting(
+        False,
+        "refuse to start when a requested accelerator (tensorrt, cuda) "
+        "is not obtained, instead of running on the next provider",
+    )
     threads: int | None = setting(None, "intra-op threads per session (unset: onnxruntime decides)", low=1)
     trt_cache_dir: Path | None = setting(None, "where TensorRT engines are built and cached")
     trt_fp16: bool = setting(False, "let TensorRT build fp16 engines (faster on GPUs with tensor cores)")
-    io_binding: bool | None = setting(None, "bind graph inputs and outputs to the device: a frame is uploaded once, "
-                                      "SAM's embeddings stay on the GPU; unset: on for CUDA and TensorRT")  # fmt: skip
-    cuda_graph: bool = setting(False, "capture the static graphs (image encoder, SAM encoder) as CUDA graphs on "
-                               "CUDA/TensorRT (implies io_binding); off until measured faster on the GPU")  # fmt: skip
+    io_binding: bool | None = setting(
+        None,
+        "bind graph inputs and outputs to the device: a frame is uploaded once, "
+        "SAM's embeddings stay on the GPU; unset: on for CUDA and TensorRT",
+    )
+    cuda_graph: bool = setting(
+        False,
+        "capture the static graphs (image encoder, SAM encoder) as CUDA graphs on "
+        "CUDA/TensorRT (implies io_binding); off until measured faster on the GPU",
+    )
     text_cache_dir: Path | None = setting(None, "text-embedding cache (default ~/.cache/lineside/text)")
     prompt_dir: Path | None = setting(None, "folder of prompt banks CATEGORY.json (default BUNDLE/prompts)")
-    max_image_pixels: int = setting(MAX_IMAGE_PIXELS, "image files declaring more pixels are refused before "
-                                    "decoding", low=1)  # fmt: skip
+    max_image_pixels: int = setting(
+        MAX_IMAGE_PIXELS, "image files declaring more pixels are refused before decoding", low=1
+    )
     input_bits: int = setting(16, "bit depth of uint16 frames; values above it are refused", choices=(10, 12, 14, 16))
     min_frame_side: int = setting(16, "frames with a side shorter than this many pixels are refused", low=1)
     threshold: float = unit(0.5, "image score at or above which a frame is NG")
@@ -105,13 +122,35 @@ class DetectorSettings(Section):
     smoothing_sigma: float = setting(4.0, "Gaussian sigma of the anomaly map, in pixels at 518 px input", low=0.0)
     map_weight: float = unit(0.5, "image score = (1 - w) * global-embedding score + w * map maximum")
     reference_weight: float = unit(0.5, "weight of the reference (few-shot) map when references are given")
-    coreset_ratio: float = setting(0.1, "share of the references' patches searched first (greedy k-center coreset; "
-                                   "the farthest patches then exactly); 1.0: all", above=0.0, high=1.0)  # fmt: skip
-    nn_index: str = setting("auto", "nearest-neighbour search over reference patches: numpy (exact, blocked), faiss "
-                            "(HNSW, pip install 'lineside[fast]'), auto (faiss on large banks when installed)",
-                            choices=("auto", "numpy", "faiss"))  # fmt: skip
-    reference_cache_dir: Path | None = setting(None, "where reference memories are kept by content (default: "
-                                               "beside the text cache, ~/.cache/lineside/references)")  # fmt: skip
+    coreset_ratio: float = setting(
+        0.1,
+        "share of the references' patches searched first (greedy k-center coreset; "
+        "the farthest patches then exactly); 1.0: all",
+        above=0.0,
+        high=1.0,
+    )
+    nn_index: str = setting(
+        "auto",
+        "nearest-neighbour search over reference patches: numpy (exact, blocked), faiss "
+        "(HNSW, pip install 'lineside[fast]'), auto (faiss on large banks when installed)",
+        choices=("auto", "numpy", "faiss"),
+    )
+    reference_cache_dir: Path | None = setting(
+        None,
+        "where reference memories are kept by content (default: beside the text cache, ~/.cache/lineside/references)",
+    )
+    reference_window: int = setting(
+        0,
+        "registered parts (cells, boards, labels): compare each patch only with the "
+        "references' patches within this many grid cells of its place; 0: anywhere",
+        low=0,
+    )
+    top_fraction: float = setting(
+        0.0,
+        "the map's part of the image score: the mean of its highest fraction of pixels (0: its maximum)",
+        low=0.0,
+        high=0.5,
+    )
     use_sam: bool = setting(True, "refine suspicious frames with SAM when the bundle has it")
     sam_gate: float = unit(0.4, "SAM runs only when the image score or map maximum reaches this")
     region_threshold: float = unit(0.5, "map value above which pixels form candidate regions")
@@ -145,23 +184,38 @@ class AgentSettings(Section):
 
 @dataclass(frozen=True)
 class ServeSettings(Section):
-    source: str = setting("0", "camera index, /dev/videoN, v4l2:///dev/videoN, csi://N, gst:PIPELINE, an FFmpeg "
-                          "URL (rtsp, rtmp, udp, srt, rtp, tcp, http(s)), a video file, an image folder or file://PATH")
+    source: str = setting(
+        "0",
+        "camera index, /dev/videoN, v4l2:///dev/videoN, csi://N, gst:PIPELINE, an FFmpeg "
+        "URL (rtsp, rtmp, udp, srt, rtp, tcp, http(s)), a video file, an image folder or file://PATH",
+    )
     teach: int = setting(0, "take the first N frames as known-good references", low=0)
-    teach_screen: bool = setting(True, "refuse taught frames that are empty, blurred or outliers among the taught "
-                                 "ones (the TEACH line says why)")  # fmt: skip
-    calibrate_teach: bool = setting(False, "set the NG threshold from the taught frames (each scored against the "
-                                    "others) for false_alarm_target")  # fmt: skip
+    teach_screen: bool = setting(
+        True, "refuse taught frames that are empty, blurred or outliers among the taught ones (the TEACH line says why)"
+    )
+    calibrate_teach: bool = setting(
+        False, "set the NG threshold from the taught frames (each scored against the others) for false_alarm_target"
+    )
     max_fps: float = setting(0.0, "read at most this many frames per second (0: as fast as they come)", low=0.0)
     loop: bool = setting(False, "restart a video file or folder at its end")
     decode_threads: int = setting(2, "threads decoding image files ahead of inspection (folder sources)", low=1)
-    trigger: str = setting("free-run", "free-run: inspect every frame (the newest, live); software: one "
-                           "inspection per trigger (POST /api/trigger, trigger_mqtt)",
-                           choices=("free-run", "software"))  # fmt: skip
-    trigger_queue: int = setting(8, "triggers that may wait while the inspector is busy; more are refused (HTTP "
-                                 "429, MQTT TOPIC/refused) and counted", low=1)  # fmt: skip
-    trigger_mqtt: str = setting("", "MQTT command topic mqtt://HOST:PORT/TOPIC: each message is one trigger "
-                                "(payload: its id, {\"id\": ...} or empty); needs trigger=software")  # fmt: skip
+    trigger: str = setting(
+        "free-run",
+        "free-run: inspect every frame (the newest, live); software: one "
+        "inspection per trigger (POST /api/trigger, trigger_mqtt)",
+        choices=("free-run", "software"),
+    )
+    trigger_queue: int = setting(
+        8,
+        "triggers that may wait while the inspector is busy; more are refused (HTTP "
+        "429, MQTT TOPIC/refused) and counted",
+        low=1,
+    )
+    trigger_mqtt: str = setting(
+        "",
+        "MQTT command topic mqtt://HOST:PORT/TOPIC: each message is one trigger "
+        '(payload: its id, {"id": ...} or empty); needs trigger=software',
+    )
     camera_exposure_us: float | None = setting(
         None,
         "gige:// or u3v:// camera: exposure time in microseconds (GenICam ExposureTime); unset: as it is",
@@ -183,19 +237,28 @@ class ServeSettings(Section):
     host: str = setting("127.0.0.1", "HTTP address (127.0.0.1: this box only)")
     port: int = setting(8080, "HTTP port (0: any free port)", low=0, high=65535)
     http_max_connections: int = setting(64, "open HTTP connections at most; more are answered 503", low=1)
-    http_read_timeout_s: float = setting(10.0, "an HTTP connection that sends no complete request for this "
-                                         "long is closed", above=0.0)  # fmt: skip
+    http_read_timeout_s: float = setting(
+        10.0, "an HTTP connection that sends no complete request for this long is closed", above=0.0
+    )
     show: bool = setting(False, "show the overlay in a window (needs a display and opencv-python)")
     results: Path = setting(Path("lineside-results.jsonl"), "durable log: one JSON line per inspected frame")
     save_ng: Path | None = setting(None, "folder for NG images with JSON sidecars")
-    save_ng_mb: float = setting(500.0, "disk cap of the NG images serve wrote in --save-ng; its oldest go first "
-                                "(other files there are never touched)", above=0.0)  # fmt: skip
+    save_ng_mb: float = setting(
+        500.0,
+        "disk cap of the NG images serve wrote in --save-ng; its oldest go first (other files there are never touched)",
+        above=0.0,
+    )
     sink: tuple[str, ...] = setting((), "extra result sink: jsonl:PATH, mqtt://HOST:PORT/TOPIC, http(s)://URL")
     sink_queue: int = setting(256, "records a sink may fall behind before its records are dropped", low=1)
-    mqtt_queue: int = setting(1000, "MQTT records held for a broker that is away (QoS 1); more are dropped "
-                              "(counted)", low=1, high=MQTT_QUEUE_MAX)  # fmt: skip
-    webhook_follow_redirects: bool = setting(False, "re-send a webhook POST (same body) to where a 3xx points; "
-                                             "off: a redirect is a failed delivery")  # fmt: skip
+    mqtt_queue: int = setting(
+        1000,
+        "MQTT records held for a broker that is away (QoS 1); more are dropped (counted)",
+        low=1,
+        high=MQTT_QUEUE_MAX,
+    )
+    webhook_follow_redirects: bool = setting(
+        False, "re-send a webhook POST (same body) to where a 3xx points; off: a redirect is a failed delivery"
+    )
     explain: bool = setting(True, "explain NG frames in the background with the prompt agent")
     explain_queue: int = setting(4, "NG frames waiting for an explanation before new ones are skipped", low=1)
     explain_seconds: float = setting(10.0, "time bound of one explanation", above=0.0)
@@ -238,7 +301,7 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown settings {unknown}; see --help for the names")
         sections = {}
-        for name, cls in SECTIONS.items():
+        for name in SECTIONS:
             mine = {k: v for k, v in values.items() if owner_of[k] == name}
             sections[name] = dataclasses.replace(getattr(self, name), **mine) if mine else getattr(self, name)
         return Settings(**sections)

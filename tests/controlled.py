@@ -32,12 +32,19 @@ CATEGORY = "widget"
 SCRATCH_PROMPT = "a photo of a widget with a scratch"
 STAIN_PROMPT = "a photo of a widget with a stain"
 WORDS = {
-    "flawless": 3 * NORMAL, "perfect": 3 * NORMAL, "unblemished": 3 * NORMAL,
+    "flawless": 3 * NORMAL,
+    "perfect": 3 * NORMAL,
+    "unblemished": 3 * NORMAL,
     "without": 3 * NORMAL - 3 * ABNORMAL,
-    "damaged": 3 * ABNORMAL, "broken": 3 * ABNORMAL, "flaw": 3 * ABNORMAL, "defect": 3 * ABNORMAL,
-    "damage": 3 * ABNORMAL, "scratch": 3 * ABNORMAL + 6 * SCRATCH, "stain": 3 * ABNORMAL + 6 * STAIN,
+    "damaged": 3 * ABNORMAL,
+    "broken": 3 * ABNORMAL,
+    "flaw": 3 * ABNORMAL,
+    "defect": 3 * ABNORMAL,
+    "damage": 3 * ABNORMAL,
+    "scratch": 3 * ABNORMAL + 6 * SCRATCH,
+    "stain": 3 * ABNORMAL + 6 * STAIN,
     "grainy": 3 * GRAIN + 0.6 * ABNORMAL,  # how every good part's surface looks: a prompt that fires on them
-}  # fmt: skip
+}
 
 
 def _model(nodes, inputs, outputs, initializers) -> onnx.ModelProto:
@@ -76,19 +83,27 @@ def image_graph() -> onnx.ModelProto:
         helper.make_node("Identity", ["tokens"], ["patch_tokens_1"]),
         helper.make_node("Identity", ["tokens"], ["patch_tokens_2"]),
     ]
-    inits = [_const("c255", np.float32(255)), _const("split3", np.array([1, 1, 1], np.int64)),
-             _const("zero", np.float32(0)), _const("one", np.float32(1)),
-             _const("shape_bcn", np.array([0, 3, -1], np.int64)), _const("w", w.astype(np.float32)),
-             _const("axis_last", np.array([-1], np.int64)), _const("axis1", np.array([1], np.int64))]  # fmt: skip
+    inits = [
+        _const("c255", np.float32(255)),
+        _const("split3", np.array([1, 1, 1], np.int64)),
+        _const("zero", np.float32(0)),
+        _const("one", np.float32(1)),
+        _const("shape_bcn", np.array([0, 3, -1], np.int64)),
+        _const("w", w.astype(np.float32)),
+        _const("axis_last", np.array([-1], np.int64)),
+        _const("axis1", np.array([1], np.int64)),
+    ]
     f32 = TensorProto.FLOAT
     return _model(
         nodes,
         [helper.make_tensor_value_info("pixels", f32, ["batch", 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("image_embedding", f32, ["batch", D]),
-         helper.make_tensor_value_info("patch_tokens_1", f32, ["batch", GRID * GRID, D]),
-         helper.make_tensor_value_info("patch_tokens_2", f32, ["batch", GRID * GRID, D])],
+        [
+            helper.make_tensor_value_info("image_embedding", f32, ["batch", D]),
+            helper.make_tensor_value_info("patch_tokens_1", f32, ["batch", GRID * GRID, D]),
+            helper.make_tensor_value_info("patch_tokens_2", f32, ["batch", GRID * GRID, D]),
+        ],
         inits,
-    )  # fmt: skip
+    )
 
 
 def token_table(tokenizer: ClipTokenizer) -> np.ndarray:
@@ -112,8 +127,12 @@ def text_graph(table: np.ndarray) -> onnx.ModelProto:
         helper.make_node("ReduceL2", ["s", "axis_last"], ["n"], keepdims=1),
         helper.make_node("Div", ["s", "n"], ["text_embedding"]),
     ]
-    inits = [_const("table", table), _const("axis1", np.array([1], np.int64)),
-             _const("axis_last", np.array([-1], np.int64)), _const("eps", (1e-3 * np.eye(D)[7]).astype(np.float32))]  # fmt: skip
+    inits = [
+        _const("table", table),
+        _const("axis1", np.array([1], np.int64)),
+        _const("axis_last", np.array([-1], np.int64)),
+        _const("eps", (1e-3 * np.eye(D)[7]).astype(np.float32)),
+    ]
     return _model(
         nodes,
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", 77])],
@@ -132,11 +151,18 @@ def sam_encoder_graph() -> onnx.ModelProto:
         helper.make_node("AveragePool", ["redn"], ["pooled"], kernel_shape=[16, 16], strides=[16, 16]),
         helper.make_node("Expand", ["pooled", "shape256"], ["image_embeddings"]),
     ]
-    inits = [_const("split3", np.array([1, 1, 1], np.int64)), _const("c255", np.float32(255)),
-             _const("shape256", np.array([1, 256, 64, 64], np.int64))]  # fmt: skip
+    inits = [
+        _const("split3", np.array([1, 1, 1], np.int64)),
+        _const("c255", np.float32(255)),
+        _const("shape256", np.array([1, 256, 64, 64], np.int64)),
+    ]
     f32 = TensorProto.FLOAT
-    return _model(nodes, [helper.make_tensor_value_info("pixels", f32, [1, 3, 1024, 1024])],
-                  [helper.make_tensor_value_info("image_embeddings", f32, [1, 256, 64, 64])], inits)  # fmt: skip
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("pixels", f32, [1, 3, 1024, 1024])],
+        [helper.make_tensor_value_info("image_embeddings", f32, [1, 256, 64, 64])],
+        inits,
+    )
 
 
 def sam_decoder_graph() -> onnx.ModelProto:
@@ -153,21 +179,31 @@ def sam_decoder_graph() -> onnx.ModelProto:
         helper.make_node("Tile", ["l1", "rep4"], ["low_res_masks"]),
         helper.make_node("Identity", ["iou_const"], ["iou_predictions"]),
     ]
-    inits = [_const("s0", np.array([0], np.int64)), _const("s1", np.array([1], np.int64)),
-             _const("axis1", np.array([1], np.int64)), _const("quarter", np.float32(0.25)),
-             _const("gain", np.float32(40)), _const("one_one", np.array([1, 1], np.int64)),
-             _const("rep4", np.array([1, 4, 1, 1], np.int64)), _const("low_size", np.array([1, 1, 256, 256], np.int64)),
-             _const("iou_const", np.full((1, 4), 0.9, np.float32))]  # fmt: skip
+    inits = [
+        _const("s0", np.array([0], np.int64)),
+        _const("s1", np.array([1], np.int64)),
+        _const("axis1", np.array([1], np.int64)),
+        _const("quarter", np.float32(0.25)),
+        _const("gain", np.float32(40)),
+        _const("one_one", np.array([1, 1], np.int64)),
+        _const("rep4", np.array([1, 4, 1, 1], np.int64)),
+        _const("low_size", np.array([1, 1, 256, 256], np.int64)),
+        _const("iou_const", np.full((1, 4), 0.9, np.float32)),
+    ]
     f32 = TensorProto.FLOAT
-    inputs = [helper.make_tensor_value_info("image_embeddings", f32, [1, 256, 64, 64]),
-              helper.make_tensor_value_info("point_coords", f32, [1, "points", 2]),
-              helper.make_tensor_value_info("point_labels", f32, [1, "points"]),
-              helper.make_tensor_value_info("mask_input", f32, [1, 1, 256, 256]),
-              helper.make_tensor_value_info("has_mask_input", f32, [1]),
-              helper.make_tensor_value_info("orig_im_size", f32, [2])]  # fmt: skip
-    outputs = [helper.make_tensor_value_info("masks", f32, [1, 4, "height", "width"]),
-               helper.make_tensor_value_info("iou_predictions", f32, [1, 4]),
-               helper.make_tensor_value_info("low_res_masks", f32, [1, 4, 256, 256])]  # fmt: skip
+    inputs = [
+        helper.make_tensor_value_info("image_embeddings", f32, [1, 256, 64, 64]),
+        helper.make_tensor_value_info("point_coords", f32, [1, "points", 2]),
+        helper.make_tensor_value_info("point_labels", f32, [1, "points"]),
+        helper.make_tensor_value_info("mask_input", f32, [1, 1, 256, 256]),
+        helper.make_tensor_value_info("has_mask_input", f32, [1]),
+        helper.make_tensor_value_info("orig_im_size", f32, [2]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("masks", f32, [1, 4, "height", "width"]),
+        helper.make_tensor_value_info("iou_predictions", f32, [1, 4]),
+        helper.make_tensor_value_info("low_res_masks", f32, [1, 4, 256, 256]),
+    ]
     return _model(nodes, inputs, outputs, inits)
 
 
@@ -183,29 +219,65 @@ def build_controlled_bundle(out: Path, vocab: Path, with_sam: bool = True) -> Pa
     with BundleWriter(out, "controlled") as writer:
         shutil.copyfile(vocab, writer.path("tokenizer/vocab.txt.gz"))
         tokenizer = ClipTokenizer(writer.path("tokenizer/vocab.txt.gz"))
-        prep = {"layout": "NCHW", "colour": "RGB", "dtype": f32, "range": [0, 255], "resize": "stretch",
-                "size": [SIZE, SIZE], "interpolation": "area", "normalisation": {"where": "graph"}}  # fmt: skip
-        writer.add(_component(
-            writer, "clip_image", "image_encoder", image_graph(), [TensorSpec("pixels", ("batch", 3, SIZE, SIZE), f32)],
-            [TensorSpec("image_embedding", ("batch", D), f32)]
-            + [TensorSpec(f"patch_tokens_{i}", ("batch", GRID * GRID, D), f32) for i in (1, 2)],
-            preprocessing=prep,
-            config={"grid": [GRID, GRID], "taps": [{"layer": i, "output": f"patch_tokens_{i}"} for i in (1, 2)],
-                    "branches": ["language", "reference"], "logit_scale": LOGIT_SCALE},
-        ))  # fmt: skip
-        writer.add(_component(
-            writer, "clip_text", "text_encoder", text_graph(token_table(tokenizer)),
-            [TensorSpec("input_ids", ("batch", 77), "int64")],
-            [TensorSpec("text_embedding", ("batch", D), f32)],
-            assets={"tokenizer": writer.entry("tokenizer/vocab.txt.gz")},
-            config={"tokenizer": {"kind": "clip_bpe", "context_length": 77, "num_merges": len(tokenizer.ranks),
-                                  "sot": tokenizer.sot, "eot": tokenizer.eot}},
-        ))  # fmt: skip
+        prep = {
+            "layout": "NCHW",
+            "colour": "RGB",
+            "dtype": f32,
+            "range": [0, 255],
+            "resize": "stretch",
+            "size": [SIZE, SIZE],
+            "interpolation": "area",
+            "normalisation": {"where": "graph"},
+        }
+        writer.add(
+            _component(
+                writer,
+                "clip_image",
+                "image_encoder",
+                image_graph(),
+                [TensorSpec("pixels", ("batch", 3, SIZE, SIZE), f32)],
+                [TensorSpec("image_embedding", ("batch", D), f32)]
+                + [TensorSpec(f"patch_tokens_{i}", ("batch", GRID * GRID, D), f32) for i in (1, 2)],
+                preprocessing=prep,
+                config={
+                    "grid": [GRID, GRID],
+                    "taps": [{"layer": i, "output": f"patch_tokens_{i}"} for i in (1, 2)],
+                    "branches": ["language", "reference"],
+                    "logit_scale": LOGIT_SCALE,
+                },
+            )
+        )
+        writer.add(
+            _component(
+                writer,
+                "clip_text",
+                "text_encoder",
+                text_graph(token_table(tokenizer)),
+                [TensorSpec("input_ids", ("batch", 77), "int64")],
+                [TensorSpec("text_embedding", ("batch", D), f32)],
+                assets={"tokenizer": writer.entry("tokenizer/vocab.txt.gz")},
+                config={
+                    "tokenizer": {
+                        "kind": "clip_bpe",
+                        "context_length": 77,
+                        "num_merges": len(tokenizer.ranks),
+                        "sot": tokenizer.sot,
+                        "eot": tokenizer.eot,
+                    }
+                },
+            )
+        )
         if with_sam:
             _add_sam(writer)
         writer.commit()
-    bank = PromptBank(CATEGORY, (BankPrompt(SCRATCH_PROMPT), BankPrompt(STAIN_PROMPT),
-                                 BankPrompt("a photo of a widget with a flawless scratch", kept=False, reason="test")))  # fmt: skip
+    bank = PromptBank(
+        CATEGORY,
+        (
+            BankPrompt(SCRATCH_PROMPT),
+            BankPrompt(STAIN_PROMPT),
+            BankPrompt("a photo of a widget with a flawless scratch", kept=False, reason="test"),
+        ),
+    )
     bank.write(out / "prompts" / f"{CATEGORY}.json")
     return out
 
@@ -213,22 +285,46 @@ def build_controlled_bundle(out: Path, vocab: Path, with_sam: bool = True) -> Pa
 def _add_sam(writer) -> None:
     f32 = "float32"
     mean = [123.675, 116.28, 103.53]
-    writer.add(_component(
-        writer, "sam_encoder", "sam_encoder", sam_encoder_graph(), [TensorSpec("pixels", (1, 3, 1024, 1024), f32)],
-        [TensorSpec("image_embeddings", (1, 256, 64, 64), f32)],
-        preprocessing={"resize": "longest_side", "target_length": 1024, "interpolation": "bilinear",
-                       "pad_value": mean, "normalisation": {"where": "graph"}},
-    ))  # fmt: skip
-    writer.add(_component(
-        writer, "sam_decoder", "sam_decoder", sam_decoder_graph(),
-        [TensorSpec("image_embeddings", (1, 256, 64, 64), f32), TensorSpec("point_coords", (1, "points", 2), f32),
-         TensorSpec("point_labels", (1, "points"), f32), TensorSpec("mask_input", (1, 1, 256, 256), f32),
-         TensorSpec("has_mask_input", (1,), f32), TensorSpec("orig_im_size", (2,), f32)],
-        [TensorSpec("masks", (1, 4, "height", "width"), f32), TensorSpec("iou_predictions", (1, 4), f32),
-         TensorSpec("low_res_masks", (1, 4, 256, 256), f32)],
-        preprocessing={"target_length": 1024, "mask_input_size": 256},
-        config={"mask_slots": {"single": [0], "multi": [1, 2, 3]}, "mask_threshold": 0.0},
-    ))  # fmt: skip
+    writer.add(
+        _component(
+            writer,
+            "sam_encoder",
+            "sam_encoder",
+            sam_encoder_graph(),
+            [TensorSpec("pixels", (1, 3, 1024, 1024), f32)],
+            [TensorSpec("image_embeddings", (1, 256, 64, 64), f32)],
+            preprocessing={
+                "resize": "longest_side",
+                "target_length": 1024,
+                "interpolation": "bilinear",
+                "pad_value": mean,
+                "normalisation": {"where": "graph"},
+            },
+        )
+    )
+    writer.add(
+        _component(
+            writer,
+            "sam_decoder",
+            "sam_decoder",
+            sam_decoder_graph(),
+            [
+                TensorSpec("image_embeddings", (1, 256, 64, 64), f32),
+                TensorSpec("point_coords", (1, "points", 2), f32),
+                TensorSpec("point_labels", (1, "points"), f32),
+                TensorSpec("mask_input", (1, 1, 256, 256), f32),
+                TensorSpec("has_mask_input", (1,), f32),
+                TensorSpec("orig_im_size", (2,), f32),
+            ],
+            [
+                TensorSpec("masks", (1, 4, "height", "width"), f32),
+                TensorSpec("iou_predictions", (1, 4), f32),
+                TensorSpec("low_res_masks", (1, 4, 256, 256), f32),
+            ],
+            preprocessing={"target_length": 1024, "mask_input_size": 256},
+            config={"mask_slots": {"single": [0], "multi": [1, 2, 3]}, "mask_threshold": 0.0},
+        )
+    )
 
 
 def part(size: int = 256, red_box: tuple[int, int, int, int] | None = None) -> np.ndarray:

@@ -10,13 +10,13 @@ import pytest
 
 from export.build import build_bundle
 from export.mllm_export import MllmSpec
+from runtime.detect.detector import Detector
+from runtime.detect.prompt_bank import PromptBank
 from runtime.prompts.agent import GENERIC_DEFECTS, PromptAgent, to_prompt, valid_descriptions
 from runtime.prompts.evidence import heuristic_descriptions
-from runtime.settings import AgentSettings
-from runtime.detect.detector import Detector
 from runtime.prompts.false_alarms import Candidate, filter_candidates
 from runtime.prompts.language_model import HANDLER_CLASSES, LanguageModel, handler_class, image_part, vision_message
-from runtime.detect.prompt_bank import PromptBank
+from runtime.settings import AgentSettings
 from tests.controlled import CATEGORY, build_controlled_bundle, part
 
 
@@ -32,10 +32,16 @@ def _cand(kind, look, where="top"):
 
 
 def test_filter_keeps_the_real_defect_and_drops_each_false_alarm_for_its_reason(controlled_detector):
-    candidates = [_cand("scratch", "long"), _cand("scratch", "long", "rim"), _cand("grainy", "coarse"),
-                  _cand("finish", "perfect"), _cand("stain", "brown")]  # fmt: skip
-    kept, dropped = filter_candidates(controlled_detector, CATEGORY, candidates, [part(), part(size=200)],
-                                      ["matte stain pattern"], AgentSettings())  # fmt: skip
+    candidates = [
+        _cand("scratch", "long"),
+        _cand("scratch", "long", "rim"),
+        _cand("grainy", "coarse"),
+        _cand("finish", "perfect"),
+        _cand("stain", "brown"),
+    ]
+    kept, dropped = filter_candidates(
+        controlled_detector, CATEGORY, candidates, [part(), part(size=200)], ["matte stain pattern"], AgentSettings()
+    )
     assert [c.text for c in kept] == ["a photo of a widget with a long scratch on its top"]
     reasons = {c.description["type"] + "/" + c.description["location"]: c.reason for c in dropped}
     assert reasons["scratch/rim"].startswith("merged into")
@@ -46,21 +52,35 @@ def test_filter_keeps_the_real_defect_and_drops_each_false_alarm_for_its_reason(
     assert kept[0].checks["cos_abnormal"] > kept[0].checks["cos_normal"]
 
 
-@pytest.mark.parametrize("answer, reason", [
-    ("not json at all", "not JSON"),
-    ('{"normal_features": []}', "no defects list"),
-    ('{"defects": [{"type": "type", "location": "type", "appearance": "type"}], "normal_features": []}', "placeholder"),
-    ('{"defects": [{"type": "crack", "location": "crack", "appearance": "crack"}], "normal_features": []}', "placeholder"),
-    ('{"defects": [], "normal_features": []}', "placeholder"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "answer, reason",
+    [
+        ("not json at all", "not JSON"),
+        ('{"normal_features": []}', "no defects list"),
+        (
+            '{"defects": [{"type": "type", "location": "type", "appearance": "type"}], "normal_features": []}',
+            "placeholder",
+        ),
+        (
+            '{"defects": [{"type": "crack", "location": "crack", "appearance": "crack"}], "normal_features": []}',
+            "placeholder",
+        ),
+        ('{"defects": [], "normal_features": []}', "placeholder"),
+    ],
+)
 def test_malformed_answers_are_rejected_with_a_reason(answer, reason):
     good, _, why = valid_descriptions(answer)
     assert good == [] and reason in why
 
 
 def test_good_answer_keeps_distinct_descriptions():
-    answer = json.dumps({"defects": [{"type": "Crack", "location": "neck", "appearance": "thin dark"}] * 2
-                         + [{"type": "dent", "location": "side", "appearance": "shallow"}], "normal_features": ["Smooth"]})  # fmt: skip
+    answer = json.dumps(
+        {
+            "defects": [{"type": "Crack", "location": "neck", "appearance": "thin dark"}] * 2
+            + [{"type": "dent", "location": "side", "appearance": "shallow"}],
+            "normal_features": ["Smooth"],
+        }
+    )
     good, normals, why = valid_descriptions(answer)
     assert [d["type"] for d in good] == ["crack", "dent"] and normals == ["smooth"] and why == ""
 
@@ -141,8 +161,9 @@ def test_explain_is_cut_at_its_deadline_and_falls_back_to_rules(smol_bundle, tmp
     """The deadline is checked between streamed tokens: a deadline already passed stops
     the answer at its first token, and the cut answer is replaced by the rule sentence.
     (No wall-clock bound is asserted: the machine is shared and noisy.)"""
-    detector = Detector.from_bundle(smol_bundle, text_cache_dir=tmp_path / "text", sam_gate=0.0,
-                                    region_threshold=0.0, max_region_frac=1.0)  # fmt: skip
+    detector = Detector.from_bundle(
+        smol_bundle, text_cache_dir=tmp_path / "text", sam_gate=0.0, region_threshold=0.0, max_region_frac=1.0
+    )
     normals, samples = _images()
     result = detector.detect(samples[0], "screw", normals, colour="RGB")
     llm = LanguageModel(detector.bundle, threads=2)

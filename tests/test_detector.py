@@ -63,8 +63,10 @@ def test_logit_scale_is_the_bundles_unless_a_setting_overrides_it(controlled, tm
     (cooler / "manifest.json").write_text(json.dumps(manifest))
     frame, settings = part(red_box=DEFECT), DetectorSettings(map_weight=1.0, text_cache_dir=tmp_path / "cache")
     assert settings.logit_scale is None  # unset: the bundle's
-    built, cooled, overridden = (Detector.from_bundle(b, replace(settings, logit_scale=scale)).detect(frame, CATEGORY)
-                                 for b, scale in ((controlled, None), (cooler, None), (cooler, 100.0)))  # fmt: skip
+    built, cooled, overridden = (
+        Detector.from_bundle(b, replace(settings, logit_scale=scale)).detect(frame, CATEGORY)
+        for b, scale in ((controlled, None), (cooler, None), (cooler, 100.0))
+    )
     assert [r.settings["logit_scale"] for r in (built, cooled, overridden)] == [LOGIT_SCALE, 10.0, 100.0]
     assert cooled.image_score < built.image_score - 0.005  # a cooler softmax is less sure, on the defect
     assert cooled.anomaly_map.min() > 100 * built.anomaly_map.min()  # and on the good surface
@@ -122,7 +124,7 @@ def test_reference_branch_alone_flags_the_defect(controlled, tmp_path):
     bad = detector.detect(part(red_box=DEFECT), CATEGORY, references=refs)
     good = detector.detect(part(), CATEGORY, references=refs)
     assert bad.branches == ("language", "reference")
-    assert bad.anomaly_map[DEFECT[1]:DEFECT[3], DEFECT[0]:DEFECT[2]].mean() > 5 * good.anomaly_map.mean()
+    assert bad.anomaly_map[DEFECT[1] : DEFECT[3], DEFECT[0] : DEFECT[2]].mean() > 5 * good.anomaly_map.mean()
     assert good.image_score < 0.01 < bad.image_score
 
 

@@ -28,14 +28,16 @@ def test_runtime_maps_and_scores_match_the_torch_reference(tmp_path):
     detector = Detector.from_bundle(tmp_path / "b", sam_gate=1.0, text_cache_dir=tmp_path / "text")
     comp = detector.encoder.component
     norm = comp.preprocessing["normalisation"]
-    graph = ClipImageGraph(model.visual, norm["mean"], norm["std"], comp.source["vv_from"],
-                           [t["layer"] for t in comp.config["taps"]]).eval()  # fmt: skip
+    graph = ClipImageGraph(
+        model.visual, norm["mean"], norm["std"], comp.source["vv_from"], [t["layer"] for t in comp.config["taps"]]
+    ).eval()
     rng = np.random.default_rng(5)
     for h, w in [(200, 300), (64, 64), (480, 360)]:
         frame = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
         result = detector.detect(frame, "screw", colour="RGB")
-        score, expected = torch_scores(model, graph, "lineside-tiny-clip", "screw",
-                                       clip_input(frame, comp.preprocessing), (h, w))  # fmt: skip
+        score, expected = torch_scores(
+            model, graph, "lineside-tiny-clip", "screw", clip_input(frame, comp.preprocessing), (h, w)
+        )
         assert abs(result.image_score - score) <= SCORE_TOL
         assert np.abs(result.anomaly_map - expected).max() <= MAP_TOL
         assert result.regions == [] and result.refiner == "none"

@@ -115,9 +115,9 @@ def test_taps_without_vv_equal_open_clip_tokens(same_weights, vv_pair):
     frame = np.random.default_rng(0).integers(0, 256, size=(90, 120, 3), dtype=np.uint8)
     pixels, got = _run(bundle, frame)
     norm = bundle.component("clip_image").preprocessing["normalisation"]
-    x = (torch.from_numpy(pixels) / 255 - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(
-        norm["std"]
-    ).view(1, 3, 1, 1)
+    x = (torch.from_numpy(pixels) / 255 - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(
+        1, 3, 1, 1
+    )
     model.visual.output_tokens = True
     with torch.no_grad():
         pooled, tokens = model.visual(x)

@@ -84,8 +84,15 @@ def detector(controlled, tmp_path_factory) -> Detector:
 
 
 def _settings(controlled, tmp_path, **kw) -> Settings:
-    base = dict(source=CAMERA, bundle=controlled, category=CATEGORY, port=0, explain=False,
-                results=tmp_path / "results.jsonl", reconnect_max_s=0.5)  # fmt: skip
+    base = dict(
+        source=CAMERA,
+        bundle=controlled,
+        category=CATEGORY,
+        port=0,
+        explain=False,
+        results=tmp_path / "results.jsonl",
+        reconnect_max_s=0.5,
+    )
     return Settings.of(**(base | kw))
 
 
@@ -120,8 +127,9 @@ def test_every_pixel_format_lineside_reads_becomes_bgr():
 
 
 def test_a_free_running_camera_is_inspected_with_the_settings_applied(fake_camera, controlled, detector, tmp_path):
-    settings = _settings(controlled, tmp_path, camera_pixel_format="Mono8", camera_exposure_us=5000.0,
-                         camera_gain_db=2.0)  # fmt: skip
+    settings = _settings(
+        controlled, tmp_path, camera_pixel_format="Mono8", camera_exposure_us=5000.0, camera_gain_db=2.0
+    )
     server = Server(settings, detector=detector).start()
     try:
         _wait(lambda: len(_lines(server)) >= 3, 30, "three lines from the camera")
@@ -136,8 +144,9 @@ def test_a_free_running_camera_is_inspected_with_the_settings_applied(fake_camer
 
 
 def test_one_inspection_per_trigger_fired_on_the_camera(fake_camera, controlled, detector, tmp_path):
-    settings = _settings(controlled, tmp_path, trigger="software", camera_trigger="software",
-                         camera_pixel_format="BayerRG8")  # fmt: skip
+    settings = _settings(
+        controlled, tmp_path, trigger="software", camera_trigger="software", camera_pixel_format="BayerRG8"
+    )
     server = Server(settings, detector=detector).start()
     try:
         _wait(server.capture.connected.is_set, 15, "camera connected")
@@ -187,11 +196,14 @@ def test_a_camera_that_is_not_there_is_waited_for(controlled, detector, tmp_path
         server.shutdown()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--camera-pixel-format", "Mono12p"], "lineside reads Mono8, Mono16"),
-    (["--camera-trigger", "Line7"], "refuses the settings"),
-    (["--camera-trigger", "software"], "camera_trigger: software needs trigger=software"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--camera-pixel-format", "Mono12p"], "lineside reads Mono8, Mono16"),
+        (["--camera-trigger", "Line7"], "refuses the settings"),
+        (["--camera-trigger", "software"], "camera_trigger: software needs trigger=software"),
+    ],
+)
 def test_settings_the_camera_refuses_are_refused_at_start(fake_camera, controlled, tmp_path, capsys, argv, message):
     code = serve_main(["--bundle", str(controlled), "--source", CAMERA, "--results", str(tmp_path / "r.jsonl"), *argv])
     err = capsys.readouterr().err.strip().splitlines()

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 import runtime.bundle.loader
+from runtime.bundle.check import check_detection, check_detector, check_frame
+from runtime.bundle.check import main as check_main
 from runtime.bundle.loader import Bundle, file_sha256
-from runtime.bundle.check import check_detection, check_detector, check_frame, main as check_main
+from runtime.bundle.manifest import MANIFEST_NAME, BundleError, Manifest
 from runtime.detect.detector import Detector
 from runtime.detect.encoders import ImageEncoder
-from runtime.bundle.manifest import MANIFEST_NAME, BundleError, Manifest
 from runtime.detect.text_encoder import TextEncoder
 
 TAP = "components.clip_image"
@@ -57,14 +58,20 @@ MALFORMED = {
     "components a list": (lambda d: d.update(components=[]), "components must be an object, not list"),
     "component a number": (lambda d: d["components"].update(clip_image=3), f"{TAP} must be an object, not int 3"),
     "no role": (lambda d: _image(d).pop("role"), f"{TAP}.role is missing"),
-    "unknown role": (lambda d: _image(d).update(role="detector"),
-                     f"{TAP}.role 'detector' is unknown; one of image_encoder, text_encoder, sam_encoder, sam_decoder, "
-                     "language_model"),
+    "unknown role": (
+        lambda d: _image(d).update(role="detector"),
+        f"{TAP}.role 'detector' is unknown; one of image_encoder, text_encoder, sam_encoder, sam_decoder, "
+        "language_model",
+    ),
     "role a number": (lambda d: _image(d).update(role=1), f"{TAP}.role must be a string, not int 1"),
-    "role of another kind": (lambda d: _image(d).update(role="language_model"),
-                             f"{TAP}.kind 'onnx' does not fit role 'language_model' (its files are gguf)"),
-    "one role twice": (lambda d: d["components"]["clip_text"].update(role="image_encoder"),
-                       "components.clip_text.role 'image_encoder' is components.clip_image's too"),
+    "role of another kind": (
+        lambda d: _image(d).update(role="language_model"),
+        f"{TAP}.kind 'onnx' does not fit role 'language_model' (its files are gguf)",
+    ),
+    "one role twice": (
+        lambda d: d["components"]["clip_text"].update(role="image_encoder"),
+        "components.clip_text.role 'image_encoder' is components.clip_image's too",
+    ),
     "no kind": (lambda d: _image(d).pop("kind"), f"{TAP}.kind is missing"),
     "unknown kind": (lambda d: _image(d).update(kind="tflite"), f"{TAP}.kind 'tflite' is unknown"),
     "no files": (lambda d: _image(d).pop("files"), f"{TAP}.files is missing"),
@@ -73,27 +80,41 @@ MALFORMED = {
     "no sha256": (lambda d: _image(d)["files"]["fp32"].pop("sha256"), f"{TAP}.files.fp32.sha256 is missing"),
     "no bytes": (lambda d: _image(d)["files"]["fp32"].pop("bytes"), f"{TAP}.files.fp32.bytes is missing"),
     "no path": (lambda d: _image(d)["files"]["fp32"].pop("path"), f"{TAP}.files.fp32.path is missing"),
-    "bytes a string": (lambda d: _image(d)["files"]["fp32"].update(bytes="12"),
-                       f"{TAP}.files.fp32.bytes must be an int, not str '12'"),
+    "bytes a string": (
+        lambda d: _image(d)["files"]["fp32"].update(bytes="12"),
+        f"{TAP}.files.fp32.bytes must be an int, not str '12'",
+    ),
     "bytes a bool": (lambda d: _image(d)["files"]["fp32"].update(bytes=True), "bytes must be an int, not bool True"),
     "bytes negative": (lambda d: _image(d)["files"]["fp32"].update(bytes=-1), "bytes is -1"),
     "sha256 not hex": (lambda d: _image(d)["files"]["fp32"].update(sha256="xyz"), "sha256 must be 64 lowercase hex"),
-    "unknown precision": (lambda d: _image(d)["files"].update(fp8=_image(d)["files"]["fp32"]),
-                          f"{TAP}.files.fp8: unknown precision; one of fp32, fp16, int8"),
+    "unknown precision": (
+        lambda d: _image(d)["files"].update(fp8=_image(d)["files"]["fp32"]),
+        f"{TAP}.files.fp8: unknown precision; one of fp32, fp16, int8",
+    ),
     "inputs not a list": (lambda d: _image(d).update(inputs={}), f"{TAP}.inputs must be a list, not dict"),
     "input a string": (lambda d: _image(d).update(inputs=["pixels"]), f"{TAP}.inputs[0] must be an object"),
-    "shape not a list": (lambda d: _image(d)["inputs"][0].update(shape="1x3x64x64"),
-                         f"{TAP}.inputs[0].shape must be a list, not str"),
-    "shape of floats": (lambda d: _image(d)["inputs"][0].update(shape=[1, 3, 64.0, 64]),
-                        f"{TAP}.inputs[0].shape[2] must be an int or a dimension name, not float 64.0"),
+    "shape not a list": (
+        lambda d: _image(d)["inputs"][0].update(shape="1x3x64x64"),
+        f"{TAP}.inputs[0].shape must be a list, not str",
+    ),
+    "shape of floats": (
+        lambda d: _image(d)["inputs"][0].update(shape=[1, 3, 64.0, 64]),
+        f"{TAP}.inputs[0].shape[2] must be an int or a dimension name, not float 64.0",
+    ),
     "no dtype": (lambda d: _image(d)["outputs"][1].pop("dtype"), f"{TAP}.outputs[1].dtype is missing"),
-    "unknown dtype": (lambda d: _image(d)["outputs"][0].update(dtype="float8"),
-                      f"{TAP}.outputs[0].dtype 'float8' is unknown"),
+    "unknown dtype": (
+        lambda d: _image(d)["outputs"][0].update(dtype="float8"),
+        f"{TAP}.outputs[0].dtype 'float8' is unknown",
+    ),
     "config a list": (lambda d: _image(d).update(config=[]), f"{TAP}.config must be an object, not list"),
-    "asset without path": (lambda d: d["components"]["clip_text"]["assets"]["tokenizer"].pop("path"),
-                           "components.clip_text.assets.tokenizer.path is missing"),
-    "odd component name": (lambda d: d["components"].update({"a\nb": {"role": "image_encoder", "kind": "onnx"}}),
-                           "components['a\\nb'].files"),
+    "asset without path": (
+        lambda d: d["components"]["clip_text"]["assets"]["tokenizer"].pop("path"),
+        "components.clip_text.assets.tokenizer.path is missing",
+    ),
+    "odd component name": (
+        lambda d: d["components"].update({"a\nb": {"role": "image_encoder", "kind": "onnx"}}),
+        "components['a\\nb'].files",
+    ),
     "versions a string": (lambda d: d.update(versions="1"), "versions must be an object, not str"),
 }
 
@@ -109,10 +130,15 @@ def test_malformed_manifest_is_one_line_naming_the_field(manifest_data, name):
 
 @pytest.mark.parametrize(
     "content, match",
-    [("", "the manifest is empty"), ("[1, 2]", "the top level must be an object, not list"),
-     ("{not json", "unreadable manifest"), ("[" * 100_000, "unreadable manifest"), ('"text"', "not str")],
+    [
+        ("", "the manifest is empty"),
+        ("[1, 2]", "the top level must be an object, not list"),
+        ("{not json", "unreadable manifest"),
+        ("[" * 100_000, "unreadable manifest"),
+        ('"text"', "not str"),
+    ],
     ids=["empty", "list", "not-json", "deep", "string"],
-)  # fmt: skip
+)
 def test_unusable_manifest_file_is_refused_by_the_loader_and_the_checker(bundle_copy, capsys, content, match):
     (bundle_copy / MANIFEST_NAME).write_text(content)
     _one_line_refusal(lambda: Bundle.open(bundle_copy), match)
@@ -129,9 +155,14 @@ def test_zero_components_is_refused_with_the_fix(bundle_copy):
 
 @pytest.mark.parametrize(
     "path, match",
-    [("/etc/hostname", "is absolute"), ("../outside.onnx", "climbs out with '..'"),
-     ("sub/../../x.onnx", "climbs out"), ("C:\\models\\x.onnx", "is absolute"), ("", "non-empty relative path")],
-)  # fmt: skip
+    [
+        ("/etc/hostname", "is absolute"),
+        ("../outside.onnx", "climbs out with '..'"),
+        ("sub/../../x.onnx", "climbs out"),
+        ("C:\\models\\x.onnx", "is absolute"),
+        ("", "non-empty relative path"),
+    ],
+)
 def test_paths_outside_the_bundle_are_refused(manifest_data, path, match):
     data = copy.deepcopy(manifest_data)
     data["components"]["sam_encoder"]["files"]["int8"]["path"] = path
@@ -173,8 +204,10 @@ def test_bundle_id_follows_every_field_that_changes_results(manifest_data):
         "an output": lambda d: _image(d)["outputs"][0].update(name="emb"),
         "a hash": lambda d: _image(d)["files"]["fp16"].update(sha256="0" * 64),
         "tokenizer": lambda d: d["components"]["clip_text"]["config"]["tokenizer"].update(context_length=76),
-        "roles": lambda d: [d["components"][n].update(role=r) for n, r in
-                            (("sam_encoder", "sam_decoder"), ("sam_decoder", "sam_encoder"))],
+        "roles": lambda d: [
+            d["components"][n].update(role=r)
+            for n, r in (("sam_encoder", "sam_decoder"), ("sam_decoder", "sam_encoder"))
+        ],
     }
     ids = {}
     for what, change in changes.items():
@@ -205,37 +238,55 @@ def _swap_graph(folder, component: str, source: str | None = None, data: bytes |
 
 def test_swapped_text_graph_is_refused_at_start(bundle_copy, tmp_path):
     _swap_graph(bundle_copy, "clip_text", source="clip_image")
-    _one_line_refusal(lambda: Detector.from_bundle(bundle_copy, text_cache_dir=tmp_path),
-                      "clip_text (fp32): graph inputs are ['pixels']")  # fmt: skip
+    _one_line_refusal(
+        lambda: Detector.from_bundle(bundle_copy, text_cache_dir=tmp_path),
+        "clip_text (fp32): graph inputs are ['pixels']",
+    )
 
 
 def test_broken_text_graph_is_refused_at_start(bundle_copy, tmp_path):
     _swap_graph(bundle_copy, "clip_text", data=b"\x08\x07not a protobuf" * 64)
-    _one_line_refusal(lambda: Detector.from_bundle(bundle_copy, text_cache_dir=tmp_path),
-                      "onnxruntime cannot load this graph")  # fmt: skip
+    _one_line_refusal(
+        lambda: Detector.from_bundle(bundle_copy, text_cache_dir=tmp_path), "onnxruntime cannot load this graph"
+    )
 
 
 BROKEN_PIPELINES = {
     "wrong grid": (lambda d: _image(d)["config"].update(grid=[5, 5]), "config.grid [5, 5] does not fit"),
-    "tap naming no output": (lambda d: _image(d)["config"]["taps"][0].update(output="patch_tokens_9"),
-                             "config.taps[0] names output str 'patch_tokens_9', which is not among"),
+    "tap naming no output": (
+        lambda d: _image(d)["config"]["taps"][0].update(output="patch_tokens_9"),
+        "config.taps[0] names output str 'patch_tokens_9', which is not among",
+    ),
     "no taps": (lambda d: _image(d)["config"].update(taps=[]), "config.taps must be a non-empty list"),
     "tap outputs missing": (lambda d: _image(d).update(outputs=_image(d)["outputs"][:1]), "config.taps[0]"),
-    "size unlike the graph": (lambda d: _image(d)["preprocessing"].update(size=[32, 32]),
-                              "preprocessing.size [32, 32] differs"),
-    "no branches": (lambda d: _image(d)["config"].pop("branches"),
-                    "config.branches must be a non-empty list of language and/or reference, not NoneType"),
-    "unknown branch": (lambda d: _image(d)["config"].update(branches=["language", "smell"]),
-                       "config.branches must be a non-empty list of language and/or reference, not list"),
-    "no logit scale": (lambda d: _image(d)["config"].pop("logit_scale"),
-                       "config.logit_scale must be a positive number for the language branch, not NoneType"),
-    "logit scale zero": (lambda d: _image(d)["config"].update(logit_scale=0),
-                         "config.logit_scale must be a positive number for the language branch, not int 0"),
-    "another tokenizer": (lambda d: d["components"]["clip_text"]["config"]["tokenizer"].update(kind="sentencepiece"),
-                          "components.clip_text.config.tokenizer.kind str 'sentencepiece' is unknown"),
+    "size unlike the graph": (
+        lambda d: _image(d)["preprocessing"].update(size=[32, 32]),
+        "preprocessing.size [32, 32] differs",
+    ),
+    "no branches": (
+        lambda d: _image(d)["config"].pop("branches"),
+        "config.branches must be a non-empty list of language and/or reference, not NoneType",
+    ),
+    "unknown branch": (
+        lambda d: _image(d)["config"].update(branches=["language", "smell"]),
+        "config.branches must be a non-empty list of language and/or reference, not list",
+    ),
+    "no logit scale": (
+        lambda d: _image(d)["config"].pop("logit_scale"),
+        "config.logit_scale must be a positive number for the language branch, not NoneType",
+    ),
+    "logit scale zero": (
+        lambda d: _image(d)["config"].update(logit_scale=0),
+        "config.logit_scale must be a positive number for the language branch, not int 0",
+    ),
+    "another tokenizer": (
+        lambda d: d["components"]["clip_text"]["config"]["tokenizer"].update(kind="sentencepiece"),
+        "components.clip_text.config.tokenizer.kind str 'sentencepiece' is unknown",
+    ),
     "tokenizer eot of another vocabulary": (
         lambda d: d["components"]["clip_text"]["config"]["tokenizer"].update(eot=7),
-        "components.clip_text.config.tokenizer sot/eot 49406/7 differ from its vocabulary's 49406/49407"),
+        "components.clip_text.config.tokenizer sot/eot 49406/7 differ from its vocabulary's 49406/49407",
+    ),
 }
 
 
@@ -286,8 +337,9 @@ def test_check_passes_the_intact_tiny_bundle(tiny_bundle, capsys):
 
 def test_check_cli_failure_is_one_line_without_traceback(bundle_copy):
     _edit(bundle_copy, lambda d: _image(d)["files"]["fp32"].update(bytes="many"))
-    done = subprocess.run([sys.executable, "-m", "runtime.check", str(bundle_copy)], capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.check", str(bundle_copy)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert "components.clip_image.files.fp32.bytes must be an int, not str 'many'" in done.stderr

@@ -47,13 +47,16 @@ def video(tmp_path_factory) -> Path:
         ("v4l2:///dev/video2", "/dev/video2", cv2.CAP_V4L2),
         ("udp://127.0.0.1:5000", "udp://127.0.0.1:5000", cv2.CAP_FFMPEG),
         ("rtmp://camera.local/live/line1", "rtmp://camera.local/live/line1", cv2.CAP_FFMPEG),
-        ("srt://camera.local:9000?mode=caller&latency=200", "srt://camera.local:9000?mode=caller&latency=200",
-         cv2.CAP_FFMPEG),
+        (
+            "srt://camera.local:9000?mode=caller&latency=200",
+            "srt://camera.local:9000?mode=caller&latency=200",
+            cv2.CAP_FFMPEG,
+        ),
         ("rtsp://camera.local/stream", "rtsp://camera.local/stream", cv2.CAP_FFMPEG),
         ("/dev/video0", "/dev/video0", cv2.CAP_ANY),
         ("3", 3, cv2.CAP_ANY),
     ],
-)  # fmt: skip
+)
 def test_live_sources_are_passed_to_the_right_backend(spec, target, api):
     source = open_source(spec)
     assert isinstance(source, CaptureSource) and source.live
@@ -89,7 +92,7 @@ def test_the_csi_pipeline_is_jetsons_argus_camera_in_bgr():
         ("csi://0?zoom=2", "use csi://N[?width=W&height=H&fps=F&flip=M]"),
         ("file:///no/such/folder", "neither a camera index, a URL, a file nor a folder"),
     ],
-)  # fmt: skip
+)
 def test_bad_source_values_are_refused_at_start_in_one_line(controlled, tmp_path, capsys, spec, message):
     code = serve_main(["--bundle", str(controlled), "--source", spec, "--results", str(tmp_path / "r.jsonl")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -131,8 +134,9 @@ def test_an_ffmpeg_udp_stream_served_from_a_file_is_inspected_live(controlled, v
     send = ["-re", "-stream_loop", "-1", "-i", str(video), "-c:v", "mpeg2video", "-g", "1", "-q:v", "3"]
     stream = subprocess.Popen([ffmpeg, "-nostdin", "-loglevel", "error", *send, "-f", "mpegts", f"{url}?pkt_size=1316"])
     detector = Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path / "text")
-    settings = Settings.of(source=url, bundle=controlled, category=CATEGORY, port=0, explain=False,
-                           results=tmp_path / "results.jsonl")  # fmt: skip
+    settings = Settings.of(
+        source=url, bundle=controlled, category=CATEGORY, port=0, explain=False, results=tmp_path / "results.jsonl"
+    )
     try:
         server = Server(settings, detector=detector).start()
         try:

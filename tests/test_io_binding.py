@@ -59,9 +59,13 @@ def test_sam_embeddings_stay_bound_and_masks_agree_exactly(tiny_bundle):
 
 def test_detector_results_equal_with_binding(tiny_bundle, tmp_path):
     make = lambda on: Detector.from_bundle(  # noqa: E731
-        tiny_bundle, io_binding=on, sam_gate=0.0, region_threshold=0.0, max_region_frac=1.0,
+        tiny_bundle,
+        io_binding=on,
+        sam_gate=0.0,
+        region_threshold=0.0,
+        max_region_frac=1.0,
         text_cache_dir=tmp_path / "text",
-    )  # fmt: skip
+    )
     a, b = make(False).detect(FRAME, "screw", colour="RGB"), make(True).detect(FRAME, "screw", colour="RGB")
     assert a.image_score == b.image_score and np.array_equal(a.anomaly_map, b.anomaly_map)
     assert len(a.regions) == len(b.regions) and all(

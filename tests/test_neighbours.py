@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from runtime.detect import neighbours, reference_cache
-from runtime.detect.neighbours import NumpySearch, coreset_indices, index_kind, searcher
+from runtime.detect.neighbours import NumpySearch, coreset_indices, index_kind, local_max_similarity, searcher
 from runtime.detect.references import ReferenceMemory
-from runtime.detect.scoring import l2_normalize, nearest_distance
+from runtime.detect.scoring import calibrated, l2_normalize, nearest_distance
 
 
 def unit_rows(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -117,7 +117,7 @@ def test_memory_at_ratio_one_scores_as_the_exact_search():
     global_emb, taps = encoder.encode(frame)
     grid, _ = memory.score(global_emb, taps, encoder.grid)
     bank = np.concatenate([encoder.encode(r)[1][0] for r in refs])
-    expected = np.clip(0.5 * nearest_distance(taps[0], bank) / memory.spread, 0, 1).reshape(4, 4)
+    expected = calibrated(nearest_distance(taps[0], bank), memory.spread).reshape(4, 4)
     np.testing.assert_allclose(grid, expected, atol=1e-6)
     assert memory.taps[0].shape == (48, 8) and memory.coreset_ratio == 1.0
 
@@ -168,6 +168,7 @@ def test_the_benchmark_reads_its_configurations_and_writes_ratios():
 
     assert parse_config("exact") == {"coreset_ratio": 1.0, "nn_index": "numpy"}
     assert parse_config("coreset:0.1+faiss") == {"coreset_ratio": 0.1, "nn_index": "faiss"}
+    assert parse_config("window:1+top:0.01+mapw:1")["reference_window"] == 1
     with pytest.raises(ValueError, match="unknown configuration"):
         parse_config("annoy")
     row = {"reference_p90_ms": 1.0, "image_encoder_p90_ms": 1.0, "build_s": 1.0, "auroc_mono": 0.8}
@@ -179,3 +180,43 @@ def test_the_benchmark_reads_its_configurations_and_writes_ratios():
     text = markdown({"rows": rows, "machine": machine, "shots": 16, "per_class": 40, "bundle": "b"})
     assert "| coreset:0.1 | 20.000 |" in text and "| 5.000 | 0.800 |" in text and "a CPU" in text
     assert rows[1]["d_auroc_pooled"] == pytest.approx(0.002)
+
+
+def test_position_aware_search_is_the_brute_force_over_the_window():
+    rng = np.random.default_rng(11)
+    grid, refs = (4, 5), l2_normalize(rng.standard_normal((3, 20, 8)).astype(np.float32))
+    tokens = l2_normalize(rng.standard_normal((20, 8)).astype(np.float32))
+    for window in (0, 1, 2):
+        expected = np.full(20, -np.inf)
+        for p in range(20):
+            i, j = divmod(p, 5)
+            for q in range(20):
+                a, b = divmod(q, 5)
+                if abs(a - i) <= window and abs(b - j) <= window:
+                    expected[p] = max(expected[p], float((refs[:, q] @ tokens[p]).max()))
+        np.testing.assert_allclose(local_max_similarity(tokens, refs, grid, window), expected, atol=1e-6)
+
+
+def test_a_patch_out_of_its_place_is_seen_only_by_the_position_aware_memory():
+    """A registered part whose corner feature shows up in the middle: normal for a search anywhere, not in place."""
+    encoder, refs = CountingEncoder(), images(3)
+    frame = refs[0].copy()
+    frame[0, 0:12] = refs[0][60, 0:12]  # the stand-in's token of grid cell (3, 3) now also at cell (0, 0)
+    anywhere = ReferenceMemory.build(encoder, refs)
+    in_place = ReferenceMemory.build(encoder, refs, window=1)
+    assert in_place.window == 1 and in_place.taps[0].shape == (48, 8)
+    global_emb, taps = encoder.encode(frame)
+    far = in_place.score(global_emb, taps, encoder.grid)[0]
+    near = anywhere.score(global_emb, taps, encoder.grid)[0]
+    assert near[0, 0] < 1e-6 < far[0, 0] and far[0, 0] == far.max()
+
+
+def test_image_score_from_the_top_of_the_map():
+    from runtime.detect.scoring import image_score
+
+    speck, blob = np.zeros((100, 100), np.float32), np.zeros((100, 100), np.float32)
+    speck[50, 50] = 1.0  # one hot pixel
+    blob[40:50, 40:50] = 0.8  # a defect of 100 pixels, 1% of the map
+    assert image_score(0.0, speck, 1.0) > image_score(0.0, blob, 1.0)  # the maximum prefers the speck
+    assert image_score(0.0, blob, 1.0, top=0.01) == pytest.approx(0.8)
+    assert image_score(0.0, speck, 1.0, top=0.01) == pytest.approx(0.01)

@@ -83,7 +83,7 @@ def test_every_frame_gets_one_durable_line_and_http_answers(controlled, frames, 
         assert "could not be decoded" in next(x for x in lines if x["label"] == "ERROR")["error"]
         assert _get(port, "/healthz")[0] == 200
         status, body = _get(port, "/metrics")
-        assert status == 200 and b"lineside_frames_inspected_total 7.0" in body and b'lineside_stage_ms_bucket' in body
+        assert status == 200 and b"lineside_frames_inspected_total 7.0" in body and b"lineside_stage_ms_bucket" in body
         assert json.loads(_get(port, "/api/result/latest")[1])["frame_id"] == 7
         assert [x["frame_id"] for x in json.loads(_get(port, "/api/results?since=5")[1])] == [6, 7]
         assert _get(port, "/api/results?since=abc")[0] == 400
@@ -107,8 +107,10 @@ def test_every_frame_gets_one_durable_line_and_http_answers(controlled, frames, 
 def test_restart_appends_and_ng_images_are_kept_under_a_cap(controlled, frames, tmp_path):
     runs = []
     for cap_mb in (100.0, 100.0, 0.01):
-        server = Server(_settings(controlled, frames, tmp_path, save_ng=tmp_path / "ng", save_ng_mb=cap_mb,
-                                  explain=False), detector=_detector(controlled, tmp_path)).start()  # fmt: skip
+        server = Server(
+            _settings(controlled, frames, tmp_path, save_ng=tmp_path / "ng", save_ng_mb=cap_mb, explain=False),
+            detector=_detector(controlled, tmp_path),
+        ).start()
         server.wait()
         server.shutdown()
         runs.append(server.inspector.run_id)
@@ -174,8 +176,13 @@ def test_mqtt_and_webhook_sinks_deliver_to_real_peers(controlled, frames, tmp_pa
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     Collector.received = []
     time.sleep(0.3)
-    settings = _settings(controlled, frames, tmp_path, explain=False,
-                         sink=(f"mqtt://127.0.0.1:{mosquitto}/line/results", f"http://127.0.0.1:{hook.server_port}/hook"))  # fmt: skip
+    settings = _settings(
+        controlled,
+        frames,
+        tmp_path,
+        explain=False,
+        sink=(f"mqtt://127.0.0.1:{mosquitto}/line/results", f"http://127.0.0.1:{hook.server_port}/hook"),
+    )
     server = Server(settings, detector=_detector(controlled, tmp_path)).start()
     deadline = time.time() + 10
     while not server.sinks[0].client.is_connected() and time.time() < deadline:
@@ -187,14 +194,17 @@ def test_mqtt_and_webhook_sinks_deliver_to_real_peers(controlled, frames, tmp_pa
     hook.shutdown()
     assert sorted(x["frame_id"] for x in got) == list(range(1, 8))
     assert sorted(x["frame_id"] for x in Collector.received) == list(range(1, 8))
-    assert server.metrics.registry.get_sample_value("lineside_sink_failures_total",
-                                                    {"sink": settings.serve.sink[0]}) is None  # fmt: skip
+    assert (
+        server.metrics.registry.get_sample_value("lineside_sink_failures_total", {"sink": settings.serve.sink[0]})
+        is None
+    )
 
 
 def test_a_dead_sink_never_blocks_inspection(controlled, frames, tmp_path):
     dead = f"http://127.0.0.1:{_free_port()}/nobody"
-    server = Server(_settings(controlled, frames, tmp_path, explain=False, sink=(dead,)),
-                    detector=_detector(controlled, tmp_path)).start()  # fmt: skip
+    server = Server(
+        _settings(controlled, frames, tmp_path, explain=False, sink=(dead,)), detector=_detector(controlled, tmp_path)
+    ).start()
     server.wait()
     server.shutdown()
     assert len(_lines(tmp_path / "results.jsonl")) == 7
@@ -202,8 +212,9 @@ def test_a_dead_sink_never_blocks_inspection(controlled, frames, tmp_path):
 
 
 def test_a_source_that_never_answers_is_retried_and_not_ready(controlled, tmp_path):
-    settings = _settings(controlled, "x", tmp_path, source=f"http://127.0.0.1:{_free_port()}/cam.mjpg",
-                         reconnect_max_s=0.2)  # fmt: skip
+    settings = _settings(
+        controlled, "x", tmp_path, source=f"http://127.0.0.1:{_free_port()}/cam.mjpg", reconnect_max_s=0.2
+    )
     server = Server(settings, detector=_detector(controlled, tmp_path)).start()
     try:
         time.sleep(1.5)
@@ -215,16 +226,20 @@ def test_a_source_that_never_answers_is_retried_and_not_ready(controlled, tmp_pa
         server.shutdown()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--sink", "ftp://x/y"], "--sink 'ftp://x/y'"),
-    (["--sink", "mqtt://host-only"], "mqtt://HOST:PORT/TOPIC"),
-    (["--source", "/no/such/video.mp4"], "neither a camera index"),
-    (["--port", "70000"], "setting port"),
-    (["--teach", "-1"], "setting teach"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sink", "ftp://x/y"], "--sink 'ftp://x/y'"),
+        (["--sink", "mqtt://host-only"], "mqtt://HOST:PORT/TOPIC"),
+        (["--source", "/no/such/video.mp4"], "neither a camera index"),
+        (["--port", "70000"], "setting port"),
+        (["--teach", "-1"], "setting teach"),
+    ],
+)
 def test_bad_settings_are_refused_at_start_up(controlled, tmp_path, capsys, argv, message):
-    code = serve_main(["--bundle", str(controlled), "--source", str(tmp_path), "--results", str(tmp_path / "r.jsonl"),
-                       *argv])  # fmt: skip
+    code = serve_main(
+        ["--bundle", str(controlled), "--source", str(tmp_path), "--results", str(tmp_path / "r.jsonl"), *argv]
+    )
     assert code == 2 and message in capsys.readouterr().err
 
 
@@ -239,18 +254,35 @@ def test_status_page_in_real_headless_chromium(controlled, frames, tmp_path):
     browser = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(browser).exists():
         pytest.fail("chromium is not installed: .ci/run installs Debian's package (apt-get install chromium)")
-    server = Server(_settings(controlled, frames, tmp_path, loop=True, max_fps=10),
-                    detector=_detector(controlled, tmp_path)).start()  # fmt: skip
+    server = Server(
+        _settings(controlled, frames, tmp_path, loop=True, max_fps=10), detector=_detector(controlled, tmp_path)
+    ).start()
     try:
         deadline = time.time() + 20
         while server.state.last_ng is None or "explanation" not in server.state.last_ng:
             assert time.time() < deadline, "no explained NG frame"
             time.sleep(0.1)
         profile = tmp_path / "chrome-profile"
-        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                              f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom",
-                              f"http://127.0.0.1:{server.web.port}/"], capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+        dom = subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                f"http://127.0.0.1:{server.web.port}/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
     finally:
         server.shutdown()
     assert '<small id="ready" class="">ready</small>' in dom
@@ -269,8 +301,16 @@ def test_reference_only_bundle_serves_after_teaching(frames, tmp_path):
     assert bundle.components.keys() == {"patch_encoder"}
     with pytest.raises(ValueError, match="no language branch: give --references DIR or --teach N"):
         Server(Settings.of(source=str(frames), bundle=tmp_path / "default", port=0, results=tmp_path / "r.jsonl"))
-    server = Server(Settings.of(source=str(frames), bundle=tmp_path / "default", port=0, teach=2, explain=False,
-                                  results=tmp_path / "r.jsonl")).start()  # fmt: skip
+    server = Server(
+        Settings.of(
+            source=str(frames),
+            bundle=tmp_path / "default",
+            port=0,
+            teach=2,
+            explain=False,
+            results=tmp_path / "r.jsonl",
+        )
+    ).start()
     server.wait()
     server.shutdown()
     lines = _lines(tmp_path / "r.jsonl")

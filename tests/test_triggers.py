@@ -56,8 +56,15 @@ class LiveCamera(FrameSource):
 
 
 def _settings(controlled, tmp_path, **kw) -> Settings:
-    base = dict(source="test-camera", bundle=controlled, category=CATEGORY, port=0, explain=False,
-                trigger="software", results=tmp_path / "results.jsonl")  # fmt: skip
+    base = dict(
+        source="test-camera",
+        bundle=controlled,
+        category=CATEGORY,
+        port=0,
+        explain=False,
+        trigger="software",
+        results=tmp_path / "results.jsonl",
+    )
     return Settings.of(**(base | kw))
 
 
@@ -90,9 +97,15 @@ def test_trigger_ids_are_read_from_query_text_or_json_and_bad_ones_refused():
     assert trigger_id(b"") is None and trigger_id(b"", "q-1") == "q-1"
     assert trigger_id(b"  part-7 \n") == "part-7" and trigger_id(b'{"id": 42}') == "42"
     assert trigger_id(b"{}", "from-query") == "from-query"
-    for bad, why in [(b'{"id": [1]}', "string or an integer"), (b'{"id": true}', "string or an integer"),
-                     (b"a\x00b", "printable"), (b"x" * 129, "printable"), (b"\xff", "not UTF-8"),
-                     (b"{nope", "not valid JSON"), (b"x" * 5000, "at most 4096")]:  # fmt: skip
+    for bad, why in [
+        (b'{"id": [1]}', "string or an integer"),
+        (b'{"id": true}', "string or an integer"),
+        (b"a\x00b", "printable"),
+        (b"x" * 129, "printable"),
+        (b"\xff", "not UTF-8"),
+        (b"{nope", "not valid JSON"),
+        (b"x" * 5000, "at most 4096"),
+    ]:
         with pytest.raises(ValueError, match=why):
             trigger_id(bad)
 
@@ -120,8 +133,9 @@ def test_one_inspection_per_http_trigger_with_its_id_and_time(controlled, detect
     assert (_count(server, "accepted"), _count(server, "inspected"), _count(server, "refused")) == (4, 4, 2)
 
 
-def test_triggers_while_busy_are_queued_to_the_bound_then_refused_never_lost(controlled, detector, tmp_path,
-                                                                            monkeypatch):  # fmt: skip
+def test_triggers_while_busy_are_queued_to_the_bound_then_refused_never_lost(
+    controlled, detector, tmp_path, monkeypatch
+):
     detect = detector.detect
     monkeypatch.setattr(detector, "detect", lambda *a, **k: (time.sleep(0.4), detect(*a, **k))[1])
     server = Server(_settings(controlled, tmp_path, trigger_queue=2), detector=detector, source=LiveCamera()).start()
@@ -194,10 +208,12 @@ def test_a_trigger_without_a_frame_is_counted_unserved_at_stop(controlled, detec
     assert "lost-1" in caplog.text
 
 
-def test_free_run_refuses_triggers_and_bad_trigger_settings_are_refused_at_start(controlled, detector, tmp_path,
-                                                                                capsys):  # fmt: skip
-    server = Server(_settings(controlled, tmp_path, trigger="free-run", max_fps=5), detector=detector,
-                    source=LiveCamera()).start()  # fmt: skip
+def test_free_run_refuses_triggers_and_bad_trigger_settings_are_refused_at_start(
+    controlled, detector, tmp_path, capsys
+):
+    server = Server(
+        _settings(controlled, tmp_path, trigger="free-run", max_fps=5), detector=detector, source=LiveCamera()
+    ).start()
     try:
         status, body = _post(server.web.port, "?id=x")
         assert status == 409 and "trigger=software" in body["error"]

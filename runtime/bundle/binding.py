@@ -30,8 +30,14 @@ import numpy as np
 
 from .sessions import PROVIDER_NAMES, OnnxSession, _import_ort
 
-NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
-                "uint8": np.uint8, "bool": np.bool_}  # fmt: skip
+NUMPY_DTYPES = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "uint8": np.uint8,
+    "bool": np.bool_,
+}
 ON_GPU = (PROVIDER_NAMES["cuda"], PROVIDER_NAMES["tensorrt"])
 
 

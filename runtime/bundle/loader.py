@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .fields import describe
 from .manifest import REBUILD_HINT as REBUILD
@@ -143,9 +143,7 @@ class Bundle:
     def _check_content(self, path: Path, entry: FileEntry, verify_hashes: bool) -> None:
         size = path.stat().st_size
         if size != entry.bytes:
-            raise BundleError(
-                f"{path}: {size} bytes, the manifest says {entry.bytes} (truncated copy?); {REBUILD}"
-            )
+            raise BundleError(f"{path}: {size} bytes, the manifest says {entry.bytes} (truncated copy?); {REBUILD}")
         if verify_hashes and (found := file_sha256(path)) != entry.sha256:
             raise BundleError(
                 f"{path}: sha256 {found[:12]}… does not match the manifest's {entry.sha256[:12]}… "
@@ -187,24 +185,34 @@ def _check_image_config(folder: Path, component: Component) -> None:
         raise BundleError(f"{at}.config.grid must be [rows, cols] of positive ints, not {describe(grid)}; {REBUILD}")
     taps = cfg.get("taps")
     if not isinstance(taps, list) or not taps:
-        raise BundleError(f"{at}.config.taps must be a non-empty list of {{layer, output}}, not {describe(taps)}; {REBUILD}")
+        raise BundleError(
+            f"{at}.config.taps must be a non-empty list of {{layer, output}}, not {describe(taps)}; {REBUILD}"
+        )
     for i, tap in enumerate(taps):
         name = tap.get("output") if isinstance(tap, dict) else None
         if name not in outputs:
-            raise BundleError(f"{at}.config.taps[{i}] names output {describe(name)}, which is not among the graph's "
-                              f"outputs ({', '.join(outputs)}); {REBUILD}")  # fmt: skip
+            raise BundleError(
+                f"{at}.config.taps[{i}] names output {describe(name)}, which is not among the graph's "
+                f"outputs ({', '.join(outputs)}); {REBUILD}"
+            )
         shape = outputs[name].shape  # (batch, grid rows * cols, D)
         if len(shape) != 3 or (isinstance(shape[1], int) and shape[1] != grid[0] * grid[1]):
-            raise BundleError(f"{at}.config.grid {grid} does not fit output {name} of shape {list(shape)} "
-                              f"(batch, rows * cols, dim); {REBUILD}")  # fmt: skip
+            raise BundleError(
+                f"{at}.config.grid {grid} does not fit output {name} of shape {list(shape)} "
+                f"(batch, rows * cols, dim); {REBUILD}"
+            )
     _check_branches(at, cfg)
     size = component.preprocessing.get("size")
     if not _ints(size, 2):
-        raise BundleError(f"{at}.preprocessing.size must be [height, width] of positive ints, not {describe(size)}; {REBUILD}")
+        raise BundleError(
+            f"{at}.preprocessing.size must be [height, width] of positive ints, not {describe(size)}; {REBUILD}"
+        )
     pixels = component.inputs[0].shape if component.inputs else ()
     if len(pixels) == 4 and all(isinstance(d, int) for d in pixels[2:]) and list(pixels[2:]) != size:
-        raise BundleError(f"{at}.preprocessing.size {size} differs from input {component.inputs[0].name} "
-                          f"of shape {list(pixels)}; {REBUILD}")  # fmt: skip
+        raise BundleError(
+            f"{at}.preprocessing.size {size} differs from input {component.inputs[0].name} "
+            f"of shape {list(pixels)}; {REBUILD}"
+        )
 
 
 def _check_branches(at: str, cfg: dict) -> None:
@@ -212,13 +220,17 @@ def _check_branches(at: str, cfg: dict) -> None:
     against text) needs the checkpoint's `logit_scale`, the temperature the detector scores with."""
     branches = cfg.get("branches")
     if not isinstance(branches, list) or not branches or not set(branches) <= set(BRANCHES):
-        raise BundleError(f"{at}.config.branches must be a non-empty list of {' and/or '.join(BRANCHES)}, "
-                          f"not {describe(branches)}; {REBUILD}")  # fmt: skip
+        raise BundleError(
+            f"{at}.config.branches must be a non-empty list of {' and/or '.join(BRANCHES)}, "
+            f"not {describe(branches)}; {REBUILD}"
+        )
     scale = cfg.get("logit_scale")
     number = isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale)
     if "language" in branches and not (number and scale > 0):
-        raise BundleError(f"{at}.config.logit_scale must be a positive number for the language branch, "
-                          f"not {describe(scale)}; {REBUILD}")  # fmt: skip
+        raise BundleError(
+            f"{at}.config.logit_scale must be a positive number for the language branch, "
+            f"not {describe(scale)}; {REBUILD}"
+        )
 
 
 def _check_text_config(folder: Path, component: Component) -> None:
@@ -230,17 +242,22 @@ def _check_text_config(folder: Path, component: Component) -> None:
     if not isinstance(tokenizer, dict):
         raise BundleError(f"{at}.config.tokenizer must be an object, not {describe(tokenizer)}; {REBUILD}")
     if tokenizer.get("kind") != "clip_bpe":
-        raise BundleError(f"{at}.config.tokenizer.kind {describe(tokenizer.get('kind'))} is unknown; this runtime "
-                          f"has CLIP's BPE only (clip_bpe); {REBUILD}")  # fmt: skip
+        raise BundleError(
+            f"{at}.config.tokenizer.kind {describe(tokenizer.get('kind'))} is unknown; this runtime "
+            f"has CLIP's BPE only (clip_bpe); {REBUILD}"
+        )
     for key in ("context_length", "num_merges", "sot", "eot"):
         if not _ints([tokenizer.get(key)], 1):
-            raise BundleError(f"{at}.config.tokenizer.{key} must be a positive int, not {describe(tokenizer.get(key))}; "
-                              f"{REBUILD}")  # fmt: skip
+            raise BundleError(
+                f"{at}.config.tokenizer.{key} must be a positive int, not {describe(tokenizer.get(key))}; {REBUILD}"
+            )
 
 
 def _ints(value, n: int) -> bool:
-    return isinstance(value, list) and len(value) == n and all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    return (
+        isinstance(value, list)
+        and len(value) == n
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
     )
 
 

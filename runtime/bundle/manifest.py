@@ -145,10 +145,20 @@ class Component:
             where = dotted(dotted(at, "files"), odd[0])
             raise BundleError(f"{where}: unknown precision; one of {', '.join(PRECISIONS)}")
         files = _files(d, "files", at)
-        blocks = {k: optional(d, k, at, (dict,), "an object", {})
-                  for k in ("preprocessing", "config", "source", "tensorrt_profile")}  # fmt: skip
-        return cls(name, role, kind, files, _tensors(d, "inputs", at), _tensors(d, "outputs", at),
-                   _files(d, "assets", at), **blocks)  # fmt: skip
+        blocks = {
+            k: optional(d, k, at, (dict,), "an object", {})
+            for k in ("preprocessing", "config", "source", "tensorrt_profile")
+        }
+        return cls(
+            name,
+            role,
+            kind,
+            files,
+            _tensors(d, "inputs", at),
+            _tensors(d, "outputs", at),
+            _files(d, "assets", at),
+            **blocks,
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -200,8 +210,10 @@ class Manifest:
         seen: dict[str, str] = {}
         for name, component in self.components.items():
             if (other := seen.setdefault(component.role, name)) != name:
-                raise BundleError(f"components.{name}.role {component.role!r} is components.{other}'s too; "
-                                  "a bundle has one component per role")  # fmt: skip
+                raise BundleError(
+                    f"components.{name}.role {component.role!r} is components.{other}'s too; "
+                    "a bundle has one component per role"
+                )
 
     def by_role(self, role: str) -> Component | None:
         """The component with this role (one of ROLES), or None when the bundle has none."""
@@ -235,12 +247,16 @@ class Manifest:
         if not isinstance(d, dict):
             raise BundleError(f"the top level must be an object, not {describe(d)}")
         if (schema := d.get("schema")) != SCHEMA:
-            raise BundleError(f"unknown bundle schema {schema!r}; this runtime reads {SCHEMA!r} only "
-                              f"(this bundle was written by another version of lineside): {REBUILD_HINT}")  # fmt: skip
+            raise BundleError(
+                f"unknown bundle schema {schema!r}; this runtime reads {SCHEMA!r} only "
+                f"(this bundle was written by another version of lineside): {REBUILD_HINT}"
+            )
         raw = need(d, "components", "", (dict,), "an object")
         if not raw:
-            raise BundleError("components is empty: the bundle has no graphs; export them into it, "
-                              "e.g. python -m export all --profile tiny --out DIR")  # fmt: skip
+            raise BundleError(
+                "components is empty: the bundle has no graphs; export them into it, "
+                "e.g. python -m export all --profile tiny --out DIR"
+            )
         components = {n: Component.from_dict(n, c) for n, c in raw.items()}
         profile = optional(d, "profile", "", (str,), "a string", "custom")
         created = optional(d, "created", "", (str,), "a string", "")

@@ -48,8 +48,9 @@ def run(args) -> tuple[dict[str, int], dict[str, float]]:
     refs = detector.remember(refs, colour="RGB") if refs else None  # encoded once, not per image
     if job.calibrate:  # the threshold from known-good images, for the false-alarm target
         good = [read(p) for p in list_images([job.calibrate])]
-        point, detector = calibrate_detector(detector, good, job.category, refs, "RGB", job.false_alarm_target,
-                                             f"calibrate {job.calibrate}")  # fmt: skip
+        point, detector = calibrate_detector(
+            detector, good, job.category, refs, "RGB", job.false_alarm_target, f"calibrate {job.calibrate}"
+        )
         print(f"operating point: {point.describe()}", file=sys.stderr)
     paths = list_images(args.inputs)
     args.out.mkdir(parents=True, exist_ok=True)

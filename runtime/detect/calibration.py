@@ -200,7 +200,15 @@ def leave_one_out(
     for i, image in enumerate(images_rgb):
         others = [e for k, e in enumerate(encoded) if k != i]
         key = content_key([im for k, im in enumerate(images_rgb) if k != i])
-        memory = ReferenceMemory.from_encoded(key, detector.encoder.identity, others, s.coreset_ratio, s.nn_index)
+        memory = ReferenceMemory.from_encoded(
+            key,
+            detector.encoder.identity,
+            others,
+            s.coreset_ratio,
+            s.nn_index,
+            s.reference_window,
+            detector.encoder.grid,
+        )
         result = detector.detect(image, category, memory, colour="RGB")
         if result.label == "ERROR":
             raise ValueError(f"a taught frame could not be scored: {result.error}")

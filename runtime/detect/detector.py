@@ -155,7 +155,7 @@ class Detector:
         """RGB uint8 references -> their memory, shaped by coreset_ratio and nn_index, cached on disk by content."""
         s = self.settings
         cache = reference_cache_dir(s.reference_cache_dir, s.text_cache_dir)
-        return ReferenceMemory.build(self.encoder, rgb_images, s.coreset_ratio, s.nn_index, cache)
+        return ReferenceMemory.build(self.encoder, rgb_images, s.coreset_ratio, s.nn_index, cache, s.reference_window)
 
     def stream(
         self, frames: Iterable[np.ndarray], category: str, references: References = None, colour: str = "BGR"
@@ -242,7 +242,7 @@ class Detector:
         t = time.perf_counter()
         size = self.encoder.size
         model_map = upsample_smooth(grid, size, sigma_at(size[0], s.smoothing_sigma))
-        score = image_score(global_p, model_map, s.map_weight)
+        score = image_score(global_p, model_map, s.map_weight, s.top_fraction)
         work_hw = work_size(*rgb.shape[:2])
         work_map = cv2.resize(model_map, (work_hw[1], work_hw[0]), interpolation=cv2.INTER_LINEAR)
         times["map"] = _ms(t)

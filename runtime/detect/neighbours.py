@@ -170,3 +170,26 @@ def _faiss():
     except ImportError as e:
         raise RuntimeError("nn_index faiss needs faiss-cpu: pip install 'lineside[fast]'") from e
     return faiss
+
+
+def local_max_similarity(tokens: np.ndarray, references: np.ndarray, grid: tuple[int, int], window: int) -> np.ndarray:
+    """Position-aware search for registered parts (cells, boards, labels).
+
+    (N, D) tokens of a frame and (R, N, D) references' tokens, both on the same
+    (rows, cols) grid in row-major order -> (N,) the largest cosine of each token
+    to any reference patch within `window` cells of its own position. Costs
+    (2 * window + 1)^2 * R * N * D multiply-adds, far below a search of every patch.
+    """
+    rows, cols = grid
+    q = np.asarray(tokens, np.float32).reshape(rows, cols, -1)
+    refs = np.asarray(references, np.float32).reshape(len(references), rows, cols, -1)
+    best = np.full((rows, cols), -np.inf, np.float32)
+    for di in range(-window, window + 1):
+        for dj in range(-window, window + 1):
+            i0, i1, j0, j1 = max(0, -di), min(rows, rows - di), max(0, -dj), min(cols, cols - dj)
+            if i0 >= i1 or j0 >= j1:
+                continue
+            shifted = refs[:, i0 + di : i1 + di, j0 + dj : j1 + dj]  # (R, h, w, D): the patch (i + di, j + dj)
+            sims = np.einsum("ijd,rijd->rij", q[i0:i1, j0:j1], shifted).max(axis=0)  # (h, w)
+            np.maximum(best[i0:i1, j0:j1], sims, out=best[i0:i1, j0:j1])
+    return best.ravel()

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from . import reference_cache
-from .neighbours import coreset_indices, index_kind, searcher
-from .scoring import MIN_SCALE, calibrated, normal_spread, reference_grid
+from .neighbours import coreset_indices, index_kind, local_max_similarity, searcher
+from .scoring import MIN_SCALE, SCALE_REFERENCES, as_distance, calibrated, normal_spread, reference_grid
 
 CORESET_SEED = 0
 
@@ -53,6 +53,7 @@ class ReferenceMemory:
     index: str = "numpy"  # the search over `taps`: "numpy" (exact, blocked) or "faiss" (HNSW)
     saved_index: tuple = field(default=(), compare=False, repr=False)  # per tap a faiss index's bytes, or ()
     complete: tuple = field(default=(), compare=False, repr=False)  # per tap (R * N, D) when `taps` is a coreset
+    window: int = 0  # > 0: position-aware, each patch against the references' within this many grid cells
     searches: tuple = field(init=False, compare=False, repr=False)  # per tap, built from the above
 
     def __post_init__(self):
@@ -69,21 +70,25 @@ class ReferenceMemory:
         coreset_ratio: float = 1.0,
         nn_index: str = "numpy",
         cache: Path | None = None,
+        window: int = 0,
     ) -> ReferenceMemory:
         """HxWx3 uint8 RGB images (any sizes: resized like any frame) through `encoder` (an ImageEncoder);
-        read from `cache` (a folder) when this reference set was built there before, else built and saved."""
+        read from `cache` (a folder) when this reference set was built there before, else built and saved.
+        `window` > 0: a position-aware memory (registered parts), every patch kept, no coreset."""
         if not images:
             raise ValueError("a reference memory needs at least one known-good image")
         key = content_key(images)
+        coreset_ratio, nn_index = (1.0, "numpy") if window else (coreset_ratio, nn_index)
         kind = index_kind(nn_index, math.ceil(coreset_ratio * len(images) * math.prod(encoder.grid)))
         path = None
         if cache is not None:
-            path = reference_cache.cache_file(cache, key, encoder.identity, coreset_ratio, CORESET_SEED, kind)
+            shape = f"{kind} window {window}"
+            path = reference_cache.cache_file(cache, key, encoder.identity, coreset_ratio, CORESET_SEED, shape)
             memory = cls.from_arrays(reference_cache.load(path))
             if memory is not None and (memory.key, memory.encoder, memory.index) == (key, encoder.identity, kind):
                 return memory
         encoded = [encoder.encode(image) for image in images]
-        memory = cls.from_encoded(key, encoder.identity, encoded, coreset_ratio, kind)
+        memory = cls.from_encoded(key, encoder.identity, encoded, coreset_ratio, kind, window, encoder.grid)
         if path is not None:
             reference_cache.save(path, memory.to_arrays())
         return memory
@@ -96,26 +101,48 @@ class ReferenceMemory:
         encoded: list[tuple[np.ndarray, list[np.ndarray]]],
         coreset_ratio: float = 1.0,
         nn_index: str = "numpy",
+        window: int = 0,
+        grid: tuple[int, int] | None = None,
     ) -> ReferenceMemory:
         """A memory from `encoded`, each reference's (global (D,), taps [(N, D)]) as ImageEncoder.encode gives;
-        `nn_index` the setting (auto, numpy, faiss)."""
+        `nn_index` the setting (auto, numpy, faiss); `window` > 0 (with the encoder's `grid`): position-aware."""
         if not encoded:
             raise ValueError("a reference memory needs at least one known-good image")
+        if window:
+            coreset_ratio, nn_index = 1.0, "numpy"  # every patch, in its place
         globals_ = np.stack([g for g, _ in encoded])  # (R, D)
         per_tap = [np.concatenate([t[i] for _, t in encoded]) for i in range(len(encoded[0][1]))]  # (R * N, D)
         keep = coreset_indices(np.concatenate(per_tap, axis=1), coreset_ratio, CORESET_SEED)  # one set for all taps
         taps = tuple(np.ascontiguousarray(t[keep]) for t in per_tap)  # (K, D)
         complete = tuple(per_tap) if len(keep) < len(per_tap[0]) else ()
-        spread = normal_spread([t for _, t in encoded])  # of the exact search: the score's peak is exact
+        per_ref = [t for _, t in encoded]
+        spread = local_spread(per_ref, grid, window) if window else normal_spread(per_ref)  # of the exact search
         index = index_kind(nn_index, len(keep))
         globals_spread = global_spread(globals_)
         return cls(
-            key, encoder, len(encoded), globals_, taps, spread, globals_spread, coreset_ratio, index, (), complete
+            key,
+            encoder,
+            len(encoded),
+            globals_,
+            taps,
+            spread,
+            globals_spread,
+            coreset_ratio,
+            index,
+            (),
+            complete,
+            window,
         )
 
     def score(self, global_emb: np.ndarray, taps: list[np.ndarray], grid: tuple[int, int]) -> tuple[np.ndarray, float]:
         """A frame's (D,) embedding and [(N, D)] tap tokens -> (rows, cols) reference map and global probability."""
-        ref_grid = reference_grid(taps, self.searches, grid, self.spread)
+        if self.window:
+            refs = [t.reshape(self.count, -1, t.shape[-1]) for t in self.taps]  # (R, N, D): all, in order
+            similarity = [local_max_similarity(tokens, r, grid, self.window) for tokens, r in zip(taps, refs)]
+            distance = np.mean([as_distance(s) for s in similarity], axis=0)
+            ref_grid = calibrated(distance, self.spread).reshape(grid).astype(np.float32)
+        else:
+            ref_grid = reference_grid(taps, self.searches, grid, self.spread)
         global_p = float(calibrated((1.0 - (self.globals @ global_emb).max()) / 2.0, self.global_spread))
         return ref_grid, global_p
 
@@ -130,6 +157,7 @@ class ReferenceMemory:
             "index": np.array(self.index),
             "global_spread": np.array(self.global_spread),
             "coreset_ratio": np.array(self.coreset_ratio),
+            "window": np.array(self.window),
         }
         for i, (tap, search) in enumerate(zip(self.taps, self.searches)):
             arrays[f"tap{i}"] = tap
@@ -161,9 +189,25 @@ class ReferenceMemory:
                 str(arrays["index"]),
                 saved,
                 complete,
+                int(arrays["window"]),
             )
         except (KeyError, ValueError, TypeError, RuntimeError):
             return None
+
+
+def local_spread(per_ref: list[list[np.ndarray]], grid: tuple[int, int], window: int) -> float:
+    """normal_spread for the position-aware search: each reference's patches against the others' within
+    `window` cells (with one reference, normal_spread's comparison inside the image)."""
+    if len(per_ref) == 1:
+        return normal_spread(per_ref)
+    dists = []
+    for r in range(min(len(per_ref), SCALE_REFERENCES)):
+        per_tap = []
+        for t in range(len(per_ref[0])):
+            others = np.stack([per_ref[o][t] for o in range(len(per_ref)) if o != r])  # (R - 1, N, D)
+            per_tap.append(as_distance(local_max_similarity(per_ref[r][t], others, grid, window)))
+        dists.append(np.mean(per_tap, axis=0))
+    return max(float(np.percentile(np.concatenate(dists), 99)), MIN_SCALE)
 
 
 def global_spread(globals_: np.ndarray) -> float:

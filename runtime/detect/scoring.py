@@ -71,7 +71,7 @@ def normal_spread(per_ref: list[list[np.ndarray]]) -> float:
 
     Raw distances depend on the encoder, the part and the lighting; dividing by
     the spread among good references puts a reference map on a common scale
-    (normal patches below 0.5, twice the normal spread at 1.0) so one set of
+    (normal patches below 0.5, twice the normal spread at 0.75) so one set of
     thresholds works across lines. With one reference, each patch is compared
     with the other patches of the same image instead.
     """
@@ -91,8 +91,10 @@ def normal_spread(per_ref: list[list[np.ndarray]]) -> float:
 
 
 def calibrated(distance: np.ndarray | float, spread: float) -> np.ndarray | float:
-    """Distance in units of the normal spread, mapped so that spread -> 0.5, 2 * spread -> 1."""
-    return np.clip(0.5 * np.asarray(distance) / spread, 0.0, 1.0)
+    """Distance in units of the normal spread, mapped to 0..1 by 1 - 2^(-distance / spread): spread -> 0.5,
+    twice the spread -> 0.75, and on towards 1 without reaching it, so that scores far beyond the normal spread
+    keep their order (a clip at 1.0 made many of them equal, and no threshold could part them)."""
+    return 1.0 - np.exp2(-np.maximum(np.asarray(distance, np.float64), 0.0) / spread)
 
 
 def gaussian_kernel_size(sigma: float) -> int:
@@ -113,9 +115,16 @@ def sigma_at(size: int, sigma_at_518: float) -> float:
     return sigma_at_518 * size / REFERENCE_SIZE
 
 
-def image_score(global_probability: float, anomaly_map: np.ndarray, map_weight: float) -> float:
-    """Blend of the global-embedding probability and the map's maximum."""
-    peak = float(anomaly_map.max()) if anomaly_map.size else 0.0
+def image_score(global_probability: float, anomaly_map: np.ndarray, map_weight: float, top: float = 0.0) -> float:
+    """Blend of the global-embedding probability and the map's peak: its maximum, or with `top` > 0 the mean
+    of its highest `top` fraction of pixels (a defect covers some pixels; one hot pixel is noise)."""
+    if not anomaly_map.size:
+        peak = 0.0
+    elif top > 0.0:
+        k = max(1, int(top * anomaly_map.size))
+        peak = float(np.partition(anomaly_map.ravel(), anomaly_map.size - k)[-k:].mean())
+    else:
+        peak = float(anomaly_map.max())
     return float((1.0 - map_weight) * global_probability + map_weight * peak)
 
 

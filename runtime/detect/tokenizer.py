@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 import gzip
 import html
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import ftfy
 import numpy as np

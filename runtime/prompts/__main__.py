@@ -42,13 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         if detector.bundle.by_role("language_model") is not None:
             llm = LanguageModel(detector.bundle, threads=agent.llm_threads, n_ctx=agent.llm_context)
         else:
-            print("no language model in this bundle: descriptions come from rules on the detector's evidence",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                "no language model in this bundle: descriptions come from rules on the detector's evidence",
+                file=sys.stderr,
+            )
         pixels = settings.detector.max_image_pixels
         normals = [read_image(p, pixels) for p in list_images([args.normal])]
         samples = [read_image(p, pixels) for p in list_images([args.samples])] if args.samples else None
         bank = PromptAgent(detector, llm, agent).build_bank(
-            job.category, normals, samples, progress=lambda line: print(line, file=sys.stderr, flush=True))
+            job.category, normals, samples, progress=lambda line: print(line, file=sys.stderr, flush=True)
+        )
     except (BundleError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"prompts failed: {e}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+
 import cv2
 import numpy as np
 
@@ -79,8 +80,10 @@ class LanguageModel:
         llama_cpp = _llama_cpp()
         component = bundle.by_role("language_model")
         if component is None:
-            raise BundleError(f"{bundle.path} has no language model (role language_model); "
-                              "add one with python -m export mllm --packaged --out BUNDLE")  # fmt: skip
+            raise BundleError(
+                f"{bundle.path} has no language model (role language_model); "
+                "add one with python -m export mllm --packaged --out BUNDLE"
+            )
         self.component, config = component, component.config
         self.quant, entry = next(iter(component.files.items()))
         self.path = bundle.file_path(entry)
@@ -94,13 +97,27 @@ class LanguageModel:
         if 0 < trained < n_ctx:
             log.info("context %d capped at the %d tokens %s was trained with", n_ctx, trained, self.path.name)
             n_ctx = trained
-        self.llm = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, n_threads=threads, chat_handler=handler,
-                                   chat_format=chat_format, seed=0, verbose=False)  # fmt: skip
+        self.llm = llama_cpp.Llama(
+            str(self.path),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            chat_handler=handler,
+            chat_format=chat_format,
+            seed=0,
+            verbose=False,
+        )
         self.vision = handler is not None
         self.name = self.path.name
 
-    def chat(self, messages: list[dict], schema: dict | None = None, max_tokens: int = 256, seed: int = 0,
-             temperature: float = 0.2, deadline_s: float | None = None) -> tuple[str, dict]:  # fmt: skip
+    def chat(
+        self,
+        messages: list[dict],
+        schema: dict | None = None,
+        max_tokens: int = 256,
+        seed: int = 0,
+        temperature: float = 0.2,
+        deadline_s: float | None = None,
+    ) -> tuple[str, dict]:
         """(answer text, stats). With `schema` the answer is grammar-constrained JSON.
 
         The answer is streamed so that it can be cut at `deadline_s`; a cut
@@ -108,9 +125,13 @@ class LanguageModel:
         """
         started = time.perf_counter()
         chunks = self.llm.create_chat_completion(
-            messages=messages, max_tokens=max_tokens, temperature=temperature, seed=seed, stream=True,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            stream=True,
             response_format={"type": "json_object", "schema": schema} if schema else None,
-        )  # fmt: skip
+        )
         parts, finish, tokens = [], None, 0
         for chunk in chunks:
             choice = chunk["choices"][0]
@@ -124,6 +145,10 @@ class LanguageModel:
                 chunks.close()
                 break
         seconds = time.perf_counter() - started
-        stats = {"tokens": tokens, "seconds": round(seconds, 3), "finish_reason": finish,
-                 "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None}  # fmt: skip
+        stats = {
+            "tokens": tokens,
+            "seconds": round(seconds, 3),
+            "finish_reason": finish,
+            "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+        }
         return "".join(parts).strip(), stats

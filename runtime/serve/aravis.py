@@ -53,9 +53,11 @@ def _aravis(spec: str):
         gi.require_version("Aravis", "0.8")
         from gi.repository import Aravis
     except (ImportError, ValueError) as e:
-        raise ValueError(f"--source {spec!r} needs Aravis's Python bindings ({e}): apt-get install "
-                         "gir1.2-aravis-0.8 python3-gi, and a venv made with --system-site-packages (or "
-                         "PYTHONPATH=/usr/lib/python3/dist-packages)") from e  # fmt: skip
+        raise ValueError(
+            f"--source {spec!r} needs Aravis's Python bindings ({e}): apt-get install "
+            "gir1.2-aravis-0.8 python3-gi, and a venv made with --system-site-packages (or "
+            "PYTHONPATH=/usr/lib/python3/dist-packages)"
+        ) from e
     return Aravis
 
 
@@ -79,8 +81,9 @@ class AravisSource(FrameSource):
         self.exposure_us, self.gain_db = settings.camera_exposure_us, settings.camera_gain_db
         self.pixel_format, self.trigger = settings.camera_pixel_format, settings.camera_trigger
         if self.pixel_format and self.pixel_format not in PIXEL_FORMATS:
-            raise ValueError(f"setting camera_pixel_format: {self.pixel_format!r}; lineside reads "
-                             f"{', '.join(PIXEL_FORMATS)}")  # fmt: skip
+            raise ValueError(
+                f"setting camera_pixel_format: {self.pixel_format!r}; lineside reads {', '.join(PIXEL_FORMATS)}"
+            )
         self.camera = self.stream = self._watch = None
         self.lost = False
         self.incomplete = 0  # frames the camera sent incomplete (free-running: skipped)
@@ -119,8 +122,14 @@ class AravisSource(FrameSource):
         for _ in range(BUFFERS):
             self.stream.push_buffer(ar.Buffer.new_allocate(self.camera.get_payload()))
         self.camera.start_acquisition()
-        log.info("camera %s: %s %s, %s, trigger %s", self.spec, self.camera.get_vendor_name(),
-                 self.camera.get_model_name(), self.camera.get_pixel_format_as_string(), self.trigger)  # fmt: skip
+        log.info(
+            "camera %s: %s %s, %s, trigger %s",
+            self.spec,
+            self.camera.get_vendor_name(),
+            self.camera.get_model_name(),
+            self.camera.get_pixel_format_as_string(),
+            self.trigger,
+        )
 
     def _configure(self) -> None:
         camera = self.camera
@@ -129,8 +138,10 @@ class AravisSource(FrameSource):
         if self.pixel_format:
             camera.set_pixel_format_from_string(self.pixel_format)
         if camera.get_pixel_format_as_string() not in PIXEL_FORMATS:
-            raise ValueError(f"pixel format {camera.get_pixel_format_as_string()} is not one lineside reads; set "
-                             f"camera_pixel_format to one of {', '.join(PIXEL_FORMATS)}")  # fmt: skip
+            raise ValueError(
+                f"pixel format {camera.get_pixel_format_as_string()} is not one lineside reads; set "
+                f"camera_pixel_format to one of {', '.join(PIXEL_FORMATS)}"
+            )
         if self.exposure_us is not None:
             camera.set_exposure_time(self.exposure_us)
         if self.gain_db is not None:

@@ -19,8 +19,8 @@ import numpy as np
 
 from ..detect.detector import Detector
 from ..detect.frames import to_rgb_uint8
-from ..detect.overlay import render
 from ..detect.lines import FrameRef, explanation_line, new_run, teach_line
+from ..detect.overlay import render
 from ..detect.result import Result
 from .capture import LatestFrameSlot
 from .records import ResultsLog, bare_error, frame_ref, record_of, strict_json
@@ -91,8 +91,16 @@ def overlay_jpeg(image: np.ndarray, result: Result, fps: float) -> bytes | None:
     except ValueError:
         return None
     canvas = render(rgb, result)
-    cv2.putText(canvas, f"{fps:.1f} fps", (8, canvas.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
+    cv2.putText(
+        canvas,
+        f"{fps:.1f} fps",
+        (8, canvas.shape[0] - 10),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.5,
+        (255, 255, 255),
+        1,
+        cv2.LINE_AA,
+    )
     ok, data = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 80])
     return data.tobytes() if ok else None
 
@@ -107,10 +115,25 @@ class Inspector(threading.Thread):
     never leave a process that looks healthy.
     """
 
-    def __init__(self, detector: Detector, category: str, references, slot: LatestFrameSlot, log_: ResultsLog,
-                 state: State, sinks: list, explainer, metrics, stop: threading.Event, teach: int = 0,
-                 screen: bool = True, operating: Operating | None = None,
-                 capture_done=lambda: True, triggers=None, live: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        detector: Detector,
+        category: str,
+        references,
+        slot: LatestFrameSlot,
+        log_: ResultsLog,
+        state: State,
+        sinks: list,
+        explainer,
+        metrics,
+        stop: threading.Event,
+        teach: int = 0,
+        screen: bool = True,
+        operating: Operating | None = None,
+        capture_done=lambda: True,
+        triggers=None,
+        live: bool = True,
+    ):
         super().__init__(name="inspector", daemon=True)
         self.detector, self.category, self.references = detector, category, references  # RGB images or None
         # Encoded once here (serve fails at start on an unusable one) and again after each TEACH frame.

@@ -26,8 +26,15 @@ log = logging.getLogger("lineside.serve")
 
 def frame_ref(frame, run: str) -> FrameRef:
     """The head of every line about a captured `Frame`: which frame, from where."""
-    return FrameRef(run, frame.frame_id, frame.time, frame.source, frame.file,
-                    trigger_id=frame.trigger_id, trigger_time=frame.trigger_time)  # fmt: skip
+    return FrameRef(
+        run,
+        frame.frame_id,
+        frame.time,
+        frame.source,
+        frame.file,
+        trigger_id=frame.trigger_id,
+        trigger_time=frame.trigger_time,
+    )
 
 
 def record_of(frame, result: Result, run: str) -> dict:

@@ -55,8 +55,9 @@ class Server:
         max_pixels = settings.detector.max_image_pixels
         self.metrics, self.state, self.stop = Metrics(), State(s.recent), threading.Event()
         self.source = source or open_source(s.source, max_pixels, s.decode_threads, camera=s)
-        self.sinks = [parse_sink(spec, self.metrics, s.sink_queue, s.mqtt_queue, s.webhook_follow_redirects)
-                      for spec in s.sink]  # fmt: skip
+        self.sinks = [
+            parse_sink(spec, self.metrics, s.sink_queue, s.mqtt_queue, s.webhook_follow_redirects) for spec in s.sink
+        ]
         if s.save_ng:
             self.sinks.append(NgImageSink(s.save_ng, s.save_ng_mb, self.metrics, s.sink_queue))
         software = s.trigger == "software"
@@ -72,16 +73,40 @@ class Server:
         operating = Operating(good, job.calibrate, job.false_alarm_target, s.calibrate_teach, s.teach)
         self.results_log = ResultsLog(s.results)
         self.slot = LatestFrameSlot()
-        self.explainer = Explainer(agent or build_agent(self.detector, settings.agent), self.results_log, self.state, self.metrics,
-                                   s.explain_queue, s.explain_seconds) if s.explain else None  # fmt: skip
+        self.explainer = (
+            Explainer(
+                agent or build_agent(self.detector, settings.agent),
+                self.results_log,
+                self.state,
+                self.metrics,
+                s.explain_queue,
+                s.explain_seconds,
+            )
+            if s.explain
+            else None
+        )
         self.capture = Capture(self.source, self.slot, self.stop, self.metrics, s.max_fps, s.loop, s.reconnect_max_s)
-        self.inspector = Inspector(self.detector, job.category, references, self.slot, self.results_log, self.state,
-                                   self.sinks, self.explainer, self.metrics, self.stop, s.teach,
-                                   screen=s.teach_screen, operating=operating,
-                                   capture_done=self._capture_done, triggers=self.triggers,
-                                   live=self.source.live)  # fmt: skip
-        self.web = WebThread(create_app(self), s.host, s.port, s.http_max_connections, s.http_read_timeout_s,
-                             self.metrics.http_refused)  # fmt: skip
+        self.inspector = Inspector(
+            self.detector,
+            job.category,
+            references,
+            self.slot,
+            self.results_log,
+            self.state,
+            self.sinks,
+            self.explainer,
+            self.metrics,
+            self.stop,
+            s.teach,
+            screen=s.teach_screen,
+            operating=operating,
+            capture_done=self._capture_done,
+            triggers=self.triggers,
+            live=self.source.live,
+        )
+        self.web = WebThread(
+            create_app(self), s.host, s.port, s.http_max_connections, s.http_read_timeout_s, self.metrics.http_refused
+        )
 
     def _capture_done(self) -> bool:
         """No frame can still come: capture has ended (or never started), or the source is live (no waiting)."""
@@ -111,6 +136,10 @@ class Server:
             return False, "inspector stopped"
         return True, ""
 
+    def graphs(self) -> dict[str, dict]:
+        """Each graph the detector runs: its precision and the providers it runs on now (and those asked for)."""
+        return self.detector.graphs()
+
     def counters(self) -> dict:
         value = self.metrics.registry.get_sample_value
         out = {name: int(value(f"lineside_frames_{name}_total") or 0) for name in ("captured", "inspected", "dropped")}
@@ -136,10 +165,6 @@ class Server:
         self._watchdog.start()
         log.info("serving %s on http://%s:%d", s.source, s.host, self.web.port)
         return self
-    def graphs(self) -> dict[str, dict]:
-        """Each graph the detector runs: its precision and the providers it runs on now (and those asked for)."""
-        return self.detector.graphs()
-
 
     def _watch(self) -> None:
         """Keeps the ready gauge current and stops serve when a worker died."""

@@ -90,8 +90,10 @@ class CaptureSource(FrameSource):
         super().__init__(spec)
         self.api = api
         if isinstance(target, str) and not _utf8(target):
-            raise ValueError(f"--source {printable(spec)!r}: the name is not UTF-8, which OpenCV's video reader "
-                             "cannot open (it crashes); rename the file")  # fmt: skip
+            raise ValueError(
+                f"--source {printable(spec)!r}: the name is not UTF-8, which OpenCV's video reader "
+                "cannot open (it crashes); rename the file"
+            )
         self.target, self.live, self.cap = target, live, None
         self.declared, self.delivered = 0, 0  # frames the file says it holds, frames read since open
 
@@ -102,8 +104,9 @@ class CaptureSource(FrameSource):
         cap = cv2.VideoCapture(self.target, self.api)
         try:
             if not cap.isOpened() or not cap.read()[0]:
-                raise ValueError(f"--source {self.spec!r} is not a video OpenCV can read "
-                                 "(empty, truncated or another kind of file)")  # fmt: skip
+                raise ValueError(
+                    f"--source {self.spec!r} is not a video OpenCV can read (empty, truncated or another kind of file)"
+                )
         finally:
             cap.release()
 
@@ -121,8 +124,12 @@ class CaptureSource(FrameSource):
             self.delivered += 1
             return True, image, ""
         if not self.live and self.delivered < self.declared:
-            log.warning("video %s ended after %d readable frames of the %d it declares (truncated or corrupt?)",
-                        self.spec, self.delivered, self.declared)  # fmt: skip
+            log.warning(
+                "video %s ended after %d readable frames of the %d it declares (truncated or corrupt?)",
+                self.spec,
+                self.delivered,
+                self.declared,
+            )
         return False, None, "end of stream or read failure"
 
     def close(self) -> None:
@@ -202,13 +209,17 @@ def _utf8(text: str) -> bool:
 def _backend(name: str, spec: str, fix: str) -> None:
     """Refuse `spec` in one line when this OpenCV was built without video backend `name`, saying how to get it."""
     if not re.search(rf"^\s*{name}:\s+YES", cv2.getBuildInformation(), re.M):
-        raise ValueError(f"--source {printable(spec)!r} needs OpenCV built with {name}, and this one is not "
-                         f"(cv2.getBuildInformation() says {name}: NO); {fix}")  # fmt: skip
+        raise ValueError(
+            f"--source {printable(spec)!r} needs OpenCV built with {name}, and this one is not "
+            f"(cv2.getBuildInformation() says {name}: NO); {fix}"
+        )
 
 
-GSTREAMER_FIX = ("use an OpenCV built with it, in place of opencv-python-headless (whose wheels never are): on a "
-                 "Jetson JetPack's own (deploy/Dockerfile.jetson, or a venv made with --system-site-packages and "
-                 "without the cpu/gpu extras), elsewhere apt-get install python3-opencv the same way")  # fmt: skip
+GSTREAMER_FIX = (
+    "use an OpenCV built with it, in place of opencv-python-headless (whose wheels never are): on a "
+    "Jetson JetPack's own (deploy/Dockerfile.jetson, or a venv made with --system-site-packages and "
+    "without the cpu/gpu extras), elsewhere apt-get install python3-opencv the same way"
+)
 
 
 def csi_pipeline(spec: str) -> str:
@@ -220,9 +231,11 @@ def csi_pipeline(spec: str) -> str:
     if not url.netloc.isdigit() or unknown or not all(options[k].isdigit() for k in options):
         raise ValueError(f"--source {spec!r}: use csi://N[?width=W&height=H&fps=F&flip=M] with whole numbers")
     v = values | {k: int(x) for k, x in options.items()}
-    return (f"nvarguscamerasrc sensor-id={url.netloc} ! video/x-raw(memory:NVMM),width={v['width']},"
-            f"height={v['height']},framerate={v['fps']}/1 ! nvvidconv flip-method={v['flip']} ! "
-            f"video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! {APPSINK}")  # fmt: skip
+    return (
+        f"nvarguscamerasrc sensor-id={url.netloc} ! video/x-raw(memory:NVMM),width={v['width']},"
+        f"height={v['height']},framerate={v['fps']}/1 ! nvvidconv flip-method={v['flip']} ! "
+        f"video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! {APPSINK}"
+    )
 
 
 def _device(spec: str) -> CaptureSource:

@@ -72,10 +72,9 @@ class Teaching:
                 log.warning("taught frame %d refused as a reference: %s", frame.frame_id, why)
         memory = None
         if references:
-            s = self.detector.settings
-            memory = ReferenceMemory.from_encoded(
-                content_key(references), self.detector.encoder.identity, encoded, s.coreset_ratio, s.nn_index
-            )
+            s, encoder = self.detector.settings, self.detector.encoder
+            shape = (s.coreset_ratio, s.nn_index, s.reference_window, encoder.grid)
+            memory = ReferenceMemory.from_encoded(content_key(references), encoder.identity, encoded, *shape)
         self.frames, self.images, self.encoded = [], [], []
         return Taught(references, encoded, memory, lines)
 

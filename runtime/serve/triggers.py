@@ -92,8 +92,10 @@ class TriggerQueue:
         with self._cond:
             if len(self._waiting) >= self.bound:
                 self.metrics.triggers.labels("refused").inc()
-                raise TriggerRefused(f"{len(self._waiting)} triggers already wait (trigger_queue); "
-                                     f"trigger {given_id or '(no id)'} refused")  # fmt: skip
+                raise TriggerRefused(
+                    f"{len(self._waiting)} triggers already wait (trigger_queue); "
+                    f"trigger {given_id or '(no id)'} refused"
+                )
             self._count += 1
             trigger = Trigger(given_id or f"{via}-{self._count}", time.time(), via)
             self._waiting.append(trigger)
@@ -152,8 +154,9 @@ class TriggerQueue:
             self.metrics.triggers_waiting.set(0)
         if left:
             self.metrics.triggers.labels("unserved").inc(len(left))
-            log.warning("serve stopped before %d triggers found a frame: %s", len(left),
-                        ", ".join(t.id for t in left[:20]))  # fmt: skip
+            log.warning(
+                "serve stopped before %d triggers found a frame: %s", len(left), ", ".join(t.id for t in left[:20])
+            )
 
 
 class MqttTriggers:
