@@ -84,6 +84,9 @@ def _thick(scale: float) -> int:
 
 
 def _text(canvas, text, origin, scale, colour=(255, 255, 255)) -> None:
-    thick = _thick(scale)
-    cv2.putText(canvas, text, origin, FONT, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+    """`text` in `colour` with a black rim, so that it reads on any frame. The rim is the same text shifted one
+    pixel each way, not a thicker stroke: OpenCV 5 spaces glyphs by stroke weight, so a thicker copy runs longer."""
+    thick, (x, y) = _thick(scale), origin
+    for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        cv2.putText(canvas, text, (x + dx, y + dy), FONT, scale, (0, 0, 0), thick, cv2.LINE_AA)
     cv2.putText(canvas, text, origin, FONT, scale, colour, thick, cv2.LINE_AA)
