@@ -13,43 +13,15 @@ Bounds are checked when a section is built, in one line naming the setting; a
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .bundle.manifest import PRECISIONS
 from .detect.frames import MAX_IMAGE_PIXELS
+from .sections import Section, setting, unit
 
 PROVIDERS = ("tensorrt", "cuda", "cpu")
 MQTT_QUEUE_MAX = 60_000  # below the 65,535 message ids one MQTT client can have outstanding
-
-
-def setting(default: Any, help: str, *, low=None, high=None, above=None, choices=None) -> Any:
-    """A field with its help text and bounds: `low <= value <= high`, `value > above`, `value in choices`."""
-    meta = {"help": help, "low": low, "high": high, "above": above, "choices": choices}
-    return dataclasses.field(default=default, metadata=meta)
-
-
-def unit(default: float, help: str) -> Any:
-    """A setting in 0..1: a threshold, weight or fraction."""
-    return setting(default, help, low=0.0, high=1.0)
-
-
-@dataclass(frozen=True)
-class Section:
-    """Checks every field against its declared bounds, then the section's own rules (`check`)."""
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            _check_field(f, getattr(self, f.name))
-        self.check()
-
-    def check(self) -> None:
-        """Rules between fields; a section overrides it when it has any."""
-
-    def to_dict(self) -> dict:
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -308,29 +280,3 @@ class Settings:
 
 
 owner_of: dict[str, str] = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
-
-
-def _check_field(f: dataclasses.Field, value: Any) -> None:
-    meta = f.metadata
-    if value is None:
-        return
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"setting {f.name}: {value} is not a finite number")
-    if meta.get("choices") is not None:
-        bad = [v for v in (value if isinstance(value, tuple) else (value,)) if v not in meta["choices"]]
-        if bad:
-            raise ValueError(f"setting {f.name}: {bad[0]!r} is not one of {', '.join(map(str, meta['choices']))}")
-    if meta.get("low") is not None and value < meta["low"]:
-        raise ValueError(f"setting {f.name}: {value} must be >= {meta['low']}")
-    if meta.get("high") is not None and value > meta["high"]:
-        raise ValueError(f"setting {f.name}: {value} must be <= {meta['high']}")
-    if meta.get("above") is not None and not value > meta["above"]:
-        raise ValueError(f"setting {f.name}: {value} must be > {meta['above']}")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, tuple):
-        return list(value)
-    return value
