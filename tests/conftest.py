@@ -24,6 +24,18 @@ def tiny_bundle(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def controlled(tmp_path_factory) -> Path:
+    """The hand-made bundle whose right answers are known (tests/controlled.py); read-only."""
+    import open_clip
+
+    from tests.controlled import build_controlled_bundle
+
+    return build_controlled_bundle(
+        tmp_path_factory.mktemp("controlled") / "bundle", Path(open_clip.tokenizer.default_bpe())
+    )
+
+
 @pytest.fixture
 def bundle_copy(tiny_bundle, tmp_path) -> Path:
     """A private copy of the tiny bundle that a test may damage."""

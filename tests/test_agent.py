@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import pytest
 
 from export.build import build_bundle
@@ -17,13 +16,12 @@ from runtime.prompts.evidence import heuristic_descriptions
 from runtime.prompts.false_alarms import Candidate, filter_candidates
 from runtime.prompts.language_model import HANDLER_CLASSES, LanguageModel, handler_class, image_part, vision_message
 from runtime.settings import AgentSettings
-from tests.controlled import CATEGORY, build_controlled_bundle, part
+from tests.controlled import CATEGORY, part
 
 
 @pytest.fixture(scope="module")
-def controlled_detector(tmp_path_factory):
-    out = build_controlled_bundle(tmp_path_factory.mktemp("c") / "b", Path(open_clip.tokenizer.default_bpe()))
-    return Detector.from_bundle(out, text_cache_dir=tmp_path_factory.mktemp("text"))
+def controlled_detector(controlled, tmp_path_factory):
+    return Detector.from_bundle(controlled, text_cache_dir=tmp_path_factory.mktemp("text"))
 
 
 def _cand(kind, look, where="top"):

@@ -6,22 +6,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import pytest
 
 from runtime.detect.detector import Detector
 from runtime.detect.encoders import ImageEncoder
 from runtime.detect.regions import work_size
 from runtime.settings import DetectorSettings
-from tests.controlled import CATEGORY, LOGIT_SCALE, SCRATCH_PROMPT, build_controlled_bundle, part
+from tests.controlled import CATEGORY, LOGIT_SCALE, SCRATCH_PROMPT, part
 
 DEFECT = (96, 64, 144, 112)  # x0, y0, x1, y1 on a 256 x 256 part
-
-
-@pytest.fixture(scope="module")
-def controlled(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("controlled") / "bundle"
-    return build_controlled_bundle(out, Path(open_clip.tokenizer.default_bpe()))
 
 
 @pytest.fixture

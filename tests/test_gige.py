@@ -4,7 +4,6 @@ camera, the hardware trigger configured, a missing camera waited for, refused se
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -15,14 +14,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import open_clip
 import pytest
 
 from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
 from runtime.serve.__main__ import main as serve_main
 from runtime.serve.aravis import PIXEL_FORMATS, to_bgr
-from tests.controlled import CATEGORY, build_controlled_bundle
+from tests.controlled import CATEGORY
+from tests.serving import result_lines, wait_for
 
 SYSTEM_GI = Path("/usr/lib/python3/dist-packages")  # Debian's python3-gi: GObject introspection is not a wheel
 SERIAL = "LINESIDE1"
@@ -74,11 +73,6 @@ def fake_camera():
 
 
 @pytest.fixture(scope="module")
-def controlled(tmp_path_factory) -> Path:
-    return build_controlled_bundle(tmp_path_factory.mktemp("c") / "b", Path(open_clip.tokenizer.default_bpe()))
-
-
-@pytest.fixture(scope="module")
 def detector(controlled, tmp_path_factory) -> Detector:
     return Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path_factory.mktemp("text"))
 
@@ -94,18 +88,6 @@ def _settings(controlled, tmp_path, **kw) -> Settings:
         reconnect_max_s=0.5,
     )
     return Settings.of(**(base | kw))
-
-
-def _lines(server: Server) -> list[dict]:
-    path = server.settings.serve.results
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-
-
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, what
-        time.sleep(0.05)
 
 
 def _feature(server: Server, name: str) -> str:
@@ -132,14 +114,14 @@ def test_a_free_running_camera_is_inspected_with_the_settings_applied(fake_camer
     )
     server = Server(settings, detector=detector).start()
     try:
-        _wait(lambda: len(_lines(server)) >= 3, 30, "three lines from the camera")
+        wait_for(lambda: len(result_lines(server)) >= 3, 30, "three lines from the camera")
         camera = server.source.camera
         assert camera.get_exposure_time() == 5000.0 and camera.get_gain() == 2.0
         assert camera.get_pixel_format_as_string() == "Mono8" and _feature(server, "TriggerMode") == "Off"
         assert server.ready()[0]
     finally:
         server.shutdown()
-    lines = _lines(server)
+    lines = result_lines(server)
     assert all(x["source"] == CAMERA and x["label"] in ("OK", "NG") for x in lines)
 
 
@@ -149,7 +131,7 @@ def test_one_inspection_per_trigger_fired_on_the_camera(fake_camera, controlled,
     )
     server = Server(settings, detector=detector).start()
     try:
-        _wait(server.capture.connected.is_set, 15, "camera connected")
+        wait_for(server.capture.connected.is_set, 15, "camera connected")
         assert (_feature(server, "TriggerMode"), _feature(server, "TriggerSource")) == ("On", "Software")
         time.sleep(1.0)
         assert server.capture.frames == 0  # a triggered camera sends nothing by itself
@@ -157,11 +139,11 @@ def test_one_inspection_per_trigger_fired_on_the_camera(fake_camera, controlled,
             request = urllib.request.Request(f"http://127.0.0.1:{server.web.port}/api/trigger?id={part}", b"")
             with urllib.request.urlopen(request, timeout=5) as r:
                 assert r.status == 202
-        _wait(lambda: len(_lines(server)) >= 4, 30, "four triggered lines")
+        wait_for(lambda: len(result_lines(server)) >= 4, 30, "four triggered lines")
         time.sleep(2.5)  # longer than a re-fire: nothing more comes
     finally:
         server.shutdown()
-    warm_up, *lines = _lines(server)
+    warm_up, *lines = result_lines(server)
     # Aravis's simulator, left idle before its first trigger, sends that first frame with most packets
     # missing (so it does without lineside too): that line must then be an ERROR naming it, never OK.
     assert warm_up["trigger_id"] == "warm-up" and (warm_up["label"] != "ERROR" or "incomplete" in warm_up["error"])
@@ -169,14 +151,14 @@ def test_one_inspection_per_trigger_fired_on_the_camera(fake_camera, controlled,
     assert all(x["label"] in ("OK", "NG") and x["time"] >= x["trigger_time"] for x in lines)
 
 
-def test_the_hardware_trigger_is_set_on_the_camera_and_its_frames_wait(fake_camera, controlled, detector, tmp_path):
+def test_the_hardware_trigger_is_set_on_the_camera_and_its_frameswait_for(fake_camera, controlled, detector, tmp_path):
     server = Server(_settings(controlled, tmp_path, camera_trigger="Line0"), detector=detector).start()
     try:
-        _wait(server.capture.connected.is_set, 15, "camera connected")
+        wait_for(server.capture.connected.is_set, 15, "camera connected")
         assert (_feature(server, "TriggerMode"), _feature(server, "TriggerSource")) == ("On", "Line0")
         assert server.source.waits and server.ready()[0]
         time.sleep(1.0)
-        assert _lines(server) == []  # no pulse on Line0: no part, no line
+        assert result_lines(server) == []  # no pulse on Line0: no part, no line
     finally:
         server.shutdown()
 

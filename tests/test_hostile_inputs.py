@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import open_clip
 import pytest
 from onnx import numpy_helper
 
@@ -26,12 +25,7 @@ from runtime.detect.__main__ import main as detect_main
 from runtime.detect.detector import Detector, verdict
 from runtime.detect.frames import ImageError, read_frame, to_rgb_uint8
 from runtime.detect.result import Result
-from tests.controlled import CATEGORY, build_controlled_bundle, part
-
-
-@pytest.fixture(scope="module")
-def controlled(tmp_path_factory) -> Path:
-    return build_controlled_bundle(tmp_path_factory.mktemp("c") / "b", Path(open_clip.tokenizer.default_bpe()))
+from tests.controlled import CATEGORY, part
 
 
 def _poison(bundle: Path, component: str) -> None:

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import open_clip
 import pytest
 
 from runtime.detect.detector import Detector
@@ -36,15 +35,10 @@ from runtime.serve.metrics import Metrics
 from runtime.serve.ngstore import INDEX, NgIndex
 from runtime.serve.sinks import MqttSink, WebhookSink
 from runtime.serve.sources import Frame, FrameSource
-from tests.controlled import CATEGORY, build_controlled_bundle, part
+from tests.controlled import CATEGORY, part
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFECT = (96, 64, 144, 112)
-
-
-@pytest.fixture(scope="module")
-def controlled(tmp_path_factory) -> Path:
-    return build_controlled_bundle(tmp_path_factory.mktemp("c") / "b", Path(open_clip.tokenizer.default_bpe()))
 
 
 @pytest.fixture(scope="module")

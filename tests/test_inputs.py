@@ -13,21 +13,15 @@ import time
 from pathlib import Path
 
 import cv2
-import open_clip
 import pytest
 
 from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
 from runtime.serve.__main__ import main as serve_main
 from runtime.serve.sources import CaptureSource, FolderSource, csi_pipeline, open_source
-from tests.controlled import CATEGORY, build_controlled_bundle, part
+from tests.controlled import CATEGORY, part
 
 GSTREAMER = bool(re.search(r"^\s*GStreamer:\s+YES", cv2.getBuildInformation(), re.M))
-
-
-@pytest.fixture(scope="module")
-def controlled(tmp_path_factory) -> Path:
-    return build_controlled_bundle(tmp_path_factory.mktemp("c") / "b", Path(open_clip.tokenizer.default_bpe()))
 
 
 @pytest.fixture(scope="module")

@@ -12,20 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
-import open_clip
 import pytest
 
 from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
 from runtime.serve.__main__ import main as serve_main
-from tests.controlled import CATEGORY, build_controlled_bundle, part
+from tests.controlled import CATEGORY, part
 
 DEFECT = (96, 64, 144, 112)
-
-
-@pytest.fixture(scope="module")
-def controlled(tmp_path_factory) -> Path:
-    return build_controlled_bundle(tmp_path_factory.mktemp("c") / "b", Path(open_clip.tokenizer.default_bpe()))
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import open_clip
 import pytest
 
 from runtime.detect.detector import Detector
@@ -16,7 +15,7 @@ from runtime.detect.lines import FrameRef, teach_line
 from runtime.detect.screening import screen
 from runtime.serve import Server, Settings
 from runtime.serve.teaching import Operating
-from tests.controlled import CATEGORY, build_controlled_bundle, part
+from tests.controlled import CATEGORY, part
 
 
 def textured(seed: int, size: int = 128) -> np.ndarray:
@@ -70,11 +69,6 @@ def test_operating_settings_that_cannot_work_are_refused():
         Operating([], Path("good"))
     with pytest.raises(ValueError, match="teach >= 2"):
         Operating(from_teach=True, teach=1)
-
-
-@pytest.fixture(scope="module")
-def controlled(tmp_path_factory) -> Path:
-    return build_controlled_bundle(tmp_path_factory.mktemp("c") / "b", Path(open_clip.tokenizer.default_bpe()))
 
 
 def _folder(path: Path, frames: list[np.ndarray]) -> Path:

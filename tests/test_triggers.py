@@ -12,10 +12,8 @@ import json
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import cv2
-import open_clip
 import pytest
 
 from runtime.detect.detector import Detector
@@ -23,13 +21,9 @@ from runtime.serve import Server, Settings
 from runtime.serve.__main__ import main as serve_main
 from runtime.serve.sources import FrameSource
 from runtime.serve.triggers import trigger_id
-from tests.controlled import CATEGORY, build_controlled_bundle, part
+from tests.controlled import CATEGORY, part
+from tests.serving import result_lines, wait_for
 from tests.test_hostile_serve import Broker
-
-
-@pytest.fixture(scope="module")
-def controlled(tmp_path_factory) -> Path:
-    return build_controlled_bundle(tmp_path_factory.mktemp("c") / "b", Path(open_clip.tokenizer.default_bpe()))
 
 
 @pytest.fixture(scope="module")
@@ -77,18 +71,6 @@ def _post(port: int, query: str = "", body: bytes = b"") -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
-def _lines(server: Server) -> list[dict]:
-    path = server.settings.serve.results
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-
-
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, what
-        time.sleep(0.05)
-
-
 def _count(server: Server, outcome: str) -> int:
     return int(server.metrics.registry.get_sample_value("lineside_triggers_total", {"outcome": outcome}) or 0)
 
@@ -113,18 +95,18 @@ def test_trigger_ids_are_read_from_query_text_or_json_and_bad_ones_refused():
 def test_one_inspection_per_http_trigger_with_its_id_and_time(controlled, detector, tmp_path):
     server = Server(_settings(controlled, tmp_path), detector=detector, source=LiveCamera()).start()
     try:
-        _wait(server.capture.connected.is_set, 10, "camera not connected")
+        wait_for(server.capture.connected.is_set, 10, "camera not connected")
         time.sleep(0.5)
-        assert server.capture.frames > 5 and _lines(server) == []  # free frames are not inspected
+        assert server.capture.frames > 5 and result_lines(server) == []  # free frames are not inspected
         port = server.web.port
         answers = [_post(port, "?id=A"), _post(port, body=b'{"id": "B"}'), _post(port, body=b"C"), _post(port)]
         assert [a[0] for a in answers] == [202] * 4 and answers[3][1]["id"] == "http-4"
-        _wait(lambda: len(_lines(server)) >= 4, 20, "four triggers, four lines")
+        wait_for(lambda: len(result_lines(server)) >= 4, 20, "four triggers, four lines")
         time.sleep(0.5)
         assert _post(port, body=b"bad\x01id")[0] == 400 and _post(port, body=b"x" * 5000)[0] == 413
     finally:
         server.shutdown()
-    lines = _lines(server)
+    lines = result_lines(server)
     assert [x["trigger_id"] for x in lines] == ["A", "B", "C", "http-4"]  # exactly one each, in order
     assert all(x["label"] in ("OK", "NG") and x["time"] >= x["trigger_time"] for x in lines)
     sent = {a[1]["id"]: a[1]["time"] for a in answers}
@@ -140,15 +122,15 @@ def test_triggers_while_busy_are_queued_to_the_bound_then_refused_never_lost(
     monkeypatch.setattr(detector, "detect", lambda *a, **k: (time.sleep(0.4), detect(*a, **k))[1])
     server = Server(_settings(controlled, tmp_path, trigger_queue=2), detector=detector, source=LiveCamera()).start()
     try:
-        _wait(server.capture.connected.is_set, 10, "camera not connected")
+        wait_for(server.capture.connected.is_set, 10, "camera not connected")
         answers = [_post(server.web.port, f"?id=t{i}") for i in range(7)]
         accepted = [a[1]["id"] for a in answers if a[0] == 202]
         refused = [a for a in answers if a[0] != 202]
         assert 2 <= len(accepted) <= 3 and all(a[0] == 429 and "trigger_queue" in a[1]["error"] for a in refused)
-        _wait(lambda: len(_lines(server)) == len(accepted), 20, "every accepted trigger inspected")
+        wait_for(lambda: len(result_lines(server)) == len(accepted), 20, "every accepted trigger inspected")
     finally:
         server.shutdown()
-    assert [x["trigger_id"] for x in _lines(server)] == accepted
+    assert [x["trigger_id"] for x in result_lines(server)] == accepted
     assert (_count(server, "accepted"), _count(server, "refused")) == (len(accepted), len(refused))
     assert _count(server, "inspected") == len(accepted) and _count(server, "unserved") == 0
 
@@ -170,13 +152,13 @@ def test_one_inspection_per_mqtt_command_and_refusals_are_answered(controlled, d
         assert server.trigger_topic.subscribed.wait(10), "trigger topic not subscribed"
         for payload in (b"P1", b'{"id": "P2"}', b"", b'{"id": [1]}'):
             client.publish("line/trigger", payload, qos=1).wait_for_publish(5)
-        _wait(lambda: len(_lines(server)) >= 3 and refusals, 20, "three inspections and one refusal")
+        wait_for(lambda: len(result_lines(server)) >= 3 and refusals, 20, "three inspections and one refusal")
         time.sleep(0.3)
     finally:
         server.shutdown()
         client.loop_stop()
         broker.stop()
-    assert [x["trigger_id"] for x in _lines(server)] == ["P1", "P2", "mqtt-3"]
+    assert [x["trigger_id"] for x in result_lines(server)] == ["P1", "P2", "mqtt-3"]
     assert len(refusals) == 1 and "string or an integer" in refusals[0]["error"]
     assert (_count(server, "accepted"), _count(server, "refused"), _count(server, "inspected")) == (3, 1, 3)
 
@@ -190,10 +172,14 @@ def test_a_recording_gives_its_next_frame_per_trigger(controlled, detector, tmp_
     try:
         for i in range(3):
             assert _post(server.web.port, f"?id=r{i}")[0] == 202
-        _wait(server.finished, 20, "the recording ends after three triggers")
+        wait_for(server.finished, 20, "the recording ends after three triggers")
     finally:
         server.shutdown()
-    assert [(x["file"], x["trigger_id"]) for x in _lines(server)] == [("0.png", "r0"), ("1.png", "r1"), ("2.png", "r2")]
+    assert [(x["file"], x["trigger_id"]) for x in result_lines(server)] == [
+        ("0.png", "r0"),
+        ("1.png", "r1"),
+        ("2.png", "r2"),
+    ]
 
 
 def test_a_trigger_without_a_frame_is_counted_unserved_at_stop(controlled, detector, tmp_path, caplog):
@@ -204,7 +190,7 @@ def test_a_trigger_without_a_frame_is_counted_unserved_at_stop(controlled, detec
         time.sleep(0.5)
     finally:
         server.shutdown()
-    assert _lines(server) == [] and _count(server, "unserved") == 1
+    assert result_lines(server) == [] and _count(server, "unserved") == 1
     assert "lost-1" in caplog.text
 
 
