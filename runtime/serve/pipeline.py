@@ -1,108 +1,29 @@
-"""The inspection worker, the explanation worker, and the state the web page reads.
+"""The inspection worker: frame in, one durable result line out, then the fan-out.
 
 Every frame the inspector takes gets exactly one line in the durable results log,
 flushed before the result goes anywhere else; a frame that cannot be decoded or
-whose inference fails is logged as ERROR, never as OK. Explanations come later,
-from their own worker, as extra lines that name the frame they explain.
+whose inference fails is logged as ERROR, never as OK. Explanations come later
+(explainer.py); what the page shows lives in state.py.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import queue
 import threading
 import time
 
-import cv2
-import numpy as np
-
 from ..detect.detector import Detector
 from ..detect.frames import to_rgb_uint8
-from ..detect.lines import FrameRef, explanation_line, new_run, teach_line
-from ..detect.overlay import render
+from ..detect.lines import new_run, teach_line
 from ..detect.result import Result
 from .capture import LatestFrameSlot
 from .records import ResultsLog, bare_error, frame_ref, record_of, strict_json
 from .sources import Frame
+from .state import State
 from .teaching import Operating, Teaching
 
 log = logging.getLogger("lineside.serve")
-
-
-class State:
-    """What /api and the page show: latest result, recent results, last NG, the live view.
-
-    The inspector only hands over references to the newest frame and result;
-    the overlay JPEG is drawn by whoever watches (a /stream client, the --show
-    window), at most once per frame, never on the inspection thread.
-    """
-
-    def __init__(self, recent: int):
-        self.lock = threading.Condition()
-        self.latest: dict | None = None
-        self.recent: collections.deque = collections.deque(maxlen=recent)
-        self.last_ng: dict | None = None
-        self._view: tuple[int, np.ndarray | None, Result | None] = (0, None, None)
-        self._jpeg: tuple[int, bytes | None] = (0, None)
-        self.fps = 0.0
-        self.operating_point: dict | None = None  # the threshold in force and how it was set (/api/status)
-
-    def publish(self, record: dict, image: np.ndarray | None, result: Result) -> None:
-        with self.lock:
-            self.latest = record
-            self.recent.append(record)
-            if record["label"] == "NG":
-                self.last_ng = dict(record)
-            self._view = (self._view[0] + 1, image, result)
-            self.lock.notify_all()
-
-    def explain(self, frame_id: int, text: str) -> None:
-        with self.lock:
-            if self.last_ng and self.last_ng["frame_id"] == frame_id:
-                self.last_ng["explanation"] = text
-            for r in self.recent:
-                if r["frame_id"] == frame_id:
-                    r["explanation"] = text
-
-    def since(self, frame_id: int) -> list[dict]:
-        with self.lock:
-            return [r for r in self.recent if r["frame_id"] > frame_id]
-
-    def next_jpeg(self, after: int, timeout: float) -> tuple[int, bytes | None]:
-        """(sequence number, overlay JPEG) of a frame newer than `after`, or the same pair on timeout."""
-        with self.lock:
-            if self._view[0] <= after:
-                self.lock.wait(timeout)
-            seq, image, result = self._view
-            if self._jpeg[0] == seq:
-                return self._jpeg
-        jpeg = overlay_jpeg(image, result, self.fps) if image is not None and seq > after else None
-        with self.lock:
-            if jpeg is not None and seq > self._jpeg[0]:
-                self._jpeg = (seq, jpeg)
-            return seq, jpeg
-
-
-def overlay_jpeg(image: np.ndarray, result: Result, fps: float) -> bytes | None:
-    """BGR frame + Result -> JPEG of the overlay with the current rate."""
-    try:
-        rgb = to_rgb_uint8(image, "BGR")
-    except ValueError:
-        return None
-    canvas = render(rgb, result)
-    cv2.putText(
-        canvas,
-        f"{fps:.1f} fps",
-        (8, canvas.shape[0] - 10),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        0.5,
-        (255, 255, 255),
-        1,
-        cv2.LINE_AA,
-    )
-    ok, data = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 80])
-    return data.tobytes() if ok else None
 
 
 class Inspector(threading.Thread):
@@ -251,57 +172,3 @@ class Inspector(threading.Thread):
             return self.detector.detect(frame.image, self.category, self.memory, colour="BGR")
         except ValueError as e:  # wrong size/channels/dtype from the source
             return self.detector.error_result(f"{frame.file}: {e}" if frame.file else str(e), self.category)
-
-
-class Explainer(threading.Thread):
-    """Explains NG frames with the prompt agent, off the inspection path, bounded in queue and time."""
-
-    def __init__(self, agent, log_: ResultsLog, state: State, metrics, maxsize: int, seconds: float):
-        super().__init__(name="explainer", daemon=True)
-        if maxsize < 1:
-            raise ValueError(f"setting explain_queue: {maxsize} must be >= 1")
-        self.agent, self.log, self.state, self.metrics, self.seconds = agent, log_, state, metrics, seconds
-        self.queue: queue.Queue = queue.Queue(maxsize)
-        self.closing = threading.Event()
-
-    def offer(self, frame: Frame, result: Result, references, run: str) -> None:
-        try:
-            self.queue.put_nowait((frame, result, references, run))
-        except queue.Full:
-            self.metrics.explain_skipped.inc()
-
-    def run(self) -> None:
-        while not self.closing.is_set():
-            try:
-                frame, result, references, run = self.queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                rgb = to_rgb_uint8(frame.image, "BGR")
-                ref = references[0] if references else None
-                text = self.agent.explain(result, rgb, ref, deadline_s=self.seconds)
-            except Exception as e:  # an explanation is a courtesy; the verdict is already logged
-                log.warning("explanation of frame %d failed: %s", frame.frame_id, e)
-                continue
-            if not self._write(frame_ref(frame, run), text):
-                return
-            self.state.explain(frame.frame_id, text)
-            self.metrics.explained.inc()
-
-    def _write(self, frame: FrameRef, text) -> bool:
-        """The explanation line; False when the results log is broken (serve is stopping: see ResultsLog)."""
-        try:
-            self.log.write(explanation_line(frame, text))
-        except OSError as e:
-            log.error("explanation of frame %d not written: %s", frame.frame_id, e)
-            return False
-        return True
-
-    def close(self) -> None:
-        """Stop; NG frames still waiting are counted as skipped."""
-        self.closing.set()
-        if self.ident is not None:
-            self.join(self.seconds + 2)
-        while not self.queue.empty():
-            self.queue.get_nowait()
-            self.metrics.explain_skipped.inc()

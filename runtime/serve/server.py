@@ -20,12 +20,14 @@ from ..detect.frames import list_images, read_image
 from ..settings import AgentSettings, Settings
 from . import logs
 from .capture import Capture, LatestFrameSlot
+from .explainer import Explainer
 from .metrics import Metrics
 from .ngstore import NgImageSink
-from .pipeline import Explainer, Inspector, State
+from .pipeline import Inspector
 from .records import ResultsLog
 from .sinks import parse_sink
 from .sources import open_source
+from .state import State
 from .teaching import Operating
 from .triggers import MqttTriggers, TriggerQueue
 from .web import WebThread, create_app
