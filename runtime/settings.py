@@ -236,6 +236,12 @@ class ServeSettings(Section):
     explain_seconds: float = setting(10.0, "time bound of one explanation", above=0.0)
     reconnect_max_s: float = setting(30.0, "longest wait between reconnection attempts of a live source", above=0.0)
     recent: int = setting(500, "results kept in memory for /api/results", low=1)
+    api_token: str = setting(
+        "",
+        "token that HTTP calls changing state (operator feedback) must send as 'Authorization: Bearer TOKEN'; "
+        "empty: such calls are refused (401)",
+    )
+    ng_gallery: int = setting(12, "NG frames kept in memory (as JPEG) for the page's gallery", low=1, high=200)
 
     def check(self) -> None:
         if not str(self.source).strip():
