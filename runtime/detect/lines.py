@@ -93,6 +93,19 @@ def teach_line(frame: FrameRef, references: int, rejected: str | None = None) ->
     return line | {"rejected": str(rejected)} if rejected else line
 
 
+DECISIONS = ("confirmed", "false_alarm", "miss")
+
+
+def feedback_line(frame: FrameRef, decision: str, by: str, reference_added: bool = False) -> dict:
+    """A FEEDBACK line: an operator's `decision` on the frame in the head (confirmed or false_alarm on an NG,
+    miss on an OK), who decided (`by`), when (`decided_at`, unix seconds), and whether a false alarm became
+    a known-good reference."""
+    if decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
+    line = frame.head() | {"label": "FEEDBACK", "decision": decision, "by": str(by), "decided_at": time.time()}
+    return line | {"reference_added": True} if reference_added else line
+
+
 def explanation_line(frame: FrameRef, text: str) -> dict:
     """An EXPLANATION line: `text` explains the frame in the head, written at `explained_at` (unix seconds)."""
     return frame.head() | {"label": "EXPLANATION", "text": str(text), "explained_at": time.time()}
