@@ -19,19 +19,33 @@ COLOURS = {"OK": (60, 160, 60), "NG": (40, 40, 220), "ERROR": (0, 140, 255)}  # 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def render(frame_rgb: np.ndarray, result: Result, alpha: float = 0.45, truth: str | None = None) -> np.ndarray:
+def render(
+    frame_rgb: np.ndarray,
+    result: Result,
+    alpha: float = 0.45,
+    truth: str | None = None,
+    heatmap: bool = True,
+    outlines: bool = True,
+    banner: bool = True,
+) -> np.ndarray:
     """HxWx3 uint8 RGB + Result -> HxWx3 uint8 BGR overlay, ready for cv2.imwrite or MJPEG.
 
-    `truth`: "good" or "defective" when known, shown beside the verdict.
+    `truth`: "good" or "defective" when known, shown beside the verdict. `heatmap`, `outlines` and
+    `banner` switch those layers (the operator's page draws its own verdict, and may want the part
+    unpainted). A map smaller than the frame (kept small in memory) is stretched to it.
     """
     canvas = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)
-    if result.anomaly_map is not None:
-        heat = cv2.applyColorMap((np.clip(result.anomaly_map, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    if heatmap and result.anomaly_map is not None:
+        values = np.clip(result.anomaly_map, 0, 1)
+        if values.shape[:2] != canvas.shape[:2]:
+            values = cv2.resize(values.astype(np.float32), canvas.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+        heat = cv2.applyColorMap((values * 255).astype(np.uint8), cv2.COLORMAP_JET)
         canvas = cv2.addWeighted(canvas, 1 - alpha, heat, alpha, 0)
     scale = max(0.4, min(canvas.shape[:2]) / 600)
-    if result.label == "NG":
+    if outlines and result.label == "NG":
         _regions(canvas, result, scale)
-    _banner(canvas, result, truth)
+    if banner:
+        _banner(canvas, result, truth)
     return canvas
 
 
@@ -42,7 +56,8 @@ def _regions(canvas: np.ndarray, result: Result, scale: float) -> None:
             cv2.polylines(canvas, [np.array(region.polygon, np.int32)], True, (255, 255, 255), thick)
         x0, y0 = region.bbox[:2]
         caption = f"{region.prompt} ({region.probability:.2f})" if region.prompt else f"{region.score:.2f}"
-        _text(canvas, caption, (x0, max(12, y0 - 4)), 0.45 * scale)
+        size = max(0.45, 0.45 * scale)  # never below about 10 px tall: a caption must be read on a small frame
+        _text(canvas, caption, (x0, max(round(24 * size), y0 - 4)), size)
 
 
 def _banner(canvas: np.ndarray, result: Result, truth: str | None) -> None:
