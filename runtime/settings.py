@@ -228,6 +228,20 @@ class ServeSettings(Section):
         low=1,
         high=MQTT_QUEUE_MAX,
     )
+    mqtt_line: str = setting("line1", "this line's name in the MQTT topics PREFIX/LINE/CAMERA/result|status|explanation")
+    mqtt_client_id: str = setting("", "MQTT client id; empty: lineside-HOSTNAME-PID")
+    mqtt_qos: int = setting(1, "MQTT QoS of results (0: lost while the broker is away; 1, 2: queued)", choices=(0, 1, 2))
+    mqtt_username: str = setting("", "MQTT user name (or mqtt://USER@HOST/...)")
+    mqtt_password: str = setting("", "MQTT password: prefer LINESIDE_MQTT_PASSWORD or mqtt_password_file (never logged)")
+    mqtt_password_file: Path | None = setting(None, "file holding the MQTT password (first line)")
+    mqtt_ca: Path | None = setting(None, "mqtts://: CA certificate file the broker's certificate must chain to")
+    mqtt_cert: Path | None = setting(None, "mqtts://: client certificate file (PEM), for brokers that require one")
+    mqtt_key: Path | None = setting(None, "mqtts://: the client certificate's private key (PEM)")
+    webhook_retries: int = setting(3, "webhook: re-sends of a record after a 5xx, timeout or connection error", low=0)
+    webhook_backoff_s: float = setting(
+        0.5, "webhook: first wait before a re-send, doubled each time (random jitter, at most 30 s)", above=0.0
+    )
+    log_format: str = setting("text", "log lines as text, or json: one JSON object per line", choices=("text", "json"))
     webhook_follow_redirects: bool = setting(
         False, "re-send a webhook POST (same body) to where a 3xx points; off: a redirect is a failed delivery"
     )
