@@ -13,6 +13,7 @@ Bounds are checked when a section is built, in one line naming the setting; a
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,6 +221,19 @@ class ServeSettings(Section):
         "disk cap of the NG images serve wrote in --save-ng; its oldest go first (other files there are never touched)",
         above=0.0,
     )
+    camera_id: str = setting(
+        "", "this camera's name in every result line, NG file name and metric label (camera); empty: unnamed"
+    )
+    part_id_pattern: str = setting(
+        "",
+        "regular expression searched in each image or video file name; its first group (else the whole match) "
+        "is the line's part_id, unless the trigger names the part",
+    )
+    cameras: Path | None = setting(
+        None,
+        "YAML file listing cameras served by this one process (id, source and any serve or job setting each); "
+        "README 'Several cameras'",
+    )
     sink: tuple[str, ...] = setting((), "extra result sink: jsonl:PATH, mqtt://HOST:PORT/TOPIC, http(s)://URL")
     sink_queue: int = setting(256, "records a sink may fall behind before its records are dropped", low=1)
     mqtt_queue: int = setting(
@@ -264,6 +278,11 @@ class ServeSettings(Section):
             raise ValueError("setting trigger_mqtt: needs trigger=software (now free-run: every frame is inspected)")
         if self.camera_trigger == "software" and self.trigger != "software":
             raise ValueError("setting camera_trigger: software needs trigger=software (the triggers that fire it)")
+        if self.part_id_pattern:
+            try:
+                re.compile(self.part_id_pattern)
+            except re.error as e:
+                raise ValueError(f"setting part_id_pattern: {self.part_id_pattern!r} is no regular expression: {e}") from e
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -77,7 +77,8 @@ def test_every_frame_gets_one_durable_line_and_http_answers(controlled, frames, 
         assert "could not be decoded" in next(x for x in lines if x["label"] == "ERROR")["error"]
         assert _get(port, "/healthz")[0] == 200
         status, body = _get(port, "/metrics")
-        assert status == 200 and b"lineside_frames_inspected_total 7.0" in body and b"lineside_stage_ms_bucket" in body
+        assert status == 200 and b'lineside_frames_inspected_total{camera=""} 7.0' in body
+        assert b"lineside_stage_seconds_bucket" in body and b'lineside_build_info{bundle_id="' in body
         assert json.loads(_get(port, "/api/result/latest")[1])["frame_id"] == 7
         assert [x["frame_id"] for x in json.loads(_get(port, "/api/results?since=5")[1])] == [6, 7]
         assert _get(port, "/api/results?since=abc")[0] == 400
@@ -114,9 +115,9 @@ def test_restart_appends_and_ng_images_are_kept_under_a_cap(controlled, frames, 
     saved = sorted((tmp_path / "ng").glob("*.jpg"))
     total = sum(p.stat().st_size for p in (tmp_path / "ng").iterdir())
     assert total <= 10_000  # the third run's 10 kB cap rotated the oldest files out
-    newest = tmp_path / "ng" / f"{runs[2]}_00000007.jpg"
+    newest = tmp_path / "ng" / f"05_{runs[2]}_00000007.jpg"  # named after the file it came from (05.png)
     assert newest in saved and json.loads(newest.with_suffix(".json").read_text())["label"] == "NG"
-    assert not (tmp_path / "ng" / f"{runs[0]}_00000003.jpg").exists()
+    assert not (tmp_path / "ng" / f"02_{runs[0]}_00000003.jpg").exists()
 
 
 class Collector(BaseHTTPRequestHandler):
@@ -214,7 +215,7 @@ def test_a_source_that_never_answers_is_retried_and_not_ready(controlled, tmp_pa
         time.sleep(1.5)
         status, body = _get(server.web.port, "/readyz")
         assert status == 503 and b"cannot open source" in body
-        assert server.metrics.registry.get_sample_value("lineside_source_reconnects_total") >= 2
+        assert server.metrics.registry.get_sample_value("lineside_source_reconnects_total", {"camera": ""}) >= 2
         assert _get(server.web.port, "/healthz")[0] == 200
     finally:
         server.shutdown()

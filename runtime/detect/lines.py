@@ -46,14 +46,20 @@ class FrameRef:
     time: float  # unix seconds at capture (serve) or reading (detect)
     source: str  # where frames come from: serve's source spec, the folder detect found the file in
     file: str = ""  # the image file's name inside `source`, printable whatever its bytes; "" for cameras, videos
-    part_id: str | None = None  # reserved: the part's own id (barcode, PLC) once a source knows it
+    part_id: str | None = None  # the part's own id: from the trigger, or part_id_pattern on the file name
     trigger_id: str | None = None  # serve with a trigger: the trigger this frame was taken for
     trigger_time: float | None = None  # and when it arrived (unix seconds; the frame's `time` is at or after it)
+    camera: str = ""  # serve: the camera's id (camera_id, or its id in the cameras file); "" when unnamed
+    frame_index: int | None = None  # 0-based place of the frame in its video file or image folder
 
     def head(self) -> dict:
         head = {"schema": SCHEMA, "run": self.run, "frame_id": self.frame_id, "time": self.time, "source": self.source}
+        if self.camera:
+            head["camera"] = self.camera
         if self.file:
             head["file"] = self.file
+        if self.frame_index is not None:
+            head["frame_index"] = self.frame_index
         if self.part_id is not None:
             head["part_id"] = self.part_id
         if self.trigger_id is not None:

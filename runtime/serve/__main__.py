@@ -1,7 +1,7 @@
 """python -m runtime.serve --camera 0 [--bundle DIR] [--category NAME] ... (--help lists all)
 
-Exit status: 0 when the source ended or serve was asked to stop, 1 when a
-worker died or the results log could not be written (a supervisor should
+Exit status: 0 when the sources ended or serve was asked to stop, 1 when a
+worker died (of any camera) or the results log could not be written (a supervisor should
 restart it), 2 when it refused to start (bad settings, busy port).
 """
 
@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     failure = server.failure()
     if failure:
         print(f"serve stopped: {failure}", file=sys.stderr, flush=True)
+        return 1
+    if server.problems():
+        print(f"cameras stopped: {'; '.join(server.problems())}", file=sys.stderr, flush=True)
         return 1
     return 0
 

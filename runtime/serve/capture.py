@@ -12,8 +12,10 @@ leaving a process that looks alive and inspects nothing.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+from pathlib import Path
 
 from .sources import Frame, FrameSource
 
@@ -72,12 +74,15 @@ class Capture(threading.Thread):
         max_fps: float = 0.0,
         loop: bool = False,
         backoff_max: float = 30.0,
+        camera: str = "",
+        part_pattern: str = "",
     ):
-        super().__init__(name="capture", daemon=True)
+        super().__init__(name=f"capture-{camera}" if camera else "capture", daemon=True)
         if not backoff_max > 0:
             raise ValueError(f"setting reconnect_max_s: {backoff_max} must be > 0")
         self.source, self.slot, self.stop, self.metrics = source, slot, stop, metrics
         self.max_fps, self.loop, self.backoff_max = max_fps, loop, backoff_max
+        self.camera, self.part_pattern = camera, re.compile(part_pattern) if part_pattern else None
         self.connected = threading.Event()
         self.finished = threading.Event()
         self.frames = 0
@@ -147,9 +152,21 @@ class Capture(threading.Thread):
             self.frames += 1
             self.metrics.captured.inc()
             taken = self.source.last_time or time.time()  # the source's own capture time when it has one
-            frame = Frame(self.frames, taken, image, self.source.spec, note, self.source.last_file)
+            file, index = self.source.last_file, self.source.last_index
+            part = self.part_of(file or ("" if self.source.live else Path(self.source.spec).name))
+            frame = Frame(
+                self.frames, taken, image, self.source.spec, note, file, index=index, part_id=part, camera=self.camera
+            )
             if self.slot.put(frame, wait=self.source.waits, stop=self.stop):
                 self.metrics.dropped.inc()
             if period:
                 next_at += period
                 self.stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def part_of(self, name: str) -> str | None:
+        """The part id part_id_pattern finds in a file name: its first group, or the whole match; None without."""
+        found = self.part_pattern.search(name) if self.part_pattern is not None and name else None
+        if found is None:
+            return None
+        part = found.group(1) if found.groups() else found.group(0)
+        return part or None

@@ -8,13 +8,21 @@ start so the cap holds across restarts). Only indexed files are ever rotated
 out, oldest first, and only while they still have the size and time recorded
 when serve wrote them (a file a user has since replaced is not serve's to
 delete).
+
+Files are named after what they show: `[CAMERA_][PART_]RUN_FRAME.jpg`, where
+PART is the part id, else the stem of the image or video file the frame came
+from, each reduced to letters, digits, dot, dash and underscore. The sidecar
+JSON is the NG line; when the language model's EXPLANATION line for that frame
+reaches the sink later, its explanation replaces the one in the sidecar.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -26,6 +34,27 @@ from .sinks import Sink
 log = logging.getLogger("lineside.serve")
 
 INDEX = ".lineside-ng-index.jsonl"
+NAME_PART = 64  # characters of one part of a file name (camera, part id, file stem)
+REMEMBERED = 4096  # NG frames whose sidecar an explanation can still reach
+
+
+def name_part(text: str) -> str:
+    """`text` safe as part of a file name: no separators, no leading dot, at most NAME_PART characters."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).lstrip(".-")[:NAME_PART]
+
+
+def ng_stem(record: dict) -> str:
+    """`[camera_][part_]run_frame`: the part id, else the stem of the frame's image or video file."""
+    part = record.get("part_id") or Path(record.get("file") or "").stem
+    if not part and record.get("frame_index") is not None:  # a video: frames are named after the file
+        part = Path(record.get("source") or "").stem
+    words = [name_part(record.get("camera") or ""), name_part(part or ""), name_part(record["run"])]
+    return "_".join([w for w in words if w] + [f"{int(record['frame_id']):08d}"])
+
+
+def frame_key(record: dict) -> tuple:
+    """What names one frame across cameras: (run, camera, frame_id)."""
+    return record.get("run"), record.get("camera", ""), record.get("frame_id")
 
 
 def create_exclusive(stem: Path, suffix: str, data: bytes) -> Path:
@@ -90,6 +119,20 @@ class NgIndex:
         self.entries.append(entry)
         self.lines += 1
 
+    def replace(self, old: Path, new: Path) -> bool:
+        """`new` (written beside it) takes the place of `old`, an indexed file still as serve wrote it;
+        False (and `new` removed) when `old` is no longer serve's to replace."""
+        for entry in self.entries:
+            for row in entry:
+                if row[0] == old.name and self._unchanged(*row):
+                    os.replace(new, old)
+                    st = old.stat()
+                    row[1:] = [st.st_size, st.st_mtime_ns]
+                    self.rewrite()
+                    return True
+        new.unlink()
+        return False
+
     def remove_oldest(self) -> None:
         """Delete the oldest entry's files (those still as serve wrote them) and forget the entry."""
         for name, size, mtime in self.entries.pop(0):
@@ -125,17 +168,21 @@ class NgImageSink(Sink):
         except (FileExistsError, NotADirectoryError) as e:
             raise ValueError(f"--save-ng {folder}: not a folder ({e})") from e
         self.index = NgIndex(self.folder)
+        self.sidecars: collections.OrderedDict[tuple, Path] = collections.OrderedDict()  # frame_key -> sidecar
 
     def offer(self, record: dict, frame=None) -> None:
-        if record.get("label") == "NG" and frame is not None:
+        label = record.get("label")
+        if (label == "NG" and frame is not None) or label == "EXPLANATION":
             super().offer(record, frame)
 
     def deliver(self, record, frame) -> None:
+        if record.get("label") == "EXPLANATION":
+            self._explain(record)
+            return
         ok, jpeg = cv2.imencode(".jpg", frame)
         if not ok:
             raise OSError(f"frame {record['frame_id']} could not be encoded as JPEG")
-        stem = self.folder / f"{record['run']}_{record['frame_id']:08d}"
-        image = create_exclusive(stem, ".jpg", jpeg.tobytes())
+        image = create_exclusive(self.folder / ng_stem(record), ".jpg", jpeg.tobytes())
         try:
             sidecar = create_exclusive(
                 image.with_suffix(""), ".json", json.dumps(record, indent=1, allow_nan=False).encode()
@@ -144,7 +191,23 @@ class NgImageSink(Sink):
             image.unlink()  # created a moment ago by us: ours to remove
             raise
         self.index.add([image, sidecar])
+        self.sidecars[frame_key(record)] = sidecar
+        while len(self.sidecars) > REMEMBERED:
+            self.sidecars.popitem(last=False)
         self._rotate()
+
+    def _explain(self, line: dict) -> None:
+        """The EXPLANATION line's explanation into its frame's sidecar, if serve wrote it and still holds it."""
+        sidecar = self.sidecars.get(frame_key(line))
+        if sidecar is None or not sidecar.exists():
+            return  # not an NG frame this sink saved (another camera's, or rotated out)
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+        record["explanation"] = line.get("explanation") or {"text": line.get("text", "")}
+        record["explained_at"] = line.get("explained_at")
+        body = json.dumps(record, indent=1, allow_nan=False).encode()
+        fresh = create_exclusive(sidecar.with_name(f".{sidecar.stem}.explained"), ".tmp", body)
+        if not self.index.replace(sidecar, fresh):
+            log.warning("NG folder: %s changed since serve wrote it; its explanation is not added", sidecar)
 
     def _rotate(self) -> None:
         """Oldest indexed NG frames out until serve's files (and the index) fit the cap.

@@ -54,8 +54,9 @@ class Inspector(threading.Thread):
         capture_done=lambda: True,
         triggers=None,
         live: bool = True,
+        camera: str = "",
     ):
-        super().__init__(name="inspector", daemon=True)
+        super().__init__(name=f"inspector-{camera}" if camera else "inspector", daemon=True)
         self.detector, self.category, self.references = detector, category, references  # RGB images or None
         # Encoded once here (serve fails at start on an unusable one) and again after each TEACH frame.
         self.memory = detector.remember(references, colour="RGB") if references else None
@@ -111,7 +112,8 @@ class Inspector(threading.Thread):
         self.metrics.inspected.inc()
         self.metrics.results.labels(label).inc()
         for stage, ms in result.timings_ms.items():
-            self.metrics.stage_ms.labels(stage).observe(ms)
+            if ms is not None:
+                self.metrics.stage_seconds.labels(stage).observe(ms / 1000.0)
         self._times.append(time.monotonic())
         if len(self._times) > 1:
             self.state.fps = (len(self._times) - 1) / max(1e-6, self._times[-1] - self._times[0])

@@ -32,8 +32,11 @@ def frame_ref(frame, run: str) -> FrameRef:
         frame.time,
         frame.source,
         frame.file,
+        part_id=frame.part_id,
         trigger_id=frame.trigger_id,
         trigger_time=frame.trigger_time,
+        camera=frame.camera,
+        frame_index=frame.index,
     )
 
 

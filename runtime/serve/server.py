@@ -1,10 +1,12 @@
-"""Wires a serve process together: source -> slot -> inspector -> log + sinks + explainer, and HTTP.
+"""Wires a serve process together: per camera source -> slot -> inspector -> log + sinks + explainer, and HTTP.
 
 Everything that can be wrong with the settings (a bad sink, a missing file, a
-source that can never deliver, a bundle that cannot run as asked) fails in the
-constructor, before any thread starts. A worker that dies (the inspector, the
-capture thread, the results log) stops serve: `failure()` says why, /healthz
-answers 503 with it and the command exits non-zero. `shutdown()` drains: every
+source that can never deliver, a bundle that cannot run as asked, a bad cameras
+file) fails in the constructor, before any thread starts. A camera whose worker
+dies (its inspector, its capture thread) is stopped and reported while the
+others go on; when none is left, or the results log cannot be written, serve
+stops: `failure()` says why, /healthz answers 503 with it and the command exits
+non-zero (as it does, at its end, when any camera failed). `shutdown()` drains: every
 frame captured from a recording is inspected and logged, sinks deliver what
 they hold, the results log is flushed and synced.
 """
@@ -14,22 +16,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 from ..detect.detector import Detector
-from ..detect.frames import list_images, read_image
 from ..settings import AgentSettings, Settings
 from . import logs
-from .capture import Capture, LatestFrameSlot
+from .cameras import Camera, CameraSpec, Serialised, read_cameras
 from .explainer import Explainer
 from .metrics import Metrics
 from .ngstore import NgImageSink
-from .pipeline import Inspector
 from .records import ResultsLog
 from .sinks import parse_sink
 from .sources import open_source
-from .state import State
-from .teaching import Operating
-from .triggers import MqttTriggers, TriggerQueue
 from .web import WebThread, create_app
 
 log = logging.getLogger("lineside.serve")
@@ -51,77 +49,100 @@ def build_agent(detector: Detector, settings: AgentSettings):
 
 
 class Server:
+    """One process: one detector shared by its cameras (one, or those of --cameras FILE), one HTTP server.
+
+    `cameras` maps each id to its `Camera`; `state`, `triggers`, `inspector`, `capture` ... are the first
+    camera's, for a process that serves one.
+    """
+
     def __init__(self, settings: Settings, detector: Detector | None = None, agent=None, source=None):
         logs.install()
-        self.settings, s, job = settings, settings.serve, settings.job
-        max_pixels = settings.detector.max_image_pixels
-        self.metrics, self.state, self.stop = Metrics(), State(s.recent), threading.Event()
-        self.source = source or open_source(s.source, max_pixels, s.decode_threads, camera=s)
-        self.sinks = [
-            parse_sink(spec, self.metrics, s.sink_queue, s.mqtt_queue, s.webhook_follow_redirects) for spec in s.sink
-        ]
-        if s.save_ng:
-            self.sinks.append(NgImageSink(s.save_ng, s.save_ng_mb, self.metrics, s.sink_queue))
-        software = s.trigger == "software"
-        self.triggers = TriggerQueue(s.trigger_queue, self.metrics, self.source.fire) if software else None
-        self.trigger_topic = MqttTriggers(s.trigger_mqtt, self.triggers) if s.trigger_mqtt else None
-        if source is None:
-            self.source.probe()
-        self.detector = detector or Detector.from_bundle(job.bundle, settings.detector)
-        references = [read_image(p, max_pixels) for p in list_images([job.references])] if job.references else None
-        if not self.detector.has_language and not references and s.teach == 0:
-            raise ValueError(f"bundle {job.bundle} has no language branch: give --references DIR or --teach N")
-        good = [read_image(p, max_pixels) for p in list_images([job.calibrate])] if job.calibrate else None
-        operating = Operating(good, job.calibrate, job.false_alarm_target, s.calibrate_teach, s.teach)
-        self.results_log = ResultsLog(s.results)
-        self.slot = LatestFrameSlot()
-        self.explainer = (
-            Explainer(
-                agent or build_agent(self.detector, settings.agent),
-                self.results_log,
-                self.state,
-                self.metrics,
-                s.explain_queue,
-                s.explain_seconds,
+        self.settings, s = settings, settings.serve
+        specs = read_cameras(s.cameras, settings) if s.cameras else [CameraSpec(s.camera_id, settings, {})]
+        if source is not None and len(specs) > 1:
+            raise ValueError("a source object serves one camera; give each camera its source in the cameras file")
+        self.metrics, self.stop = Metrics(), threading.Event()
+        self._sinks: dict[str, object] = {}  # spec -> sink, shared by the cameras that name it
+        self._logs: dict[Path, ResultsLog] = {}  # path -> log, shared by the cameras that write to it
+        sinks = [self._sinks_of(spec) for spec in specs]  # (bad sinks, then sources that can never deliver, refused
+        sources = [source or self._open(spec.settings) for spec in specs]  # before the bundle is loaded)
+        self.detector = detector or Detector.from_bundle(settings.job.bundle, settings.detector)
+        self.metrics.running(self.detector.bundle_id)
+        self.agent = None
+        if any(spec.settings.serve.explain for spec in specs):
+            self.agent = agent or build_agent(self.detector, settings.agent)
+            self.agent = Serialised(self.agent) if len(specs) > 1 else self.agent
+        self.cameras: dict[str, Camera] = {}
+        for spec, src, its_sinks in zip(specs, sources, sinks):
+            detector_ = spec.detector_for(self.detector)
+            self.cameras[spec.id] = Camera(
+                spec, src, detector_, self.metrics, self._log(spec), its_sinks, self._explainer
             )
-            if s.explain
-            else None
-        )
-        self.capture = Capture(self.source, self.slot, self.stop, self.metrics, s.max_fps, s.loop, s.reconnect_max_s)
-        self.inspector = Inspector(
-            self.detector,
-            job.category,
-            references,
-            self.slot,
-            self.results_log,
-            self.state,
-            self.sinks,
-            self.explainer,
-            self.metrics,
-            self.stop,
-            s.teach,
-            screen=s.teach_screen,
-            operating=operating,
-            capture_done=self._capture_done,
-            triggers=self.triggers,
-            live=self.source.live,
-        )
+        first = next(iter(self.cameras.values()))
+        self.state, self.triggers, self.trigger_topic = first.state, first.triggers, first.trigger_topic
+        self.source, self.slot, self.capture, self.inspector = first.source, first.slot, first.capture, first.inspector
+        self.explainer, self.sinks, self.results_log = first.explainer, first.sinks, first.results_log
         self.web = WebThread(
             create_app(self), s.host, s.port, s.http_max_connections, s.http_read_timeout_s, self.metrics.http_refused
         )
 
-    def _capture_done(self) -> bool:
-        """No frame can still come: capture has ended (or never started), or the source is live (no waiting)."""
-        return self.source.live or self.capture.finished.is_set() or self.capture.ident is None
+    @staticmethod
+    def _open(settings: Settings):
+        """A camera's source, refused at once when it can never deliver (before the bundle is loaded)."""
+        s = settings.serve
+        source = open_source(s.source, settings.detector.max_image_pixels, s.decode_threads, camera=s)
+        source.probe()
+        return source
+
+    def _log(self, spec: CameraSpec) -> ResultsLog:
+        path = Path(spec.settings.serve.results).absolute()
+        if path not in self._logs:
+            self._logs[path] = ResultsLog(spec.settings.serve.results)
+        return self._logs[path]
+
+    def _sinks_of(self, spec: CameraSpec) -> list:
+        """The camera's sinks; cameras naming the same sink (or NG folder) share one."""
+        s = spec.settings.serve
+        out = []
+        for key in s.sink:
+            if key not in self._sinks:
+                self._sinks[key] = parse_sink(key, self.metrics, s.sink_queue, serve=s)
+            out.append(self._sinks[key])
+        if s.save_ng:
+            key = f"ng:{Path(s.save_ng).absolute()}"
+            if key not in self._sinks:
+                self._sinks[key] = NgImageSink(s.save_ng, s.save_ng_mb, self.metrics, s.sink_queue)
+            out.append(self._sinks[key])
+        return out
+
+    def _explainer(self, camera: Camera) -> Explainer:
+        s = camera.settings.serve
+        return Explainer(
+            self.agent,
+            camera.results_log,
+            camera.state,
+            camera.metrics,
+            s.explain_queue,
+            s.explain_seconds,
+            sinks=camera.sinks,
+        )
+
+    def _named(self, camera: Camera, problem: str) -> str:
+        return f"camera {camera.id}: {problem}" if camera.id else problem
 
     def failure(self) -> str | None:
-        """Why serve is dying, if a worker died or the results log broke; None while all is well."""
-        for problem in (self.results_log.failure, self.inspector.failure, self.capture.failure):
-            if problem:
-                return problem
-        if self.inspector.ident is not None and not self.inspector.is_alive() and not self.stop.is_set():
-            return "inspector stopped"
+        """Why serve is dying: a results log broke, or every camera has stopped on a failure; None otherwise."""
+        broken = [log_.failure for log_ in self._logs.values() if log_.failure]
+        if broken:
+            return broken[0]
+        problems = [(c, c.failure()) for c in self.cameras.values()]
+        if all(problem for _, problem in problems):
+            return "; ".join(self._named(c, p) for c, p in problems)
         return None
+
+    def problems(self) -> list[str]:
+        """Every camera that stopped on a failure, and why (the process may still serve the others)."""
+        return [self._named(c, p) for c in self.cameras.values() if (p := c.failure())]
 
     def health(self) -> tuple[bool, str]:
         """Alive and able to inspect (not: connected to a camera, which is /readyz)."""
@@ -129,25 +150,25 @@ class Server:
         return problem is None, problem or ""
 
     def ready(self) -> tuple[bool, str]:
+        """Every camera connected and inspecting; otherwise which are not, and why."""
         problem = self.failure()
         if problem:
             return False, problem
-        if not self.capture.connected.is_set():
-            return False, self.capture.problem or "source not connected"
-        if not self.inspector.is_alive():
-            return False, "inspector stopped"
-        return True, ""
+        waiting = [(c, r[1]) for c in self.cameras.values() if not (r := c.ready())[0]]
+        return not waiting, "; ".join(self._named(c, p) for c, p in waiting)
 
     def graphs(self) -> dict[str, dict]:
         """Each graph the detector runs: its precision and the providers it runs on now (and those asked for)."""
         return self.detector.graphs()
 
     def counters(self) -> dict:
-        value = self.metrics.registry.get_sample_value
-        out = {name: int(value(f"lineside_frames_{name}_total") or 0) for name in ("captured", "inspected", "dropped")}
-        for label in ("OK", "NG", "ERROR"):
-            out[label.lower()] = int(value("lineside_results_total", {"label": label}) or 0)
-        return out
+        """Frames and results of all cameras together."""
+        each = [c.counters() for c in self.cameras.values()]
+        return {name: sum(c[name] for c in each) for name in each[0]}
+
+    def camera_status(self) -> list[dict]:
+        """Each camera's readiness, counters and latest results, for /api/status."""
+        return [c.status() for c in self.cameras.values()]
 
     def start(self) -> Server:
         s = self.settings.serve
@@ -155,32 +176,34 @@ class Server:
         self.web.started.wait(10)
         if self.web.error is not None:
             raise OSError(f"cannot serve HTTP on {s.host}:{s.port}: {self.web.error}")
-        for sink in self.sinks:
+        for sink in self._sinks.values():
             sink.start()
-        if self.explainer is not None:
-            self.explainer.start()
-        self.inspector.start()
-        self.capture.start()
-        if self.trigger_topic is not None:
-            self.trigger_topic.start()
+        for camera in self.cameras.values():
+            camera.start()
         self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         self._watchdog.start()
-        log.info("serving %s on http://%s:%d", s.source, s.host, self.web.port)
+        sources = ", ".join(f"{c.id or 'camera'} {c.source.spec}" for c in self.cameras.values())
+        log.info("serving %s on http://%s:%d", sources, s.host, self.web.port)
         return self
 
     def _watch(self) -> None:
-        """Keeps the ready gauge current and stops serve when a worker died."""
+        """Keeps the ready gauges current, stops a camera whose worker died, and serve when none is left."""
         while not self.stop.is_set():
+            for camera in self.cameras.values():
+                problem = camera.failure()
+                if problem and not camera.stop.is_set():
+                    log.error("stopping %s", self._named(camera, problem))
+                    camera.stop.set()
+                camera.metrics.ready.set(1 if camera.ready()[0] else 0)
             problem = self.failure()
             if problem:
                 log.error("stopping serve: %s", problem)
                 self.stop.set()
-            self.metrics.ready.set(1 if self.ready()[0] else 0)
-            self.stop.wait(0.5)
+            self.stop.wait(0.2)
 
     def finished(self) -> bool:
-        """A recording (file or folder, no --loop) has been read and every frame inspected."""
-        return self.capture.finished.is_set() and self.inspector.handled >= self.capture.frames
+        """Every camera's recording (file or folder, no --loop) read and inspected, or the camera stopped."""
+        return all(c.finished() for c in self.cameras.values())
 
     def wait(self, poll: float = 0.1) -> None:
         while not self.stop.is_set() and not self.finished():
@@ -189,17 +212,16 @@ class Server:
     def shutdown(self) -> None:
         """Stop and drain; safe to call when start() failed half-way (threads never started are skipped)."""
         self.stop.set()
-        if self.trigger_topic is not None:
-            self.trigger_topic.close()
-        if self.capture.ident is not None:
-            self.capture.join(5)
-        if self.inspector.ident is not None:
-            self.inspector.done.wait(30)
-        if self.explainer is not None:
-            self.explainer.close()
-        for sink in self.sinks:
+        for camera in self.cameras.values():
+            camera.stop.set()
+        for camera in self.cameras.values():
+            camera.halt()
+        for sink in self._sinks.values():
             sink.close()
-        self.results_log.close()
-        self.metrics.ready.set(0)
+        for log_ in self._logs.values():
+            log_.close()
+        for camera in self.cameras.values():
+            camera.metrics.ready.set(0)
         self.web.close()
-        self.source.close()
+        for camera in self.cameras.values():
+            camera.source.close()

@@ -41,6 +41,9 @@ class Frame:
     file: str = ""  # the image file it came from (folder sources), printable whatever bytes its name holds
     trigger_id: str | None = None  # the trigger this frame was inspected for (trigger = software)
     trigger_time: float | None = None  # unix seconds when that trigger arrived
+    index: int | None = None  # 0-based place in its video file or image folder (None for live sources)
+    part_id: str | None = None  # the part's id: from the trigger, or part_id_pattern on the file name
+    camera: str = ""  # the id of the camera it came from ("" when serve runs one unnamed camera)
 
 
 class FrameSource:
@@ -49,6 +52,7 @@ class FrameSource:
     live = True
     last_file = ""  # the file the last read() came from, if the source reads files
     last_time: float | None = None  # when the last read()'s frame was taken (unix seconds), if the source knows
+    last_index: int | None = None  # the last read()'s 0-based place in a video file or folder (recordings only)
 
     @property
     def waits(self) -> bool:
@@ -122,6 +126,7 @@ class CaptureSource(FrameSource):
         ok, image = self.cap.read() if self.cap is not None else (False, None)
         if ok:
             self.delivered += 1
+            self.last_index = None if self.live else self.delivered - 1
             return True, image, ""
         if not self.live and self.delivered < self.declared:
             log.warning(
@@ -183,6 +188,7 @@ class FolderSource(FrameSource):
             return False, None, "end of folder"
         path, future = self._ahead.popleft()
         self.last_file = printable(path.name)
+        self.last_index = self.index - len(self._ahead) - 1  # (files are submitted in order, so this is its place)
         return future.result()
 
     def _load(self, path: Path) -> tuple[bool, np.ndarray | None, str]:

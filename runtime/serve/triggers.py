@@ -3,7 +3,8 @@
 With `trigger = software` the inspector inspects no frame on its own: each trigger
 takes exactly one, the first a live source captures at or after the trigger's
 time (for a recording, its next frame), and the result line carries the
-trigger's id and time. Triggers wait in a bounded queue while the inspector is
+trigger's id and time, and the part id when the trigger names one (`{"id": ..., "part_id": ...}`,
+or `?part_id=`). Triggers wait in a bounded queue while the inspector is
 busy; one that finds the queue full is refused, never dropped unseen: HTTP
 answers 429, MQTT publishes the refusal on TOPIC/refused, and both are counted
 in lineside_triggers_total{outcome="refused"}. Triggers still waiting when
@@ -35,6 +36,7 @@ class Trigger:
     id: str  # the caller's id (a part number, a PLC counter), or VIA-N when it gave none
     time: float  # unix seconds when it arrived
     via: str  # "http" or "mqtt"
+    part_id: str | None = None  # the part the caller says is in front of the camera, if it said
 
 
 class TriggerRefused(Exception):
@@ -42,10 +44,18 @@ class TriggerRefused(Exception):
 
 
 def trigger_id(payload: bytes, query_id: str | None = None) -> str | None:
-    """The id a request or message gives: `{"id": ...}` JSON, plain text, or `?id=`; None for none.
+    """The id a request or message gives: `{"id": ...}` JSON, plain text, or `?id=`; None for none."""
+    return trigger_fields(payload, query_id)[0]
+
+
+def trigger_fields(
+    payload: bytes, query_id: str | None = None, query_part: str | None = None
+) -> tuple[str | None, str | None]:
+    """(id, part id) a request or message gives: `{"id": ..., "part_id": ...}` JSON, plain text (the id),
+    or `?id=` and `?part_id=`; None for each not given.
 
     ValueError (naming the problem) for a body too long, not UTF-8, a JSON value that is
-    not an object with a string or integer id, or an id with control characters.
+    not an object with string or integer ids, or an id with control characters.
     """
     if len(payload) > MAX_BODY:
         raise ValueError(f"trigger body of {len(payload)} bytes; at most {MAX_BODY}")
@@ -53,22 +63,26 @@ def trigger_id(payload: bytes, query_id: str | None = None) -> str | None:
         text = payload.decode("utf-8").strip()
     except UnicodeDecodeError as e:
         raise ValueError("trigger body is not UTF-8 text") from e
-    value = query_id
+    value, part = query_id, query_part
     if text.startswith("{"):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"trigger body is not valid JSON: {e}") from e
-        value = data.get("id", value)
+        value, part = data.get("id", value), data.get("part_id", part)
     elif text:
         value = text
+    return _checked(value, "trigger id"), _checked(part, "part_id")
+
+
+def _checked(value, what: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ValueError(f"trigger id must be a string or an integer, got {type(value).__name__}")
+        raise ValueError(f"{what} must be a string or an integer, got {type(value).__name__}")
     value = str(value)
     if not 0 < len(value) <= MAX_ID or not value.isprintable():
-        raise ValueError(f"trigger id must be 1 to {MAX_ID} printable characters, got {value[:40]!r}")
+        raise ValueError(f"{what} must be 1 to {MAX_ID} printable characters, got {value[:40]!r}")
     return value
 
 
@@ -87,8 +101,8 @@ class TriggerQueue:
         for outcome in ("accepted", "refused", "inspected", "unserved"):
             metrics.triggers.labels(outcome)
 
-    def offer(self, given_id: str | None, via: str) -> Trigger:
-        """Queue a trigger arriving now; TriggerRefused when `bound` are already waiting."""
+    def offer(self, given_id: str | None, via: str, part_id: str | None = None) -> Trigger:
+        """Queue a trigger arriving now (for part `part_id`, if known); TriggerRefused when `bound` already wait."""
         with self._cond:
             if len(self._waiting) >= self.bound:
                 self.metrics.triggers.labels("refused").inc()
@@ -97,7 +111,7 @@ class TriggerQueue:
                     f"trigger {given_id or '(no id)'} refused"
                 )
             self._count += 1
-            trigger = Trigger(given_id or f"{via}-{self._count}", time.time(), via)
+            trigger = Trigger(given_id or f"{via}-{self._count}", time.time(), via, part_id)
             self._waiting.append(trigger)
             self.metrics.triggers.labels("accepted").inc()
             self.metrics.triggers_waiting.set(len(self._waiting))
@@ -138,7 +152,8 @@ class TriggerQueue:
             frame = slot.get(timeout=0.2)
             if frame is not None and (not live or frame.time >= trigger.time):
                 self.current = self._fired_at = None
-                return dataclasses.replace(frame, trigger_id=trigger.id, trigger_time=trigger.time)
+                part = trigger.part_id or frame.part_id  # the caller's word over the file name's
+                return dataclasses.replace(frame, trigger_id=trigger.id, trigger_time=trigger.time, part_id=part)
             if stop.is_set():
                 return None
 
@@ -187,7 +202,8 @@ class MqttTriggers:
 
     def _message(self, client, userdata, message) -> None:
         try:
-            self.queue.offer(trigger_id(message.payload), "mqtt")
+            given, part = trigger_fields(message.payload)
+            self.queue.offer(given, "mqtt", part)
         except (ValueError, TriggerRefused) as e:
             if isinstance(e, ValueError):
                 self.queue.refused()

@@ -21,7 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .records import strict_json
-from .triggers import MAX_BODY, TriggerRefused, trigger_id
+from .triggers import MAX_BODY, TriggerRefused, trigger_fields
 
 log = logging.getLogger("lineside.serve")
 
@@ -118,12 +118,12 @@ def create_app(server) -> web.Application:
             return _json({"error": "serve is stopping"}, 503)
         body = await request.content.read(MAX_BODY + 1)
         try:
-            given = trigger_id(body, request.query.get("id"))
+            given, part = trigger_fields(body, request.query.get("id"), request.query.get("part_id"))
         except ValueError as e:
             queue.refused()
             return _json({"error": str(e)}, 413 if len(body) > MAX_BODY else 400)
         try:
-            accepted = queue.offer(given, "http")
+            accepted = queue.offer(given, "http", part)
         except TriggerRefused as e:
             return _json({"error": str(e)}, 429)
         return _json({"id": accepted.id, "time": accepted.time, "waiting": queue.waiting()}, 202)

@@ -1,0 +1,237 @@
+"""Several cameras in one serve process: the cameras file, and one camera's own workers.
+
+One process, one detector (one set of onnxruntime sessions, one GPU context),
+and per camera everything that is about that camera: its source, capture
+thread, latest-frame slot, inspector (with its own references, threshold and
+operating point), the state its page tile reads, its triggers and sinks. Every
+line names its camera. A camera whose source fails or whose inspector dies is
+reported (its own readiness, the log) and stopped; the others go on.
+
+The cameras file is YAML: a list of cameras under `cameras:` (or the list
+alone), each an `id` and any setting a camera may have of its own (the job's,
+the serve settings about one camera, the detector settings that need no
+sessions of their own, such as the threshold). What is one for the process (the
+bundle, the HTTP address, the sessions' settings, the agent's) is refused there,
+naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..detect.detector import Detector
+from ..detect.encoders import SESSION_SETTINGS
+from ..detect.frames import list_images, read_image
+from ..options import convert
+from ..settings import SECTIONS, Settings, owner_of
+from .capture import Capture, LatestFrameSlot
+from .pipeline import Inspector
+from .sources import FrameSource
+from .state import State
+from .teaching import Operating
+from .triggers import MqttTriggers, TriggerQueue
+
+log = logging.getLogger("lineside.serve")
+
+CAMERA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+PROCESS_WIDE = {
+    "bundle",
+    "cameras",
+    "camera_id",
+    "host",
+    "port",
+    "http_max_connections",
+    "http_read_timeout_s",
+    "show",
+    "use_sam",
+    *SESSION_SETTINGS,
+    *(f.name for f in dataclasses.fields(SECTIONS["agent"])),
+}
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    id: str  # "" for the one unnamed camera of a process without a cameras file
+    settings: Settings  # the process's settings with this camera's own over them
+    own: dict  # the settings the cameras file gave this camera (converted)
+
+    def detector_for(self, shared: Detector) -> Detector:
+        """The shared detector (its sessions) with this camera's own detector settings, if it has any."""
+        mine = {k: v for k, v in self.own.items() if owner_of[k] == "detector"}
+        return shared.with_settings(dataclasses.replace(shared.settings, **mine)) if mine else shared
+
+
+def read_cameras(path: Path, base: Settings) -> list[CameraSpec]:
+    """The cameras of a cameras file over `base`; ValueError naming the file, the camera and what is wrong."""
+    import yaml  # only a process with a cameras file needs it
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"cameras file {path}: {e}") from e
+    entries = data.get("cameras") if isinstance(data, dict) else data
+    if isinstance(data, dict) and set(data) != {"cameras"}:
+        raise ValueError(f"cameras file {path}: only a `cameras:` list at the top, got {sorted(map(str, data))}")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"cameras file {path}: give a list of cameras, each with an id and a source")
+    specs = [_camera(path, n, entry, base) for n, entry in enumerate(entries, 1)]
+    ids = [s.id for s in specs]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ValueError(f"cameras file {path}: camera ids must differ; {', '.join(repeated)} given twice")
+    return specs
+
+
+def _camera(path: Path, n: int, entry, base: Settings) -> CameraSpec:
+    if not isinstance(entry, dict):
+        raise ValueError(f"cameras file {path}: camera {n} must be a mapping of settings, got {type(entry).__name__}")
+    camera = str(entry.get("id", ""))
+    where = f"cameras file {path}, camera {camera or n}"
+    if not CAMERA_ID.fullmatch(camera):
+        raise ValueError(f"{where}: id {camera!r} must be 1 to 64 letters, digits, '.', '-' or '_'")
+    if "source" not in entry:
+        raise ValueError(f"{where}: no source (a camera index, URL, video file or image folder)")
+    given = {str(k): v for k, v in entry.items() if k != "id"}
+    unknown = sorted(set(given) - set(owner_of))
+    if unknown:
+        raise ValueError(f"{where}: unknown settings {unknown}; see python -m runtime.serve --help for the names")
+    shared = sorted(set(given) & PROCESS_WIDE)
+    if shared:
+        raise ValueError(f"{where}: {', '.join(shared)} is one for the whole process; set it outside the cameras file")
+    own = {k: convert(k, v, where) for k, v in given.items()}
+    try:
+        settings = base.replace(**own, camera_id=camera, cameras=None)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from e
+    return CameraSpec(camera, settings, own)
+
+
+class Camera:
+    """One camera's workers, stopped by its own `stop` (set by its failure or by serve's shutdown)."""
+
+    def __init__(self, spec: CameraSpec, source: FrameSource, detector: Detector, metrics, results_log, sinks, explain):
+        self.id, self.settings = spec.id, spec.settings
+        s, job, max_pixels = spec.settings.serve, spec.settings.job, spec.settings.detector.max_image_pixels
+        self.source, self.results_log, self.sinks = source, results_log, sinks
+        self.metrics, self.state, self.stop = metrics.camera(spec.id), State(s.recent), threading.Event()
+        software = s.trigger == "software"
+        self.triggers = TriggerQueue(s.trigger_queue, self.metrics, source.fire) if software else None
+        self.trigger_topic = MqttTriggers(s.trigger_mqtt, self.triggers) if s.trigger_mqtt else None
+        references = [read_image(p, max_pixels) for p in list_images([job.references])] if job.references else None
+        if not detector.has_language and not references and s.teach == 0:
+            raise ValueError(f"bundle {job.bundle} has no language branch: give --references DIR or --teach N")
+        good = [read_image(p, max_pixels) for p in list_images([job.calibrate])] if job.calibrate else None
+        operating = Operating(good, job.calibrate, job.false_alarm_target, s.calibrate_teach, s.teach)
+        self.slot = LatestFrameSlot()
+        self.explainer = explain(self) if s.explain else None
+        self.capture = Capture(
+            source, self.slot, self.stop, self.metrics, s.max_fps, s.loop, s.reconnect_max_s, spec.id, s.part_id_pattern
+        )
+        self.inspector = Inspector(
+            detector,
+            job.category,
+            references,
+            self.slot,
+            results_log,
+            self.state,
+            sinks,
+            self.explainer,
+            self.metrics,
+            self.stop,
+            s.teach,
+            screen=s.teach_screen,
+            operating=operating,
+            capture_done=self._capture_done,
+            triggers=self.triggers,
+            live=source.live,
+            camera=spec.id,
+        )
+
+    def _capture_done(self) -> bool:
+        """No frame can still come: capture has ended (or never started), or the source is live (no waiting)."""
+        return self.source.live or self.capture.finished.is_set() or self.capture.ident is None
+
+    def failure(self) -> str | None:
+        """Why this camera stopped (a worker died, the results log broke); None while all is well."""
+        for problem in (self.results_log.failure, self.inspector.failure, self.capture.failure):
+            if problem:
+                return problem
+        if self.inspector.ident is not None and not self.inspector.is_alive() and not self.stop.is_set():
+            return "inspector stopped"
+        return None
+
+    def ready(self) -> tuple[bool, str]:
+        problem = self.failure()
+        if problem:
+            return False, problem
+        if not self.capture.connected.is_set():
+            return False, self.capture.problem or "source not connected"
+        if not self.inspector.is_alive():
+            return False, "inspector stopped"
+        return True, ""
+
+    def counters(self) -> dict:
+        out = {name: self.metrics.count(name) for name in ("captured", "inspected", "dropped")}
+        return out | {label.lower(): self.metrics.count("results", label=label) for label in ("OK", "NG", "ERROR")}
+
+    def status(self) -> dict:
+        """What the page's tile for this camera shows."""
+        ok, problem = self.ready()
+        state = self.state
+        return {
+            "id": self.id,
+            "source": self.source.spec,
+            "ready": ok,
+            "problem": problem,
+            "counters": self.counters(),
+            "fps": state.fps,
+            "operating_point": state.operating_point,
+            "last_ng": state.last_ng,
+            "latest": state.latest,
+        }
+
+    def start(self) -> None:
+        if self.explainer is not None:
+            self.explainer.start()
+        self.inspector.start()
+        self.capture.start()
+        if self.trigger_topic is not None:
+            self.trigger_topic.start()
+
+    def finished(self) -> bool:
+        """A recording has been read and every frame inspected, or this camera has stopped."""
+        if self.capture.finished.is_set() and self.inspector.handled >= self.capture.frames:
+            return True
+        return self.stop.is_set() and (self.inspector.ident is None or self.inspector.done.is_set())
+
+    def halt(self) -> None:
+        """Stop reading and inspecting (drained as at shutdown); explainers and sinks are closed by the server."""
+        self.stop.set()
+        if self.trigger_topic is not None:
+            self.trigger_topic.close()
+        if self.capture.ident is not None:
+            self.capture.join(5)
+        if self.inspector.ident is not None:
+            self.inspector.done.wait(30)
+        if self.explainer is not None:
+            self.explainer.close()
+
+
+class Serialised:
+    """The prompt agent shared by several cameras' explainers, one explanation at a time (llama.cpp is not
+    safe to call from two threads)."""
+
+    def __init__(self, agent):
+        self.agent, self.lock = agent, threading.Lock()
+
+    def explain(self, *args, **kwargs):
+        with self.lock:
+            return self.agent.explain(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.agent, name)
