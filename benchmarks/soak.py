@@ -247,7 +247,7 @@ class Subscriber:
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"soak-sub-{os.getpid()}", clean_session=False
         )
         self.client.on_message = lambda c, u, m: tally.add(m.payload)
-        self.client.on_connect = lambda c, u, flags, rc, props=None: c.subscribe(TOPIC, qos=1)
+        self.client.on_connect = lambda c, u, flags, rc, props=None: c.subscribe(f"{TOPIC}/+/+/result", qos=1)
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()

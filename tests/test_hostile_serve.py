@@ -32,8 +32,9 @@ from runtime.serve import Server, Settings
 from runtime.serve.__main__ import main as serve_main
 from runtime.serve.capture import LatestFrameSlot
 from runtime.serve.metrics import Metrics
+from runtime.serve.mqtt import MqttOptions, MqttSink
 from runtime.serve.ngstore import INDEX, NgIndex
-from runtime.serve.sinks import MqttSink, WebhookSink
+from runtime.serve.sinks import WebhookSink
 from runtime.serve.sources import Frame, FrameSource
 from tests.controlled import CATEGORY, part
 
@@ -459,7 +460,7 @@ def _subscriber(port: int, got: list):
     sub.on_message = lambda c, u, m: got.append(json.loads(m.payload))
     sub.reconnect_delay_set(min_delay=1, max_delay=1)
     sub.connect("127.0.0.1", port)
-    sub.subscribe("line/results", qos=1)
+    sub.subscribe("line/results/line1/0/result", qos=1)  # PREFIX/LINE/CAMERA/result
     sub.loop_start()
     time.sleep(0.3)
     return sub
@@ -476,7 +477,7 @@ def test_mqtt_records_published_while_the_broker_is_away_arrive_after_it_returns
     got: list = []
     sub = _subscriber(broker.port, got)
     metrics = Metrics()
-    sink = MqttSink("127.0.0.1", broker.port, "line/results", metrics, maxsize=64, queue_max=100, drain_s=15)
+    sink = MqttSink("127.0.0.1", broker.port, "line/results", metrics, 64, MqttOptions(queue_max=100, drain_s=15))
     sink.start()
     _wait(sink.client.is_connected, 10, "sink never connected")
     for i in range(1, 11):
@@ -501,7 +502,7 @@ def test_mqtt_records_published_while_the_broker_is_away_arrive_after_it_returns
 
 def test_mqtt_queue_is_bounded_and_overflow_counted(tmp_path):
     metrics = Metrics()
-    sink = MqttSink("127.0.0.1", _free_port(), "line/results", metrics, maxsize=64, queue_max=5, drain_s=0.5)
+    sink = MqttSink("127.0.0.1", _free_port(), "line/results", metrics, 64, MqttOptions(queue_max=5, drain_s=0.5))
     sink.start()
     for i in range(20):
         sink.offer({"frame_id": i})

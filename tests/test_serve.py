@@ -77,6 +77,8 @@ def test_every_frame_gets_one_durable_line_and_http_answers(controlled, frames, 
         assert "could not be decoded" in next(x for x in lines if x["label"] == "ERROR")["error"]
         assert _get(port, "/healthz")[0] == 200
         status, body = _get(port, "/metrics")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # prometheus_client's handler
+            assert r.headers["Content-Type"].startswith("text/plain; version=") and "X-Content-Type" not in r.headers
         assert status == 200 and b'lineside_frames_inspected_total{camera=""} 7.0' in body
         assert b"lineside_stage_seconds_bucket" in body and b'lineside_build_info{bundle_id="' in body
         assert json.loads(_get(port, "/api/result/latest")[1])["frame_id"] == 7
@@ -161,11 +163,11 @@ def mosquitto(tmp_path):
 def test_mqtt_and_webhook_sinks_deliver_to_real_peers(controlled, frames, tmp_path, mosquitto):
     import paho.mqtt.client as mqtt
 
-    got = []
+    got, statuses = [], []
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda c, u, m: got.append(json.loads(m.payload))
+    sub.on_message = lambda c, u, m: (statuses if m.topic.endswith("/status") else got).append(json.loads(m.payload))
     sub.connect("127.0.0.1", mosquitto)
-    sub.subscribe("line/results", qos=1)
+    sub.subscribe([("line/results/+/+/result", 1), ("line/results/+/+/status", 1)])  # PREFIX/LINE/CAMERA/...
     sub.loop_start()
     hook = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
@@ -189,6 +191,10 @@ def test_mqtt_and_webhook_sinks_deliver_to_real_peers(controlled, frames, tmp_pa
     hook.shutdown()
     assert sorted(x["frame_id"] for x in got) == list(range(1, 8))
     assert sorted(x["frame_id"] for x in Collector.received) == list(range(1, 8))
+    logged = next(x for x in _lines(tmp_path / "results.jsonl") if x["label"] == "OK")
+    assert all("settings" not in x for x in got) and all("settings" in x for x in Collector.received)
+    assert statuses[0]["state"] == "online" and statuses[0]["settings"] == logged["settings"]  # sent once, not per line
+    assert statuses[-1]["state"] == "offline"
     assert (
         server.metrics.registry.get_sample_value("lineside_sink_failures_total", {"sink": settings.serve.sink[0]})
         is None
@@ -225,7 +231,7 @@ def test_a_source_that_never_answers_is_retried_and_not_ready(controlled, tmp_pa
     "argv, message",
     [
         (["--sink", "ftp://x/y"], "--sink 'ftp://x/y'"),
-        (["--sink", "mqtt://host-only"], "mqtt://HOST:PORT/TOPIC"),
+        (["--sink", "mqtt://host-only"], "mqtt://HOST:PORT/PREFIX"),
         (["--source", "/no/such/video.mp4"], "neither a camera index"),
         (["--port", "70000"], "setting port"),
         (["--teach", "-1"], "setting teach"),

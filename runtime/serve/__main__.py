@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
 import sys
@@ -56,14 +57,15 @@ def build(args: argparse.Namespace) -> Server:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logs.install()
     args = parser().parse_args(argv)
+    early = args.log_format or os.environ.get("LINESIDE_LOG_FORMAT", "text")  # until the settings are read
+    logs.setup(early if early in ("text", "json") else "text")
     try:
         server = build(args)
     except START_ERRORS as e:
         print(f"serve refused to start: {e}", file=sys.stderr)
         return 2
+    logs.setup(server.settings.serve.log_format)  # a --config file may name it too
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop.set())
     try:

@@ -1,4 +1,4 @@
-"""Where results go besides the durable log: JSONL files, MQTT, webhooks (NG images: ngstore.py).
+"""Where results go besides the durable log: JSONL files, webhooks, MQTT (mqtt.py), NG images (ngstore.py).
 
 Each sink runs in its own thread behind a bounded queue, so a slow or dead peer
 never delays inspection: when its queue is full new records are dropped and
@@ -10,14 +10,16 @@ asked for (then the same POST and body go to the new place).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
+import random
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
+
+import aiohttp
 
 from .records import strict_json
 
@@ -25,6 +27,7 @@ log = logging.getLogger("lineside.serve")
 
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
+MAX_BACKOFF_S = 30.0
 
 
 class Sink(threading.Thread):
@@ -91,134 +94,153 @@ class JsonlSink(Sink):
         self.file.close()
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """urllib would follow 301/302 as a GET without the body and report success: never let it."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None  # the 3xx then surfaces as an HTTPError, which deliver() judges
+class Refused(ConnectionError):
+    """The peer answered, and not with a delivery: re-sending the same record would not change its mind."""
 
 
 class WebhookSink(Sink):
-    """POSTs each record as JSON; 2xx is delivered, anything else (3xx included) a counted failure."""
+    """POSTs each record as JSON on one kept-alive connection (aiohttp, in this sink's own event loop).
 
-    def __init__(self, url: str, metrics, maxsize: int, timeout: float = 5.0, follow_redirects: bool = False):
+    2xx is delivered. A 5xx, a timeout or a broken connection is re-sent up to
+    `retries` times, after `backoff_s`, then twice that, ... (each wait drawn
+    at random below its bound, so that many boxes do not return together; at
+    most MAX_BACKOFF_S); once serve is stopping a failure is final at once. A
+    4xx is the peer refusing this record: never re-sent. A 3xx is a failure
+    unless following was asked for (then the same POST and body go there).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        metrics,
+        maxsize: int,
+        timeout: float = 5.0,
+        follow_redirects: bool = False,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+    ):
         super().__init__(url, metrics, maxsize)
         self.url, self.timeout, self.follow = url, timeout, follow_redirects
-        self.opener = urllib.request.build_opener(_NoRedirect)
+        self.retries, self.backoff_s = retries, backoff_s
+        self.loop: asyncio.AbstractEventLoop | None = None  # made in the sink's thread, used only there
+        self.session: aiohttp.ClientSession | None = None
+        self.attempts = 0  # POSTs sent, re-sends and redirects included
 
     def deliver(self, record, frame) -> None:
-        body, url = strict_json(record).encode(), self.url
-        for _ in range(MAX_REDIRECTS + 1):
+        body = strict_json(record).encode()
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(self._deliver(body))
+
+    async def _deliver(self, body: bytes) -> None:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={"Content-Type": "application/json"},
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        for attempt in range(self.retries + 1):
             try:
-                self._post(url, body)
+                await self._post(body)
                 return
-            except urllib.error.HTTPError as e:
-                e.close()
-                url = self._redirect(url, e)
-        raise ConnectionError(f"webhook {self.url}: more than {MAX_REDIRECTS} redirects")
+            except Refused:
+                raise
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+                why = str(e) or type(e).__name__
+                if attempt == self.retries or self.closing.is_set():
+                    raise ConnectionError(f"webhook {self.url}: {why} ({attempt + 1} attempts)") from e
+            await self._pause(random.uniform(0, min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)))
 
-    def _post(self, url: str, body: bytes) -> None:
-        request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
-        with self.opener.open(request, timeout=self.timeout) as response:
-            response.read()
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake when serve starts stopping."""
+        end = time.monotonic() + seconds
+        while not self.closing.is_set() and time.monotonic() < end:
+            await asyncio.sleep(min(0.05, max(0.0, end - time.monotonic())))
 
-    def _redirect(self, url: str, error: urllib.error.HTTPError) -> str:
+    async def _post(self, body: bytes) -> None:
+        url = self.url
+        for _ in range(MAX_REDIRECTS + 1):
+            self.attempts += 1
+            async with self.session.post(url, data=body, allow_redirects=False) as response:
+                await response.read()
+                status, location = response.status, response.headers.get("Location")
+            if 200 <= status < 300:
+                return
+            if status >= 500:
+                raise ConnectionError(f"answered {status}")
+            if status not in REDIRECTS or not location:
+                raise Refused(f"webhook {url} answered {status}: not re-sent (a 4xx is the peer refusing the record)")
+            url = self._redirect(url, status, location)
+        raise Refused(f"webhook {self.url}: more than {MAX_REDIRECTS} redirects")
+
+    def _redirect(self, url: str, status: int, location: str) -> str:
         """Where to re-send after a redirect, or raise: a redirect is delivered nowhere unless we follow it."""
-        location = error.headers.get("Location") if error.headers else None
-        if error.code not in REDIRECTS or not location:
-            raise error
         if not self.follow:
-            raise ConnectionError(
-                f"webhook {url} answered {error.code} (to {location}): a redirect is not a "
+            raise Refused(
+                f"webhook {url} answered {status} (to {location}): a redirect is not a "
                 "delivery; fix the URL or set webhook_follow_redirects"
             )
         target = urljoin(url, location)
         if urlparse(target).scheme not in ("http", "https"):
-            raise ConnectionError(f"webhook {url} redirects to {target!r}, not an http(s) URL")
+            raise Refused(f"webhook {url} redirects to {target!r}, not an http(s) URL")
         return target
 
-
-class MqttSink(Sink):
-    """Publishes each record as JSON at QoS 1.
-
-    While the broker is away paho keeps QoS 1 messages in its own queue (capped
-    at `queue_max`: beyond it records are dropped and counted in
-    lineside_sink_drops) and sends them after it reconnects; `pending` counts
-    those not yet acknowledged. At shutdown it waits a while for them; the ones
-    still unacknowledged are counted as failures.
-    """
-
-    def __init__(
-        self, host: str, port: int, topic: str, metrics, maxsize: int, queue_max: int = 1000, drain_s: float = 10.0
-    ):
-        super().__init__(f"mqtt://{host}:{port}/{topic}", metrics, maxsize)
-        self.drain_s = drain_s
-        import paho.mqtt.client as mqtt
-
-        self.mqtt, self.host, self.port, self.topic = mqtt, host, port, topic
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"lineside-{id(self):x}")
-        self.client.max_queued_messages_set(queue_max)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
-        self.client.on_publish = self._acknowledged
-        self.pending, self.lock = 0, threading.Lock()
-
-    def start(self) -> None:
-        """Connect in the background (the broker may come later) and start draining the queue."""
-        self.client.connect_async(self.host, self.port, keepalive=30)
-        self.client.loop_start()
-        super().start()
-
-    def _acknowledged(self, client, userdata, mid, reason_code=None, properties=None) -> None:
-        with self.lock:
-            self.pending -= 1
-
-    def deliver(self, record, frame) -> None:
-        info = self.client.publish(self.topic, strict_json(record), qos=1)
-        if info.rc == self.mqtt.MQTT_ERR_QUEUE_SIZE:
-            self.metrics.sink_drops.labels(self.label).inc()
-            log.warning(
-                "sink %s: %d records wait for the broker already; record dropped (counted in lineside_sink_drops)",
-                self.label,
-                self.pending,
-            )
-            return
-        # paho 2.2 answers NO_CONN while the broker is away but keeps a QoS 1 message in its queue
-        # (Client.publish) and sends it after the next CONNACK: that is a record on its way, not a failure.
-        if info.rc not in (self.mqtt.MQTT_ERR_SUCCESS, self.mqtt.MQTT_ERR_NO_CONN):
-            raise ConnectionError(f"publish refused: {self.mqtt.error_string(info.rc)}")
-        with self.lock:
-            self.pending += 1
-
-    def close(self, timeout: float | None = None) -> None:
-        super().close(self.drain_s + 5.0 if timeout is None else timeout)
-
     def shutdown(self) -> None:
-        deadline = time.monotonic() + self.drain_s
-        while self.pending > 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.pending > 0:
-            self.metrics.sink_failures.labels(self.label).inc(self.pending)
-            log.warning(
-                "sink %s: %d records never acknowledged by the broker (counted in lineside_sink_failures)",
-                self.label,
-                self.pending,
-            )
-        self.client.disconnect()
-        self.client.loop_stop()
+        if self.loop is None:
+            return
+        if self.session is not None:
+            self.loop.run_until_complete(self.session.close())
+        self.loop.close()
 
 
-def parse_sink(spec: str, metrics, maxsize: int, mqtt_queue: int = 1000, follow_redirects: bool = False) -> Sink:
-    """--sink value -> Sink; a bad value is refused with the field named."""
+def parse_sink(
+    spec: str, metrics, maxsize: int, mqtt_queue: int = 1000, follow_redirects: bool = False, serve=None
+) -> Sink:
+    """--sink value -> Sink; a bad value is refused with the field named. `serve` (ServeSettings), when
+    given, supplies the MQTT and webhook settings (and supersedes mqtt_queue and follow_redirects)."""
     if spec.startswith("jsonl:"):
         if not spec[6:]:
             raise ValueError("--sink jsonl: needs a path, e.g. jsonl:results-copy.jsonl")
         return JsonlSink(Path(spec[6:]), metrics, maxsize)
     url = urlparse(spec)
     if url.scheme in ("http", "https") and url.netloc:
-        return WebhookSink(spec, metrics, maxsize, follow_redirects=follow_redirects)
-    if url.scheme == "mqtt":
-        topic = url.path.lstrip("/")
-        if not url.hostname or not topic:
-            raise ValueError(f"--sink {spec!r}: use mqtt://HOST:PORT/TOPIC")
-        return MqttSink(url.hostname, url.port or 1883, topic, metrics, maxsize, mqtt_queue)
-    raise ValueError(f"--sink {spec!r}: use jsonl:PATH, mqtt://HOST:PORT/TOPIC or http(s)://URL")
+        if serve is None:
+            return WebhookSink(spec, metrics, maxsize, follow_redirects=follow_redirects)
+        return WebhookSink(
+            spec,
+            metrics,
+            maxsize,
+            follow_redirects=serve.webhook_follow_redirects,
+            retries=serve.webhook_retries,
+            backoff_s=serve.webhook_backoff_s,
+        )
+    if url.scheme in ("mqtt", "mqtts"):
+        from .mqtt import MqttOptions, from_spec  # mqtt.py builds on Sink: imported here, not at the top
+
+        options = MqttOptions(queue_max=mqtt_queue) if serve is None else MqttOptions.of(serve)
+        return from_spec(spec, metrics, maxsize, options)
+    plc = _plc_sink(url.scheme)  # PLC outputs (README, "PLC outputs"): need the plant extra
+    if plc is not None:
+        return plc(spec, metrics, maxsize)
+    raise ValueError(
+        f"--sink {spec!r}: use jsonl:PATH, mqtt(s)://HOST:PORT/PREFIX, http(s)://URL, "
+        "opcua-server://HOST:PORT/PATH, opcua-write://HOST:PORT?verdict=NODEID or modbus://HOST:PORT"
+    )
+
+
+def _plc_sink(scheme: str):
+    """The PLC output class for a --sink scheme, imported only when asked for (asyncua, pymodbus are optional)."""
+    if scheme == "opcua-server":
+        from .opcua import OpcUaServerSink
+
+        return OpcUaServerSink
+    if scheme == "opcua-write":
+        from .opcua_write import OpcUaWriteSink
+
+        return OpcUaWriteSink
+    if scheme == "modbus":
+        from .modbus import ModbusSink
+
+        return ModbusSink
+    return None

@@ -1,0 +1,303 @@
+"""The MQTT sink as plants run it: credentials, TLS, a last will, one topic tree, nothing lost at QoS 1.
+
+Under the sink's PREFIX (--sink mqtt://HOST:PORT/PREFIX, or mqtts:// for TLS):
+
+    PREFIX/LINE/availability         retained "online" / "offline"; the broker itself writes "offline"
+                                     (our last will) when this process vanishes without saying goodbye
+    PREFIX/LINE/CAMERA/status        retained JSON: state, run, bundle, version and the detector settings,
+                                     sent once per camera and again when they change, so that
+    PREFIX/LINE/CAMERA/result        each OK / NG / ERROR / TEACH line can leave its settings out
+    PREFIX/LINE/CAMERA/explanation   each EXPLANATION line (the language model's later sentence)
+
+While the broker is away paho keeps QoS 1 and 2 messages in its own bounded queue
+and sends them after it reconnects: a result published then is on its way, not a
+failure. Beyond `queue_max` records are dropped and counted; those still not
+acknowledged at shutdown are counted as failures. Availability and status are
+never queued: every connection (the first and each reconnection) publishes them
+afresh, which also restores them on a broker that lost its retained messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from .records import strict_json
+from .sinks import Sink
+
+log = logging.getLogger("lineside.serve")
+
+FORBIDDEN = str.maketrans({c: "_" for c in "/+#\0"})  # characters that would add or wildcard a topic level
+
+
+def _version() -> str:
+    try:
+        return metadata.version("lineside")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class MqttOptions:
+    """What the sink needs from the settings (mqtt_*), apart from the URL."""
+
+    line: str = "line1"
+    client_id: str = ""
+    qos: int = 1
+    username: str = ""
+    password: str = ""
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    queue_max: int = 1000
+    drain_s: float = 10.0
+
+    @classmethod
+    def of(cls, serve) -> MqttOptions:
+        """From ServeSettings; the password from mqtt_password (or LINESIDE_MQTT_PASSWORD) or its file."""
+        return cls(
+            line=serve.mqtt_line,
+            client_id=serve.mqtt_client_id,
+            qos=serve.mqtt_qos,
+            username=serve.mqtt_username,
+            password=_password(serve.mqtt_password, serve.mqtt_password_file),
+            ca=serve.mqtt_ca,
+            cert=serve.mqtt_cert,
+            key=serve.mqtt_key,
+            queue_max=serve.mqtt_queue,
+        )
+
+
+def _password(given: str, path: Path | None) -> str:
+    if given and path:
+        raise ValueError("settings mqtt_password and mqtt_password_file: give one of them, not both")
+    if not path:
+        return given
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"setting mqtt_password_file: cannot read {path} ({e})") from e
+    return text.splitlines()[0] if text.strip() else ""
+
+
+def redact(spec: str) -> str:
+    """The sink URL without its password, fit for a log line or an error."""
+    url = urlparse(spec)
+    if url.password is None:
+        return spec
+    return url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@", 1)).geturl()
+
+
+def topic_level(text: str) -> str:
+    """`text` as one topic level: separators and wildcards replaced, never empty."""
+    return str(text).translate(FORBIDDEN) or "_"
+
+
+def from_spec(spec: str, metrics, maxsize: int, options: MqttOptions) -> MqttSink:
+    """mqtt://[USER[:PASSWORD]@]HOST[:PORT]/PREFIX or mqtts://... -> MqttSink; a bad value is named."""
+    url, shown = urlparse(spec), redact(spec)
+    prefix = url.path.strip("/")
+    try:
+        port = url.port
+    except ValueError as e:
+        raise ValueError(f"--sink {shown!r}: the port is not a number from 0 to 65535") from e
+    if not url.hostname or not prefix or url.query or url.fragment:
+        raise ValueError(f"--sink {shown!r}: use mqtt://HOST:PORT/PREFIX (or mqtts://HOST:PORT/PREFIX for TLS)")
+    if any(c in prefix for c in "+#\0") or "" in prefix.split("/"):
+        raise ValueError(f"--sink {shown!r}: the topic prefix {prefix!r} may not hold +, # or empty levels")
+    tls = url.scheme == "mqtts"
+    options = dataclasses.replace(
+        options,
+        username=options.username or unquote(url.username or ""),
+        password=options.password or unquote(url.password or ""),
+    )
+    return MqttSink(url.hostname, port or (8883 if tls else 1883), prefix, metrics, maxsize, options, tls=tls)
+
+
+class MqttSink(Sink):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        prefix: str,
+        metrics,
+        maxsize: int,
+        options: MqttOptions = MqttOptions(),
+        tls: bool = False,
+    ):
+        scheme = "mqtts" if tls else "mqtt"
+        super().__init__(f"{scheme}://{host}:{port}/{prefix}", metrics, maxsize)
+        if not options.line or topic_level(options.line) != options.line:
+            raise ValueError(f"setting mqtt_line: {options.line!r} must be one topic level (no /, +, # or empty)")
+        import paho.mqtt.client as mqtt
+
+        self.mqtt, self.host, self.port, self.options = mqtt, host, port, options
+        self.base = f"{prefix}/{options.line}"
+        self.availability = f"{self.base}/availability"
+        client_id = options.client_id or f"lineside-{socket.gethostname()}-{os.getpid()}"
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client_id = client_id
+        if options.username or options.password:
+            self.client.username_pw_set(options.username or None, options.password or None)
+        if tls:
+            self._tls(options)
+        elif options.ca or options.cert or options.key:
+            raise ValueError(f"settings mqtt_ca, mqtt_cert, mqtt_key need TLS: write the sink as mqtts://{host}...")
+        self.client.will_set(self.availability, "offline", qos=1, retain=True)
+        self.client.max_queued_messages_set(options.queue_max)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self.client.on_publish = self._acknowledged
+        self.client.on_connect = self._connected
+        self.client.on_disconnect = self._disconnected
+        self.lock = threading.Lock()
+        self.waiting: dict[int, str] = {}  # message id -> "record" / "control", until the broker acknowledges it
+        self.early: set[int] = set()  # acknowledged before publish() returned its id to us
+        self.statuses: dict[str, dict] = {}  # camera -> its retained status
+        self.version = _version()
+
+    def _tls(self, options: MqttOptions) -> None:
+        if options.key and not options.cert:
+            raise ValueError("setting mqtt_key: needs mqtt_cert (the certificate the key belongs to)")
+        for name in ("ca", "cert", "key"):
+            path = getattr(options, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"setting mqtt_{name}: {path} is not a file")
+        try:
+            self.client.tls_set(
+                ca_certs=str(options.ca) if options.ca else None,
+                certfile=str(options.cert) if options.cert else None,
+                keyfile=str(options.key) if options.key else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        except (ssl.SSLError, OSError) as e:
+            raise ValueError(f"settings mqtt_ca/mqtt_cert/mqtt_key: unusable for TLS ({e})") from e
+
+    def start(self) -> None:
+        """Connect in the background (the broker may come later) and start draining the queue."""
+        self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+        super().start()
+
+    # --- paho's network thread ----------------------------------------------------------------------------
+
+    def _connected(self, client, userdata, flags, reason_code, properties=None) -> None:
+        if reason_code.is_failure:
+            log.warning("sink %s: the broker refused the connection: %s", self.label, reason_code)
+            return
+        self._control(self.availability, "online")
+        with self.lock:
+            statuses = list(self.statuses.items())
+        for camera, status in statuses:
+            self._control(f"{self.base}/{camera}/status", strict_json(status))
+
+    def _disconnected(self, client, userdata, flags, reason_code, properties=None) -> None:
+        if not self.closing.is_set():
+            log.warning("sink %s: broker connection lost (%s); results wait in paho's queue", self.label, reason_code)
+
+    def _acknowledged(self, client, userdata, mid, reason_code=None, properties=None) -> None:
+        with self.lock:
+            if self.waiting.pop(mid, None) is None:
+                self.early.add(mid)
+
+    # --- the sink's thread --------------------------------------------------------------------------------
+
+    def _track(self, mid: int, kind: str) -> None:
+        with self.lock:  # never held across publish(): paho calls _acknowledged holding its own lock
+            if mid in self.early:
+                self.early.discard(mid)
+            else:
+                self.waiting[mid] = kind
+
+    def _control(self, topic: str, payload: str) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=True)
+        if info.rc in (self.mqtt.MQTT_ERR_SUCCESS, self.mqtt.MQTT_ERR_NO_CONN):
+            self._track(info.mid, "control")
+
+    def pending(self) -> int:
+        """Records published and not yet acknowledged (waiting in paho's queue or in flight)."""
+        with self.lock:
+            return sum(kind == "record" for kind in self.waiting.values())
+
+    def deliver(self, record, frame) -> None:
+        camera = topic_level(record.get("camera", "0"))
+        if record.get("label") == "EXPLANATION":
+            self._publish(f"{self.base}/{camera}/explanation", record)
+            return
+        if record.get("settings"):
+            self._note_status(camera, record)
+        self._publish(f"{self.base}/{camera}/result", {k: v for k, v in record.items() if k != "settings"})
+
+    def _note_status(self, camera: str, record: dict) -> None:
+        """The camera's retained status, published when what it says changes (normally once)."""
+        status = {
+            "state": "online",
+            "line": self.options.line,
+            "camera": camera,
+            "client_id": self.client_id,
+            "version": self.version,
+            "run": record.get("run"),
+            "category": record.get("category"),
+            "bundle_id": record.get("bundle_id"),
+            "settings": record["settings"],
+        }
+        with self.lock:
+            known = self.statuses.get(camera)
+            if known is not None and {**known, "since": None} == {**status, "since": None}:
+                return
+            status["since"] = time.time()
+            self.statuses[camera] = status
+        if self.client.is_connected():  # else the next connection publishes it
+            self._control(f"{self.base}/{camera}/status", strict_json(status))
+
+    def _publish(self, topic: str, record: dict) -> None:
+        info = self.client.publish(topic, strict_json(record), qos=self.options.qos)
+        if info.rc == self.mqtt.MQTT_ERR_QUEUE_SIZE:
+            self.metrics.sink_drops.labels(self.label).inc()
+            log.warning(
+                "sink %s: %d records wait for the broker already (mqtt_queue); record dropped "
+                "(counted in lineside_sink_drops)",
+                self.label,
+                self.options.queue_max,
+            )
+            return
+        # paho answers NO_CONN while the broker is away but keeps a QoS 1/2 message in its queue and sends it
+        # after the next CONNACK: that is a record on its way. At QoS 0 it is gone.
+        if info.rc == self.mqtt.MQTT_ERR_NO_CONN and self.options.qos == 0:
+            raise ConnectionError("the broker is away and QoS 0 records are not kept (set mqtt_qos 1)")
+        if info.rc not in (self.mqtt.MQTT_ERR_SUCCESS, self.mqtt.MQTT_ERR_NO_CONN):
+            raise ConnectionError(f"publish refused: {self.mqtt.error_string(info.rc)}")
+        self._track(info.mid, "record")
+
+    def close(self, timeout: float | None = None) -> None:
+        super().close(self.options.drain_s + 5.0 if timeout is None else timeout)
+
+    def shutdown(self) -> None:
+        """Say goodbye (offline, retained), wait a while for acknowledgements, count the records never acknowledged."""
+        if self.client.is_connected():
+            with self.lock:
+                statuses = list(self.statuses.items())
+            for camera, status in statuses:
+                self._control(f"{self.base}/{camera}/status", strict_json({**status, "state": "offline"}))
+            self._control(self.availability, "offline")
+        deadline = time.monotonic() + self.options.drain_s
+        while self.waiting and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lost = self.pending()
+        if lost:
+            self.metrics.sink_failures.labels(self.label).inc(lost)
+            log.warning(
+                "sink %s: %d records never acknowledged by the broker (counted in lineside_sink_failures)",
+                self.label,
+                lost,
+            )
+        self.client.disconnect()
+        self.client.loop_stop()

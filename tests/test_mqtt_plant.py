@@ -1,0 +1,316 @@
+"""The MQTT sink as a plant runs it, against a real mosquitto started here: TLS with a CA made by the
+test, a password file, client certificates, a retained availability with a last will, the topic tree,
+and a broker killed mid-run with no QoS 1 result lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime.serve.metrics import Metrics
+from runtime.serve.mqtt import MqttOptions, from_spec
+from runtime.serve.sinks import parse_sink
+from runtime.settings import ServeSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+USER, PASSWORD = "line-7", "s3cret:with@odd/chars"
+SETTINGS = {"threshold": 0.5, "precision": "fp32"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """A self-signed CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it."""
+    if not shutil.which("openssl"):
+        pytest.fail("openssl is not installed (apt-get install openssl)")
+    d = tmp_path_factory.mktemp("pki")
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=test-ca", cwd=d)
+    for name, extra in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+        (d / f"{name}.ext").write_text(extra + "\n")
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=d,
+        )
+    return d
+
+
+class Broker:
+    """mosquitto with TLS (client certificate required), a password file and sessions saved every second."""
+
+    def __init__(self, folder: Path, pki: Path):
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        if not Path(exe).exists() or not Path(passwd).exists():
+            pytest.fail("mosquitto is not installed: .ci/run installs Debian's package (apt-get install mosquitto)")
+        subprocess.run([passwd, "-b", "-c", str(folder / "passwd"), USER, PASSWORD], check=True, capture_output=True)
+        self.exe, self.port, self.proc = exe, _free_port(), None
+        stay = "user root\n" if os.geteuid() == 0 else ""  # else, as root, it drops to a user who cannot read here
+        self.conf = folder / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\ncafile {pki}/ca.crt\ncertfile {pki}/server.crt\n"
+            f"keyfile {pki}/server.key\nrequire_certificate true\nallow_anonymous false\n"
+            f"password_file {folder}/passwd\npersistence true\npersistence_location {folder}/\n"
+            f"autosave_interval 1\n{stay}"
+        )
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mosquitto exited: {self.proc.stderr.read().decode()}")
+            time.sleep(0.05)
+        raise AssertionError("mosquitto did not start")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def broker(tmp_path, pki):
+    b = Broker(tmp_path, pki)
+    b.start()
+    yield b
+    if b.proc.poll() is None:
+        b.kill()
+
+
+def _settings(pki: Path, tmp_path: Path, **kw) -> ServeSettings:
+    secret = tmp_path / "mqtt-password"
+    secret.write_text(PASSWORD + "\n")
+    base = dict(
+        mqtt_line="line7",
+        mqtt_username=USER,
+        mqtt_password_file=secret,
+        mqtt_ca=pki / "ca.crt",
+        mqtt_cert=pki / "client.crt",
+        mqtt_key=pki / "client.key",
+        mqtt_queue=100,
+    )
+    return ServeSettings(**(base | kw))
+
+
+class Subscriber:
+    """A real paho client on TLS with a persistent session: it reconnects by itself and is sent what it missed."""
+
+    def __init__(self, port: int, pki: Path, topic: str = "plant/#"):
+        import paho.mqtt.client as mqtt
+
+        self.got: list[tuple[str, dict | str, int, bool]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plant-test-sub", clean_session=False)
+        self.client.username_pw_set(USER, PASSWORD)
+        self.client.tls_set(
+            ca_certs=str(pki / "ca.crt"), certfile=str(pki / "client.crt"), keyfile=str(pki / "client.key")
+        )
+        self.client.on_message = self._message
+        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        _wait(lambda: self.on("plant/line7/availability") or self.client.is_connected(), 10, "subscriber not connected")
+        time.sleep(1.2)  # subscribed, and saved by the broker's one-second autosave
+
+    def _message(self, client, userdata, m) -> None:
+        text = m.payload.decode()
+        payload = json.loads(text) if text.startswith("{") else text
+        with self.lock:
+            self.got.append((m.topic, payload, m.qos, m.retain))
+
+    def on(self, topic: str) -> list:
+        with self.lock:
+            return [p for t, p, _, _ in self.got if t == topic]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, what
+        time.sleep(0.05)
+
+
+def _line(frame_id: int, camera: str = "cam-a", label: str = "OK") -> dict:
+    return {
+        "run": "r1",
+        "frame_id": frame_id,
+        "camera": camera,
+        "label": label,
+        "bundle_id": "b1",
+        "settings": SETTINGS,
+    }
+
+
+def test_results_reach_a_tls_broker_with_a_password_and_survive_its_kill(broker, pki, tmp_path, caplog):
+    sub = Subscriber(broker.port, pki)
+    metrics = Metrics()
+    sink = parse_sink(f"mqtts://127.0.0.1:{broker.port}/plant", metrics, 256, serve=_settings(pki, tmp_path))
+    sink.start()
+    _wait(sink.client.is_connected, 10, "sink never connected over TLS")
+    for i in range(1, 11):
+        sink.offer(_line(i))
+    sink.offer({"run": "r1", "frame_id": 3, "camera": "cam-a", "label": "EXPLANATION", "explanation": {"text": "x"}})
+    _wait(lambda: len(sub.on("plant/line7/cam-a/result")) >= 10, 10, "first results not delivered")
+    broker.kill()  # SIGKILL: no goodbye, no save beyond the last second's
+    _wait(lambda: not sink.client.is_connected(), 10, "sink did not notice the broker dying")
+    for i in range(11, 31):
+        sink.offer(_line(i))
+    time.sleep(0.5)
+    broker.start()  # same port, the sessions of the last autosave
+    for i in range(31, 41):
+        sink.offer(_line(i))
+    _wait(lambda: len({r["frame_id"] for r in sub.on("plant/line7/cam-a/result")}) >= 40, 20, "results lost")
+    sink.close()
+    _wait(lambda: "offline" in sub.on("plant/line7/availability"), 5, "no offline at shutdown")
+    sub.close()
+
+    results = sub.on("plant/line7/cam-a/result")
+    assert {r["frame_id"] for r in results} == set(range(1, 41))
+    assert all("settings" not in r and r["bundle_id"] == "b1" for r in results)  # compact: settings in the status
+    assert all(qos == 1 for t, _, qos, _ in sub.got if t.endswith("/result"))
+    statuses = sub.on("plant/line7/cam-a/status")
+    assert statuses[0]["state"] == "online" and statuses[0]["settings"] == SETTINGS and statuses[0]["version"]
+    assert statuses[-1]["state"] == "offline" and statuses[-1]["run"] == "r1"
+    assert [x["explanation"]["text"] for x in sub.on("plant/line7/cam-a/explanation")] == ["x"]
+    assert sub.on("plant/line7/availability")[0] == "online" and sub.on("plant/line7/availability")[-1] == "offline"
+    value = metrics.registry.get_sample_value
+    assert value("lineside_sink_failures_total", {"sink": sink.label}) is None
+    assert value("lineside_sink_drops_total", {"sink": sink.label}) is None
+    assert PASSWORD not in caplog.text and PASSWORD not in sink.label
+
+
+def test_the_broker_announces_offline_when_serve_dies_without_goodbye(broker, pki, tmp_path):
+    """The last will: a sink process killed with SIGKILL leaves a retained "offline" written by the broker."""
+    code = (
+        "import sys, time\n"
+        "from runtime.serve.metrics import Metrics\n"
+        "from runtime.serve.mqtt import MqttOptions, from_spec\n"
+        "from pathlib import Path\n"
+        "pki = Path(sys.argv[2])\n"
+        "o = MqttOptions(line='line7', username=sys.argv[3], password=sys.argv[4], ca=pki / 'ca.crt',\n"
+        "                cert=pki / 'client.crt', key=pki / 'client.key')\n"
+        "sink = from_spec(f'mqtts://127.0.0.1:{sys.argv[1]}/plant', Metrics(), 8, o)\n"
+        "sink.start()\n"
+        "while not sink.client.is_connected(): time.sleep(0.05)\n"
+        "time.sleep(0.3)\n"
+        "print('connected', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(broker.port), str(pki), USER, PASSWORD],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "connected"
+        sub = Subscriber(broker.port, pki, "plant/line7/availability")
+        assert sub.on("plant/line7/availability") == ["online"]  # retained: a newcomer learns it at once
+        proc.send_signal(signal.SIGKILL)
+        _wait(lambda: "offline" in sub.on("plant/line7/availability"), 10, "no last will after SIGKILL")
+        sub.close()
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_a_wrong_password_is_logged_and_its_records_counted(broker, pki, tmp_path, caplog):
+    metrics = Metrics()
+    options = MqttOptions.of(_settings(pki, tmp_path, mqtt_password_file=None, mqtt_password="wrong"))
+    sink = from_spec(
+        f"mqtts://127.0.0.1:{broker.port}/plant", metrics, 16, MqttOptions(**{**options.__dict__, "drain_s": 0.5})
+    )
+    with caplog.at_level("WARNING", "lineside.serve"):
+        sink.start()
+        for i in range(3):
+            sink.offer(_line(i))
+        _wait(lambda: "refused the connection" in caplog.text, 10, "refusal not logged")
+        sink.close()
+    assert "wrong" not in caplog.text
+    assert metrics.registry.get_sample_value("lineside_sink_failures_total", {"sink": sink.label}) == 3
+
+
+@pytest.mark.parametrize(
+    "spec, settings, message",
+    [
+        ("mqtt://u:hunter2@host", {}, "use mqtt://HOST:PORT/PREFIX"),
+        ("mqtt://host:99999/plant", {}, "the port is not a number"),
+        ("mqtt://host/plant/+", {}, "may not hold +, # or empty levels"),
+        ("mqtt://host/plant", {"mqtt_line": "a/b"}, "setting mqtt_line"),
+        ("mqtt://host/plant", {"mqtt_ca": "ca.crt"}, "need TLS: write the sink as mqtts://"),
+        ("mqtts://host/plant", {"mqtt_ca": "/no/such/ca.crt"}, "setting mqtt_ca: /no/such/ca.crt is not a file"),
+        ("mqtts://host/plant", {"mqtt_key": "k.pem"}, "setting mqtt_key: needs mqtt_cert"),
+        ("mqtt://host/plant", {"mqtt_password": "x", "mqtt_password_file": "p"}, "give one of them, not both"),
+        ("mqtt://host/plant", {"mqtt_password_file": "/no/such/file"}, "setting mqtt_password_file: cannot read"),
+    ],
+)
+def test_bad_mqtt_settings_are_refused_with_the_setting_named(spec, settings, message):
+    with pytest.raises(ValueError) as e:
+        parse_sink(
+            spec,
+            Metrics(),
+            8,
+            serve=ServeSettings(
+                **{
+                    k: Path(v) if k != "mqtt_line" and "file" in k or k in ("mqtt_ca", "mqtt_key") else v
+                    for k, v in settings.items()
+                }
+            ),
+        )
+    assert message in str(e.value) and "hunter2" not in str(e.value)
+
+
+def test_qos_0_records_published_while_the_broker_is_away_are_counted_failures():
+    metrics = Metrics()
+    sink = from_spec(f"mqtt://127.0.0.1:{_free_port()}/plant", metrics, 16, MqttOptions(qos=0, drain_s=0.2))
+    sink.start()
+    for i in range(4):
+        sink.offer(_line(i))
+    sink.close()
+    assert metrics.registry.get_sample_value("lineside_sink_failures_total", {"sink": sink.label}) == 4
