@@ -131,10 +131,7 @@ class Server:
         return f"camera {camera.id}: {problem}" if camera.id else problem
 
     def failure(self) -> str | None:
-        """Why serve is dying: a results log broke, or every camera has stopped on a failure; None otherwise."""
-        broken = [log_.failure for log_ in self._logs.values() if log_.failure]
-        if broken:
-            return broken[0]
+        """Why serve is dying: every camera has stopped on a failure (its worker died, its results log broke)."""
         problems = [(c, c.failure()) for c in self.cameras.values()]
         if all(problem for _, problem in problems):
             return "; ".join(self._named(c, p) for c, p in problems)

@@ -1,0 +1,165 @@
+"""Several cameras in one process: a YAML cameras file, one detector's sessions shared, per-camera everything
+else, and one camera failing while the others go on."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import pytest
+import yaml
+
+from runtime.detect.detector import Detector
+from runtime.serve import Server, Settings
+from runtime.serve.__main__ import main as serve_main
+from runtime.serve.cameras import read_cameras
+from tests.controlled import CATEGORY, part
+
+DEFECT = (96, 64, 144, 112)
+
+
+@pytest.fixture(scope="module")
+def detector(controlled, tmp_path_factory) -> Detector:
+    return Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path_factory.mktemp("text"))
+
+
+def _folder(root: Path, name: str, count: int, defective=()) -> Path:
+    folder = root / name
+    folder.mkdir()
+    for i in range(count):
+        cv2.imwrite(str(folder / f"{name}-{i:02d}.png"), part(red_box=DEFECT if i in defective else None))
+    return folder
+
+
+def _cameras_file(path: Path, cameras: list[dict]) -> Path:
+    path.write_text(yaml.safe_dump({"cameras": cameras}))
+    return path
+
+
+def _settings(controlled, tmp_path, cameras: Path, **kw) -> Settings:
+    base = dict(cameras=cameras, bundle=controlled, category=CATEGORY, port=0, explain=False)
+    return Settings.of(**(base | {"results": tmp_path / "results.jsonl"} | kw))
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_three_cameras_share_one_detector_and_keep_their_own_lines_thresholds_and_metrics(
+    controlled, detector, tmp_path
+):
+    cameras = _cameras_file(
+        tmp_path / "cameras.yaml",
+        [
+            {"id": "left", "source": str(_folder(tmp_path, "l", 4, defective={1}))},
+            {"id": "right", "source": str(_folder(tmp_path, "r", 5, defective={0, 3})), "part_id_pattern": r"r-(\d+)"},
+            {"id": "top", "source": str(_folder(tmp_path, "t", 3, defective={2})), "threshold": 1.0},
+        ],
+    )
+    server = Server(_settings(controlled, tmp_path, cameras, save_ng=tmp_path / "ng"), detector=detector).start()
+    try:
+        server.wait()
+        status = json.loads(_get(server.web.port, "/api/status")[1])
+        metrics = _get(server.web.port, "/metrics")[1].decode()
+    finally:
+        server.shutdown()
+    lines = _lines(tmp_path / "results.jsonl")
+    by = {c: [x for x in lines if x["camera"] == c] for c in ("left", "right", "top")}
+    assert [len(by[c]) for c in by] == [4, 5, 3] and len(lines) == 12  # one log, every line names its camera
+    assert [x["frame_index"] for x in by["right"]] == list(range(5))
+    assert [x.get("part_id") for x in by["right"]] == ["00", "01", "02", "03", "04"] and "part_id" not in by["left"][0]
+    assert [x["label"] for x in by["left"]] == ["OK", "NG", "OK", "OK"]
+    assert [x["label"] for x in by["right"]] == ["NG", "OK", "OK", "NG", "OK"]
+    assert [x["label"] for x in by["top"]] == ["OK"] * 3  # its own threshold: 1.0, nothing reaches it
+    assert {x["settings"]["threshold"] for x in by["top"]} == {1.0} and by["left"][0]["settings"]["threshold"] == 0.5
+    # one set of sessions: every camera's detector runs the same encoder objects
+    encoders = {id(c.inspector.detector.encoder) for c in server.cameras.values()}
+    assert encoders == {id(server.detector.encoder)}
+    assert [(c["id"], c["ready"], c["counters"]["inspected"]) for c in status["cameras"]] == [
+        ("left", False, 4),
+        ("right", False, 5),
+        ("top", False, 3),
+    ]  # (recordings that have ended are no longer connected)
+    assert 'lineside_frames_inspected_total{camera="right"} 5.0' in metrics
+    assert 'lineside_results_total{camera="top",label="OK"} 3.0' in metrics
+    saved = sorted(p.name for p in (tmp_path / "ng").glob("*.jpg"))
+    assert [n.split("_")[:2] for n in saved] == [["left", "l-01"], ["right", "00"], ["right", "03"]]
+    assert server.counters()["inspected"] == 12 and server.problems() == []
+
+
+def test_one_camera_failing_never_stops_the_others(controlled, detector, tmp_path):
+    cameras = _cameras_file(
+        tmp_path / "cameras.yaml",
+        [
+            {"id": "good", "source": str(_folder(tmp_path, "g", 6)), "max_fps": 20},
+            {"id": "full-disk", "source": str(_folder(tmp_path, "f", 3)), "results": "/dev/full"},
+            {"id": "unplugged", "source": "http://127.0.0.1:9/cam.mjpg", "reconnect_max_s": 0.2},
+        ],
+    )
+    server = Server(_settings(controlled, tmp_path, cameras), detector=detector).start()
+    try:
+        deadline_lines = 6
+        while len(_lines(tmp_path / "results.jsonl")) < deadline_lines:
+            assert not server.stop.is_set(), server.failure()
+            server.stop.wait(0.05)
+        assert _get(server.web.port, "/healthz")[0] == 200  # alive: it still inspects the good camera
+        code, ready = _get(server.web.port, "/readyz")
+        status = {c["id"]: c for c in json.loads(_get(server.web.port, "/api/status")[1])["cameras"]}
+    finally:
+        server.shutdown()
+    assert [x["camera"] for x in _lines(tmp_path / "results.jsonl")] == ["good"] * 6
+    assert code == 503 and b"camera full-disk: results log /dev/full cannot be written" in ready
+    assert b"camera unplugged: cannot open source" in ready
+    assert "cannot be written" in status["full-disk"]["problem"] and not status["unplugged"]["ready"]
+    assert status["good"]["counters"]["inspected"] >= 5
+    assert server.failure() is None and [p.split(":")[0] for p in server.problems()] == ["camera full-disk"]
+
+
+def test_every_camera_failing_stops_serve_with_a_non_zero_exit(controlled, tmp_path, capsys):
+    cameras = _cameras_file(
+        tmp_path / "cameras.yaml",
+        [{"id": "a", "source": str(_folder(tmp_path, "a", 2)), "results": "/dev/full"}],
+    )
+    argv = ["--cameras", str(cameras), "--bundle", str(controlled), "--category", CATEGORY, "--port", "0"]
+    assert serve_main([*argv, "--no-explain", "--results", str(tmp_path / "r.jsonl")]) == 1
+    assert "camera a: results log /dev/full cannot be written" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "cameras, message",
+    [
+        ([{"id": "a", "source": "0", "treshold": 0.4}], "camera a: unknown settings ['treshold']"),
+        ([{"id": "a", "source": "0", "port": 9000}], "camera a: port is one for the whole process"),
+        ([{"id": "a", "source": "0", "precision": "int8"}], "camera a: precision is one for the whole process"),
+        ([{"id": "a", "source": "0"}, {"id": "a", "source": "1"}], "camera ids must differ; a given twice"),
+        ([{"id": "a/b", "source": "0"}], "id 'a/b' must be 1 to 64 letters"),
+        ([{"id": "a"}], "camera a: no source"),
+        ([{"id": "a", "source": "0", "threshold": 2}], "camera a: setting threshold: 2.0 must be <= 1.0"),
+        ([{"id": "a", "source": "0", "teach": "many"}], "camera a"),
+        ([], "give a list of cameras"),
+        (["just a string"], "camera 1 must be a mapping"),
+    ],
+)
+def test_bad_cameras_files_are_refused_naming_the_camera_and_the_setting(tmp_path, cameras, message):
+    path = _cameras_file(tmp_path / "cameras.yaml", cameras)
+    with pytest.raises(ValueError) as e:
+        read_cameras(path, Settings())
+    assert message in str(e.value) and str(path) in str(e.value)
+
+
+def test_a_cameras_file_that_is_not_yaml_is_refused_at_start(controlled, tmp_path, capsys):
+    path = tmp_path / "cameras.yaml"
+    path.write_text("cameras: [ {id: a, source: 0\n")
+    assert serve_main(["--cameras", str(path), "--bundle", str(controlled), "--port", "0"]) == 2
+    assert f"cameras file {path}" in capsys.readouterr().err
