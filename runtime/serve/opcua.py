@@ -1,0 +1,180 @@
+"""serve as an OPC UA server that a PLC reads: per camera the last verdict and what goes with it.
+
+    --sink "opcua-server://0.0.0.0:4840/lineside?cameras=0&pulse_ms=500&namespace=urn:lineside"
+
+The PLC (or SCADA) is the OPC UA client; it reads or subscribes to, per camera,
+`ns=<index of the namespace URI>;s=Lineside.<camera>.<Variable>` (the first
+registered namespace is index 2), under Objects/Lineside/<camera>:
+
+    Verdict   String   OK, NG or ERROR ("" before the first part)
+    Score     Double   the image score, -1 when the line has none
+    FrameId   Int64    the frame's id within this serve run
+    PartId    String   the part's own id when the line carries one, else ""
+    NgCount   UInt32   NG verdicts since serve started
+    Heartbeat UInt32   +1 every second while serve runs: a PLC watchdog sees it stop
+    NgPulse   Boolean  True for pulse_ms after each NG (a later NG extends it); pulse_ms=0: the
+                       last verdict was NG, held until the next verdict
+
+Variables are read-only to clients. The endpoint offers security mode None
+(anonymous, unsigned): keep it on the cell network. A camera's folder exists
+from the start when it is named in `cameras`, else from its first verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from urllib.parse import urlparse
+
+from .plc import LoopThread, camera_of, integer, options, port_of, require, score_of, verdict
+from .sinks import Sink
+
+log = logging.getLogger("lineside.serve")
+
+KNOWN = {
+    "namespace": "namespace URI, default urn:lineside",
+    "pulse_ms": "NgPulse length in ms, 0: a level; default 500",
+    "cameras": "comma-separated camera ids whose nodes exist from the start; default 0",
+}
+VARIABLES = {  # name -> (OPC UA type, value before the first verdict)
+    "Verdict": ("String", ""),
+    "Score": ("Double", -1.0),
+    "FrameId": ("Int64", 0),
+    "PartId": ("String", ""),
+    "NgCount": ("UInt32", 0),
+    "Heartbeat": ("UInt32", 0),
+    "NgPulse": ("Boolean", False),
+}
+WRITE_S = 5.0  # a write into our own address space that takes longer than this is a failure
+
+
+def _bindable(host: str, port: int) -> None:
+    """Raise OSError (address in use, no such address) when a listener cannot bind host:port."""
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's listener does
+            s.bind(address)
+        return
+
+
+class OpcUaServerSink(Sink):
+    """Hosts the OPC UA server on its own asyncio loop; `deliver` updates one camera's variables there."""
+
+    def __init__(self, spec: str, metrics, maxsize: int):
+        url = urlparse(spec)
+        if not url.hostname:
+            raise ValueError(f"--sink {spec!r}: use opcua-server://HOST:PORT/PATH (HOST 0.0.0.0: every interface)")
+        opts = options(spec, url.query, KNOWN)
+        self.asyncua = require("asyncua", spec)
+        self.host, self.port = url.hostname, port_of(spec, url, 4840)
+        self.endpoint = f"opc.tcp://{self.host}:{self.port}{url.path}"
+        self.namespace = opts.get("namespace", "urn:lineside")
+        self.pulse_s = integer(spec, "pulse_ms", opts.get("pulse_ms", "500"), 0, 60_000) / 1000
+        self.cameras = [c.strip() for c in opts.get("cameras", "0").split(",") if c.strip()]
+        if not self.namespace or not self.cameras:
+            raise ValueError(f"--sink {spec!r}: namespace and cameras must not be empty")
+        super().__init__(f"opcua-server://{self.host}:{self.port}{url.path}", metrics, maxsize)
+        self.loop = LoopThread(f"opcua-server-{self.port}")
+        self.server, self.ns, self.beats = None, 0, 0
+        self.nodes: dict[str, dict] = {}  # camera -> variable name -> Node
+        self.ng_counts: dict[str, int] = {}
+        self.pulses: dict[str, asyncio.Task] = {}
+
+    def start(self) -> None:
+        """Listen before inspection starts: a port in use refuses serve at start, not later."""
+        self.loop.start()
+        try:
+            _bindable(self.host, self.port)  # at once, not after asyncua's seconds of building its address space
+            self.loop.run_sync(self._open(), 30.0)
+        except Exception as e:
+            self.loop.stop()
+            raise OSError(f"--sink {self.label}: cannot serve OPC UA on {self.endpoint}: {e}") from e
+        log.info("OPC UA server on %s, namespace %s (index %d)", self.endpoint, self.namespace, self.ns)
+        super().start()
+
+    async def _open(self) -> None:
+        ua = self.asyncua.ua
+        server = self.asyncua.Server()
+        await server.init()
+        server.set_endpoint(self.endpoint)
+        server.set_server_name("lineside")
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        self.ns = await server.register_namespace(self.namespace)
+        self.root = await server.nodes.objects.add_folder(
+            ua.NodeId("Lineside", self.ns), ua.QualifiedName("Lineside", self.ns)
+        )
+        for camera in self.cameras:
+            await self._add_camera(camera)
+        await server.start()
+        self.server = server
+        self.beat = asyncio.ensure_future(self._beat())
+
+    async def _add_camera(self, camera: str) -> dict:
+        ua = self.asyncua.ua
+        folder = await self.root.add_folder(ua.NodeId(f"Lineside.{camera}", self.ns), ua.QualifiedName(camera, self.ns))
+        nodes = {}
+        for name, (kind, first) in VARIABLES.items():
+            nodes[name] = await folder.add_variable(
+                ua.NodeId(f"Lineside.{camera}.{name}", self.ns),
+                ua.QualifiedName(name, self.ns),
+                first,
+                getattr(ua.VariantType, kind),
+            )
+        await nodes["Heartbeat"].write_value(self.beats, ua.VariantType.UInt32)
+        self.nodes[camera], self.ng_counts[camera] = nodes, 0
+        return nodes
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.beats = (self.beats + 1) % 2**32
+            for nodes in self.nodes.values():
+                await nodes["Heartbeat"].write_value(self.beats, self.asyncua.ua.VariantType.UInt32)
+
+    def deliver(self, record: dict, frame) -> None:
+        label = verdict(record)
+        if label is not None:
+            self.loop.run_sync(self._show(label, record), WRITE_S)
+
+    async def _show(self, label: str, record: dict) -> None:
+        kinds, camera = self.asyncua.ua.VariantType, camera_of(record)
+        nodes = self.nodes.get(camera) or await self._add_camera(camera)
+        if label == "NG":
+            self.ng_counts[camera] = (self.ng_counts[camera] + 1) % 2**32
+        score = score_of(record)
+        await nodes["Score"].write_value(-1.0 if score is None else score, kinds.Double)
+        await nodes["FrameId"].write_value(int(record.get("frame_id", 0)), kinds.Int64)
+        await nodes["PartId"].write_value(str(record.get("part_id") or ""), kinds.String)
+        await nodes["NgCount"].write_value(self.ng_counts[camera], kinds.UInt32)
+        await nodes["Verdict"].write_value(label, kinds.String)
+        if self.pulse_s == 0:
+            await nodes["NgPulse"].write_value(label == "NG", kinds.Boolean)
+        elif label == "NG":
+            await nodes["NgPulse"].write_value(True, kinds.Boolean)
+            pending = self.pulses.pop(camera, None)
+            if pending is not None:
+                pending.cancel()
+            self.pulses[camera] = asyncio.ensure_future(self._pulse_end(nodes["NgPulse"]))
+
+    async def _pulse_end(self, node) -> None:
+        await asyncio.sleep(self.pulse_s)
+        await node.write_value(False, self.asyncua.ua.VariantType.Boolean)
+
+    def close(self, timeout: float = 5.0) -> None:
+        super().close(timeout)
+        if self.ident is None and self.server is not None:  # listening, but serve stopped before the thread ran
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        try:
+            self.loop.run_sync(self._close(), 10.0)
+        except Exception as e:
+            log.warning("sink %s: OPC UA server did not stop cleanly: %s", self.label, e)
+        self.loop.stop()
+
+    async def _close(self) -> None:
+        for task in [self.beat, *self.pulses.values()]:
+            task.cancel()
+        await self.server.stop()
+        self.server = None

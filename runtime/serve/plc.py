@@ -1,0 +1,123 @@
+"""What the PLC outputs (opcua.py, opcua_write.py, modbus.py) share: verdict codes, spec options, pacing.
+
+A PLC wants one small fact per part, fast: OK, NG or ERROR, and the number
+behind it. These outputs act on verdict lines only (TEACH, EXPLANATION and
+others pass by). Their libraries (asyncua, pymodbus) come with the `plant`
+extra and are imported when such an output is asked for, never before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib
+import threading
+import time
+from urllib.parse import parse_qsl
+
+VERDICTS = {"OK": 0, "NG": 1, "ERROR": 2}  # the verdict code a PLC compares with (Modbus register, integer node)
+
+
+def verdict(record: dict) -> str | None:
+    """The record's label when it is a verdict (OK, NG, ERROR); None for every other line."""
+    label = record.get("label")
+    return label if label in VERDICTS else None
+
+
+def camera_of(record: dict) -> str:
+    return str(record.get("camera", "0"))
+
+
+def score_of(record: dict) -> float | None:
+    """The image score, or None when the line has none (an ERROR may carry null)."""
+    score = record.get("image_score")
+    return float(score) if isinstance(score, (int, float)) else None
+
+
+def require(module: str, spec: str):
+    """Import `module` for the output `spec`, or say which extra brings it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise RuntimeError(
+            f"--sink {spec!r} needs {module.split('.')[0]}: pip install 'lineside[plant]' "
+            "(or -c constraints.txt asyncua pymodbus)"
+        ) from e
+
+
+def options(spec: str, query: str, known: dict[str, str]) -> dict[str, str]:
+    """The spec's ?key=value options; an unknown or repeated key is refused with the known ones listed."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if key not in known:
+            listed = ", ".join(f"{k} ({why})" for k, why in known.items())
+            raise ValueError(f"--sink {spec!r}: unknown option {key!r}; known: {listed}")
+        if keys.count(key) > 1:
+            raise ValueError(f"--sink {spec!r}: option {key!r} given twice")
+    return dict(pairs)
+
+
+def integer(spec: str, name: str, text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise ValueError(f"--sink {spec!r}: {name}={text!r} must be a whole number in {low}..{high}")
+    return value
+
+
+def port_of(spec: str, url, default: int) -> int:
+    """The URL's port (`default` when none is given); one that is not a port is refused naming the spec."""
+    try:
+        return url.port or default
+    except ValueError as e:
+        raise ValueError(f"--sink {spec!r}: the port must be a number in 1..65535") from e
+
+
+class Redial:
+    """Paces reconnections to a PLC that is away: at once the first time, then at most every `every_s`.
+
+    Between attempts a record is refused at once (a counted failure) rather than
+    waiting on a connect timeout, so a dead PLC never backs up the queue.
+    """
+
+    def __init__(self, every_s: float = 1.0):
+        self.every_s, self.last = every_s, None
+
+    def due(self) -> bool:
+        return self.last is None or time.monotonic() - self.last >= self.every_s
+
+    def failed(self) -> None:
+        self.last = time.monotonic()
+
+    def succeeded(self) -> None:
+        self.last = None
+
+
+class LoopThread(threading.Thread):
+    """An asyncio loop of its own for asyncua, which is async only; `run_sync` waits for a coroutine from outside."""
+
+    def __init__(self, name: str):
+        super().__init__(name=name, daemon=True)
+        self.loop = asyncio.new_event_loop()
+
+    def run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+        self.loop.close()
+
+    def run_sync(self, coroutine, timeout: float):
+        """The coroutine's result, run on this loop; TimeoutError when it takes longer than `timeout` seconds."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            future.cancel()
+            raise TimeoutError(f"no answer within {timeout:g} s") from None
+
+    def stop(self) -> None:
+        if self.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.join(5)
