@@ -174,3 +174,18 @@ class Inspector(threading.Thread):
             return self.detector.detect(frame.image, self.category, self.memory, colour="BGR")
         except ValueError as e:  # wrong size/channels/dtype from the source
             return self.detector.error_result(f"{frame.file}: {e}" if frame.file else str(e), self.category)
+
+    def add_references(self, images_rgb: list) -> int:
+        """Known-good images (HxWx3 uint8 RGB) joined to the references: the memory is built from them all
+        on the caller's thread, then swapped in at once, so inspection never waits for it nor sees half of
+        it. Returns how many references serve holds. Refused (ValueError) while teaching, or when serve
+        judges by the language branch alone (references would change how every frame is scored)."""
+        if self.teach > 0 or not self.references:
+            raise ValueError(
+                "serve holds no known-good references to add to (still teaching, or started without "
+                "--references DIR or --teach N)"
+            )
+        references = list(self.references) + list(images_rgb)
+        memory = self.detector.remember(references, colour="RGB")
+        self.references, self.memory = references, memory
+        return len(references)

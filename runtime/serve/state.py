@@ -1,14 +1,16 @@
-"""What the web page and /api read: the latest result, recent ones, the last NG, the live view.
+"""What the web page and /api read: the latest result, recent ones, the last NGs, the live view.
 
 The inspector hands over references only; the overlay JPEG is drawn by whoever
-watches (a /stream client, the --show window), at most once per frame, never on
-the inspection thread.
+watches (a /stream client, the --show window), at most once per frame and set of
+layers, never on the inspection thread. NG frames alone are encoded there, once
+each, to be kept for the gallery (gallery.py).
 """
 
 from __future__ import annotations
 
 import collections
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -16,6 +18,10 @@ import numpy as np
 from ..detect.frames import to_rgb_uint8
 from ..detect.overlay import render
 from ..detect.result import Result
+from .gallery import Gallery, Layers, keep
+
+HISTORY = 120  # verdicts in /api/status's history strip
+ALL = Layers()  # heatmap, outlines and banner: what /stream and --show draw unless asked otherwise
 
 
 class State:
@@ -26,22 +32,30 @@ class State:
     window), at most once per frame, never on the inspection thread.
     """
 
-    def __init__(self, recent: int):
+    def __init__(self, recent: int, gallery: int = 12):
         self.lock = threading.Condition()
         self.latest: dict | None = None
         self.recent: collections.deque = collections.deque(maxlen=recent)
         self.last_ng: dict | None = None
+        self.gallery = Gallery(gallery)
+        self.decisions: collections.OrderedDict = collections.OrderedDict()  # (run, frame_id) -> operator's word
         self._view: tuple[int, np.ndarray | None, Result | None] = (0, None, None)
-        self._jpeg: tuple[int, bytes | None] = (0, None)
+        self._jpegs: dict[Layers, tuple[int, bytes | None]] = {}
         self.fps = 0.0
+        self.started = time.time()
         self.operating_point: dict | None = None  # the threshold in force and how it was set (/api/status)
 
     def publish(self, record: dict, image: np.ndarray | None, result: Result) -> None:
+        kept = keep(record, image, result) if record["label"] == "NG" and image is not None else None
         with self.lock:
             self.latest = record
             self.recent.append(record)
             if record["label"] == "NG":
                 self.last_ng = dict(record)
+            if kept is not None:
+                self.gallery.add(kept)
+            if image is None:  # nothing to see: a blank of the last frame's size, under the ERROR's verdict
+                image = blank(self._view[1])
             self._view = (self._view[0] + 1, image, result)
             self.lock.notify_all()
 
@@ -57,28 +71,88 @@ class State:
         with self.lock:
             return [r for r in self.recent if r["frame_id"] > frame_id]
 
-    def next_jpeg(self, after: int, timeout: float) -> tuple[int, bytes | None]:
-        """(sequence number, overlay JPEG) of a frame newer than `after`, or the same pair on timeout."""
+    def find(self, run: str, frame_id: int) -> dict | None:
+        """The record of a frame still held (recent results or the NG gallery), or None."""
+        with self.lock:
+            kept = self.gallery.find(run, frame_id)
+            if kept is not None:
+                return kept.record
+            return next((r for r in self.recent if r.get("run") == run and r["frame_id"] == frame_id), None)
+
+    def gallery_frame(self, run: str, frame_id: int):
+        """The kept NG frame (gallery.NgFrame), or None when it has left the gallery."""
+        with self.lock:
+            return self.gallery.find(run, frame_id)
+
+    def decided(self, run: str, frame_id: int, decision: str) -> None:
+        """An operator's word on a frame, shown beside it (bounded like the recent results)."""
+        with self.lock:
+            self.decisions[(run, frame_id)] = decision
+            while len(self.decisions) > max(self.recent.maxlen or 1, len(self.gallery.frames)):
+                self.decisions.popitem(last=False)
+
+    def history(self, count: int = HISTORY) -> list[dict]:
+        """The last `count` verdicts, small: enough for the history strip and the score plot."""
+        with self.lock:
+            rows = list(self.recent)[-count:]
+            return [_brief(r, self.decisions.get((r.get("run"), r["frame_id"]))) for r in rows]
+
+    def ng_frames(self) -> list[dict]:
+        """The gallery, newest first, each record with its picture's address, its latest explanation (which
+        `explain` puts on the recent results) and any decision on it."""
+        with self.lock:
+            explained = {(r.get("run"), r["frame_id"]): r.get("explanation") for r in self.recent if r["label"] == "NG"}
+            out = []
+            for r in self.gallery.listing():
+                key = (r["run"], r["frame_id"])
+                explanation = explained.get(key) or r.get("explanation")
+                out.append(r | {"explanation": explanation, "decision": self.decisions.get(key)})
+            return out
+
+    def next_jpeg(self, after: int, timeout: float, layers: Layers = ALL) -> tuple[int, bytes | None]:
+        """(sequence number, overlay JPEG with `layers`) of a frame newer than `after`, or the same pair on timeout."""
         with self.lock:
             if self._view[0] <= after:
                 self.lock.wait(timeout)
             seq, image, result = self._view
-            if self._jpeg[0] == seq:
-                return self._jpeg
-        jpeg = overlay_jpeg(image, result, self.fps) if image is not None and seq > after else None
+            drawn = self._jpegs.get(layers, (0, None))
+            if drawn[0] == seq:
+                return drawn
+        jpeg = overlay_jpeg(image, result, self.fps, layers) if image is not None and seq > after else None
         with self.lock:
-            if jpeg is not None and seq > self._jpeg[0]:
-                self._jpeg = (seq, jpeg)
+            if jpeg is not None and seq > self._jpegs.get(layers, (0, None))[0]:
+                self._jpegs[layers] = (seq, jpeg)
             return seq, jpeg
 
 
-def overlay_jpeg(image: np.ndarray, result: Result, fps: float) -> bytes | None:
-    """BGR frame + Result -> JPEG of the overlay with the current rate."""
+def _brief(record: dict, decision: str | None) -> dict:
+    settings = record.get("settings") or {}
+    brief = {k: record.get(k) for k in ("run", "frame_id", "time", "label", "image_score", "file", "part_id")}
+    return brief | {"threshold": settings.get("threshold"), "decision": decision}
+
+
+def blank(like: np.ndarray | None) -> np.ndarray:
+    """A dark frame the size of `like` (640 x 480 without one), for a frame that could not be decoded."""
+    height, width = like.shape[:2] if like is not None else (480, 640)
+    canvas = np.full((height, width, 3), 40, np.uint8)
+    size = max(0.5, min(height, width) / 500)
+    origin = (max(4, width // 12), height // 2)
+    cv2.putText(
+        canvas, "no picture: not decoded", origin, cv2.FONT_HERSHEY_SIMPLEX, size, (200, 200, 200), 1, cv2.LINE_AA
+    )
+    return canvas
+
+
+def overlay_jpeg(image: np.ndarray, result: Result, fps: float, layers: Layers = ALL) -> bytes | None:
+    """BGR frame + Result -> JPEG of the overlay (with the current rate when the banner is drawn), frame-sized."""
     try:
         rgb = to_rgb_uint8(image, "BGR")
     except ValueError:
         return None
-    canvas = render(rgb, result)
+    canvas = render(rgb, result, heatmap=layers.heatmap, outlines=layers.outlines, banner=layers.banner)
+    if not layers.banner:
+        ok, data = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        return data.tobytes() if ok else None
     cv2.putText(
         canvas,
         f"{fps:.1f} fps",

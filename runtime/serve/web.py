@@ -20,12 +20,19 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .gallery import Layers
+from .operator import OperatorPage
 from .records import strict_json
 from .triggers import MAX_BODY, TriggerRefused, trigger_fields
 
 log = logging.getLogger("lineside.serve")
 
-PAGE = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")
+HERE = Path(__file__).parent
+PAGE = (HERE / "page.html").read_text(encoding="utf-8")
+STATIC = {  # the page's own files: no framework, nothing fetched from elsewhere (the box is offline)
+    "page.css": ((HERE / "page.css").read_text(encoding="utf-8"), "text/css"),
+    "page.js": ((HERE / "page.js").read_text(encoding="utf-8"), "application/javascript"),
+}
 BOUNDARY = "lineside-frame"
 FRAME_ID = re.compile(r"[0-9]{1,18}")  # below 2**63, and never int() of 5,000 digits
 REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 21\r\n\r\ntoo many connections\n"
@@ -48,6 +55,7 @@ def create_app(server) -> web.Application:
     """`server` offers .state, .metrics, .stop, .health(), .ready() -> (bool, problem), .graphs(), .counters()
     and .triggers (a TriggerQueue, None when free-run)."""
     state, metrics = server.state, server.metrics
+    operator = OperatorPage(server)  # the page's tiles, pictures and feedback (operator.py)
 
     async def healthz(_):
         ok, problem = server.health()
@@ -89,10 +97,15 @@ def create_app(server) -> web.Application:
                 "operating_point": state.operating_point,
                 "last_ng": state.last_ng,
                 "latest": state.latest,
+                **operator.box(),
+                "cameras": operator.tiles(),
             }
         )
 
     async def stream(request):
+        """MJPEG of the overlay at the frame's size; ?camera=ID, and ?heatmap=0, ?outlines=0, ?banner=0 drop layers."""
+        _, camera = operator.camera(request)
+        layers = Layers.of(request.query)
         response = web.StreamResponse(
             headers={"Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}", "Cache-Control": "no-store"}
         )
@@ -100,7 +113,7 @@ def create_app(server) -> web.Application:
         loop, seen = asyncio.get_running_loop(), -1
         try:
             while not server.stop.is_set():
-                seen, jpeg = await loop.run_in_executor(None, state.next_jpeg, seen, 1.0)
+                seen, jpeg = await loop.run_in_executor(None, camera.state.next_jpeg, seen, 1.0, layers)
                 if jpeg is None:
                     continue
                 head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
@@ -131,10 +144,18 @@ def create_app(server) -> web.Application:
     async def page(_):
         return web.Response(text=PAGE, content_type="text/html")
 
+    async def static(request):
+        found = STATIC.get(request.match_info["name"])
+        if found is None:
+            return web.Response(status=404, text="no such file\n")
+        return web.Response(text=found[0], content_type=found[1])
+
     app = web.Application()
     app.add_routes(
         [
             web.get("/", page),
+            web.get("/static/{name}", static),
+            *operator.routes(),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
             web.get("/metrics", metrics_text),

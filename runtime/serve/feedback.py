@@ -1,0 +1,151 @@
+"""Operator feedback: an NG confirmed or called a false alarm, an OK called a miss; one line each.
+
+Every decision is its own FEEDBACK line in the durable results log, naming the
+frame (run, frame_id), who decided and when, so that what the line's people
+thought of the verdicts is kept with the verdicts. A false alarm may also be
+taught: its frame joins the known-good references and the memory is rebuilt on
+this module's own thread (one at a time, in order), then swapped in whole; the
+frame is also written beside the reference images given at start, so that the
+next start learns it too.
+
+Calls that change anything need the configured token (`api_token`), compared in
+constant time; with no token configured they are all refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import logging
+import queue
+import re
+import threading
+from pathlib import Path
+
+import cv2
+
+from ..detect.lines import DECISIONS, FrameRef, feedback_line
+from .state import State
+
+log = logging.getLogger("lineside.serve")
+
+WHO = re.compile(r"[^\x00-\x1f\x7f]{1,64}")  # a name or badge: printable, at most 64 characters
+NEEDS = {"confirmed": "NG", "false_alarm": "NG", "miss": "OK"}  # the verdict each decision is about
+
+
+class Refused(Exception):
+    """A feedback call that cannot be done: `status` is its HTTP status, the message says what to do."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def authorised(token: str, header: str | None) -> bool:
+    """True when `header` is 'Bearer <token>' for the configured, non-empty token (constant-time compare)."""
+    if not token or not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), token.encode())
+
+
+def frame_of(record: dict) -> FrameRef:
+    """The head of a logged line back as a FrameRef, whatever fields the head has gained."""
+    names = {f.name for f in dataclasses.fields(FrameRef)}
+    return FrameRef(**{k: v for k, v in record.items() if k in names})
+
+
+class Feedback:
+    """Writes decisions; teaches false alarms through `inspector.add_references` on its own thread."""
+
+    def __init__(self, state: State, results_log, inspector, reference_dir: Path | None = None):
+        self.state, self.log, self.inspector, self.reference_dir = state, results_log, inspector, reference_dir
+        self.queue: queue.Queue = queue.Queue()
+        self.pending = 0  # false alarms queued or being taught
+        self.lock = threading.Lock()
+        self.rebuilt = 0  # memories rebuilt with an operator's false alarm in them
+        self.problem = ""  # why the last rebuild failed, "" when it did not
+        self._thread: threading.Thread | None = None
+
+    def can_teach(self) -> bool:
+        return self.inspector is not None and self.inspector.teach == 0 and bool(self.inspector.references)
+
+    def status(self) -> dict:
+        held = len(self.inspector.references or ()) if self.inspector is not None else 0
+        return {
+            "references": held,
+            "can_teach": self.can_teach(),
+            "rebuilding": self.pending > 0,
+            "rebuilt": self.rebuilt,
+            "problem": self.problem,
+        }
+
+    def decide(self, body: dict) -> dict:
+        """Validates one decision, writes its line, queues the teaching; raises Refused."""
+        run, frame_id, decision, by, teach = _fields(body)
+        record = self.state.find(run, frame_id)
+        if record is None:
+            raise Refused(404, f"frame {run}/{frame_id} is no longer held (only the recent results and NG gallery are)")
+        if record["label"] != NEEDS[decision]:
+            raise Refused(
+                409, f"{decision} is said of an {NEEDS[decision]} frame; frame {frame_id} is {record['label']}"
+            )
+        image = None
+        if teach:
+            if not self.can_teach():
+                raise Refused(409, "false alarms cannot be taught: serve holds no references (start with --references)")
+            kept = self.state.gallery_frame(run, frame_id)
+            if kept is None:
+                raise Refused(404, f"the picture of frame {run}/{frame_id} is no longer kept (ng_gallery)")
+            image = kept.image_bgr()
+        line = feedback_line(frame_of(record), decision, by, reference_added=teach)
+        self.log.write(line)
+        self.state.decided(run, frame_id, decision)
+        if image is not None:
+            with self.lock:
+                self.pending += 1
+                if self._thread is None:  # one worker for the life of serve, idle on the queue
+                    self._thread = threading.Thread(target=self._teach, name="feedback", daemon=True)
+                    self._thread.start()
+            self.queue.put((run, frame_id, image))
+        return line
+
+    def _teach(self) -> None:
+        while True:
+            run, frame_id, image = self.queue.get()
+            try:
+                held = self.inspector.add_references([cv2.cvtColor(image, cv2.COLOR_BGR2RGB)])
+                self.rebuilt, self.problem = self.rebuilt + 1, ""
+                log.info("frame %s/%d taught as known-good: %d references, memory rebuilt", run, frame_id, held)
+                self._save(run, frame_id, image)
+            except Exception as e:  # the decision is logged; the memory stays as it was
+                self.problem = f"frame {run}/{frame_id} not taught: {type(e).__name__}: {e}"
+                log.error(self.problem)
+            finally:
+                with self.lock:
+                    self.pending -= 1
+
+    def _save(self, run: str, frame_id: int, image) -> None:
+        """Beside the references given at start (if a folder): the next start learns the frame too."""
+        if self.reference_dir is None or not Path(self.reference_dir).is_dir():
+            return
+        path = Path(self.reference_dir) / f"feedback-{run}-{frame_id:08d}.png"
+        if not cv2.imwrite(str(path), image):
+            log.warning("taught frame not saved to %s (the references folder cannot be written)", path)
+
+
+def _fields(body) -> tuple[str, int, str, str, bool]:
+    if not isinstance(body, dict):
+        raise Refused(400, 'send a JSON object: {"run": ..., "frame_id": ..., "decision": ..., "by": ...}')
+    run, frame_id, decision = body.get("run"), body.get("frame_id"), body.get("decision")
+    by, teach = body.get("by"), body.get("add_reference", False)
+    if not isinstance(run, str) or not run:
+        raise Refused(400, f"run must be the frame's run (a string from its result line), got {run!r}")
+    if isinstance(frame_id, bool) or not isinstance(frame_id, int) or frame_id < 1:
+        raise Refused(400, f"frame_id must be the frame's id (a whole number >= 1), got {frame_id!r}")
+    if decision not in DECISIONS:
+        raise Refused(400, f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
+    if not isinstance(by, str) or not WHO.fullmatch(by.strip()):
+        raise Refused(400, "by must say who decided: a name or badge, 1 to 64 printable characters")
+    if not isinstance(teach, bool) or (teach and decision != "false_alarm"):
+        raise Refused(400, "add_reference is true or false, and true only with decision false_alarm")
+    return run, frame_id, decision, by.strip(), teach
