@@ -11,7 +11,8 @@ from export.build import build_bundle
 from export.mllm_export import MllmSpec
 from runtime.detect.detector import Detector
 from runtime.detect.prompt_bank import PromptBank
-from runtime.prompts.agent import GENERIC_DEFECTS, PromptAgent, to_prompt, valid_descriptions
+from runtime.prompts.agent import EXAMPLE, GENERIC_DEFECTS, SYSTEM, PromptAgent, to_prompt, valid_descriptions
+from runtime.prompts.checks import check_descriptions
 from runtime.prompts.evidence import heuristic_descriptions
 from runtime.prompts.false_alarms import Candidate, filter_candidates
 from runtime.prompts.language_model import HANDLER_CLASSES, LanguageModel, handler_class, image_part, vision_message
@@ -124,13 +125,20 @@ def test_smollm2_builds_a_bank_repeatably(smol_bundle, tmp_path):
     llm = LanguageModel(detector.bundle, threads=2)
     settings = AgentSettings(retries=2, max_tokens=120)
     normals, samples = _images()
-    banks = [PromptAgent(detector, llm, settings).build_bank("screw", normals, samples) for _ in range(2)]
+    names = {"normal_names": ["a.png", "b.png"], "sample_names": ["bad.png"]}
+    banks = [PromptAgent(detector, llm, settings).build_bank("screw", normals, samples, **names) for _ in range(2)]
+    assert [n["file"] for n in banks[0].meta["normal_images"]] == ["a.png", "b.png"]
+    assert banks[0].meta["stage1"][0]["sample"]["file"] == "bad.png"
     first, second = ([(p.text, p.kept, p.reason) for p in b.prompts] for b in banks)
     assert first == second and first  # same seed, same bank
     record = banks[0].meta["stage1"][0]
     assert record["attempts"] and all(a["stats"]["tokens"] > 0 for a in record["attempts"])
     _assert_origin_follows_the_attempts(record, settings.retries)
     assert banks[0].meta["model"]["file"].startswith("SmolLM2-135M-Instruct")
+    for attempt in record["attempts"]:  # whatever the model said, no accepted answer copies the example
+        good, normals, _ = valid_descriptions(attempt["answer"])
+        if good and check_descriptions(good, normals, EXAMPLE, "screw", [e["position"] for e in record["evidence"]]):
+            assert attempt["rejected"]
     path = banks[0].write(tmp_path / "screw.json")
     assert PromptBank.read(path) == PromptBank.read(banks[0].write(tmp_path / "again.json"))
 
@@ -157,28 +165,54 @@ def _assert_origin_follows_the_attempts(record: dict, retries: int) -> None:
 
 def test_explain_is_cut_at_its_deadline_and_falls_back_to_rules(smol_bundle, tmp_path):
     """The deadline is checked between streamed tokens: a deadline already passed stops
-    the answer at its first token, and the cut answer is replaced by the rule sentence.
+    the answer at its first token, and the cut answer leaves the rule explanation standing.
     (No wall-clock bound is asserted: the machine is shared and noisy.)"""
     detector = Detector.from_bundle(
         smol_bundle, text_cache_dir=tmp_path / "text", sam_gate=0.0, region_threshold=0.0, max_region_frac=1.0
     )
     normals, samples = _images()
     result = detector.detect(samples[0], "screw", normals, colour="RGB")
+    assert result.label == "NG"
     llm = LanguageModel(detector.bundle, threads=2)
     answer, stats = llm.chat([{"role": "user", "content": "Describe a screw."}], max_tokens=60, deadline_s=0.0)
     assert stats["finish_reason"] == "deadline" and stats["tokens"] <= 1
     uncut, stats = llm.chat([{"role": "user", "content": "Describe a screw."}], max_tokens=8)
     assert stats["finish_reason"] != "deadline" and stats["tokens"] > 1
-    rules = PromptAgent(detector, None).explain(result, samples[0], normals[0])
-    assert rules.startswith(("Likely", "The screw"))
-    assert PromptAgent(detector, llm).explain(result, samples[0], normals[0], deadline_s=0.0) == rules
+    rules = PromptAgent(detector, None).explain(result)
+    assert (
+        rules == result.to_dict()["explanation"] and rules["origin"] == "rules" and rules["text"].startswith("NG screw")
+    )
+    cut = PromptAgent(detector, llm).explain(result, deadline_s=0.0)
+    assert cut["model_rejected"] == "not finished within 0.0 s" and cut["text"] == rules["text"]
+    assert cut["origin"] == "rules" and cut["latency_s"] >= 0
 
 
-def test_ungrounded_explanations_are_replaced_by_rules():
-    from runtime.prompts.agent import grounded
+def test_an_answer_copying_the_system_prompts_example_is_refused():
+    """SmolLM2 once answered for a screw with the bottle example word for word; such an answer,
+    or one naming the example's bottle features, is refused (and retried) with the reason."""
+    copied = json.loads(SYSTEM[SYSTEM.index("{") :])
+    good, normals, _ = valid_descriptions(json.dumps(copied))
+    assert good and "copies the example's location 'neck'" == check_descriptions(good, normals, EXAMPLE, "screw", [])
+    rim = [{"type": "dent", "location": "rim", "appearance": "shallow"}]
+    assert "names rim, which the example has" in check_descriptions(rim, [], EXAMPLE, "screw", [])
+    assert "copies the example's normal feature" in check_descriptions(
+        [{"type": "scratch", "location": "head", "appearance": "bright"}], ["smooth glass"], EXAMPLE, "screw", []
+    )
+    elsewhere = [{"type": "scratch", "location": "lower right", "appearance": "bright"}]
+    assert "where the evidence shows none" in check_descriptions(elsewhere, [], EXAMPLE, "screw", ["upper left"])
+    fine = [{"type": "scratch", "location": "upper left", "appearance": "thin bright"}]
+    assert check_descriptions(fine, ["shiny thread"], EXAMPLE, "screw", ["upper left"]) == ""
+    assert check_descriptions(rim, [], EXAMPLE, "bottle rim", []) == ""  # a part that has a rim may name it
 
-    evidence = [{"position": "upper left", "shape": "elongated"}]
-    assert grounded("A dark crack runs across the upper left corner of the cell.", "solar cell", evidence)
-    assert not grounded("The line operator is confused with the operator's assistant.", "solar cell", evidence)
-    assert not grounded("crack", "solar cell", evidence)  # too short to tell anyone anything
-    assert grounded("The solar cell has a dark spot.", "solar cell", [])
+
+def test_no_difference_is_asserted_where_the_detector_found_none(smol_bundle, tmp_path):
+    detector = Detector.from_bundle(smol_bundle, text_cache_dir=tmp_path / "text")
+    normals, _ = _images()
+    agent = PromptAgent(detector, None)
+    record = agent.articulate("screw", normals, normals[1], "good.png")
+    assert (
+        record["evidence"] == []
+        and "differs" not in record["question"]
+        and "What defects are these" not in record["question"]
+    )
+    assert record["sample"] == {"file": "good.png", "sha256": record["sample"]["sha256"]}

@@ -45,7 +45,7 @@ def test_every_label_is_one_schema_and_one_head(line_schema, tmp_path):
         result_line(WHERE, _result("OK", regions=[])),
         result_line(WHERE, _result("ERROR", error="inference failed: boom")),
         teach_line(WHERE, 2),
-        explanation_line(WHERE, "Likely a scratch near the thread."),
+        explanation_line(WHERE, {"text": "A dark line at the upper left.", "origin": "rules", "regions": []}),
     ]
     log = ResultsLog(tmp_path / "results.jsonl")  # the autouse check validates the file as well
     for line in lines:
@@ -69,7 +69,18 @@ def test_the_schema_refuses_lines_that_break_the_contract(line_schema):
         "an unknown label": good | {"label": "MAYBE"},
         "another schema version": good | {"schema": "lineside.result/0"},
         "a TEACH line without its count": teach_line(WHERE, 1) | {"references": None},
-        "an EXPLANATION line without text": {k: v for k, v in explanation_line(WHERE, "x").items() if k != "text"},
+        "an EXPLANATION line without its explanation": {
+            k: v
+            for k, v in explanation_line(WHERE, {"text": "x", "origin": "rules", "regions": []}).items()
+            if k != "explanation"
+        },
+        "an explanation without its origin": explanation_line(WHERE, {"text": "x", "regions": []}),
+        "a skipped explanation without its reason": explanation_line(
+            WHERE, {"text": "", "origin": "skipped", "regions": []}
+        ),
+        "an NG line without its explanation": {
+            k: v for k, v in result_line(WHERE, _result("NG")).items() if k != "explanation"
+        },
     }
     for why, line in broken.items():
         assert _errors(line_schema, line), why

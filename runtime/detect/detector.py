@@ -26,10 +26,11 @@ import numpy as np
 from ..bundle.loader import Bundle
 from ..settings import DetectorSettings
 from .encoders import SESSION_SETTINGS, ImageEncoder, NonFiniteError, require_finite, with_encoder_defaults
+from .explanation import PixelMemory, rule_explanation
 from .frames import ImageError, to_rgb_uint8
 from .prompt_text import PromptText
 from .reference_cache import cache_dir as reference_cache_dir
-from .references import ReferenceMemory, memory_for
+from .references import ReferenceMemory, content_key, memory_for
 from .regions import find_regions, work_size
 from .result import Result
 from .sam import SamRefiner, has_sam
@@ -69,6 +70,7 @@ class Detector:
         self.bundle_id = bundle_id if bundle_id is not None else bundle.bundle_id if bundle is not None else ""
         self._settings_dict = self.settings.to_dict()
         self._last_memory: ReferenceMemory | None = None  # of the last list of references, by content
+        self._pixels = PixelMemory()  # the references' grey levels, which the rule explanation measures against
 
     @classmethod
     def from_bundle(cls, path: Path | str, settings: DetectorSettings | None = None, **overrides) -> Detector:
@@ -155,6 +157,7 @@ class Detector:
         """RGB uint8 references -> their memory, shaped by coreset_ratio and nn_index, cached on disk by content."""
         s = self.settings
         cache = reference_cache_dir(s.reference_cache_dir, s.text_cache_dir)
+        self._pixels.add(content_key(rgb_images), rgb_images, work_size(*rgb_images[0].shape[:2]))
         return ReferenceMemory.build(self.encoder, rgb_images, s.coreset_ratio, s.nn_index, cache, s.reference_window)
 
     def stream(
@@ -259,8 +262,16 @@ class Detector:
         times["output"] = _ms(t)
         times["total"] = _ms(t0)
         anomaly_map = np.clip(frame_map, 0, 1).astype(np.float32)
+        label = verdict(score, s.threshold)
+        explanation = None
+        if label == "NG":  # measured now, written with the verdict (explanation.py)
+            t = time.perf_counter()
+            stats = self._pixels.get(memory.key if memory is not None else None)
+            explanation = rule_explanation(rgb, regions, work_map, s.threshold, score, category, stats)
+            times["explanation"] = _ms(t)
         return self._result(
-            label=verdict(score, s.threshold),
+            label=label,
+            explanation=explanation,
             image_score=score,
             anomaly_map=anomaly_map,
             regions=regions,

@@ -4,10 +4,21 @@ Every line opens with the same head: the schema version and which frame it is
 about (`FrameRef`). Then the label, and what that label carries:
 
     OK / NG / ERROR   the Result's fields (`Result.to_dict`): score, regions, timings,
-                      providers, precisions (per graph), bundle_id, settings, error
+                      providers, precisions (per graph), bundle_id, settings, error;
+                      an NG line also its rule `explanation`, measured with the verdict
     TEACH             how many references serve holds after taking this frame as one,
                       or (`rejected`) why it refused the frame as a reference
-    EXPLANATION       the prompt agent's text about the (NG) frame in the head
+    EXPLANATION       serve's final word on the NG frame in the head, one per NG frame the
+                      explainer took: `explanation` of the same shape as the NG line's, whose
+                      `origin` says where the text came from
+
+An explanation is {"text", "origin", "regions", ...}. `origin` is "rules" (measured:
+runtime/detect/explanation.py), the language model's file name (a sentence that passed
+runtime/prompts/checks.py; `latency_s` says how long it took), or "skipped": no
+explanation could be made for the frame, `reason` says why (the explanation queue was
+full, serve stopped before it was reached, the model failed), `text` is "" and
+`regions` []. When a model's sentence is refused, the line carries the rules' text
+with origin "rules" and `model_rejected` saying why.
 
 result-line.schema.json, beside this module, is the same contract for readers,
 and the tests validate every line they produce against it.
@@ -112,6 +123,6 @@ def feedback_line(frame: FrameRef, decision: str, by: str, reference_added: bool
     return line | {"reference_added": True} if reference_added else line
 
 
-def explanation_line(frame: FrameRef, text: str) -> dict:
-    """An EXPLANATION line: `text` explains the frame in the head, written at `explained_at` (unix seconds)."""
-    return frame.head() | {"label": "EXPLANATION", "text": str(text), "explained_at": time.time()}
+def explanation_line(frame: FrameRef, explanation: dict) -> dict:
+    """An EXPLANATION line: `explanation` (see above) is about the frame in the head, written at `explained_at`."""
+    return frame.head() | {"label": "EXPLANATION", "explanation": dict(explanation), "explained_at": time.time()}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .explanation import geometric_explanation
 from .frames import read_frame, write_image
 
 
@@ -62,6 +63,7 @@ class Result:
     bundle_id: str = ""
     settings: dict = field(default_factory=dict)
     error: str | None = None
+    explanation: dict | None = None  # NG: the rule explanation (explanation.py), measured with the verdict
 
     def __post_init__(self):
         # The last line of defence: whoever built this Result, a score that is not a
@@ -75,8 +77,8 @@ class Result:
         return self.label == "NG"
 
     def to_dict(self) -> dict:
-        """JSON-ready summary (maps and masks left out; `save` writes them as PNG)."""
-        return {
+        """JSON-ready summary (maps and masks left out; `save` writes them as PNG); an NG one explains itself."""
+        data = {
             "label": self.label,
             "image_score": finite_or_none(self.image_score),
             "category": self.category,
@@ -90,6 +92,9 @@ class Result:
             "settings": self.settings,
             "error": self.error,
         }
+        if self.label == "NG":
+            data["explanation"] = self.explanation or geometric_explanation(self)
+        return data
 
     def save(self, folder: Path, stem: str) -> dict:
         """Write the map (16-bit PNG, value * 65535) and masks (8-bit PNG); return the dict with paths."""

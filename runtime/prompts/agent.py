@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -27,10 +26,13 @@ from dataclasses import asdict
 import numpy as np
 
 from ..detect.detector import Detector
+from ..detect.explanation import geometric_explanation
 from ..detect.prompt_bank import BankPrompt, PromptBank, category_text
 from ..detect.result import Result
 from ..settings import AgentSettings
+from .checks import check_descriptions
 from .evidence import evidence_text, heuristic_descriptions, region_evidence
+from .explain import model_sentence
 from .false_alarms import Candidate, filter_candidates
 from .language_model import LanguageModel, vision_message
 
@@ -55,11 +57,15 @@ SCHEMA = {
     "required": ["defects", "normal_features"],
 }
 PLACEHOLDERS = {"defect", "defects", "anomaly", "unknown", "none", "type", "location", "appearance", "string", "n a"}
+EXAMPLE = {  # the system prompt's example answer: about another part, so an answer repeating it is refused
+    "object": "bottle",
+    "defects": [{"type": "crack", "location": "neck", "appearance": "thin dark"}],
+    "normal_features": ["smooth glass", "round rim"],
+}
 SYSTEM = (
     "You are an inspector on a production line. You compare a part with a normal one and name visible "
     "defects precisely: type (scratch, crack, dent, stain, hole, ...), location on the part, appearance. "
-    'Example answer for a bottle: {"defects": [{"type": "crack", "location": "neck", "appearance": '
-    '"thin dark"}], "normal_features": ["smooth glass", "round rim"]}'
+    f"Example answer for a {EXAMPLE['object']}: " + json.dumps({k: v for k, v in EXAMPLE.items() if k != "object"})
 )
 GENERIC_DEFECTS = [  # the last resort when neither the model nor the evidence gives anything
     {"type": "scratch", "location": "surface", "appearance": "thin bright"},
@@ -107,33 +113,42 @@ class PromptAgent:
         self.detector, self.llm, self.settings = detector, llm, settings or AgentSettings()
 
     # --- stage 1 ------------------------------------------------------------------
-    def _ask(self, messages: list[dict], attempt_log: list[dict]) -> tuple[list[dict], list[str]]:
+    def _ask(self, messages: list[dict], attempt_log: list[dict], check) -> tuple[list[dict], list[str]]:
+        """The first answer that is valid JSON and passes `check(descriptions, normals)` ("" or why not)."""
         s = self.settings
         for attempt in range(s.retries):
             answer, stats = self.llm.chat(
                 messages, SCHEMA, s.max_tokens, s.seed + attempt, s.temperature, s.answer_seconds
             )
             good, normals, reason = valid_descriptions(answer)
+            if good:
+                reason = check(good, normals)
+                good = [] if reason else good
             if stats["finish_reason"] != "stop" and not good:
                 reason = f"cut off ({stats['finish_reason']}) without a usable answer"
             attempt_log.append({"seed": s.seed + attempt, "answer": answer, "stats": stats, "rejected": reason or None})
+            if reason:
+                log.info("answer refused (%s): %s", reason, answer[:200])
             if good:
                 return good, normals
         return [], []
 
-    def articulate(self, category: str, normals: list[np.ndarray], sample: np.ndarray | None) -> dict:
+    def articulate(
+        self, category: str, normals: list[np.ndarray], sample: np.ndarray | None, sample_name: str = ""
+    ) -> dict:
         """One stage-1 record: the question, every attempt, the descriptions used and their origin."""
-        record: dict = {"sample": image_hash(sample) if sample is not None else None, "attempts": []}
-        evidence = []
+        record: dict = {"sample": image_ref(sample, sample_name) if sample is not None else None, "attempts": []}
+        evidence, found = [], False
         if sample is not None:
             result = self.detector.detect(sample, category, normals if normals else None, colour="RGB")
-            evidence = region_evidence(result, sample, normals[0] if normals else None)
+            found = result.label == "NG" and bool(result.regions)  # a difference is asserted only where one was found
+            evidence = region_evidence(result, sample, normals[0] if normals else None) if found else []
         obj = category_text(category)
-        if sample is None:
+        if sample is None or not found and not (self.llm is not None and self.llm.vision):
             question = f"List up to three defects that a {obj} on a production line can have, and its normal features."
             messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
         elif self.llm is not None and self.llm.vision:
-            question = f"How does the second {obj} differ from the normal first one? Answer in JSON."
+            question = f"Does the second {obj} differ from the normal first one, and how? Answer in JSON."
             messages = [
                 {"role": "system", "content": SYSTEM},
                 vision_message(question, [("Normal part:", normals[0]), ("Inspected part:", sample)]),
@@ -146,7 +161,9 @@ class PromptAgent:
             "evidence": evidence,
             "mode": "vision" if self.llm and self.llm.vision else "text",
         }
-        descriptions, normal_features = self._ask(messages, record["attempts"]) if self.llm else ([], [])
+        places = [e["position"] for e in evidence]
+        check = lambda d, n: check_descriptions(d, n, EXAMPLE, obj, places)  # noqa: E731
+        descriptions, normal_features = self._ask(messages, record["attempts"], check) if self.llm else ([], [])
         if descriptions:
             record |= {"descriptions": descriptions, "normal_features": normal_features, "origin": "model"}
         else:
@@ -182,16 +199,20 @@ class PromptAgent:
         normals: list[np.ndarray],
         samples: list[np.ndarray] | None = None,
         progress: Callable[[str], None] = lambda _: None,
+        normal_names: list[str] | None = None,
+        sample_names: list[str] | None = None,
     ) -> PromptBank:
+        """`normal_names` / `sample_names`: the images' file names, for the provenance (else only hashes)."""
         if not self.detector.has_language:
             raise ValueError("the prompt agent needs a bundle with CLIP (clip_image + clip_text) to embed prompts")
         if not normals:
             raise ValueError("the prompt agent needs at least one normal reference image")
         started = time.perf_counter()
         records = []
+        names = list(sample_names or []) + [""] * len(samples or [])
         for i, sample in enumerate(samples or [None]):
             t = time.perf_counter()
-            records.append(self.articulate(category, normals, sample))
+            records.append(self.articulate(category, normals, sample, names[i] if sample is not None else ""))
             tokens = sum(a["stats"]["tokens"] for a in records[-1]["attempts"])
             progress(
                 f"articulate {i + 1}/{len(samples or [None])}: {records[-1]['origin']}, "
@@ -205,11 +226,12 @@ class PromptAgent:
         prompts = tuple(BankPrompt(c.text, True, c.reason, c.provenance()) for c in kept) + tuple(
             BankPrompt(c.text, False, c.reason, c.provenance()) for c in dropped
         )
+        normal_names = list(normal_names or []) + [""] * len(normals)
         meta = {
             "model": {"file": self.llm.name, "sha256": self.llm.sha256, "quant": self.llm.quant} if self.llm else None,
             "bundle_id": self.detector.bundle_id,
             "settings": asdict(self.settings),
-            "normal_images": [image_hash(n) for n in normals],
+            "normal_images": [image_ref(n, name) for n, name in zip(normals, normal_names)],
             "stage1": records,
             "normal_features": normal_features,
             "generic_prompts": "always used by the detector; not listed here",
@@ -220,41 +242,16 @@ class PromptAgent:
 
     # --- explanations -------------------------------------------------------------------
     def explain(
-        self, result: Result, image: np.ndarray, reference: np.ndarray | None = None, deadline_s: float = 10.0
-    ) -> str:
-        """One or two sentences on an NG result, within `deadline_s` (rules if no model)."""
-        evidence = region_evidence(result, image, reference)
-        obj = category_text(result.category or "part")
-        named = [r.prompt for r in result.regions if r.prompt]
-        facts = evidence_text(obj, evidence) + (f"\nBest matching descriptions: {'; '.join(named)}." if named else "")
+        self, result: Result, image: np.ndarray | None = None, reference: np.ndarray | None = None, deadline_s=10.0
+    ) -> dict:
+        """The final explanation of an NG result: the model's sentence when it passes the checks
+        (origin: the model's file name), else the rule explanation the result carries (origin rules)."""
+        rules = result.to_dict().get("explanation") or geometric_explanation(result)
         if self.llm is None:
-            return _rule_sentence(obj, evidence)
-        question = facts + f"\nIn one or two short sentences, say what is wrong with this {obj} and where."
-        answer, stats = self.llm.chat(
-            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
-            max_tokens=60,
-            seed=self.settings.seed,
-            deadline_s=deadline_s,
-        )
-        return answer if grounded(answer, obj, evidence) else _rule_sentence(obj, evidence)
+            return rules
+        return model_sentence(self.llm, rules, result.category, self.settings, deadline_s)
 
 
-def grounded(answer: str, obj: str, evidence: list[dict]) -> bool:
-    """A usable explanation is short and says where: it names a position the evidence
-    points at (or, with no region, the part itself).
-
-    Small models drift into stories about the operator or the assistant; such an
-    answer is replaced by the rule-based sentence rather than shown on the line.
-    """
-    if not 4 <= len(answer.split()) <= 80:
-        return False
-    words = set(re.findall(r"[a-z]+", answer.lower().replace("center", "centre")))
-    anchors = {w for e in evidence for w in e["position"].split()} or set(re.findall(r"[a-z]+", obj.lower()))
-    return bool(words & anchors)
-
-
-def _rule_sentence(obj: str, evidence: list[dict]) -> str:
-    if not evidence:
-        return f"The {obj} scores as abnormal but no single region stands out."
-    d = heuristic_descriptions(evidence)[0]
-    return f"Likely {d['type']} ({d['appearance']}) at the {d['location']} of the {obj}."
+def image_ref(rgb: np.ndarray, name: str = "") -> dict:
+    """How the provenance names an image: its file name (when known) and a hash of its pixels."""
+    return {"file": name, "sha256": image_hash(rgb)} if name else {"sha256": image_hash(rgb)}

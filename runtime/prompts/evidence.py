@@ -12,16 +12,16 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..detect.explanation import location_name
 from ..detect.result import Result
 
-ROWS, COLS = ("upper", "middle", "lower"), ("left", "centre", "right")
 
-
-def _position(bbox, shape) -> str:
-    x = (bbox[0] + bbox[2]) / 2 / shape[1]
-    y = (bbox[1] + bbox[3]) / 2 / shape[0]
-    row, col = ROWS[min(2, int(y * 3))], COLS[min(2, int(x * 3))]
-    return "centre" if (row, col) == ("middle", "centre") else f"{row} {col}"
+def _position(mask: np.ndarray) -> str:
+    """Where a region lies, named as every explanation names it (explanation.LOCATIONS), from its centroid."""
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return "centre"
+    return location_name((xs.mean() + 0.5) / mask.shape[1], (ys.mean() + 0.5) / mask.shape[0])
 
 
 def _shape(mask: np.ndarray) -> str:
@@ -46,7 +46,7 @@ def region_evidence(result: Result, image: np.ndarray, reference: np.ndarray | N
     for region in result.regions:
         mask = region.mask
         entry = {
-            "position": _position(region.bbox, image.shape),
+            "position": _position(mask),
             "shape": _shape(mask),
             "area_percent": round(100.0 * region.area / mask.size, 2),
             "width_px": region.bbox[2] - region.bbox[0],

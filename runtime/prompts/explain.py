@@ -1,0 +1,73 @@
+"""The language model's sentence on an NG frame: optional polish over the rule explanation.
+
+The rule explanation (runtime/detect/explanation.py) is already in the NG line;
+the model is asked to say the same facts as one plain sentence, from a short
+prompt and a small token budget so that it takes seconds on a CPU. Its answer is
+kept only when checks.check_sentence finds nothing in it that the facts lack;
+otherwise the rules stand and the refusal is recorded (`model_rejected`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from ..detect.explanation import MAX_DESCRIBED
+from ..settings import AgentSettings
+from .checks import check_sentence
+
+log = logging.getLogger("lineside.agent")
+
+SYSTEM = (
+    "You write one short sentence for a quality engineer about a defect found by an inspection. Use only the facts."
+)
+ASK = "Say in one sentence where the defect is and what it looks like."
+
+
+def facts(category: str, rules: dict) -> str:
+    """The rule explanation as the few facts a small model needs (numbers as the rules' text writes them)."""
+    obj = (category or "part").replace("_", " ")
+    lines = [f"Part: {obj}."]
+    for i, e in enumerate(rules["regions"][:MAX_DESCRIBED], start=1):
+        look = (
+            "no clear brightness change"
+            if e.get("tone", "similar in brightness") == "similar in brightness"
+            else e["tone"]
+        )
+        shape = e.get("shape", "").replace("-like", "")
+        lines.append(
+            f"Defect {i}: {e['location']}, {look} {shape}, {e['area_percent']:.2g}% of the part.".replace("  ", " ")
+        )
+    if len(lines) == 1:
+        lines.append("No single region stands out.")
+    return "\n".join(lines)
+
+
+def first_sentences(text: str) -> str:
+    """An answer cut by its token budget, back to its last complete sentence ("" when it has none)."""
+    ends = [m.end() for m in re.finditer(r"[.!?](\s|$)", text)]
+    return text[: ends[-1]].strip() if ends else ""
+
+
+def model_sentence(llm, rules: dict, category: str, settings: AgentSettings, deadline_s: float) -> dict:
+    """The explanation with the model's sentence (origin: the model's file name), or `rules` with
+    `model_rejected` saying why its sentence was not kept. Both carry the model's latency."""
+    question = facts(category, rules) + "\n" + ASK
+    answer, stats = llm.chat(
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+        max_tokens=settings.explain_tokens,
+        seed=settings.seed,
+        temperature=settings.temperature,
+        deadline_s=deadline_s,
+    )
+    timing = {"latency_s": round(float(stats["seconds"]), 3), "tokens": int(stats["tokens"])}
+    if stats["finish_reason"] == "deadline":
+        why = f"not finished within {deadline_s:.1f} s"
+    else:
+        answer = answer if stats["finish_reason"] == "stop" else first_sentences(answer)
+        why = check_sentence(answer, rules, SYSTEM + " " + ASK) if answer else "cut off before a sentence ended"
+    if why:
+        log.info("model sentence refused (%s): %r", why, answer[:200])
+        return rules | timing | {"model_rejected": why}
+    out = {"text": answer, "origin": llm.name, "basis": rules.get("basis", "geometry"), "regions": rules["regions"]}
+    return out | timing
