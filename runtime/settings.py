@@ -154,7 +154,9 @@ class AgentSettings(Section):
     llm_threads: int | None = setting(None, "CPU threads of the language model (unset: llama.cpp decides)", low=1)
     llm_context: int = setting(2048, "context length of the language model, in tokens", low=256)
     explain_tokens: int = setting(
-        40, "tokens the language model's sentence on an NG frame may take (SmolLM2-135M: about 30 a second on a CPU)", low=8
+        40,
+        "tokens the language model's sentence on an NG frame may take (SmolLM2-135M: about 30 a second on a CPU)",
+        low=8,
     )
 
 
