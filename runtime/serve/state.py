@@ -59,13 +59,19 @@ class State:
             self._view = (self._view[0] + 1, image, result)
             self.lock.notify_all()
 
-    def explain(self, frame_id: int, text: str) -> None:
-        with self.lock:
+    def explain(self, frame_id: int, explanation: dict) -> None:
+        """The explainer's final word on an NG frame replaces the rule explanation it was published with;
+        `explanation["origin"]` says which it is (rules, the model's name, skipped: then the rules stay)."""
+        if explanation.get("origin") == "skipped":
+            return  # nothing better came: the NG line's own rule explanation stays on the page
+        with self.lock:  # copies, never the records handed to the sinks (they may not have sent them yet)
             if self.last_ng and self.last_ng["frame_id"] == frame_id:
-                self.last_ng["explanation"] = text
-            for r in self.recent:
+                self.last_ng = self.last_ng | {"explanation": explanation}
+            for i, r in enumerate(self.recent):
                 if r["frame_id"] == frame_id:
-                    r["explanation"] = text
+                    self.recent[i] = r | {"explanation": explanation}
+                    if self.latest is r:
+                        self.latest = self.recent[i]
 
     def since(self, frame_id: int) -> list[dict]:
         with self.lock:
