@@ -228,7 +228,7 @@ class MqttSink(Sink):
             return sum(kind == "record" for kind in self.waiting.values())
 
     def deliver(self, record, frame) -> None:
-        camera = topic_level(record.get("camera", "0"))
+        camera = topic_level(record.get("camera") or "0")  # lines of an unnamed camera carry none
         if record.get("label") == "EXPLANATION":
             self._publish(f"{self.base}/{camera}/explanation", record)
             return
