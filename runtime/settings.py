@@ -239,7 +239,11 @@ class ServeSettings(Section):
         "YAML file listing cameras served by this one process (id, source and any serve or job setting each); "
         "README 'Several cameras'",
     )
-    sink: tuple[str, ...] = setting((), "extra result sink: jsonl:PATH, mqtt://HOST:PORT/TOPIC, http(s)://URL")
+    sink: tuple[str, ...] = setting(
+        (),
+        "extra result sink: jsonl:PATH, mqtt://HOST:PORT/TOPIC, http(s)://URL; PLCs (README, PLC outputs): "
+        "opcua-server://HOST:PORT/PATH, opcua-write://HOST:PORT?verdict=NODEID, modbus://HOST:PORT?unit=1&coil=0",
+    )
     sink_queue: int = setting(256, "records a sink may fall behind before its records are dropped", low=1)
     mqtt_queue: int = setting(
         1000,
