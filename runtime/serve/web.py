@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .gallery import Layers
 from .operator import OperatorPage
@@ -66,10 +67,7 @@ def create_app(server) -> web.Application:
         text = ("ready\n" if ok else f"not ready: {problem}\n") + graph_lines(server.graphs())
         return web.Response(status=200 if ok else 503, text=text)
 
-    async def metrics_text(_):
-        return web.Response(
-            body=metrics.text(), content_type="text/plain", charset="utf-8", headers={"X-Content-Type": "version=0.0.4"}
-        )
+    metrics_text = make_aiohttp_handler(metrics.registry)  # prometheus_client's own: content negotiation, gzip
 
     async def latest(_):
         if state.latest is None:
