@@ -246,6 +246,15 @@ def test_feedback_needs_the_token_writes_a_line_and_teaches_a_false_alarm(contro
                     "document.querySelector('[data-decision=false_alarm]').click()"
                 )
                 await tab.until("document.querySelector('.answer').textContent.startsWith('written')", "the decision")
+                await tab.js(
+                    "document.getElementById('detail').close(); document.querySelector('.history .cell').click()"
+                )
+                buttons = await tab.until(  # frame 1 passed: only a miss can be said of it
+                    "document.getElementById('detail').open && [...document.querySelectorAll('[data-decision]')]"
+                    ".filter(b => !b.hidden).map(b => b.dataset.decision)",
+                    "the OK frame's dialog",
+                )
+                assert buttons == ["miss"]
 
         asyncio.run(through_the_page())
         last = result_lines(server)[-1]
@@ -268,3 +277,37 @@ def test_feedback_is_refused_when_no_token_is_set(controlled, tmp_path):
 def _learning(server) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{server.web.port}/api/status", timeout=10) as r:
         return json.loads(r.read())["cameras"][0]["learning"]
+
+
+def test_one_tile_per_camera(controlled, tmp_path, chromium, screens):
+    import yaml
+
+    cameras = [
+        {"id": "left", "source": str(_frames(tmp_path / "left", "gg"))},
+        {"id": "right", "source": str(_frames(tmp_path / "right", "gd"))},
+    ]
+    (tmp_path / "cameras.yaml").write_text(yaml.safe_dump({"cameras": cameras}))
+    server = _server(controlled, tmp_path, tmp_path / "left", cameras=tmp_path / "cameras.yaml", explain=False)
+
+    async def scenario():
+        async with Tab(chromium) as tab:
+            await tab.open(f"http://127.0.0.1:{server.web.port}/", *DESK)
+            await tab.until(
+                "document.querySelectorAll('.tile .history .cell').length == 4"
+                " && [...document.querySelectorAll('img.live')].every(i => i.naturalWidth > 0)",
+                "two cameras' verdicts",
+            )
+            tiles = await tab.js(
+                "[...document.querySelectorAll('.tile')].map(t => [t.dataset.camera, t.querySelector('.word').textContent,"
+                " t.querySelectorAll('.gallery .thumb').length, t.querySelector('.camera-name').textContent])"
+            )
+            assert tiles == [["left", "OK", 0, "camera left"], ["right", "NG", 1, "camera right"]]
+            await tab.screenshot(screens / "cameras.png")
+
+    try:
+        server.wait()
+        asyncio.run(scenario())
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"http://127.0.0.1:{server.web.port}/api/ng?camera=nowhere", timeout=10)
+    finally:
+        server.shutdown()

@@ -50,12 +50,11 @@ class OperatorPage:
 
     def __init__(self, server):
         self.server = server
-        settings = getattr(server, "settings", None)
-        self.token = settings.serve.api_token if settings is not None else ""
         cameras = getattr(server, "cameras", None)
         self.cameras: dict[str, object] = dict(cameras) if cameras else {"": server}
+        self.tokens = {key: _serve_setting(cam, "api_token") or "" for key, cam in self.cameras.items()}
         for cam in self.cameras.values():  # each camera's gallery as large as its setting says
-            size = getattr(getattr(getattr(cam, "settings", None), "serve", None), "ng_gallery", None)
+            size = _serve_setting(cam, "ng_gallery")
             if size is not None:
                 cam.state.gallery.resize(size)
         self.feedback = {
@@ -88,7 +87,7 @@ class OperatorPage:
             "providers": sorted({p for g in graphs.values() for p in g["providers"]}),
             "started": started,
             "uptime_s": time.time() - started,
-            "token_set": bool(self.token),
+            "token_set": any(self.tokens.values()),
         }
 
     def tiles(self) -> list[dict]:
@@ -159,11 +158,12 @@ class OperatorPage:
 
     async def decide(self, request):
         """POST /api/feedback[?camera=ID] {run, frame_id, decision, by[, add_reference]}, with the token."""
-        if not authorised(self.token, request.headers.get("Authorization")):
-            why = "send 'Authorization: Bearer TOKEN' (the api_token setting)" if self.token else "set api_token first"
+        key, _ = self.camera(request)
+        token = self.tokens[key]  # a camera's own (the cameras file may set one), else the process's
+        if not authorised(token, request.headers.get("Authorization")):
+            why = "send 'Authorization: Bearer TOKEN' (the api_token setting)" if token else "set api_token first"
             headers = {"WWW-Authenticate": 'Bearer realm="lineside"'}
             return _json({"error": f"feedback changes what serve holds: {why}"}, status=401, headers=headers)
-        key, _ = self.camera(request)
         body = await request.content.read(MAX_BODY + 1)
         if len(body) > MAX_BODY:
             return _json({"error": f"the body is over {MAX_BODY} bytes"}, status=413)
@@ -181,3 +181,7 @@ class OperatorPage:
 def _references_of(cam):
     settings = getattr(cam, "settings", None)
     return settings.job.references if settings is not None else None
+
+
+def _serve_setting(cam, name: str):
+    return getattr(getattr(getattr(cam, "settings", None), "serve", None), name, None)
