@@ -163,3 +163,15 @@ def test_a_cameras_file_that_is_not_yaml_is_refused_at_start(controlled, tmp_pat
     path.write_text("cameras: [ {id: a, source: 0\n")
     assert serve_main(["--cameras", str(path), "--bundle", str(controlled), "--port", "0"]) == 2
     assert f"cameras file {path}" in capsys.readouterr().err
+
+
+def test_the_cameras_benchmark_measures_one_process_against_the_number_of_cameras(controlled, tmp_path):
+    from benchmarks.cameras import main as bench
+
+    out = tmp_path / "report"
+    argv = ["--bundle", str(controlled), "--category", CATEGORY, "--cameras", "1,2", "--frames", "3"]
+    assert bench([*argv, "--seconds", "1", "--out", str(out)]) == 0
+    rows = json.loads((out / "cameras.json").read_text())["rows"]
+    assert [(r["how"], r["cameras"]) for r in rows] == [("one process", 1), ("one process", 2)]
+    assert all(r["fps_total"] > 0 and r["slowest_camera_fps"] > 0 and r["errors"] == 0 for r in rows)
+    assert "| one process | 2 |" in (out / "cameras.md").read_text()

@@ -186,3 +186,19 @@ def test_prometheus_is_in_seconds_with_a_camera_label_and_build_info(controlled,
     times = [x["timings_ms"]["total"] / 1000 for x in result_lines(server)]
     assert total == pytest.approx(sum(times), abs=1e-4) and 0 < total < 60  # seconds (lines round to 0.01 ms)
     assert value("lineside_stage_seconds_bucket", {"camera": "east", "stage": "total", "le": "30.0"}) == 3
+
+
+def test_the_explainer_s_line_reaches_the_ng_sidecar_of_its_camera(controlled, detector, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"board-{i}.png"), part(red_box=DEFECT if i == 1 else None))
+    server = _serve(controlled, detector, tmp_path, folder, camera_id="c1", explain=True, save_ng=tmp_path / "ng")
+    server.wait()
+    wait_for(lambda: any(x["label"] == "EXPLANATION" for x in result_lines(server)), 60, "the EXPLANATION line")
+    server.shutdown()
+    line = next(x for x in result_lines(server) if x["label"] == "EXPLANATION")
+    sidecar = tmp_path / "ng" / f"c1_board-1_{line['run']}_{line['frame_id']:08d}.json"
+    data = json.loads(sidecar.read_text())
+    assert data["label"] == "NG" and data["explained_at"] == line["explained_at"]
+    assert data["explanation"] == line["explanation"] and data["explanation"]["text"]

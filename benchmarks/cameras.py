@@ -1,0 +1,183 @@
+"""python -m benchmarks.cameras --bundle DIR [--cameras 1,2,3,4] [--frames 20] [--seconds 10] [--processes]
+
+Throughput of one serve process against the number of cameras it serves
+(issue 17 item 5). For each N, N cameras are listed in a cameras file, each
+reading its own folder of generated parts (folder sources wait for the
+inspector, so every frame is inspected and none is dropped), all sharing the
+one detector the process loaded: one set of onnxruntime sessions. The figures
+are frames inspected per second, in total and per camera, while all N cameras
+ran (from the frames' capture times), and the process's resident memory after
+each run beside what the detector's sessions took when they were built. With
+`--processes`, the same N cameras are also served the old way, by N separate
+serve processes each loading the bundle and building its own sessions, for
+their throughput (measured the same way) and their resident memory summed.
+All configurations run one after another, on the same machine state.
+
+The committed report ran on a 2-core machine shared with other work:
+
+    python -m export all --profile tiny --out /tmp/tiny
+    nice -n 10 python -m benchmarks.cameras --bundle /tmp/tiny --processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from runtime.detect.detector import Detector
+from runtime.serve import Server, Settings
+
+from . import reporting
+
+SIDE = 320  # pixels of a generated part image
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident memory of a process (this one), MB (Linux /proc)."""
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def parts(folder: Path, count: int, seed: int) -> Path:
+    """`count` grey parts with texture noise, every fifth with a dark scratch, as PNG files."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        image = np.clip(rng.normal(128, 6, (SIDE, SIDE, 3)), 0, 255).astype(np.uint8)
+        if i % 5 == 4:
+            x, y = rng.integers(40, SIDE - 80, 2)
+            cv2.line(image, (int(x), int(y)), (int(x) + 50, int(y) + 20), (30, 30, 30), 3)
+        cv2.imwrite(str(folder / f"part-{i:04d}.png"), image)
+    return folder
+
+
+def lines_of(paths: list[Path]) -> list[dict]:
+    return [json.loads(x) for p in paths if p.exists() for x in p.read_text().splitlines() if x.strip()]
+
+
+def measure(how: str, n: int, results: list[Path], seconds: float, running) -> dict:
+    """Once every camera has its first line, frames whose capture falls in the next `seconds` (after a
+    second to settle): frames per second with all N cameras running (`running()`: none has died)."""
+    deadline = time.monotonic() + 300
+    while len({x["source"] for x in lines_of(results)}) < n:
+        if not running() or time.monotonic() > deadline:
+            raise RuntimeError(f"{how}, {n} cameras: not every camera started")
+        time.sleep(0.1)
+    start = time.time() + 1.0
+    time.sleep(1.0 + seconds)
+    if not running():
+        raise RuntimeError(f"{how}, {n} cameras: a camera stopped during the measurement")
+    inside = [x for x in lines_of(results) if start <= x["time"] < start + seconds]
+    fps = len(inside) / seconds
+    per = [sum(x["source"] == s for x in inside) / seconds for s in sorted({x["source"] for x in inside})]
+    return {
+        "how": how,
+        "cameras": n,
+        "fps_total": round(fps, 1),
+        "fps_per_camera": round(fps / n, 1),
+        "slowest_camera_fps": round(min(per), 1) if len(per) == n else 0.0,
+        "ms_per_frame": round(1000 / fps, 1) if fps else float("nan"),
+        "errors": sum(x["label"] == "ERROR" for x in inside),
+    }
+
+
+def together(n: int, root: Path, frames: int, seconds: float, detector: Detector, base: dict) -> dict:
+    """N cameras (folders read in a loop) in one process around one detector."""
+    cameras = [{"id": f"cam{k}", "source": str(parts(root / f"n{n}" / f"cam{k}", frames, k))} for k in range(n)]
+    path = root / f"cameras-{n}.yaml"
+    path.write_text(yaml.safe_dump({"cameras": cameras}))
+    results = root / f"results-{n}.jsonl"
+    server = Server(Settings.of(**base, cameras=path, results=results, loop=True), detector=detector).start()
+    try:
+        row = measure("one process", n, [results], seconds, lambda: not server.problems())
+        row["rss_mb"] = round(rss_mb(), 1)
+    finally:
+        server.shutdown()
+    return row
+
+
+def separate(n: int, root: Path, frames: int, seconds: float, base: dict) -> dict:
+    """The same N cameras as N serve processes, each loading the bundle and building its own sessions."""
+    folder = root / f"p{n}"
+    procs, results = [], []
+    for k in range(n):
+        results.append(folder / f"results-{k}.jsonl")
+        source = parts(folder / f"cam{k}", frames, k)
+        argv = ["--source", str(source), "--results", str(results[-1]), "--no-explain", "--port", "0", "--loop"]
+        argv += ["--bundle", str(base["bundle"]), "--category", base["category"]]
+        argv += ["--references", str(base["references"])] if base.get("references") else []
+        with open(folder / f"serve-{k}.log", "w") as out:
+            procs.append(subprocess.Popen([sys.executable, "-m", "runtime.serve", *argv], stdout=out, stderr=out))
+    try:
+        row = measure("separate processes", n, results, seconds, lambda: all(p.poll() is None for p in procs))
+        row["rss_mb"] = round(sum(rss_mb(p.pid) for p in procs), 1)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(60)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.cameras", description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, required=True)
+    ap.add_argument("--category", default="metal part")
+    ap.add_argument("--cameras", default="1,2,3,4", help="numbers of cameras to measure, comma-separated")
+    ap.add_argument("--frames", type=int, default=20, help="images in each camera's folder (read in a loop)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measurement window with every camera running")
+    ap.add_argument("--processes", action="store_true", help="also serve the N cameras as N processes")
+    ap.add_argument("--out", type=Path, default=reporting.REPORTS / "cameras")
+    args = ap.parse_args(argv)
+    counts = [int(c) for c in args.cameras.split(",")]
+    before = rss_mb()
+    detector = Detector.from_bundle(args.bundle)
+    loaded = rss_mb()
+    with tempfile.TemporaryDirectory(prefix="lineside-cameras-") as tmp:
+        root = Path(tmp)
+        references = parts(root / "good", 4, 99) if not detector.has_language else None
+        base = dict(bundle=args.bundle, category=args.category, port=0, explain=False)
+        base |= {"references": references} if references else {}
+        together(1, root / "warm", 4, 2.0, detector, base)  # sessions warmed, caches filled: not measured
+        rows = []
+        for n in counts:
+            rows.append(together(n, root, args.frames, args.seconds, detector, base))
+            if args.processes:
+                rows.append(separate(n, root, args.frames, args.seconds, base))
+    data = {
+        "bundle": str(args.bundle),
+        "bundle_id": detector.bundle_id,
+        "profile": detector.bundle.manifest.profile if detector.bundle else "",
+        "images_per_camera": args.frames,
+        "seconds": args.seconds,
+        "image_side": SIDE,
+        "detector_rss_mb": round(loaded - before, 1),
+        "rows": rows,
+    }
+    columns = ["how", "cameras", "fps_total", "fps_per_camera", "slowest_camera_fps", "ms_per_frame", "rss_mb"]
+    markdown = (
+        f"# Cameras: one process, N cameras, bundle `{detector.bundle_id}` ({data['profile']})\n\n"
+        f"Each camera reads its own folder of {args.frames} generated parts ({SIDE}x{SIDE} PNG) in a loop; "
+        f"frames per second over {args.seconds:g} s with every camera running. One process: one shared detector "
+        f"(its sessions took {data['detector_rss_mb']} MB when built); separate processes: one serve process per "
+        "camera, each with its own. rss_mb: resident memory at the end of the window (separate: summed).\n\n"
+        + reporting.table(rows, columns)
+        + "\n"
+    )
+    reporting.publish(args.out, "cameras", data, markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
