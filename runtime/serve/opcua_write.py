@@ -124,6 +124,7 @@ class OpcUaWriteSink(Sink):
 
     async def _connect(self) -> None:
         client = self.asyncua.Client(self.url, timeout=self.timeout_s)
+        client.session_timeout = 600_000  # ms; asyncua asks for an hour, which servers cut (and it warns)
         await client.connect()
         try:
             nodes, kinds = [], []

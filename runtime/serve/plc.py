@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import importlib
+import logging
 import threading
 import time
 from urllib.parse import parse_qsl
@@ -35,14 +36,22 @@ def score_of(record: dict) -> float | None:
 
 
 def require(module: str, spec: str):
-    """Import `module` for the output `spec`, or say which extra brings it."""
+    """Import `module` for the output `spec`, or say which extra brings it.
+
+    The library's INFO lines (asyncua writes one per request) stay out of serve's
+    log unless its logger was configured already.
+    """
+    package = module.split(".")[0]
     try:
-        return importlib.import_module(module)
+        imported = importlib.import_module(module)
     except ImportError as e:
         raise RuntimeError(
-            f"--sink {spec!r} needs {module.split('.')[0]}: pip install 'lineside[plant]' "
-            "(or -c constraints.txt asyncua pymodbus)"
+            f"--sink {spec!r} needs {package}: pip install 'lineside[plant]' (or -c constraints.txt asyncua pymodbus)"
         ) from e
+    library = logging.getLogger(package)
+    if library.level == logging.NOTSET:
+        library.setLevel(logging.WARNING)
+    return imported
 
 
 def options(spec: str, query: str, known: dict[str, str]) -> dict[str, str]:
