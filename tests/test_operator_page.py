@@ -20,6 +20,7 @@ import pytest
 
 from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
+from runtime.serve.gallery import Layers
 from tests.browser import Chromium, Tab
 from tests.controlled import CATEGORY, part
 from tests.serving import result_lines, wait_for
@@ -95,11 +96,12 @@ SHOWN = """(() => {
 })()"""
 
 
-async def _shown(tab: Tab, verdict: str, history: int) -> dict:
+async def _shown(tab: Tab, verdict: str, history: int, gallery: int) -> dict:
     await tab.until(
         f"document.querySelector('.verdict.{verdict}') && document.querySelectorAll('.history .cell').length == {history}"
+        f" && document.querySelectorAll('.gallery .thumb').length == {gallery}"
         " && document.querySelector('img.live').naturalWidth > 0",
-        f"{verdict} with {history} verdicts in the history",
+        f"{verdict} with {history} verdicts in the history and {gallery} in the gallery",
     )
     return await tab.js(SHOWN)
 
@@ -121,7 +123,7 @@ def test_page_shows_ok_ng_and_error_at_desk_and_phone_width(controlled, tmp_path
         async with Tab(chromium) as tab:
             _trigger(server, 1)
             await tab.open(url, *DESK)
-            ok = await _shown(tab, "OK", 1)
+            ok = await _shown(tab, "OK", 1, 0)
             assert ok["word"] == "OK" and "< threshold" in ok["score"] and "file part-00.png" in ok["what"]
             assert ok["gallery"] == 0 and ok["source"].startswith("live") and not ok["stale"]
             assert ok["wordHeight"] >= 50  # read from across the line
@@ -130,7 +132,7 @@ def test_page_shows_ok_ng_and_error_at_desk_and_phone_width(controlled, tmp_path
 
             _trigger(server, 2)
             _trigger(server, 3)
-            ng = await _shown(tab, "NG", 3)
+            ng = await _shown(tab, "NG", 3, 2)
             assert ng["word"] == "NG" and "≥ threshold" in ng["score"] and "part-02.png" in ng["what"]
             await tab.until("document.querySelectorAll('.gallery .thumb img').length == 2", "two NG thumbnails")
             assert (await tab.js(SHOWN))["gallery"] == 2
@@ -152,13 +154,13 @@ def test_page_shows_ok_ng_and_error_at_desk_and_phone_width(controlled, tmp_path
             await tab.js("document.getElementById('detail').close()")
 
             await tab.open(url, *PHONE, mobile=True)
-            phone = await _shown(tab, "NG", 3)
+            phone = await _shown(tab, "NG", 3, 2)
             assert phone["wide"] <= PHONE[0] and phone["gallery"] == 2  # nothing runs off a phone's screen
             await tab.screenshot(screens / "ng-phone.png")
 
             _trigger(server, 4)
             await tab.open(url, *DESK)
-            error = await _shown(tab, "ERROR", 4)
+            error = await _shown(tab, "ERROR", 4, 2)
             assert error["word"] == "ERROR" and "could not be decoded" in error["score"] and error["gallery"] == 2
             await tab.screenshot(screens / "error.png")
 
@@ -179,7 +181,7 @@ def test_an_ended_recording_keeps_its_last_frame_greyed(controlled, tmp_path, ch
         async with Tab(chromium) as tab:
             for size, name in ((DESK, "ended.png"), (PHONE, "ended-phone.png")):
                 await tab.open(url, *size, mobile=size == PHONE)
-                shown = await _shown(tab, "NG", 2)
+                shown = await _shown(tab, "NG", 2, 1)
                 assert shown["source"].startswith("ended") and shown["stale"] and shown["ready"].startswith("not ready")
                 assert shown["natural"] == [SIZE, SIZE] and shown["wide"] <= size[0]
                 assert shown["counts"].startswith("inspected 2 ") and shown["gallery"] == 1
@@ -202,6 +204,7 @@ def test_feedback_needs_the_token_writes_a_line_and_teaches_a_false_alarm(contro
         server.wait()
         labels = [x["label"] for x in result_lines(server)]
         assert labels == ["OK", "NG", "NG", "OK"]
+        wait_for(lambda: len(server.state.gallery.frames) == 2, 10, "both NG frames kept for the page")
         run = server.inspector.run_id
         ng, ok = {"run": run, "frame_id": 2, "by": "Ana"}, {"run": run, "frame_id": 1, "by": "Ana"}
         for token in (None, "wrong", "s3cre"):
@@ -311,3 +314,33 @@ def test_one_tile_per_camera(controlled, tmp_path, chromium, screens):
             urllib.request.urlopen(f"http://127.0.0.1:{server.web.port}/api/ng?camera=nowhere", timeout=10)
     finally:
         server.shutdown()
+
+
+def test_the_gallery_keeps_the_last_ng_frames_small_and_bounded():
+    import numpy as np
+
+    from runtime.detect.result import Region, Result
+    from runtime.serve.state import State
+
+    state = State(recent=10, gallery=3)
+    frame = part(1000, red_box=(400, 400, 600, 600))
+    mask = np.zeros(frame.shape[:2], bool)
+    mask[400:600, 400:600] = True
+    region = Region(
+        mask, (400, 400, 600, 600), [[400, 400], [600, 400], [600, 600], [400, 600]], 40000, 0.9, "", 0.0, "contours"
+    )
+    heat = np.zeros(frame.shape[:2], np.float32)
+    heat[400:600, 400:600] = 1.0
+    for frame_id in range(1, 6):
+        result = Result("NG", 0.9, heat, [region], category=CATEGORY, settings={"threshold": 0.5})
+        state.publish({"run": "r", "frame_id": frame_id, "label": "NG", "image_score": 0.9}, frame, result)
+        wait_for(lambda n=frame_id: state.gallery.waiting.empty() and state.find("r", n), 10, "the frame kept")
+    wait_for(lambda: len(state.ng_frames()) == 3, 10, "three kept")
+    assert [r["frame_id"] for r in state.ng_frames()] == [5, 4, 3]  # the newest first, the oldest gone
+    kept = state.gallery_frame("r", 5)
+    assert max(kept.result.anomaly_map.shape) <= 256 and kept.result.regions[0].mask.size == 0
+    assert len(kept.jpeg) < 100_000 and kept.image_bgr().shape == frame.shape  # as the camera saw it, in a JPEG
+    thumb = cv2.imdecode(np.frombuffer(kept.overlay_jpeg(Layers(), 240), np.uint8), cv2.IMREAD_COLOR)
+    full = cv2.imdecode(np.frombuffer(kept.overlay_jpeg(Layers()), np.uint8), cv2.IMREAD_COLOR)
+    assert thumb.shape[1] == 240 and full.shape == frame.shape
+    assert full[500, 500, 2] > full[500, 500, 0] and full[800, 800, 0] > full[800, 800, 2]  # hot region, cold part

@@ -2,8 +2,8 @@
 
 The inspector hands over references only; the overlay JPEG is drawn by whoever
 watches (a /stream client, the --show window), at most once per frame and set of
-layers, never on the inspection thread. NG frames alone are encoded there, once
-each, to be kept for the gallery (gallery.py).
+layers, never on the inspection thread. NG frames are also kept, small, for the
+gallery, by its own thread (gallery.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from ..detect.frames import to_rgb_uint8
 from ..detect.overlay import render
 from ..detect.result import Result
-from .gallery import Gallery, Layers, keep
+from .gallery import Gallery, Layers
 
 HISTORY = 120  # verdicts in /api/status's history strip
 ALL = Layers()  # heatmap, outlines and banner: what /stream and --show draw unless asked otherwise
@@ -37,7 +37,7 @@ class State:
         self.latest: dict | None = None
         self.recent: collections.deque = collections.deque(maxlen=recent)
         self.last_ng: dict | None = None
-        self.gallery = Gallery(gallery)
+        self.gallery = Gallery(gallery, self.lock)
         self.decisions: collections.OrderedDict = collections.OrderedDict()  # (run, frame_id) -> operator's word
         self._view: tuple[int, np.ndarray | None, Result | None] = (0, None, None)
         self._jpegs: dict[Layers, tuple[int, bytes | None]] = {}
@@ -46,14 +46,13 @@ class State:
         self.operating_point: dict | None = None  # the threshold in force and how it was set (/api/status)
 
     def publish(self, record: dict, image: np.ndarray | None, result: Result) -> None:
-        kept = keep(record, image, result) if record["label"] == "NG" and image is not None else None
+        if record["label"] == "NG" and image is not None:
+            self.gallery.offer(record, image, result)  # made small on the gallery's thread
         with self.lock:
             self.latest = record
             self.recent.append(record)
             if record["label"] == "NG":
                 self.last_ng = dict(record)
-            if kept is not None:
-                self.gallery.add(kept)
             if image is None:  # nothing to see: a blank of the last frame's size, under the ERROR's verdict
                 image = blank(self._view[1])
             self._view = (self._view[0] + 1, image, result)
