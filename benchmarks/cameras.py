@@ -1,4 +1,4 @@
-"""python -m benchmarks.cameras --bundle DIR [--cameras 1,2,3,4] [--frames 20] [--seconds 10] [--processes]
+"""python -m benchmarks.cameras --bundle DIR [--cameras 1,2,3,4] [--frames 20] [--seconds 10] [--repeats 3] [--processes]
 
 Throughput of one serve process against the number of cameras it serves
 (issue 17 item 5). For each N, N cameras are listed in a cameras file, each
@@ -16,7 +16,7 @@ All configurations run one after another, on the same machine state.
 The committed report ran on a 2-core machine shared with other work:
 
     python -m export all --profile tiny --out /tmp/tiny
-    nice -n 10 python -m benchmarks.cameras --bundle /tmp/tiny --processes
+    nice -n 10 python -m benchmarks.cameras --bundle /tmp/tiny --processes --seconds 6
 """
 
 from __future__ import annotations
@@ -130,6 +130,13 @@ def separate(n: int, root: Path, frames: int, seconds: float, base: dict) -> dic
     return row
 
 
+def best(rows: list[dict]) -> dict:
+    """The run with the highest total throughput (what the box can do when it is not busy with other
+    work), with every run's figure beside it."""
+    top = max(rows, key=lambda r: r["fps_total"])
+    return top | {"fps_total_runs": [r["fps_total"] for r in rows]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.cameras", description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, required=True)
@@ -138,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=20, help="images in each camera's folder (read in a loop)")
     ap.add_argument("--seconds", type=float, default=10.0, help="measurement window with every camera running")
     ap.add_argument("--processes", action="store_true", help="also serve the N cameras as N processes")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each configuration; the best is reported")
     ap.add_argument("--out", type=Path, default=reporting.REPORTS / "cameras")
     args = ap.parse_args(argv)
     counts = [int(c) for c in args.cameras.split(",")]
@@ -150,28 +158,35 @@ def main(argv: list[str] | None = None) -> int:
         base = dict(bundle=args.bundle, category=args.category, port=0, explain=False)
         base |= {"references": references} if references else {}
         together(1, root / "warm", 4, 2.0, detector, base)  # sessions warmed, caches filled: not measured
-        rows = []
-        for n in counts:
-            rows.append(together(n, root, args.frames, args.seconds, detector, base))
-            if args.processes:
-                rows.append(separate(n, root, args.frames, args.seconds, base))
+        runs: dict[tuple[str, int], list[dict]] = {}
+        for r in range(args.repeats):  # interleaved, so that a burst of other work spoils one run of each, not all
+            for n in counts:
+                row = together(n, root / f"r{r}", args.frames, args.seconds, detector, base)
+                runs.setdefault((row["how"], n), []).append(row)
+                if args.processes:
+                    row = separate(n, root / f"r{r}", args.frames, args.seconds, base)
+                    runs.setdefault((row["how"], n), []).append(row)
+    rows = [best(found) for found in runs.values()]
     data = {
         "bundle": str(args.bundle),
         "bundle_id": detector.bundle_id,
         "profile": detector.bundle.manifest.profile if detector.bundle else "",
         "images_per_camera": args.frames,
         "seconds": args.seconds,
+        "repeats": args.repeats,
         "image_side": SIDE,
         "detector_rss_mb": round(loaded - before, 1),
         "rows": rows,
     }
     columns = ["how", "cameras", "fps_total", "fps_per_camera", "slowest_camera_fps", "ms_per_frame", "rss_mb"]
+    columns += ["fps_total_runs"]
     markdown = (
         f"# Cameras: one process, N cameras, bundle `{detector.bundle_id}` ({data['profile']})\n\n"
         f"Each camera reads its own folder of {args.frames} generated parts ({SIDE}x{SIDE} PNG) in a loop; "
         f"frames per second over {args.seconds:g} s with every camera running. One process: one shared detector "
         f"(its sessions took {data['detector_rss_mb']} MB when built); separate processes: one serve process per "
-        "camera, each with its own. rss_mb: resident memory at the end of the window (separate: summed).\n\n"
+        f"camera, each with its own. The best of {args.repeats} interleaved runs (all in fps_total_runs). "
+        "rss_mb: resident memory at the end of the window (separate: summed).\n\n"
         + reporting.table(rows, columns)
         + "\n"
     )

@@ -287,6 +287,8 @@ class ServeSettings(Section):
             raise ValueError("setting trigger_mqtt: needs trigger=software (now free-run: every frame is inspected)")
         if self.camera_trigger == "software" and self.trigger != "software":
             raise ValueError("setting camera_trigger: software needs trigger=software (the triggers that fire it)")
+        if self.camera_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.camera_id):
+            raise ValueError(f"setting camera_id: {self.camera_id!r} must be 1 to 64 letters, digits, '.', '-' or '_'")
         if self.part_id_pattern:
             try:
                 re.compile(self.part_id_pattern)

@@ -170,7 +170,7 @@ def test_the_cameras_benchmark_measures_one_process_against_the_number_of_camera
 
     out = tmp_path / "report"
     argv = ["--bundle", str(controlled), "--category", CATEGORY, "--cameras", "1,2", "--frames", "3"]
-    assert bench([*argv, "--seconds", "1", "--out", str(out)]) == 0
+    assert bench([*argv, "--seconds", "1", "--repeats", "1", "--out", str(out)]) == 0
     rows = json.loads((out / "cameras.json").read_text())["rows"]
     assert [(r["how"], r["cameras"]) for r in rows] == [("one process", 1), ("one process", 2)]
     assert all(r["fps_total"] > 0 and r["slowest_camera_fps"] > 0 and r["errors"] == 0 for r in rows)

@@ -202,3 +202,16 @@ def test_the_explainer_s_line_reaches_the_ng_sidecar_of_its_camera(controlled, d
     data = json.loads(sidecar.read_text())
     assert data["label"] == "NG" and data["explained_at"] == line["explained_at"]
     assert data["explanation"] == line["explanation"] and data["explanation"]["text"]
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"camera_id": "line/1"}, "setting camera_id: 'line/1' must be 1 to 64 letters"),
+        ({"part_id_pattern": "SN-(\\d+"}, "setting part_id_pattern: 'SN-(\\\\d+' is no regular expression"),
+    ],
+)
+def test_bad_camera_ids_and_part_patterns_are_refused_naming_the_setting(values, message):
+    with pytest.raises(ValueError) as e:
+        Settings.of(**values)
+    assert message in str(e.value)

@@ -38,7 +38,7 @@ from .triggers import MqttTriggers, TriggerQueue
 
 log = logging.getLogger("lineside.serve")
 
-CAMERA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+CAMERA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # (as ServeSettings checks camera_id)
 PROCESS_WIDE = {
     "bundle",
     "cameras",
