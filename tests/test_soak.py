@@ -22,6 +22,8 @@ def test_short_soak_accounts_for_every_frame_and_record(tiny_bundle, tmp_path):
     assert restart["records_during_outage"] > 0, restart
     assert criteria["0 MQTT records lost across the broker restart (QoS 1)"]["pass"], figures["sinks"]
     assert figures["sinks"]["mqtt"]["delivered"] == figures["sinks"]["mqtt"]["written"] > 0, figures["sinks"]
-    assert figures["sinks"]["webhook"]["lost"] == 0 and figures["sinks"]["webhook"]["failed"] > 0, figures["sinks"]
+    # the webhook peer went away while records came; re-sends with backoff deliver them or count them failed
+    assert faults["webhook_outage"]["records_during"] > 0, faults["webhook_outage"]
+    assert figures["sinks"]["webhook"]["lost"] == 0, figures["sinks"]
     assert figures["explanations"]["explanation_lines"] >= 1, figures["explanations"]
     assert figures["rss"]["samples_taken"] > 10
