@@ -3,6 +3,9 @@ serve writing one explanation per NG frame to the log, the sinks and the page, w
 
 import json
 import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import cv2
@@ -108,7 +111,8 @@ RULES = {
         ("The cell is defective in 6 regions: upper left, dark lines.", "numbers not in the evidence"),
         ("A dark crack on the cell.", "does not say where"),
         ("Upper left dark line. Upper left dark line.", "repeats itself"),
-        ("Say in one sentence where the defect is and what it looks like, upper left dark.", "copies"),
+        ("You describe inspection findings in one short sentence: upper left, dark.", "copies"),
+        ("A dark line at the upper left has puzzled scientists and engineers for many years.", "does not say"),
         ("dark", "not one short sentence"),
     ],
 )
@@ -148,9 +152,33 @@ def smollm2(tiny_bundle, tmp_path_factory) -> LanguageModel:
     return LanguageModel(Detector.from_bundle(out).bundle, threads=2)
 
 
-def test_serve_explains_every_ng_frame_in_its_line_and_sends_the_models_word_to_the_sinks(
-    controlled, smollm2, tmp_path
+@pytest.fixture
+def mosquitto(tmp_path):
+    """A real broker on a free port, for this test only."""
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        pytest.fail("mosquitto is not installed: .ci/run installs Debian's package (apt-get install mosquitto)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(50):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    yield port
+    proc.terminate()
+    proc.wait(5)
+
+
+def test_serve_explains_every_ng_frame_in_its_line_and_sends_the_models_word_everywhere(
+    controlled, smollm2, tmp_path, mosquitto
 ):
+    import paho.mqtt.client as mqtt
+
     from runtime.serve import Server, Settings
     from tests.serving import result_lines, wait_for
 
@@ -158,6 +186,12 @@ def test_serve_explains_every_ng_frame_in_its_line_and_sends_the_models_word_to_
     frames.mkdir()
     for i in range(6):
         cv2.imwrite(str(frames / f"{i:02d}.png"), part(red_box=DEFECT if i % 3 == 2 else None))
+    heard = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: heard.append((m.topic, json.loads(m.payload)))
+    sub.connect("127.0.0.1", mosquitto)
+    sub.subscribe([("plant/+/+/explanation", 1)])  # PREFIX/LINE/CAMERA/explanation
+    sub.loop_start()
     detector = Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path / "text")
     settings = Settings.of(
         source=str(frames),
@@ -165,7 +199,8 @@ def test_serve_explains_every_ng_frame_in_its_line_and_sends_the_models_word_to_
         category=CATEGORY,
         port=0,
         results=tmp_path / "results.jsonl",
-        sink=(f"jsonl:{tmp_path / 'sink.jsonl'}",),
+        sink=(f"jsonl:{tmp_path / 'sink.jsonl'}", f"mqtt://127.0.0.1:{mosquitto}/plant"),
+        save_ng=tmp_path / "ng",
         explain_seconds=20.0,
     )
     server = Server(settings, detector=detector, agent=PromptAgent(detector, smollm2)).start()
@@ -175,6 +210,8 @@ def test_serve_explains_every_ng_frame_in_its_line_and_sends_the_models_word_to_
         page = {r["frame_id"]: r for r in server.state.since(0)}
     finally:
         server.shutdown()
+        time.sleep(0.5)
+        sub.loop_stop()
     lines = result_lines(server)
     ng = {x["frame_id"]: x for x in lines if x["label"] == "NG"}
     assert len(ng) == 2 and all(x["explanation"]["origin"] == "rules" and x["explanation"]["text"] for x in ng.values())
@@ -182,8 +219,13 @@ def test_serve_explains_every_ng_frame_in_its_line_and_sends_the_models_word_to_
     assert sorted(x["frame_id"] for x in explained) == sorted(ng)  # one final word per NG frame
     sent = [json.loads(x) for x in (tmp_path / "sink.jsonl").read_text().splitlines()]
     assert [x for x in sent if x["label"] == "EXPLANATION"] == explained  # every sink gets them as logged
+    assert sorted(x["frame_id"] for _, x in heard) == sorted(ng) and all(t.endswith("/explanation") for t, _ in heard)
+    assert {x["frame_id"]: x["explanation"] for _, x in heard} == {x["frame_id"]: x["explanation"] for x in explained}
+    sidecars = [json.loads(p.read_text()) for p in (tmp_path / "ng").glob("*.json")]
+    assert {x["frame_id"]: x["explanation"] for x in sidecars} == {x["frame_id"]: x["explanation"] for x in explained}
     for x in explained:
         e = x["explanation"]
         assert e["origin"] in ("rules", smollm2.name) and e["latency_s"] > 0 and e["tokens"] > 0
         assert (e["origin"] == "rules") == ("model_rejected" in e)  # a refused sentence says why
         assert page[x["frame_id"]]["explanation"] == e  # the page shows the final word and its origin
+    print({x["frame_id"]: (x["explanation"]["origin"], x["explanation"]["text"]) for x in explained})

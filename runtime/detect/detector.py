@@ -103,7 +103,9 @@ class Detector:
             if settings.prompt_dir is None and self.bundle is None:
                 raise ValueError("prompt_dir None means BUNDLE/prompts, but this detector was not built from a bundle")
             text = text.with_folder(settings.prompt_dir or self.bundle.path / "prompts")
-        return Detector(self.encoder, text, self.refiner, settings, bundle_id=self.bundle_id, bundle=self.bundle)
+        other = Detector(self.encoder, text, self.refiner, settings, bundle_id=self.bundle_id, bundle=self.bundle)
+        other._pixels = self._pixels  # the references' pixels are the same whatever the thresholds
+        return other
 
     @property
     def settings(self) -> DetectorSettings:

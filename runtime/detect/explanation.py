@@ -8,8 +8,9 @@ without references, against the part around the region), never guessed:
     where      one of nine names of a 3x3 grid over the frame (LOCATIONS), from the
                centroid of the pixels that differ
     size       % of the frame the region covers
-    contrast   mean difference inside the region in units of the references' own
-               spread there (z, "sd"); darker or brighter by its sign
+    contrast   mean difference of the defect's pixels (the group of region pixels that
+               differs most, DEVIATING_SD or more) in units of the references' own spread
+               there (z, "sd"); darker or brighter by its sign
     shape      line-like or blob-like, from the slenderness of the differing pixels
                (length^2 / area of their minimum-area rectangle's long side)
     prompt     in the language branch, the defect prompt the region matches and its probability
@@ -89,14 +90,19 @@ def _surroundings(g: np.ndarray, mask: np.ndarray, others: np.ndarray) -> tuple[
     return float(values.mean()), max(float(values.std()), STD_FLOOR)
 
 
-def _changed(z: np.ndarray, mask: np.ndarray, sign: float) -> np.ndarray:
-    """The largest connected group of region pixels that differ by DEVIATING_SD in the region's direction."""
+def _changed(z: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The defect's own pixels: of the groups of region pixels that differ by DEVIATING_SD (brighter or
+    darker), the one that differs most in all (sum of |z|); empty when none does."""
     grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    changed = ((sign * z) >= DEVIATING_SD) & grown
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(changed.astype(np.uint8), connectivity=8)
-    if count <= 1:
-        return changed
-    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    best, weight = np.zeros_like(mask, dtype=bool), 0.0
+    for changed in ((z >= DEVIATING_SD) & grown, (z <= -DEVIATING_SD) & grown):
+        count, labels = cv2.connectedComponents(changed.astype(np.uint8), connectivity=8)
+        if count <= 1:
+            continue
+        sums = np.bincount(labels.reshape(-1), weights=np.abs(z).reshape(-1), minlength=count)[1:]
+        if sums.max() > weight:
+            weight, best = float(sums.max()), labels == 1 + int(np.argmax(sums))
+    return best
 
 
 def shape_of(pixels: np.ndarray) -> tuple[str, float, float]:
@@ -119,10 +125,9 @@ def describe_region(g, mask, mean, std, others, region_map, extra: dict) -> dict
         z = (g - around) / spread
     else:
         z = (g - mean) / std
-    contrast = float(z[mask].mean()) if mask.any() else 0.0
-    sign = 1.0 if contrast >= 0 else -1.0
-    changed = _changed(z, mask, sign)
-    where = changed if changed.sum() >= 6 else mask
+    changed = _changed(z, mask)
+    where = changed if changed.sum() >= 6 else mask  # the defect itself, else the whole region
+    contrast = float(z[where].mean()) if where.any() else 0.0
     kind, slenderness, elongation = shape_of(where)
     ys, xs = np.nonzero(where)
     h, w = g.shape

@@ -21,6 +21,12 @@ SHAPES = {
     "line-like": {"line", "lines", "line-like", "linear", "scratch", "scratches", "crack", "cracks", "streak", "thin"},
     "blob-like": {"blob", "blob-like", "spot", "spots", "stain", "hole", "dot", "round", "patch", "speck"},
 }
+# Words a plain sentence about a finding needs beyond the facts; more than MAX_NEW_WORDS others is a story.
+PLAIN = set(
+    "a an the of at in on near is are was has have with and its it this that there one two which found shows "
+    "defect defects defective part surface corner side area region visible small large long short".split()
+)
+MAX_NEW_WORDS = 4
 COPY_WORDS = 6  # a run of this many words shared with the instructions is a copy, not an answer
 
 
@@ -48,11 +54,11 @@ def copies(text: str, source: str, n: int = COPY_WORDS) -> bool:
     return bool(mine & {tuple(s[i : i + n]) for i in range(len(s) - n + 1)})
 
 
-def check_sentence(sentence: str, explanation: dict, instructions: str, max_words: int = 40) -> str:
+def check_sentence(sentence: str, explanation: dict, instructions: str, facts: str = "", max_words: int = 40) -> str:
     """Why the model's `sentence` about an NG frame must not be shown ("" when it may).
 
-    `explanation` is the rule explanation it was given; `instructions` the system
-    prompt and question without the facts (copying those is not an answer).
+    `explanation` is the rule explanation it was given, `facts` the words it was
+    told; `instructions` the system prompt and question (copying those is not an answer).
     """
     w = words(sentence)
     if not 3 <= len(w) <= max_words:
@@ -73,6 +79,11 @@ def check_sentence(sentence: str, explanation: dict, instructions: str, max_word
         for value, terms in vocabulary.items():
             if said & terms and value not in measured:
                 return f"calls it {', '.join(sorted(said & terms))}; the evidence says {', '.join(map(str, measured))}"
+    known = set(words(explanation.get("text", "") + " " + facts)) | PLAIN | LOCATION_WORDS
+    known |= {x for terms in (*TONES.values(), *SHAPES.values()) for x in terms}
+    unknown = sorted(set(w) - known)
+    if len(unknown) > MAX_NEW_WORDS:
+        return f"adds what the evidence does not say: {', '.join(unknown)}"
     stray = numbers(sentence) - numbers(explanation.get("text", "")) - {str(i) for i in range(1, len(regions) + 1)}
     if stray:
         return f"numbers not in the evidence: {', '.join(sorted(stray))}"

@@ -12,35 +12,28 @@ from __future__ import annotations
 import logging
 import re
 
-from ..detect.explanation import MAX_DESCRIBED
 from ..settings import AgentSettings
 from .checks import check_sentence
 
 log = logging.getLogger("lineside.agent")
 
-SYSTEM = (
-    "You write one short sentence for a quality engineer about a defect found by an inspection. Use only the facts."
-)
-ASK = "Say in one sentence where the defect is and what it looks like."
+SYSTEM = "You describe inspection findings in one short sentence, using only the given facts."
+ASK = "Write one sentence."
+NOUNS = {"line-like": "line", "blob-like": "spot"}
+SPOKEN = 2  # regions the model is told about (the strongest first)
 
 
 def facts(category: str, rules: dict) -> str:
-    """The rule explanation as the few facts a small model needs (numbers as the rules' text writes them)."""
+    """The rule explanation as the one line of facts a small model can keep to."""
     obj = (category or "part").replace("_", " ")
-    lines = [f"Part: {obj}."]
-    for i, e in enumerate(rules["regions"][:MAX_DESCRIBED], start=1):
-        look = (
-            "no clear brightness change"
-            if e.get("tone", "similar in brightness") == "similar in brightness"
-            else e["tone"]
-        )
-        shape = e.get("shape", "").replace("-like", "")
-        lines.append(
-            f"Defect {i}: {e['location']}, {look} {shape}, {e['area_percent']:.2g}% of the part.".replace("  ", " ")
-        )
-    if len(lines) == 1:
-        lines.append("No single region stands out.")
-    return "\n".join(lines)
+    said = []
+    for e in rules["regions"][:SPOKEN]:
+        tone = e.get("tone", "similar in brightness")
+        look = f"{tone} " if tone != "similar in brightness" else ""
+        said.append(f"a {look}{NOUNS.get(e.get('shape', ''), 'change')} at the {e['location']}")
+    if not said:
+        return f"Facts: the {obj} differs from normal parts, with no single region standing out."
+    return f"Facts: {' and '.join(said)} of the {obj}."
 
 
 def first_sentences(text: str) -> str:
@@ -65,7 +58,8 @@ def model_sentence(llm, rules: dict, category: str, settings: AgentSettings, dea
         why = f"not finished within {deadline_s:.1f} s"
     else:
         answer = answer if stats["finish_reason"] == "stop" else first_sentences(answer)
-        why = check_sentence(answer, rules, SYSTEM + " " + ASK) if answer else "cut off before a sentence ended"
+        known = facts(category, rules)
+        why = check_sentence(answer, rules, SYSTEM + " " + ASK, known) if answer else "cut off before a sentence ended"
     if why:
         log.info("model sentence refused (%s): %r", why, answer[:200])
         return rules | timing | {"model_rejected": why}
