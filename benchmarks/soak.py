@@ -695,7 +695,7 @@ def markdown(figures: dict, command: str) -> str:
         "peer (a paho QoS 1 subscriber with a persistent session on the broker; the webhook's HTTP server); "
         "failed, dropped: serve's lineside_sink_failures / lineside_sink_drops. MQTT lost = written - delivered "
         "- dropped at the mqtt_queue bound (at QoS 1 a failure is a loss); webhook lost = written - delivered - "
-        "failed - dropped (its outage's records are failures, counted).",
+        "failed - dropped (its outage's records are re-sent; those past webhook_retries are failures, counted).",
         "",
     ]
     rows = [{"figure": k, "value": v} for k, v in f["explanations"].items()]
