@@ -156,6 +156,13 @@ def test_opcua_write_follows_the_plcs_node_types_and_survives_a_plc_restart(loop
         sink.offer(_line("OK", 3, 0.25))
         wait_for(lambda: value("Verdict") == "OK", 10, "second verdict never written")
         assert value("Ng") is False and value("Frame") == 3
+        wrong = parse_sink(f"opcua-write://127.0.0.1:{port}/plc?part={node('Ng')}", Metrics(), 4)
+        wrong.loop.start()
+        try:  # a node of a type the option cannot take is named, with the types it can
+            with pytest.raises(ValueError, match=r"part node ns=\d+;s=Reject.Ng is Boolean; it takes String"):
+                wrong.deliver(_line("OK", 9), None)
+        finally:
+            wrong.shutdown()
         loop.run_sync(server.stop(), 10)  # the PLC goes away mid-run
         sink.offer(_line("NG", 4, 0.9))
         wait_for(lambda: _failures(metrics, sink) >= 1, 15, "a write to a stopped PLC was not counted as failed")
@@ -303,6 +310,7 @@ def test_serve_end_to_end_feeds_opcua_and_modbus(controlled, frames, tmp_path, l
         results=tmp_path / "results.jsonl",
         explain=False,
         sink=sinks,
+        part_id_pattern=r"(\d+)\.png",
     )
     detector = Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path / "text")
     server = Server(settings, detector=detector).start()
@@ -315,7 +323,7 @@ def test_serve_end_to_end_feeds_opcua_and_modbus(controlled, frames, tmp_path, l
         last = result_lines(server)[-1]
         assert last["frame_id"] == 7 and last["label"] == "NG"
         assert (read("0", "Verdict"), read("0", "NgCount"), read("0", "NgPulse")) == ("NG", 2, True)
-        assert read("0", "Score") == last["image_score"]
+        assert read("0", "Score") == last["image_score"] and read("0", "PartId") == last["part_id"] == "05"
         registers = plc.registers(10)
         assert registers == [1, round(last["image_score"] * 1000), 4, 2, 1, 7] and plc.coil(0) is True
     finally:

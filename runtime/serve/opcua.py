@@ -76,7 +76,7 @@ class OpcUaServerSink(Sink):
             raise ValueError(f"--sink {spec!r}: namespace and cameras must not be empty")
         super().__init__(f"opcua-server://{self.host}:{self.port}{url.path}", metrics, maxsize)
         self.loop = LoopThread(f"opcua-server-{self.port}")
-        self.server, self.ns, self.beats = None, 0, 0
+        self.server, self.beat, self.ns, self.beats = None, None, 0, 0
         self.nodes: dict[str, dict] = {}  # camera -> variable name -> Node
         self.ng_counts: dict[str, int] = {}
         self.pulses: dict[str, asyncio.Task] = {}
@@ -175,6 +175,7 @@ class OpcUaServerSink(Sink):
 
     async def _close(self) -> None:
         for task in [self.beat, *self.pulses.values()]:
-            task.cancel()
+            if task is not None:
+                task.cancel()
         await self.server.stop()
         self.server = None

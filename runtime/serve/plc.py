@@ -26,7 +26,7 @@ def verdict(record: dict) -> str | None:
 
 
 def camera_of(record: dict) -> str:
-    return str(record.get("camera", "0"))
+    return str(record.get("camera") or "0")  # lines of an unnamed camera carry none
 
 
 def score_of(record: dict) -> float | None:
