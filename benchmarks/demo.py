@@ -98,6 +98,7 @@ def run(
                         "score": result.image_score,
                         "verdict": result.label,
                         "ms": result.timings_ms.get("total", 0.0),
+                        "explanation": result.to_dict().get("explanation", {}).get("text", ""),  # NG: the rules'
                     }
                 )
                 labels.append(sample.label)
@@ -145,7 +146,7 @@ def _markdown(rows: list[dict], summary: dict) -> str:
             "",
             table(stats, cols),
             "",
-            table(rows, ["cell", "type", "truth", "score", "verdict", "ms"]),
+            table(rows, ["cell", "type", "truth", "score", "verdict", "ms", "explanation"]),
             "",
         ]
     )

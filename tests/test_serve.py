@@ -98,7 +98,7 @@ def test_every_frame_gets_one_durable_line_and_http_answers(controlled, frames, 
     for x in explanations:  # each names its frame as the NG line does, and says something about the part
         frame = ng[x["frame_id"]]
         assert (x["run"], x["source"], x["file"]) == (frame["run"], frame["source"], frame["file"])
-        assert CATEGORY in x["text"] and x["explained_at"] >= frame["time"]
+        assert CATEGORY in x["explanation"]["text"] and x["explained_at"] >= frame["time"]
 
 
 def test_restart_appends_and_ng_images_are_kept_under_a_cap(controlled, frames, tmp_path):
