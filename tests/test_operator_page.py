@@ -344,3 +344,19 @@ def test_the_gallery_keeps_the_last_ng_frames_small_and_bounded():
     full = cv2.imdecode(np.frombuffer(kept.overlay_jpeg(Layers()), np.uint8), cv2.IMREAD_COLOR)
     assert thumb.shape[1] == 240 and full.shape == frame.shape
     assert full[500, 500, 2] > full[500, 500, 0] and full[800, 800, 0] > full[800, 800, 2]  # hot region, cold part
+
+
+def test_a_live_source_that_cannot_be_reached_is_shown_lost(controlled, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = _server(controlled, tmp_path, tmp_path, source=f"http://127.0.0.1:{port}/cam.mjpg", reconnect_max_s=0.2)
+    try:
+        wait_for(lambda: server.capture.problem.startswith("cannot open source"), 10, "the source refused")
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.web.port}/api/status", timeout=10) as r:
+            source = json.loads(r.read())["cameras"][0]["source"]
+        assert source["state"] == "lost" and source["live"] and "cannot open source" in source["problem"]
+    finally:
+        server.shutdown()
