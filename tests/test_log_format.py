@@ -58,5 +58,5 @@ def test_serve_writes_json_log_lines(controlled, tmp_path):
     assert proc.returncode == 0, proc.stderr
     ours = [json.loads(x) for x in proc.stderr.splitlines() if x.startswith("{")]
     failing = [x for x in ours if x["logger"] == "lineside.serve" and "failing" in x["message"]]
-    assert failing and failing[0]["level"] == "WARNING" and dead in failing[0]["message"]
+    assert failing and failing[0]["level"] == "WARNING" and failing[0]["sink"] == dead  # an extra field
     assert not re.search(r"^\d{4}-\d\d-\d\d \S+ lineside", proc.stderr, re.M)  # no text-format line left

@@ -129,6 +129,7 @@ def _settings(pki: Path, tmp_path: Path, **kw) -> ServeSettings:
         mqtt_cert=pki / "client.crt",
         mqtt_key=pki / "client.key",
         mqtt_queue=100,
+        mqtt_client_id="press-7-cam",
     )
     return ServeSettings(**(base | kw))
 
@@ -216,6 +217,7 @@ def test_results_reach_a_tls_broker_with_a_password_and_survive_its_kill(broker,
     assert all(qos == 1 for t, _, qos, _ in sub.got if t.endswith("/result"))
     statuses = sub.on("plant/line7/cam-a/status")
     assert statuses[0]["state"] == "online" and statuses[0]["settings"] == SETTINGS and statuses[0]["version"]
+    assert statuses[0]["client_id"] == "press-7-cam" and statuses[0]["camera"] == "cam-a"
     assert statuses[-1]["state"] == "offline" and statuses[-1]["run"] == "r1"
     assert [x["explanation"]["text"] for x in sub.on("plant/line7/cam-a/explanation")] == ["x"]
     assert sub.on("plant/line7/availability")[0] == "online" and sub.on("plant/line7/availability")[-1] == "offline"

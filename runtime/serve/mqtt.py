@@ -191,7 +191,7 @@ class MqttSink(Sink):
 
     def _connected(self, client, userdata, flags, reason_code, properties=None) -> None:
         if reason_code.is_failure:
-            log.warning("sink %s: the broker refused the connection: %s", self.label, reason_code)
+            log.warning("sink %s: the broker refused the connection: %s", self.label, reason_code, extra=self.tag)
             return
         self._control(self.availability, "online")
         with self.lock:
@@ -201,7 +201,12 @@ class MqttSink(Sink):
 
     def _disconnected(self, client, userdata, flags, reason_code, properties=None) -> None:
         if not self.closing.is_set():
-            log.warning("sink %s: broker connection lost (%s); results wait in paho's queue", self.label, reason_code)
+            log.warning(
+                "sink %s: broker connection lost (%s); results wait in paho's queue",
+                self.label,
+                reason_code,
+                extra=self.tag,
+            )
 
     def _acknowledged(self, client, userdata, mid, reason_code=None, properties=None) -> None:
         with self.lock:
@@ -267,6 +272,7 @@ class MqttSink(Sink):
                 "(counted in lineside_sink_drops)",
                 self.label,
                 self.options.queue_max,
+                extra=self.tag,
             )
             return
         # paho answers NO_CONN while the broker is away but keeps a QoS 1/2 message in its queue and sends it
@@ -298,6 +304,7 @@ class MqttSink(Sink):
                 "sink %s: %d records never acknowledged by the broker (counted in lineside_sink_failures)",
                 self.label,
                 lost,
+                extra=self.tag,
             )
         self.client.disconnect()
         self.client.loop_stop()

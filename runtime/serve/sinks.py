@@ -38,6 +38,7 @@ class Sink(threading.Thread):
         if maxsize < 1:
             raise ValueError(f"setting sink_queue: {maxsize} must be >= 1")
         self.label, self.metrics = name, metrics
+        self.tag = {"sink": name}  # its own field in --log-format json lines
         self.queue: queue.Queue = queue.Queue(maxsize)
         self.closing = threading.Event()
 
@@ -59,11 +60,13 @@ class Sink(threading.Thread):
             except Exception as e:  # a sink must never take the process down
                 self.metrics.sink_failures.labels(self.label).inc()
                 if not failing:
-                    log.warning("sink %s failing: %s (counted in lineside_sink_failures)", self.label, e)
+                    log.warning(
+                        "sink %s failing: %s (counted in lineside_sink_failures)", self.label, e, extra=self.tag
+                    )
                 failing += 1
                 continue
             if failing:
-                log.warning("sink %s delivering again after %d failed records", self.label, failing)
+                log.warning("sink %s delivering again after %d failed records", self.label, failing, extra=self.tag)
                 failing = 0
         self.shutdown()
 
