@@ -21,6 +21,7 @@ from urllib.parse import urljoin, urlparse
 
 import aiohttp
 
+from ..settings import ServeSettings
 from .records import strict_json
 
 log = logging.getLogger("lineside.serve")
@@ -197,19 +198,16 @@ class WebhookSink(Sink):
         self.loop.close()
 
 
-def parse_sink(
-    spec: str, metrics, maxsize: int, mqtt_queue: int = 1000, follow_redirects: bool = False, serve=None
-) -> Sink:
-    """--sink value -> Sink; a bad value is refused with the field named. `serve` (ServeSettings), when
-    given, supplies the MQTT and webhook settings (and supersedes mqtt_queue and follow_redirects)."""
+def parse_sink(spec: str, metrics, maxsize: int, serve: ServeSettings | None = None) -> Sink:
+    """--sink value -> Sink; a bad value is refused with the field named. MQTT and webhook sinks take
+    their settings (mqtt_*, webhook_*) from `serve` (unset: the defaults)."""
+    serve = serve or ServeSettings()
     if spec.startswith("jsonl:"):
         if not spec[6:]:
             raise ValueError("--sink jsonl: needs a path, e.g. jsonl:results-copy.jsonl")
         return JsonlSink(Path(spec[6:]), metrics, maxsize)
     url = urlparse(spec)
     if url.scheme in ("http", "https") and url.netloc:
-        if serve is None:
-            return WebhookSink(spec, metrics, maxsize, follow_redirects=follow_redirects)
         return WebhookSink(
             spec,
             metrics,
@@ -221,8 +219,7 @@ def parse_sink(
     if url.scheme in ("mqtt", "mqtts"):
         from .mqtt import MqttOptions, from_spec  # mqtt.py builds on Sink: imported here, not at the top
 
-        options = MqttOptions(queue_max=mqtt_queue) if serve is None else MqttOptions.of(serve)
-        return from_spec(spec, metrics, maxsize, options)
+        return from_spec(spec, metrics, maxsize, MqttOptions.of(serve))
     plc = _plc_sink(url.scheme)  # PLC outputs (README, "PLC outputs"): need the plant extra
     if plc is not None:
         return plc(spec, metrics, maxsize)
