@@ -124,6 +124,8 @@ def from_spec(spec: str, metrics, maxsize: int, options: MqttOptions) -> MqttSin
 
 
 class MqttSink(Sink):
+    """One paho client publishing the topics of this module's docstring; `from_spec` builds it from --sink."""
+
     def __init__(
         self,
         host: str,
