@@ -229,3 +229,40 @@ def test_serve_explains_every_ng_frame_in_its_line_and_sends_the_models_word_eve
         assert (e["origin"] == "rules") == ("model_rejected" in e)  # a refused sentence says why
         assert page[x["frame_id"]]["explanation"] == e  # the page shows the final word and its origin
     print({x["frame_id"]: (x["explanation"]["origin"], x["explanation"]["text"]) for x in explained})
+
+
+def test_no_ng_frame_is_left_without_a_word_when_the_queue_is_full_or_serve_stops(controlled, tmp_path):
+    """Frames the explainer cannot take (queue full) or never reaches (serve stopped) get an EXPLANATION
+    line with origin skipped and the reason, in the log and at every sink; the page keeps the rules."""
+    from runtime.serve.explainer import Explainer
+    from runtime.serve.metrics import Metrics
+    from runtime.serve.records import ResultsLog, record_of
+    from runtime.serve.sinks import JsonlSink
+    from runtime.serve.sources import Frame
+    from runtime.serve.state import State
+
+    detector = Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path / "text")
+    image = part(red_box=DEFECT)
+    result = detector.detect(image, CATEGORY)
+    metrics, state, log = Metrics(), State(10), ResultsLog(tmp_path / "results.jsonl")
+    sink = JsonlSink(tmp_path / "sink.jsonl", metrics, 16)
+    sink.start()
+    explainer = Explainer(PromptAgent(detector, None), log, state, metrics, 1, 5.0, sinks=[sink])  # never started
+    frames = [Frame(i, 1000.0 + i, image, "test") for i in (1, 2, 3)]
+    for frame in frames:
+        record = record_of(frame, result, "run-1")
+        log.write(record)
+        state.publish(record, image, result)
+        explainer.offer(frame, result, None, "run-1")
+    explainer.close()
+    sink.close()
+    log.close()
+    lines = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    said = {x["frame_id"]: x["explanation"] for x in lines if x["label"] == "EXPLANATION"}
+    assert sorted(said) == [1, 2, 3] and all(e["origin"] == "skipped" and not e["text"] for e in said.values())
+    assert "explain_queue" in said[2]["reason"] and "explain_queue" in said[3]["reason"]
+    assert "serve stopped" in said[1]["reason"]
+    sent = [json.loads(x) for x in (tmp_path / "sink.jsonl").read_text().splitlines()]
+    assert {x["frame_id"]: x["explanation"] for x in sent} == said
+    assert metrics.registry.get_sample_value("lineside_explanations_skipped_total") == 3
+    assert all(r["explanation"]["origin"] == "rules" for r in state.since(0))  # the rules stay on the page

@@ -35,8 +35,8 @@ LOCATIONS = (
 )
 STD_FLOOR = 4.0  # grey levels: a spread below this is sensor noise, not the part's own variation
 TONE_SD = 1.0  # |z| from which a region is called darker or brighter
-DEVIATING_SD = 2.5  # |z| of the pixels that count as changed (their shape and centroid describe the defect)
-LINE_SLENDERNESS = 5.0  # length^2 / area from which the changed pixels are line-like (a disc is 1.27)
+DEVIATING_SD = 2.0  # |z| of the pixels that count as changed (their shape and centroid describe the defect)
+LINE_SLENDERNESS = 4.0  # length^2 / area from which the changed pixels are line-like (a disc is 1.27)
 MAX_DESCRIBED = 3  # regions named in the text (all of them stay in "regions")
 
 

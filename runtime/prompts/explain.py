@@ -20,7 +20,7 @@ log = logging.getLogger("lineside.agent")
 SYSTEM = "You describe inspection findings in one short sentence, using only the given facts."
 ASK = "Write one sentence."
 NOUNS = {"line-like": "line", "blob-like": "spot"}
-SPOKEN = 2  # regions the model is told about (the strongest first)
+SPOKEN = 1  # regions the model is told about: the strongest (two made it wander between them)
 
 
 def facts(category: str, rules: dict) -> str:
