@@ -4,6 +4,7 @@ answers, and the real SmolLM2-135M-Instruct end to end on the text-only path."""
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -216,3 +217,21 @@ def test_no_difference_is_asserted_where_the_detector_found_none(smol_bundle, tm
         and "What defects are these" not in record["question"]
     )
     assert record["sample"] == {"file": "good.png", "sha256": record["sample"]["sha256"]}
+
+
+def test_prompts_command_names_its_images_by_file_and_hash(smol_bundle, tmp_path):
+    from runtime.prompts.__main__ import main as prompts_main
+
+    normals, samples = _images()
+    for folder, images in (("normal", normals), ("samples", samples)):
+        (tmp_path / folder).mkdir()
+        for i, rgb in enumerate(images):
+            cv2.imwrite(str(tmp_path / folder / f"{folder}-{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "screw.json"
+    argv = ["--bundle", str(smol_bundle), "--category", "screw", "--normal", str(tmp_path / "normal")]
+    argv += ["--samples", str(tmp_path / "samples"), "--retries", "1", "--max-tokens", "60", "--out", str(out)]
+    assert prompts_main([*argv, "--text-cache-dir", str(tmp_path / "text")]) == 0
+    meta = PromptBank.read(out).meta
+    assert [n["file"] for n in meta["normal_images"]] == ["normal-0.png", "normal-1.png"]
+    assert all(len(n["sha256"]) == 16 for n in meta["normal_images"])
+    assert meta["stage1"][0]["sample"]["file"] == "samples-0.png"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..bundle.manifest import BundleError
 from ..detect.detector import Detector
-from ..detect.frames import list_images, read_image
+from ..detect.frames import list_images, printable, read_image
 from ..options import add_arguments, load
 from .agent import PromptAgent
 from .language_model import LanguageModel
@@ -47,10 +47,17 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         pixels = settings.detector.max_image_pixels
-        normals = [read_image(p, pixels) for p in list_images([args.normal])]
-        samples = [read_image(p, pixels) for p in list_images([args.samples])] if args.samples else None
+        normal_paths = list_images([args.normal])
+        sample_paths = list_images([args.samples]) if args.samples else []
+        normals = [read_image(p, pixels) for p in normal_paths]
+        samples = [read_image(p, pixels) for p in sample_paths] or None
         bank = PromptAgent(detector, llm, agent).build_bank(
-            job.category, normals, samples, progress=lambda line: print(line, file=sys.stderr, flush=True)
+            job.category,
+            normals,
+            samples,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+            normal_names=[printable(p.name) for p in normal_paths],  # the provenance names files, not only hashes
+            sample_names=[printable(p.name) for p in sample_paths],
         )
     except (BundleError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"prompts failed: {e}", file=sys.stderr)
