@@ -63,7 +63,8 @@ def parts(folder: Path, count: int, seed: int) -> Path:
 
 
 def lines_of(paths: list[Path]) -> list[dict]:
-    return [json.loads(x) for p in paths if p.exists() for x in p.read_text().splitlines() if x.strip()]
+    """The complete lines of results logs still being written (a last line without its newline is not yet)."""
+    return [json.loads(x) for p in paths if p.exists() for x in p.read_text().split("\n")[:-1] if x.strip()]
 
 
 def measure(how: str, n: int, results: list[Path], seconds: float, running) -> dict:
