@@ -95,6 +95,7 @@ def test_opcua_server_shows_each_cameras_last_verdict_to_a_real_client(loop):
         wait_for(lambda: read("0", "NgPulse") is False, 5, "NgPulse never fell back after pulse_ms")
         beat = read("0", "Heartbeat")
         wait_for(lambda: read("0", "Heartbeat") >= beat + 2, 5, "heartbeat stopped")
+        assert abs(read("right", "Heartbeat") - read("0", "Heartbeat")) <= 1  # every camera's beats
         sink.offer(_line("ERROR", 4, None))
         wait_for(lambda: read("0", "Verdict") == "ERROR", 10, "ERROR never shown")
         assert read("0", "Score") == -1.0 and read("0", "NgCount") == 1

@@ -129,7 +129,7 @@ class OpcUaServerSink(Sink):
         while True:
             await asyncio.sleep(1.0)
             self.beats = (self.beats + 1) % 2**32
-            for nodes in self.nodes.values():
+            for nodes in list(self.nodes.values()):  # a camera may be added while this one awaits
                 await nodes["Heartbeat"].write_value(self.beats, self.asyncua.ua.VariantType.UInt32)
 
     def deliver(self, record: dict, frame) -> None:
@@ -161,7 +161,7 @@ class OpcUaServerSink(Sink):
         await asyncio.sleep(self.pulse_s)
         await node.write_value(False, self.asyncua.ua.VariantType.Boolean)
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 15.0) -> None:
         super().close(timeout)
         if self.ident is None and self.server is not None:  # listening, but serve stopped before the thread ran
             self.shutdown()
