@@ -28,6 +28,7 @@ from .ngstore import NgImageSink
 from .records import ResultsLog
 from .sinks import parse_sink
 from .sources import open_source
+from .triggers import parse_mqtt_url
 from .web import WebThread, create_app
 
 log = logging.getLogger("lineside.serve")
@@ -64,8 +65,12 @@ class Server:
         self.metrics, self.stop = Metrics(), threading.Event()
         self._sinks: dict[str, object] = {}  # spec -> sink, shared by the cameras that name it
         self._logs: dict[Path, ResultsLog] = {}  # path -> log, shared by the cameras that write to it
-        sinks = [self._sinks_of(spec) for spec in specs]  # (bad sinks, then sources that can never deliver, refused
-        sources = [source or self._open(spec.settings) for spec in specs]  # before the bundle is loaded)
+        # Refused before the bundle is loaded: bad sinks and trigger topics, then sources that can never deliver.
+        sinks = [self._sinks_of(spec) for spec in specs]
+        for spec in specs:
+            if spec.settings.serve.trigger_mqtt:
+                parse_mqtt_url(spec.settings.serve.trigger_mqtt)
+        sources = [source or self._open(spec.settings) for spec in specs]
         self.detector = detector or Detector.from_bundle(settings.job.bundle, settings.detector)
         self.metrics.running(self.detector.bundle_id)
         self.agent = None
