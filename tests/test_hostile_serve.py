@@ -135,21 +135,21 @@ def test_save_ng_never_deletes_or_overwrites_a_file_it_did_not_write(controlled,
     runs = []
     for _ in range(3):
         server = Server(_settings(controlled, frames, tmp_path, save_ng=ng, save_ng_mb=0.01), detector=detector)
-        clash = ng / f"{server.inspector.run_id}_00000003.jpg"  # the very name serve will want for its first NG
+        clash = ng / f"0002_{server.inspector.run_id}_00000003.jpg"  # the name serve will want for its first NG
         if not clash.exists():
             clash.write_bytes(b"the user's own picture")
         _run(server)
         runs.append(server.inspector.run_id)
         time.sleep(1.01)  # run ids have one-second resolution
     assert backup.stat().st_size == 600_000_000 and notes.read_text() == "shift notes"
-    assert all((ng / f"{r}_00000003.jpg").read_bytes() == b"the user's own picture" for r in runs)
+    assert all((ng / f"0002_{r}_00000003.jpg").read_bytes() == b"the user's own picture" for r in runs)
     ours = {name for entry in NgIndex(ng).entries for name, _, _ in entry}  # as a restart reloads it
-    assert f"{runs[2]}_00000006.jpg" in ours  # the newest NG frame is kept
+    assert f"0005_{runs[2]}_00000006.jpg" in ours  # the newest NG frame is kept (named after its file)
     assert sum((ng / n).stat().st_size for n in ours) + (ng / INDEX).stat().st_size <= 10_000
     on_disk = {p.name for p in ng.iterdir()} - {INDEX, backup.name, notes.name}
-    users = {f"{r}_00000003.jpg" for r in runs}
+    users = {f"0002_{r}_00000003.jpg" for r in runs}
     assert on_disk - users == ours, "a file serve wrote is not in its index (it could never be rotated)"
-    assert not any(n.startswith(runs[0]) for n in ours), "the cap must hold across restarts"
+    assert not any(runs[0] in n for n in ours), "the cap must hold across restarts"
 
 
 def test_hostile_folder_every_file_gets_one_line_and_none_is_ok(controlled, detector, tmp_path):
