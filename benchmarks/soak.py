@@ -583,7 +583,7 @@ def _figures(
             "explanation_lines": by_label["EXPLANATION"],
             "explained_metric": explained,
             "skipped": skipped,
-            "failed": max(0, ng - by_label["EXPLANATION"] - skipped),
+            "failed": max(0, ng - by_label["EXPLANATION"]),  # a skipped NG frame has its line too (origin skipped)
             "answer_s_mean": round(float(np.mean(agent_seconds)), 2) if agent_seconds else None,
             "answer_s_max": round(float(np.max(agent_seconds)), 2) if agent_seconds else None,
             "bound_s": settings.serve.explain_seconds,
@@ -704,8 +704,9 @@ def markdown(figures: dict, command: str) -> str:
         "",
         reporting.table(rows, ["figure", "value"]),
         "",
-        "Explanations are lines of their own (EXPLANATION); NG frames arriving while explain_queue is full are "
-        "skipped and counted (lineside_explanations_skipped); failed = NG - explanation lines - skipped.",
+        "Every NG frame gets one EXPLANATION line; those arriving while explain_queue is full get theirs at once, "
+        "with origin skipped and the reason, and are counted (lineside_explanations_skipped); failed = NG frames "
+        "without an EXPLANATION line.",
         "",
     ]
     drift_text = "n/a" if rss["drift"] is None else f"{rss['drift']:+.2%}"

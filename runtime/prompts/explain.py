@@ -20,6 +20,7 @@ log = logging.getLogger("lineside.agent")
 SYSTEM = "You describe inspection findings in one short sentence, using only the given facts."
 ASK = "Write one sentence."
 NOUNS = {"line-like": "line", "blob-like": "spot"}
+SENTENCE_END = [". ", ".\n", "! ", "? "]
 SPOKEN = 1  # regions the model is told about: the strongest (two made it wander between them)
 
 
@@ -42,6 +43,12 @@ def first_sentences(text: str) -> str:
     return text[: ends[-1]].strip() if ends else ""
 
 
+def closed(text: str) -> str:
+    """A sentence ended at a stop string (which the answer leaves out) with its full stop back."""
+    text = text.strip()
+    return text + "." if text and text[-1] not in ".!?" else text
+
+
 def model_sentence(llm, rules: dict, category: str, settings: AgentSettings, deadline_s: float) -> dict:
     """The explanation with the model's sentence (origin: the model's file name), or `rules` with
     `model_rejected` saying why its sentence was not kept. Both carry the model's latency."""
@@ -52,12 +59,13 @@ def model_sentence(llm, rules: dict, category: str, settings: AgentSettings, dea
         seed=settings.seed,
         temperature=settings.temperature,
         deadline_s=deadline_s,
+        stop=SENTENCE_END,  # one sentence asked, one taken: a small model's second one is a story
     )
     timing = {"latency_s": round(float(stats["seconds"]), 3), "tokens": int(stats["tokens"])}
     if stats["finish_reason"] == "deadline":
         why = f"not finished within {deadline_s:.1f} s"
     else:
-        answer = answer if stats["finish_reason"] == "stop" else first_sentences(answer)
+        answer = closed(answer) if stats["finish_reason"] == "stop" else first_sentences(answer)
         known = facts(category, rules)
         why = check_sentence(answer, rules, SYSTEM + " " + ASK, known) if answer else "cut off before a sentence ended"
     if why:

@@ -117,8 +117,10 @@ class LanguageModel:
         seed: int = 0,
         temperature: float = 0.2,
         deadline_s: float | None = None,
+        stop: list[str] | None = None,
     ) -> tuple[str, dict]:
-        """(answer text, stats). With `schema` the answer is grammar-constrained JSON.
+        """(answer text, stats). With `schema` the answer is grammar-constrained JSON; `stop`: strings that
+        end the answer (left out of it).
 
         The answer is streamed so that it can be cut at `deadline_s`; a cut
         answer reports finish_reason "deadline".
@@ -131,6 +133,7 @@ class LanguageModel:
             seed=seed,
             stream=True,
             response_format={"type": "json_object", "schema": schema} if schema else None,
+            stop=stop,
         )
         parts, finish, tokens = [], None, 0
         for chunk in chunks:
