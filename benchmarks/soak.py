@@ -539,7 +539,7 @@ def _figures(
     skipped = int(value("lineside_explanations_skipped_total") or 0)
     agent_seconds = agent.seconds
     rss = drift(samples)
-    reconnects = int(value("lineside_source_reconnects_total") or 0)
+    reconnects = int(value("lineside_source_reconnects_total", {"camera": ""}) or 0)
     figures = {
         "frames_in_video": frames,
         "max_fps": settings.serve.max_fps,
