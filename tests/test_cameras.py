@@ -175,3 +175,36 @@ def test_the_cameras_benchmark_measures_one_process_against_the_number_of_camera
     assert [(r["how"], r["cameras"]) for r in rows] == [("one process", 1), ("one process", 2)]
     assert all(r["fps_total"] > 0 and r["slowest_camera_fps"] > 0 and r["errors"] == 0 for r in rows)
     assert "| one process | 2 |" in (out / "cameras.md").read_text()
+
+
+def test_a_trigger_names_its_camera_and_only_that_camera_inspects(controlled, detector, tmp_path):
+    cameras = _cameras_file(
+        tmp_path / "cameras.yaml",
+        [
+            {"id": "a", "source": str(_folder(tmp_path, "a", 3)), "trigger": "software"},
+            {"id": "b", "source": str(_folder(tmp_path, "b", 3)), "trigger": "software"},
+        ],
+    )
+    server = Server(_settings(controlled, tmp_path, cameras), detector=detector).start()
+    try:
+        port = server.web.port
+        for query in ("?camera=b&part_id=SN-5", "?camera=b", "?camera=a&id=t-a"):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/api/trigger{query}", b"", method="POST")
+            with urllib.request.urlopen(request, timeout=5) as r:
+                assert r.status == 202
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/trigger?camera=c", b"", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 404 and b"no camera 'c'" in refused.value.read()
+        deadline = 300
+        while len(_lines(tmp_path / "results.jsonl")) < 3 and deadline:
+            server.stop.wait(0.1)
+            deadline -= 1
+    finally:
+        server.shutdown()
+    lines = _lines(tmp_path / "results.jsonl")
+    assert [(x["camera"], x.get("part_id"), x["file"]) for x in lines if x["camera"] == "b"] == [
+        ("b", "SN-5", "b-00.png"),
+        ("b", None, "b-01.png"),
+    ]
+    assert [(x["camera"], x["trigger_id"]) for x in lines if x["camera"] == "a"] == [("a", "t-a")]

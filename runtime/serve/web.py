@@ -121,8 +121,9 @@ def create_app(server) -> web.Application:
         return response
 
     async def trigger(request):
-        """POST /api/trigger[?id=ID] (or a body: ID, {"id": ID}): one inspection; 202, 429 when the queue is full."""
-        queue = server.triggers
+        """POST /api/trigger[?id=ID][&camera=ID] (or a body: ID, {"id": ID, "part_id": P}): one inspection;
+        202, 429 when the queue is full."""
+        queue = operator.camera(request)[1].triggers
         if queue is None:
             return _json({"error": "serve runs free-run (every frame is inspected); set trigger=software"}, 409)
         if server.stop.is_set():
