@@ -208,3 +208,27 @@ def test_a_trigger_names_its_camera_and_only_that_camera_inspects(controlled, de
         ("b", None, "b-01.png"),
     ]
     assert [(x["camera"], x["trigger_id"]) for x in lines if x["camera"] == "a"] == [("a", "t-a")]
+
+
+def test_cameras_share_one_agent_and_each_explanation_names_its_camera(controlled, detector, tmp_path):
+    cameras = _cameras_file(
+        tmp_path / "cameras.yaml",
+        [
+            {"id": "a", "source": str(_folder(tmp_path, "a", 3, defective={0}))},
+            {"id": "b", "source": str(_folder(tmp_path, "b", 3, defective={2}))},
+        ],
+    )
+    server = Server(_settings(controlled, tmp_path, cameras, explain=True), detector=detector).start()
+    try:
+        server.wait()
+        deadline = 600
+        while sum(x["label"] == "EXPLANATION" for x in _lines(tmp_path / "results.jsonl")) < 2 and deadline:
+            server.stop.wait(0.1)
+            deadline -= 1
+    finally:
+        server.shutdown()
+    assert {c.explainer.agent for c in server.cameras.values()} == {server.agent}  # one agent, taken in turn
+    lines = _lines(tmp_path / "results.jsonl")
+    ng = {(x["camera"], x["frame_id"]) for x in lines if x["label"] == "NG"}
+    explained = {(x["camera"], x["frame_id"]) for x in lines if x["label"] == "EXPLANATION"}
+    assert ng == explained == {("a", 1), ("b", 3)}
