@@ -73,7 +73,8 @@ def pki(tmp_path_factory) -> Path:
 
 
 class Broker:
-    """mosquitto with TLS (client certificate required), a password file and sessions saved every second."""
+    """mosquitto with TLS (client certificate required), a password file, and sessions saved at every change (a
+    timed autosave can miss a subscription made a second before SIGKILL; then its messages have nobody to go to)."""
 
     def __init__(self, folder: Path, pki: Path):
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -88,7 +89,7 @@ class Broker:
             f"listener {self.port} 127.0.0.1\ncafile {pki}/ca.crt\ncertfile {pki}/server.crt\n"
             f"keyfile {pki}/server.key\nrequire_certificate true\nallow_anonymous false\n"
             f"password_file {folder}/passwd\npersistence true\npersistence_location {folder}/\n"
-            f"autosave_interval 1\n{stay}"
+            f"autosave_interval 1\nautosave_on_changes true\n{stay}"
         )
 
     def start(self) -> None:
@@ -153,7 +154,7 @@ class Subscriber:
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         _wait(lambda: self.on("plant/line7/availability") or self.client.is_connected(), 10, "subscriber not connected")
-        time.sleep(1.2)  # subscribed, and saved by the broker's one-second autosave
+        time.sleep(0.5)  # subscribed, and the subscription saved by the broker
 
     def _message(self, client, userdata, m) -> None:
         text = m.payload.decode()
@@ -219,7 +220,7 @@ def test_results_reach_a_tls_broker_with_a_password_and_survive_its_kill(broker,
     assert statuses[0]["state"] == "online" and statuses[0]["settings"] == SETTINGS and statuses[0]["version"]
     assert statuses[0]["client_id"] == "press-7-cam" and statuses[0]["camera"] == "cam-a"
     assert statuses[-1]["state"] == "offline" and statuses[-1]["run"] == "r1"
-    assert [x["explanation"]["text"] for x in sub.on("plant/line7/cam-a/explanation")] == ["x"]
+    assert {x["explanation"]["text"] for x in sub.on("plant/line7/cam-a/explanation")} == {"x"}  # QoS 1: once or more
     assert sub.on("plant/line7/availability")[0] == "online" and sub.on("plant/line7/availability")[-1] == "offline"
     value = metrics.registry.get_sample_value
     assert value("lineside_sink_failures_total", {"sink": sink.label}) is None
