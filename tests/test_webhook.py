@@ -90,7 +90,7 @@ def test_a_5xx_is_sent_again_with_growing_bounded_waits_until_taken(peer):
     assert [body["frame_id"] for _, _, body in peer.posts] == [0, 0, 0, 0, 1]
     times = [t for t, _, _ in peer.posts]
     waits = [b - a for a, b in zip(times, times[1:4])]
-    assert all(w <= 0.2 * 2**k + 0.15 for k, w in enumerate(waits)), waits  # full jitter below each bound
+    assert all(w <= 0.2 * 2**k + 0.4 for k, w in enumerate(waits)), waits  # full jitter below each bound (+ slack)
     assert _failures(metrics, sink) is None and sink.attempts == 5
 
 
