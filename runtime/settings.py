@@ -234,6 +234,12 @@ class ServeSettings(Section):
         "regular expression searched in each image or video file name; its first group (else the whole match) "
         "is the line's part_id, unless the trigger names the part",
     )
+    part_id_code: str = setting(
+        "off",
+        "read the part id from a code in each inspected frame: qr, barcode (EAN, UPC, Code 128, ...) or off; "
+        "over the file name's, under the trigger's",
+        choices=("off", "qr", "barcode"),
+    )
     cameras: Path | None = setting(
         None,
         "YAML file listing cameras served by this one process (id, source and any serve or job setting each); "

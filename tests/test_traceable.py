@@ -8,6 +8,7 @@ import time
 import urllib.request
 
 import cv2
+import numpy as np
 import pytest
 
 from runtime.detect.detector import Detector
@@ -215,3 +216,59 @@ def test_bad_camera_ids_and_part_patterns_are_refused_naming_the_setting(values,
     with pytest.raises(ValueError) as e:
         Settings.of(**values)
     assert message in str(e.value)
+
+
+L_CODES = ("0001101", "0011001", "0010011", "0111101", "0100011", "0110001", "0101111", "0111011", "0110111", "0001011")
+PARITY = ("LLLLLL", "LLGLGG", "LLGGLG", "LLGGGL", "LGLLGG", "LGGLLG", "LGGGLL", "LGLGLG", "LGLGGL", "LGGLGL")
+
+
+def ean13(twelve: str) -> tuple[str, np.ndarray]:
+    """The 13 digits (with their check digit) and an HxW uint8 image of their EAN-13 bars, drawn from the standard."""
+    digits = [int(c) for c in twelve]
+    digits.append((10 - sum(d * (3 if i % 2 else 1) for i, d in enumerate(digits)) % 10) % 10)
+    right = ["".join("1" if b == "0" else "0" for b in code) for code in L_CODES]
+    left = "".join(L_CODES[d] if p == "L" else right[d][::-1] for d, p in zip(digits[1:7], PARITY[digits[0]]))
+    bits = "101" + left + "01010" + "".join(right[d] for d in digits[7:]) + "101"
+    row = np.array([0 if b == "1" else 255 for b in "0" * 12 + bits + "0" * 12], np.uint8)
+    return "".join(map(str, digits)), np.repeat(np.tile(row, (150, 1)), 2, axis=1)  # modules 2 px wide
+
+
+def qr(text: str) -> np.ndarray:
+    code = cv2.resize(cv2.QRCodeEncoder.create().encode(text), None, fx=5, fy=5, interpolation=cv2.INTER_NEAREST)
+    return cv2.copyMakeBorder(code, 20, 20, 20, 20, cv2.BORDER_CONSTANT, value=255)
+
+
+def _with_code(code: np.ndarray, defective: bool = False) -> np.ndarray:
+    frame = np.full((360, 480, 3), 128, np.uint8)
+    frame[40 : 40 + code.shape[0], 20 : 20 + code.shape[1]] = code[..., None]  # (not at the very edge)
+    if defective:
+        frame[250:300, 300:380] = (0, 0, 255)
+    return frame
+
+
+def test_the_part_id_is_read_from_a_qr_code_or_a_barcode_in_the_frame(controlled, detector, tmp_path):
+    number, bars = ean13("400638133393")
+    for kind, code, expected in (("qr", qr("SN-0042/B"), "SN-0042/B"), ("barcode", bars, number)):
+        folder = tmp_path / kind
+        folder.mkdir()
+        cv2.imwrite(str(folder / "lot1_SN-0001.png"), _with_code(code))
+        cv2.imwrite(str(folder / "lot1_SN-0002.png"), part())  # no code: the file name's part id
+        server = _serve(controlled, detector, tmp_path / kind, folder, part_id_pattern=r"SN-(\d+)", part_id_code=kind)
+        lines = _run(server)
+        assert [x["part_id"] for x in lines] == [expected, "0002"], kind
+
+
+def test_the_trigger_s_part_id_wins_over_a_code_in_the_frame(controlled, detector, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"{i}.png"), _with_code(qr(f"CODE-{i}")))
+    server = _serve(controlled, detector, tmp_path, folder, trigger="software", part_id_code="qr")
+    try:
+        for body in (b'{"part_id": "PLC-1"}', b"t-2"):
+            request = urllib.request.Request(f"http://127.0.0.1:{server.web.port}/api/trigger", body, method="POST")
+            urllib.request.urlopen(request, timeout=5).close()
+        wait_for(lambda: len(result_lines(server)) == 2, 30, "two triggered inspections")
+    finally:
+        server.shutdown()
+    assert [x["part_id"] for x in result_lines(server)] == ["PLC-1", "CODE-1"]

@@ -57,7 +57,7 @@ class FrameRef:
     time: float  # unix seconds at capture (serve) or reading (detect)
     source: str  # where frames come from: serve's source spec, the folder detect found the file in
     file: str = ""  # the image file's name inside `source`, printable whatever its bytes; "" for cameras, videos
-    part_id: str | None = None  # the part's own id: from the trigger, or part_id_pattern on the file name
+    part_id: str | None = None  # the part's own id: the trigger's, a code in the frame's, or the file name's
     trigger_id: str | None = None  # serve with a trigger: the trigger this frame was taken for
     trigger_time: float | None = None  # and when it arrived (unix seconds; the frame's `time` is at or after it)
     camera: str = ""  # serve: the camera's id (camera_id, or its id in the cameras file); "" when unnamed

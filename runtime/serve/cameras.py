@@ -30,6 +30,7 @@ from ..detect.frames import list_images, read_image
 from ..options import convert
 from ..settings import SECTIONS, Settings, owner_of
 from .capture import Capture, LatestFrameSlot
+from .codes import CodeReader
 from .pipeline import Inspector
 from .sources import FrameSource
 from .state import State
@@ -150,6 +151,7 @@ class Camera:
             triggers=self.triggers,
             live=source.live,
             camera=spec.id,
+            codes=CodeReader(s.part_id_code) if s.part_id_code != "off" else None,
         )
 
     def _capture_done(self) -> bool:

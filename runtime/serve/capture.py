@@ -155,7 +155,16 @@ class Capture(threading.Thread):
             file, index = self.source.last_file, self.source.last_index
             part = self.part_of(file or ("" if self.source.live else Path(self.source.spec).name))
             frame = Frame(
-                self.frames, taken, image, self.source.spec, note, file, index=index, part_id=part, camera=self.camera
+                self.frames,
+                taken,
+                image,
+                self.source.spec,
+                note,
+                file,
+                index=index,
+                part_id=part,
+                part_from="file name" if part else "",
+                camera=self.camera,
             )
             if self.slot.put(frame, wait=self.source.waits, stop=self.stop):
                 self.metrics.dropped.inc()

@@ -9,6 +9,7 @@ whose inference fails is logged as ERROR, never as OK. Explanations come later
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -55,8 +56,10 @@ class Inspector(threading.Thread):
         triggers=None,
         live: bool = True,
         camera: str = "",
+        codes=None,
     ):
         super().__init__(name=f"inspector-{camera}" if camera else "inspector", daemon=True)
+        self.codes = codes  # a CodeReader: the part id read from a code in each inspected frame (None: not read)
         self.detector, self.category, self.references = detector, category, references  # RGB images or None
         # Encoded once here (serve fails at start on an unusable one) and again after each TEACH frame.
         self.memory = detector.remember(references, colour="RGB") if references else None
@@ -105,6 +108,9 @@ class Inspector(threading.Thread):
     def handle(self, frame: Frame) -> None:
         if self.teach > 0 and self._learn(frame):
             return
+        if self.codes is not None and frame.image is not None and frame.part_from != "trigger":
+            code = self.codes.read(frame.image)
+            frame = dataclasses.replace(frame, part_id=code, part_from="code") if code else frame
         result = self.inspect(frame)
         record, line = self._line(frame, result)
         self.log.write_line(line)  # durable first

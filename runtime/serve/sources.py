@@ -42,7 +42,8 @@ class Frame:
     trigger_id: str | None = None  # the trigger this frame was inspected for (trigger = software)
     trigger_time: float | None = None  # unix seconds when that trigger arrived
     index: int | None = None  # 0-based place in its video file or image folder (None for live sources)
-    part_id: str | None = None  # the part's id: from the trigger, or part_id_pattern on the file name
+    part_id: str | None = None  # the part's id: from the trigger, a code in the frame, or the file name
+    part_from: str = ""  # where part_id came from: "trigger", "code" or "file name" ("" without one)
     camera: str = ""  # the id of the camera it came from ("" when serve runs one unnamed camera)
 
 

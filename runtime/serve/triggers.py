@@ -152,8 +152,10 @@ class TriggerQueue:
             frame = slot.get(timeout=0.2)
             if frame is not None and (not live or frame.time >= trigger.time):
                 self.current = self._fired_at = None
-                part = trigger.part_id or frame.part_id  # the caller's word over the file name's
-                return dataclasses.replace(frame, trigger_id=trigger.id, trigger_time=trigger.time, part_id=part)
+                marked = dataclasses.replace(frame, trigger_id=trigger.id, trigger_time=trigger.time)
+                if trigger.part_id:  # the caller's word over the file name's (and over a code in the frame)
+                    marked = dataclasses.replace(marked, part_id=trigger.part_id, part_from="trigger")
+                return marked
             if stop.is_set():
                 return None
 
