@@ -158,6 +158,12 @@ def test_bad_cameras_files_are_refused_naming_the_camera_and_the_setting(tmp_pat
     assert message in str(e.value) and str(path) in str(e.value)
 
 
+def test_captured_cuda_graphs_are_refused_with_several_cameras(controlled, tmp_path, capsys):
+    cameras = _cameras_file(tmp_path / "c.yaml", [{"id": "a", "source": "0"}, {"id": "b", "source": "1"}])
+    assert serve_main(["--cameras", str(cameras), "--bundle", str(controlled), "--port", "0", "--cuda-graph"]) == 2
+    assert "setting cuda_graph: a captured graph keeps SAM's image embeddings" in capsys.readouterr().err
+
+
 def test_a_cameras_file_that_is_not_yaml_is_refused_at_start(controlled, tmp_path, capsys):
     path = tmp_path / "cameras.yaml"
     path.write_text("cameras: [ {id: a, source: 0\n")

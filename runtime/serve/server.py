@@ -71,6 +71,11 @@ class Server:
             if spec.settings.serve.trigger_mqtt:
                 parse_mqtt_url(spec.settings.serve.trigger_mqtt)
         sources = [source or self._open(spec.settings) for spec in specs]
+        if len(specs) > 1 and settings.detector.cuda_graph:
+            raise ValueError(
+                "setting cuda_graph: a captured graph keeps SAM's image embeddings in one fixed device buffer, "
+                "which the cameras' inspectors would overwrite for each other; leave it off with a cameras file"
+            )
         self.detector = detector or Detector.from_bundle(settings.job.bundle, settings.detector)
         self.metrics.running(self.detector.bundle_id)
         self.agent = None
