@@ -27,7 +27,7 @@ import numpy as np
 from runtime.detect.detector import Detector
 from runtime.detect.explanation import location_name
 from runtime.prompts.checks import LOCATION_WORDS, SHAPES, TONES, words
-from runtime.prompts.explain import model_sentence
+from runtime.prompts.explain import facts, model_sentence
 from runtime.settings import AgentSettings
 
 from . import reporting
@@ -109,7 +109,7 @@ def run(bundle: Path, per_kind: int, model_samples: int, seed: int, deadline_s: 
                     model_rows.append(_model_row(llm, e, name, want, deadline_s))
             rows.append(row)
         print(f"{name}: {sum(r['label'] == 'NG' for r in rows if r['texture'] == name)} NG", file=sys.stderr)
-    return {"rows": rows, "model_rows": model_rows, "model": llm.name if llm else None}
+    return {"rows": rows, "model_rows": model_rows, "model": llm.name if llm else None, "seed": seed}
 
 
 def _model_row(llm, rules: dict, category: str, want: dict, deadline_s: float) -> dict:
@@ -120,7 +120,11 @@ def _model_row(llm, rules: dict, category: str, want: dict, deadline_s: float) -
         "tokens": out.get("tokens", 0),
         "kept": "model_rejected" not in out,
     }
-    row |= {"rejected": out.get("model_rejected", ""), "text": out["text"] if row["kept"] else ""}
+    row |= {
+        "rejected": out.get("model_rejected", ""),
+        "text": out["text"] if row["kept"] else out.get("model_sentence", ""),
+    }
+    row["facts"] = facts(category, rules)
     return row | ({f"model_{k}": v for k, v in sentence_says(out["text"], want).items()} if row["kept"] else {})
 
 
@@ -177,7 +181,9 @@ def markdown(data: dict, summary: dict, command: str) -> str:
             "Scratches and cracks (line-like) and spots (blob-like), each brighter or darker, drawn on crops of real "
             "textures (brick, grass, gravel); the truth is measured from the drawing. Every NG result's rule "
             "explanation is scored on its strongest region: location right (the same one of nine 3x3 names), kind "
-            "right (tone and shape both right). Targets: location >= 90%, kind >= 80%.",
+            "right (tone and shape both right). Targets: location >= 90%, kind >= 80%. The rules' two constants "
+            "(DEVIATING_SD 2.0, LINE_SLENDERNESS 4.0 in runtime/detect/explanation.py) were chosen on seed 0; "
+            f"this run is seed {data['seed']}.",
             "",
             "## Rule explanations (in every NG line)",
             "",
@@ -195,8 +201,12 @@ def markdown(data: dict, summary: dict, command: str) -> str:
             "",
             "Refusals: " + (", ".join(f"{k} ({v})" for k, v in sorted(reasons.items())) or "none"),
             "",
-            "Kept sentences: "
-            + (" / ".join(f"'{x['text']}'" for x in [y for y in data["model_rows"] if y["kept"]][:5]) or "none"),
+            "Every sentence asked for, with the facts the model was given:",
+            "",
+            reporting.table(
+                [x | {"verdict": "kept" if x["kept"] else x["rejected"][:70]} for x in data["model_rows"]],
+                ["facts", "text", "verdict", "seconds", "tokens"],
+            ),
             "",
             "## Examples of rule explanations",
             "",

@@ -24,9 +24,10 @@ SHAPES = {
 # Words a plain sentence about a finding needs beyond the facts; more than MAX_NEW_WORDS others is a story.
 PLAIN = set(
     "a an the of at in on near is are was has have with and its it this that there one two which found shows "
-    "defect defects defective part surface corner side area region visible small large long short".split()
+    "defect defects defective part surface corner side area region visible small large long short appears can be "
+    "seen see".split()
 )
-MAX_NEW_WORDS = 4
+MAX_NEW_WORDS = 2
 COPY_WORDS = 6  # a run of this many words shared with the instructions is a copy, not an answer
 
 

@@ -70,6 +70,6 @@ def model_sentence(llm, rules: dict, category: str, settings: AgentSettings, dea
         why = check_sentence(answer, rules, SYSTEM + " " + ASK, known) if answer else "cut off before a sentence ended"
     if why:
         log.info("model sentence refused (%s): %r", why, answer[:200])
-        return rules | timing | {"model_rejected": why}
+        return rules | timing | {"model_rejected": why} | ({"model_sentence": answer} if answer else {})
     out = {"text": answer, "origin": llm.name, "basis": rules.get("basis", "geometry"), "regions": rules["regions"]}
     return out | timing
