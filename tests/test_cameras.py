@@ -146,7 +146,7 @@ def test_every_camera_failing_stops_serve_with_a_non_zero_exit(controlled, tmp_p
         ([{"id": "a/b", "source": "0"}], "id 'a/b' must be 1 to 64 letters"),
         ([{"id": "a"}], "camera a: no source"),
         ([{"id": "a", "source": "0", "threshold": 2}], "camera a: setting threshold: 2.0 must be <= 1.0"),
-        ([{"id": "a", "source": "0", "teach": "many"}], "camera a"),
+        ([{"id": "a", "source": "0", "teach": "many"}], "setting teach: 'many' is not a valid int"),
         ([], "give a list of cameras"),
         (["just a string"], "camera 1 must be a mapping"),
     ],
@@ -156,6 +156,26 @@ def test_bad_cameras_files_are_refused_naming_the_camera_and_the_setting(tmp_pat
     with pytest.raises(ValueError) as e:
         read_cameras(path, Settings())
     assert message in str(e.value) and str(path) in str(e.value)
+
+
+def test_numbers_in_the_file_are_taken_as_text_where_a_setting_is_text(tmp_path):
+    path = _cameras_file(tmp_path / "c.yaml", [{"id": 7, "source": 0, "threshold": 0.7, "teach": 4}])
+    (spec,) = read_cameras(path, Settings())
+    assert (spec.id, spec.settings.serve.source, spec.settings.serve.camera_id) == ("7", "0", "7")
+    assert (spec.settings.detector.threshold, spec.settings.serve.teach) == (0.7, 4)
+
+
+def test_a_camera_that_cannot_be_set_up_is_named(controlled, tmp_path, capsys):
+    cameras = _cameras_file(
+        tmp_path / "c.yaml",
+        [
+            {"id": "ok", "source": str(_folder(tmp_path, "f", 1))},
+            {"id": "bad", "source": str(_folder(tmp_path, "g", 1)), "references": str(tmp_path / "nowhere")},
+        ],
+    )
+    argv = ["--cameras", str(cameras), "--bundle", str(controlled), "--category", CATEGORY, "--port", "0"]
+    assert serve_main([*argv, "--results", str(tmp_path / "r.jsonl")]) == 2
+    assert "camera bad: " in capsys.readouterr().err
 
 
 def test_captured_cuda_graphs_are_refused_with_several_cameras(controlled, tmp_path, capsys):

@@ -104,12 +104,22 @@ def _camera(path: Path, n: int, entry, base: Settings) -> CameraSpec:
     shared = sorted(set(given) & PROCESS_WIDE)
     if shared:
         raise ValueError(f"{where}: {', '.join(shared)} is one for the whole process; set it outside the cameras file")
-    own = {k: convert(k, v, where) for k, v in given.items()}
+    own = {k: _converted(k, v, where) for k, v in given.items()}
     try:
         settings = base.replace(**own, camera_id=camera, cameras=None)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from e
     return CameraSpec(camera, settings, own)
+
+
+def _converted(name: str, value, where: str):
+    """`value` as the setting's type; a YAML number where text is wanted (`source: 0`) is taken as its text."""
+    try:
+        return convert(name, value, where)
+    except ValueError:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return convert(name, str(value), where)
+        raise
 
 
 class Camera:

@@ -84,10 +84,14 @@ class Server:
             self.agent = Serialised(self.agent) if len(specs) > 1 else self.agent
         self.cameras: dict[str, Camera] = {}
         for spec, src, its_sinks in zip(specs, sources, sinks):
-            detector_ = spec.detector_for(self.detector)
-            self.cameras[spec.id] = Camera(
-                spec, src, detector_, self.metrics, self._log(spec), its_sinks, self._explainer
-            )
+            try:
+                detector_ = spec.detector_for(self.detector)
+                camera = Camera(spec, src, detector_, self.metrics, self._log(spec), its_sinks, self._explainer)
+            except (ValueError, OSError) as e:
+                if not s.cameras:
+                    raise
+                raise ValueError(f"camera {spec.id}: {e}") from e
+            self.cameras[spec.id] = camera
         first = next(iter(self.cameras.values()))
         self.state, self.triggers, self.trigger_topic = first.state, first.triggers, first.trigger_topic
         self.source, self.slot, self.capture, self.inspector = first.source, first.slot, first.capture, first.inspector
