@@ -177,10 +177,6 @@ class Server:
         each = [c.counters() for c in self.cameras.values()]
         return {name: sum(c[name] for c in each) for name in each[0]}
 
-    def camera_status(self) -> list[dict]:
-        """Each camera's readiness, counters and latest results, for /api/status."""
-        return [c.status() for c in self.cameras.values()]
-
     def start(self) -> Server:
         s = self.settings.serve
         self.web.start()
