@@ -252,7 +252,7 @@ class Detector:
         work_map = cv2.resize(model_map, (work_hw[1], work_hw[0]), interpolation=cv2.INTER_LINEAR)
         times["map"] = _ms(t)
 
-        regions, refiner = [], "none"
+        regions, refiner, scored_map = [], "none", work_map  # the map as scored (find_regions refines work_map)
         if score >= s.sam_gate or float(model_map.max()) >= s.sam_gate:
             tokens = l2_normalize(np.mean(taps, axis=0))  # (N, D): the V-V tokens, averaged over taps
             regions, refiner, work_map = find_regions(
@@ -269,7 +269,7 @@ class Detector:
         if label == "NG":  # measured now, written with the verdict (explanation.py)
             t = time.perf_counter()
             stats = self._pixels.get(memory.key if memory is not None else None)
-            explanation = rule_explanation(rgb, regions, work_map, s.threshold, score, category, stats)
+            explanation = rule_explanation(rgb, regions, scored_map, s.threshold, score, category, stats)
             times["explanation"] = _ms(t)
         return self._result(
             label=label,
