@@ -266,3 +266,21 @@ def test_no_ng_frame_is_left_without_a_word_when_the_queue_is_full_or_serve_stop
     assert {x["frame_id"]: x["explanation"] for x in sent} == said
     assert metrics.registry.get_sample_value("lineside_explanations_skipped_total") == 3
     assert all(r["explanation"]["origin"] == "rules" for r in state.since(0))  # the rules stay on the page
+
+
+def test_a_memory_built_from_encodings_is_measured_against_its_images_once_they_are_handed_in(controlled, tmp_path):
+    """Serve's teaching builds its memory from encodings; without the images the rules fall back on the part
+    around each region, with them (remember_pixels) on the references, as for any other memory."""
+    from runtime.detect.references import ReferenceMemory, content_key
+
+    detector = Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path / "text")
+    refs = [cv2.cvtColor(part(), cv2.COLOR_BGR2RGB) for _ in range(3)]
+    s, encoder = detector.settings, detector.encoder
+    shape = (s.coreset_ratio, s.nn_index, s.reference_window, encoder.grid)
+    memory = ReferenceMemory.from_encoded(
+        content_key(refs), encoder.identity, [encoder.encode(r) for r in refs], *shape
+    )
+    frame = part(red_box=DEFECT)
+    assert detector.detect(frame, CATEGORY, memory).explanation["basis"] == "surroundings"
+    detector.remember_pixels(refs, colour="RGB")
+    assert detector.detect(frame, CATEGORY, memory).explanation["basis"] == "references"

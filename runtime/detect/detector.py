@@ -155,6 +155,13 @@ class Detector:
             raise ValueError("remember needs at least one known-good image")
         return self._build_memory(refs)
 
+    def remember_pixels(self, images: Sequence[np.ndarray], colour: str = "BGR") -> None:
+        """Known-good images' grey levels, which NG explanations are measured against. `remember` keeps
+        them itself; whoever builds a memory from encodings (serve's teaching) hands the images in here."""
+        refs = self._convert_references(images, colour)
+        if refs:
+            self._pixels.add(content_key(refs), refs, work_size(*refs[0].shape[:2]))
+
     def _build_memory(self, rgb_images: list[np.ndarray]) -> ReferenceMemory:
         """RGB uint8 references -> their memory, shaped by coreset_ratio and nn_index, cached on disk by content."""
         s = self.settings
