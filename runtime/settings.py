@@ -299,7 +299,9 @@ class ServeSettings(Section):
             try:
                 re.compile(self.part_id_pattern)
             except re.error as e:
-                raise ValueError(f"setting part_id_pattern: {self.part_id_pattern!r} is no regular expression: {e}") from e
+                raise ValueError(
+                    f"setting part_id_pattern: {self.part_id_pattern!r} is no regular expression: {e}"
+                ) from e
 
 
 SECTIONS: dict[str, type[Section]] = {
