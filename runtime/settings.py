@@ -257,11 +257,17 @@ class ServeSettings(Section):
         low=1,
         high=MQTT_QUEUE_MAX,
     )
-    mqtt_line: str = setting("line1", "this line's name in the MQTT topics PREFIX/LINE/CAMERA/result|status|explanation")
+    mqtt_line: str = setting(
+        "line1", "this line's name in the MQTT topics PREFIX/LINE/CAMERA/result|status|explanation"
+    )
     mqtt_client_id: str = setting("", "MQTT client id; empty: lineside-HOSTNAME-PID")
-    mqtt_qos: int = setting(1, "MQTT QoS of results (0: lost while the broker is away; 1, 2: queued)", choices=(0, 1, 2))
+    mqtt_qos: int = setting(
+        1, "MQTT QoS of results (0: lost while the broker is away; 1, 2: queued)", choices=(0, 1, 2)
+    )
     mqtt_username: str = setting("", "MQTT user name (or mqtt://USER@HOST/...)")
-    mqtt_password: str = setting("", "MQTT password: prefer LINESIDE_MQTT_PASSWORD or mqtt_password_file (never logged)")
+    mqtt_password: str = setting(
+        "", "MQTT password: prefer LINESIDE_MQTT_PASSWORD or mqtt_password_file (never logged)"
+    )
     mqtt_password_file: Path | None = setting(None, "file holding the MQTT password (first line)")
     mqtt_ca: Path | None = setting(None, "mqtts://: CA certificate file the broker's certificate must chain to")
     mqtt_cert: Path | None = setting(None, "mqtts://: client certificate file (PEM), for brokers that require one")
