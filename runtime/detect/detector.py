@@ -14,7 +14,6 @@ other thresholds over the same parts. A detector's settings never change.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -25,6 +24,7 @@ import numpy as np
 
 from ..bundle.loader import Bundle
 from ..settings import DetectorSettings
+from .branches import score_branches
 from .encoders import SESSION_SETTINGS, ImageEncoder, NonFiniteError, require_finite, with_encoder_defaults
 from .explanation import PixelMemory, rule_explanation
 from .frames import ImageError, to_rgb_uint8
@@ -32,9 +32,9 @@ from .prompt_text import PromptText
 from .reference_cache import cache_dir as reference_cache_dir
 from .references import ReferenceMemory, content_key, memory_for
 from .regions import find_regions, work_size
-from .result import Result
+from .result import Result, verdict
 from .sam import SamRefiner, has_sam
-from .scoring import abnormal_probability, fuse, image_score, l2_normalize, language_grid, sigma_at, upsample_smooth
+from .scoring import image_score, l2_normalize, sigma_at, upsample_smooth
 
 __all__ = ["Detector", "NonFiniteError", "ReferenceMemory", "verdict"]
 
@@ -249,7 +249,10 @@ class Detector:
         t0 = time.perf_counter()
         global_emb, taps = self.encoder.encode(rgb)
         times["image_encoder"] = _ms(t0)
-        text, grid, global_p, branches = self._score(category, global_emb, taps, memory, times)
+        where = self.bundle.path if self.bundle is not None else self.bundle_id
+        text, grid, global_p, branches = score_branches(
+            category, global_emb, taps, self.encoder.grid, self.text, memory, s, times, where
+        )
 
         t = time.perf_counter()
         size = self.encoder.size
@@ -289,42 +292,6 @@ class Detector:
             refiner=refiner,
             timings_ms=times,
         )
-
-    def _score(
-        self, category: str, global_emb: np.ndarray, taps: list[np.ndarray], memory: ReferenceMemory | None, times: dict
-    ) -> tuple:
-        """The language and reference branches -> (category text or None, (rows, cols) grid, global p, branches)."""
-        s, grid, global_p, text, branches = self.settings, None, 0.0, None, ()
-        if self.text is not None:
-            t = time.perf_counter()
-            text = self.text.category(category)
-            require_finite("the text embeddings", text.classes, text.labels)
-            grid = language_grid(taps, text.classes, s.logit_scale, self.encoder.grid)
-            global_p = float(abnormal_probability(global_emb, text.classes, s.logit_scale))
-            branches += ("language",)
-            times["language"] = _ms(t)
-        elif memory is None:
-            where = self.bundle.path if self.bundle is not None else self.bundle_id
-            raise ValueError(
-                f"bundle {where} has no language branch (no CLIP text graph): "
-                "give normal reference images (--references DIR or --teach N)"
-            )
-        if memory is not None:
-            t = time.perf_counter()
-            ref_grid, ref_global_p = memory.score(global_emb, taps, self.encoder.grid)
-            weight = s.reference_weight if grid is not None else 1.0
-            grid = fuse(grid, ref_grid, weight) if grid is not None else ref_grid
-            global_p = (1 - weight) * global_p + weight * ref_global_p
-            branches += ("reference",)
-            times["reference"] = _ms(t)
-        return text, grid, global_p, branches
-
-
-def verdict(score: float, threshold: float) -> str:
-    """NG at or above the threshold, OK below it, ERROR when the score is not a number."""
-    if not math.isfinite(score):
-        return "ERROR"
-    return "NG" if score >= threshold else "OK"
 
 
 def _ms(start: float) -> float:

@@ -19,6 +19,13 @@ def finite_or_none(value: float | None, digits: int = 6) -> float | None:
     return round(float(value), digits)
 
 
+def verdict(score: float, threshold: float) -> str:
+    """NG at or above the threshold, OK below it, ERROR when the score is not a number."""
+    if not math.isfinite(score):
+        return "ERROR"
+    return "NG" if score >= threshold else "OK"
+
+
 @dataclass
 class Region:
     """One defect region, in frame pixels, with the prompt that explains it."""
