@@ -5,10 +5,7 @@ and a broker killed mid-run with no QoS 1 result lost."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,93 +18,16 @@ from runtime.serve.metrics import Metrics
 from runtime.serve.mqtt import MqttOptions, from_spec
 from runtime.serve.sinks import parse_sink
 from runtime.settings import ServeSettings
+from tests.brokers import PASSWORD, USER, Broker, free_port, make_pki, tls_client
 
 ROOT = Path(__file__).resolve().parents[1]
-USER, PASSWORD = "line-7", "s3cret:with@odd/chars"
 SETTINGS = {"threshold": 0.5, "precision": "fp32"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+_free_port = free_port
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
-    """A self-signed CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it."""
-    if not shutil.which("openssl"):
-        pytest.fail("openssl is not installed (apt-get install openssl)")
-    d = tmp_path_factory.mktemp("pki")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=test-ca", cwd=d)
-    for name, extra in (
-        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-        ("client", "extendedKeyUsage=clientAuth"),
-    ):
-        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-        (d / f"{name}.ext").write_text(extra + "\n")
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.crt",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-            cwd=d,
-        )
-    return d
-
-
-class Broker:
-    """mosquitto with TLS (client certificate required), a password file, and sessions saved at every change (a
-    timed autosave can miss a subscription made a second before SIGKILL; then its messages have nobody to go to)."""
-
-    def __init__(self, folder: Path, pki: Path):
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-        if not Path(exe).exists() or not Path(passwd).exists():
-            pytest.fail("mosquitto is not installed: .ci/run installs Debian's package (apt-get install mosquitto)")
-        subprocess.run([passwd, "-b", "-c", str(folder / "passwd"), USER, PASSWORD], check=True, capture_output=True)
-        self.exe, self.port, self.proc = exe, _free_port(), None
-        stay = "user root\n" if os.geteuid() == 0 else ""  # else, as root, it drops to a user who cannot read here
-        self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\ncafile {pki}/ca.crt\ncertfile {pki}/server.crt\n"
-            f"keyfile {pki}/server.key\nrequire_certificate true\nallow_anonymous false\n"
-            f"password_file {folder}/passwd\npersistence true\npersistence_location {folder}/\n"
-            f"autosave_interval 1\nautosave_on_changes true\n{stay}"
-        )
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"mosquitto exited: {self.proc.stderr.read().decode()}")
-            time.sleep(0.05)
-        raise AssertionError("mosquitto did not start")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
@@ -139,15 +59,9 @@ class Subscriber:
     """A real paho client on TLS with a persistent session: it reconnects by itself and is sent what it missed."""
 
     def __init__(self, port: int, pki: Path, topic: str = "plant/#"):
-        import paho.mqtt.client as mqtt
-
         self.got: list[tuple[str, dict | str, int, bool]] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plant-test-sub", clean_session=False)
-        self.client.username_pw_set(USER, PASSWORD)
-        self.client.tls_set(
-            ca_certs=str(pki / "ca.crt"), certfile=str(pki / "client.crt"), keyfile=str(pki / "client.key")
-        )
+        self.client = tls_client(pki, "plant-test-sub", clean_session=False)
         self.client.on_message = self._message
         self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)

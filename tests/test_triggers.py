@@ -21,14 +21,19 @@ from runtime.serve import Server, Settings
 from runtime.serve.__main__ import main as serve_main
 from runtime.serve.sources import FrameSource
 from runtime.serve.triggers import trigger_id
+from tests.brokers import PASSWORD, USER, Broker, make_pki, tls_client
 from tests.controlled import CATEGORY, part
 from tests.serving import result_lines, wait_for
-from tests.test_hostile_serve import Broker
 
 
 @pytest.fixture(scope="module")
 def detector(controlled, tmp_path_factory) -> Detector:
     return Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path_factory.mktemp("text"))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 class LiveCamera(FrameSource):
@@ -210,3 +215,93 @@ def test_free_run_refuses_triggers_and_bad_trigger_settings_are_refused_at_start
     assert "needs trigger=software" in capsys.readouterr().err
     assert serve_main([*base, "--trigger", "software", "--trigger-mqtt", "mqtt://h/a/#"]) == 2
     assert "use mqtt://HOST:PORT/TOPIC" in capsys.readouterr().err
+
+
+def test_the_trigger_topic_takes_the_sinks_credentials_and_tls(controlled, detector, tmp_path, pki, caplog):
+    """mqtts:// with a password file, a CA and a client certificate, the sink on the same broker with the same
+    settings (and client id setting): both connect, neither drops the other, and every trigger is inspected."""
+    (tmp_path / "broker").mkdir()
+    broker = Broker(tmp_path / "broker", pki)
+    broker.start()
+    secret = tmp_path / "mqtt-password"
+    secret.write_text(PASSWORD + "\n")
+    mqtt_settings = dict(
+        mqtt_username=USER,
+        mqtt_password_file=secret,
+        mqtt_ca=pki / "ca.crt",
+        mqtt_cert=pki / "client.crt",
+        mqtt_key=pki / "client.key",
+        mqtt_client_id="press-7",
+    )
+    results = []
+    client = tls_client(pki, "trigger-test-pub")
+    client.on_message = lambda c, u, m: m.topic.endswith("/result") and results.append(json.loads(m.payload))
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe("plant/#", qos=1)
+    client.loop_start()
+    url = f"mqtts://127.0.0.1:{broker.port}/line/trigger"
+    settings = _settings(
+        controlled, tmp_path, trigger_mqtt=url, sink=(f"mqtts://127.0.0.1:{broker.port}/plant",), **mqtt_settings
+    )
+    server = Server(settings, detector=detector, source=LiveCamera()).start()
+    try:
+        assert server.trigger_topic.subscribed.wait(10), "trigger topic not subscribed over TLS"
+        assert server.trigger_topic.client_id == "press-7-trigger"
+        for payload in (b"T1", b'{"id": "T2", "part_id": "SN-9"}'):
+            client.publish("line/trigger", payload, qos=1).wait_for_publish(5)
+        wait_for(lambda: len(result_lines(server)) >= 2, 20, "two inspections from the TLS trigger topic")
+        wait_for(lambda: sum("trigger_id" in r for r in results) >= 2, 10, "both results on the sink's topic")
+        assert server.trigger_topic.client.is_connected()
+    finally:
+        server.shutdown()
+        client.loop_stop()
+        broker.kill()
+    assert [(x["trigger_id"], x.get("part_id")) for x in result_lines(server)] == [("T1", None), ("T2", "SN-9")]
+    assert PASSWORD not in caplog.text
+
+
+def test_a_trigger_topic_whose_broker_refuses_the_password_says_so(tmp_path, pki, caplog):
+    from runtime.serve.metrics import Metrics
+    from runtime.serve.mqtt import MqttOptions
+    from runtime.serve.triggers import MqttTriggers, TriggerQueue
+
+    (tmp_path / "broker").mkdir()
+    broker = Broker(tmp_path / "broker", pki)
+    broker.start()
+    options = MqttOptions(
+        username=USER, password="wrong", ca=pki / "ca.crt", cert=pki / "client.crt", key=pki / "client.key"
+    )
+    topic = MqttTriggers(f"mqtts://127.0.0.1:{broker.port}/t", TriggerQueue(2, Metrics()), options)
+    try:
+        with caplog.at_level("WARNING", "lineside.serve"):
+            topic.start()
+            wait_for(lambda: "refused the connection" in caplog.text, 10, "refusal not logged")
+    finally:
+        topic.close()
+        broker.kill()
+    assert "wrong" not in caplog.text and not topic.subscribed.is_set()
+
+
+@pytest.mark.parametrize(
+    "url, options, message",
+    [
+        ("mqtt://h/t", {"ca": "ca.crt"}, "need TLS: write trigger_mqtt as mqtts://"),
+        ("mqtts://h/t", {"ca": "/no/such/ca.crt"}, "setting mqtt_ca: /no/such/ca.crt is not a file"),
+        ("mqtts://h/t", {"key": "k.pem"}, "setting mqtt_key: needs mqtt_cert"),
+        ("mqtt://u:hunter2@h:99999/t", {}, "the port is not a number"),
+        ("mqtt://u:hunter2@h/a//b", {}, "no wildcards, empty levels"),
+        ("mqtt://u:hunter2@h/a/+", {}, "no wildcards, empty levels"),
+        ("http://h/a", {}, "use mqtt://HOST:PORT/TOPIC"),
+    ],
+)
+def test_bad_trigger_topics_and_tls_settings_are_refused_naming_them(url, options, message):
+    from pathlib import Path
+
+    from runtime.serve.metrics import Metrics
+    from runtime.serve.mqtt import MqttOptions
+    from runtime.serve.triggers import MqttTriggers, TriggerQueue
+
+    given = MqttOptions(**{k: Path(v) for k, v in options.items()})
+    with pytest.raises(ValueError) as e:
+        MqttTriggers(url, TriggerQueue(2, Metrics()), given)
+    assert message in str(e.value) and "hunter2" not in str(e.value)

@@ -31,6 +31,7 @@ from ..options import convert
 from ..settings import SECTIONS, Settings, owner_of
 from .capture import Capture, LatestFrameSlot
 from .codes import CodeReader
+from .mqtt import MqttOptions
 from .pipeline import Inspector
 from .sources import FrameSource
 from .state import State
@@ -132,7 +133,8 @@ class Camera:
         self.metrics, self.state, self.stop = metrics.camera(spec.id), State(s.recent), threading.Event()
         software = s.trigger == "software"
         self.triggers = TriggerQueue(s.trigger_queue, self.metrics, source.fire) if software else None
-        self.trigger_topic = MqttTriggers(s.trigger_mqtt, self.triggers) if s.trigger_mqtt else None
+        topic = s.trigger_mqtt
+        self.trigger_topic = MqttTriggers(topic, self.triggers, MqttOptions.of(s), spec.id) if topic else None
         references = [read_image(p, max_pixels) for p in list_images([job.references])] if job.references else None
         if not detector.has_language and not references and s.teach == 0:
             raise ValueError(f"bundle {job.bundle} has no language branch: give --references DIR or --teach N")

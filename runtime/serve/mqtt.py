@@ -89,6 +89,35 @@ def _password(given: str, path: Path | None) -> str:
     return text.splitlines()[0] if text.strip() else ""
 
 
+def configure(client, options: MqttOptions, tls: bool, fix: str = "use mqtts://") -> None:
+    """Credentials and TLS on a paho client from `options`: the sink's and the trigger topic's clients alike.
+
+    `fix` says how to ask for TLS when certificates are given to a plain mqtt:// URL.
+    ValueError naming the setting for a missing or unusable file.
+    """
+    if options.username or options.password:
+        client.username_pw_set(options.username or None, options.password or None)
+    if not tls:
+        if options.ca or options.cert or options.key:
+            raise ValueError(f"settings mqtt_ca, mqtt_cert, mqtt_key need TLS: {fix}")
+        return
+    if options.key and not options.cert:
+        raise ValueError("setting mqtt_key: needs mqtt_cert (the certificate the key belongs to)")
+    for name in ("ca", "cert", "key"):
+        path = getattr(options, name)
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"setting mqtt_{name}: {path} is not a file")
+    try:
+        client.tls_set(
+            ca_certs=str(options.ca) if options.ca else None,
+            certfile=str(options.cert) if options.cert else None,
+            keyfile=str(options.key) if options.key else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+    except (ssl.SSLError, OSError) as e:
+        raise ValueError(f"settings mqtt_ca/mqtt_cert/mqtt_key: unusable for TLS ({e})") from e
+
+
 def redact(spec: str) -> str:
     """The sink URL without its password, fit for a log line or an error."""
     url = urlparse(spec)
@@ -148,12 +177,7 @@ class MqttSink(Sink):
         client_id = options.client_id or f"lineside-{socket.gethostname()}-{os.getpid()}"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         self.client_id = client_id
-        if options.username or options.password:
-            self.client.username_pw_set(options.username or None, options.password or None)
-        if tls:
-            self._tls(options)
-        elif options.ca or options.cert or options.key:
-            raise ValueError(f"settings mqtt_ca, mqtt_cert, mqtt_key need TLS: write the sink as mqtts://{host}...")
+        configure(self.client, options, tls, f"write the sink as mqtts://{host}...")
         self.client.will_set(self.availability, "offline", qos=1, retain=True)
         self.client.max_queued_messages_set(options.queue_max)
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
@@ -165,23 +189,6 @@ class MqttSink(Sink):
         self.early: set[int] = set()  # acknowledged before publish() returned its id to us
         self.statuses: dict[str, dict] = {}  # camera -> its retained status
         self.version = _version()
-
-    def _tls(self, options: MqttOptions) -> None:
-        if options.key and not options.cert:
-            raise ValueError("setting mqtt_key: needs mqtt_cert (the certificate the key belongs to)")
-        for name in ("ca", "cert", "key"):
-            path = getattr(options, name)
-            if path is not None and not Path(path).is_file():
-                raise ValueError(f"setting mqtt_{name}: {path} is not a file")
-        try:
-            self.client.tls_set(
-                ca_certs=str(options.ca) if options.ca else None,
-                certfile=str(options.cert) if options.cert else None,
-                keyfile=str(options.key) if options.key else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-        except (ssl.SSLError, OSError) as e:
-            raise ValueError(f"settings mqtt_ca/mqtt_cert/mqtt_key: unusable for TLS ({e})") from e
 
     def start(self) -> None:
         """Connect in the background (the broker may come later) and start draining the queue."""

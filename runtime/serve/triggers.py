@@ -17,11 +17,14 @@ import collections
 import dataclasses
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
+from .mqtt import MqttOptions, configure, redact
 from .sources import Frame
 
 log = logging.getLogger("lineside.serve")
@@ -179,15 +182,26 @@ class TriggerQueue:
 class MqttTriggers:
     """Subscribes to an MQTT command topic; each message is one trigger (payload: id, {"id": ...} or empty).
 
-    A refused or malformed message is answered on TOPIC/refused with its id and the reason.
+    The client takes the sink's mqtt_* settings (user, password, CA, client certificate, client id; mqtts://
+    for TLS), configured by the same function. A refused or malformed message is answered on TOPIC/refused
+    with its id and the reason; a broker that refuses the connection is logged at each attempt.
     """
 
-    def __init__(self, url: str, queue: TriggerQueue):
+    def __init__(self, url: str, queue: TriggerQueue, options: MqttOptions | None = None, camera: str = ""):
         import paho.mqtt.client as mqtt
 
-        self.host, self.port, self.topic = parse_mqtt_url(url)
+        where = parse_mqtt_url(url)
+        self.host, self.port, self.topic = where.host, where.port, where.topic
         self.queue, self.mqtt = queue, mqtt
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"lineside-trigger-{id(self):x}")
+        options = options or MqttOptions()
+        options = dataclasses.replace(
+            options, username=options.username or where.username, password=options.password or where.password
+        )
+        # never the sink's own id: a broker drops the older of two connections that share one
+        base = options.client_id or f"lineside-{socket.gethostname()}-{os.getpid()}"
+        self.client_id = f"{base}-trigger" + (f"-{camera}" if camera else "")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
+        configure(self.client, options, where.tls, "write trigger_mqtt as mqtts://HOST:PORT/TOPIC")
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
         self.client.on_connect = self._connected
         self.client.on_message = self._message
@@ -199,8 +213,10 @@ class MqttTriggers:
         self.client.loop_start()
 
     def _connected(self, client, userdata, flags, reason_code, properties=None) -> None:
-        if not reason_code.is_failure:
-            client.subscribe(self.topic, qos=1)  # again after every reconnection
+        if reason_code.is_failure:
+            log.warning("trigger topic %s: the broker refused the connection: %s", self.topic, reason_code)
+            return
+        client.subscribe(self.topic, qos=1)  # again after every reconnection
 
     def _message(self, client, userdata, message) -> None:
         try:
@@ -218,10 +234,44 @@ class MqttTriggers:
         self.client.loop_stop()
 
 
-def parse_mqtt_url(url: str) -> tuple[str, int, str]:
-    """mqtt://HOST[:PORT]/TOPIC -> (host, port, topic); ValueError naming the setting otherwise."""
-    parsed = urlparse(url)
+@dataclass(frozen=True)
+class TriggerTopic:
+    host: str
+    port: int
+    topic: str
+    tls: bool
+    username: str = ""
+    password: str = ""
+
+
+def parse_mqtt_url(url: str) -> TriggerTopic:
+    """mqtt[s]://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC -> TriggerTopic; ValueError naming the setting otherwise."""
+    parsed, shown = urlparse(url), redact(url)
     topic = parsed.path.lstrip("/")
-    if parsed.scheme != "mqtt" or not parsed.hostname or not topic or "+" in topic or "#" in url:
-        raise ValueError(f"setting trigger_mqtt: {url!r}: use mqtt://HOST:PORT/TOPIC (no wildcards)")
-    return parsed.hostname, parsed.port or 1883, topic
+    try:
+        port = parsed.port
+    except ValueError as e:
+        raise ValueError(f"setting trigger_mqtt: {shown!r}: the port is not a number from 0 to 65535") from e
+    if (
+        parsed.scheme not in ("mqtt", "mqtts")
+        or not parsed.hostname
+        or not topic
+        or any(c in topic for c in "+#\0")
+        or "" in topic.split("/")
+        or parsed.query
+        or parsed.fragment
+        or "#" in url
+    ):
+        raise ValueError(
+            f"setting trigger_mqtt: {shown!r}: use mqtt://HOST:PORT/TOPIC or mqtts:// for TLS "
+            "(no wildcards, empty levels or query)"
+        )
+    tls = parsed.scheme == "mqtts"
+    return TriggerTopic(
+        parsed.hostname,
+        port or (8883 if tls else 1883),
+        topic,
+        tls,
+        unquote(parsed.username or ""),
+        unquote(parsed.password or ""),
+    )
