@@ -1,7 +1,8 @@
 """Hostile frames and files: nothing garbage passes as OK, nothing crashes, every input gets a line.
 
 The detector side of the fail-safe contract (serve's and the bundle's are in
-test_hostile_serve.py and test_hostile_bundle.py): a graph that produces NaN,
+test_hostile_files.py, test_hostile_serve.py, test_hostile_peers.py and
+test_hostile_bundle.py): a graph that produces NaN,
 frames of absurd size, range or depth, files that are bombs, FIFOs or carry
 names that are not UTF-8.
 """
