@@ -287,8 +287,8 @@ class ServeSettings(Section):
     recent: int = setting(500, "results kept in memory for /api/results", low=1)
     api_token: str = setting(
         "",
-        "token that HTTP calls changing state (operator feedback) must send as 'Authorization: Bearer TOKEN'; "
-        "empty: such calls are refused (401)",
+        "token that HTTP calls changing state must send as 'Authorization: Bearer TOKEN' or 'X-Lineside-Token: "
+        "TOKEN'; empty: operator feedback is refused (401) and POST /api/trigger stays open",
     )
     ng_gallery: int = setting(12, "NG frames kept in memory (as JPEG) for the page's gallery", low=1, high=200)
 

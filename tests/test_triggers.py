@@ -67,8 +67,9 @@ def _settings(controlled, tmp_path, **kw) -> Settings:
     return Settings.of(**(base | kw))
 
 
-def _post(port: int, query: str = "", body: bytes = b"") -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/trigger{query}", data=body, method="POST")
+def _post(port: int, query: str = "", body: bytes = b"", headers: dict | None = None) -> tuple[int, dict]:
+    url = f"http://127.0.0.1:{port}/api/trigger{query}"
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=5) as r:
             return r.status, json.loads(r.read())
@@ -305,3 +306,47 @@ def test_bad_trigger_topics_and_tls_settings_are_refused_naming_them(url, option
     with pytest.raises(ValueError) as e:
         MqttTriggers(url, TriggerQueue(2, Metrics()), given)
     assert message in str(e.value) and "hunter2" not in str(e.value)
+
+
+def test_with_a_token_set_a_trigger_needs_it(controlled, detector, tmp_path):
+    server = Server(_settings(controlled, tmp_path, api_token="plc-s3cret"), detector=detector, source=LiveCamera())
+    server.start()
+    try:
+        wait_for(server.capture.connected.is_set, 10, "camera not connected")
+        port = server.web.port
+        refused = [
+            _post(port, "?id=none"),
+            _post(port, "?id=wrong", headers={"Authorization": "Bearer plc-s3cre"}),
+            _post(port, "?id=basic", headers={"Authorization": "Basic plc-s3cret"}),
+            _post(port, "?id=other", headers={"X-Lineside-Token": "plc-s3cret-and-more"}),
+        ]
+        assert all(status == 401 and "X-Lineside-Token" in body["error"] for status, body in refused), refused
+        assert _post(port, "?id=A", headers={"Authorization": "Bearer plc-s3cret"})[0] == 202
+        assert _post(port, "?id=B", headers={"X-Lineside-Token": "plc-s3cret"})[0] == 202
+        wait_for(lambda: len(result_lines(server)) >= 2, 20, "the two authorised triggers inspected")
+    finally:
+        server.shutdown()
+    assert [x["trigger_id"] for x in result_lines(server)] == ["A", "B"]
+    assert _count(server, "accepted") == 2
+
+
+def test_open_triggers_on_a_reachable_address_are_warned_of_once(controlled, detector, tmp_path, caplog):
+    for host, warned in (("0.0.0.0", True), ("127.0.0.1", False)):
+        caplog.clear()
+        server = Server(_settings(controlled, tmp_path, host=host), detector=detector, source=LiveCamera())
+        with caplog.at_level("WARNING", "lineside.serve"):
+            server.start()
+        try:
+            assert _post(server.web.port, "?id=open")[0] == 202  # still open: PLCs and scripts post them so
+        finally:
+            server.shutdown()
+        said = [r.getMessage() for r in caplog.records if "takes triggers from anyone" in r.getMessage()]
+        assert len(said) == (1 if warned else 0), said
+        assert not warned or ("0.0.0.0" in said[0] and "api_token" in said[0])
+
+
+def test_loopback_addresses_are_told_apart_from_reachable_ones():
+    from runtime.serve.web import loopback
+
+    assert all(loopback(h) for h in ("127.0.0.1", "127.3.0.1", "::1", "[::1]", "localhost", "LOCALHOST"))
+    assert not any(loopback(h) for h in ("0.0.0.0", "::", "192.168.0.10", "box.local", ""))

@@ -15,6 +15,7 @@ constant time; with no token configured they are all refused.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
 import logging
 import queue
@@ -41,11 +42,21 @@ class Refused(Exception):
         self.status = status
 
 
-def authorised(token: str, header: str | None) -> bool:
-    """True when `header` is 'Bearer <token>' for the configured, non-empty token (constant-time compare)."""
-    if not token or not header or not header.startswith("Bearer "):
+def authorised(token: str, headers) -> bool:
+    """True when `headers` carry the configured, non-empty token: 'Authorization: Bearer TOKEN', or
+    'X-Lineside-Token: TOKEN' for PLCs and scripts that cannot write an Authorization header.
+
+    Both sides are hashed before the constant-time compare, so that neither the token's length nor its
+    first differing byte shows in the time taken; header text that is not UTF-8 is compared as its bytes.
+    """
+    if not token:
         return False
-    return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), token.encode())
+    bearer = headers.get("Authorization") or ""
+    given = [bearer[len("Bearer ") :].strip()] if bearer.startswith("Bearer ") else []
+    given += [headers.get("X-Lineside-Token") or ""]
+    want = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+    found = [hmac.compare_digest(hashlib.sha256(g.encode("utf-8", "surrogatepass")).digest(), want) for g in given]
+    return any(found)
 
 
 def frame_of(record: dict) -> FrameRef:

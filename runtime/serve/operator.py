@@ -29,6 +29,13 @@ def _jpeg(data: bytes) -> web.Response:
     return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
+def unauthorised(what: str, token: str) -> web.Response:
+    """401 saying how to send the token, or that none is set."""
+    how = "send 'Authorization: Bearer TOKEN' or 'X-Lineside-Token: TOKEN' (the api_token setting)"
+    why = how if token else "set api_token first"
+    return _json({"error": f"{what}: {why}"}, status=401, headers={"WWW-Authenticate": 'Bearer realm="lineside"'})
+
+
 def source_state(camera) -> dict:
     """Where frames come from and how that stands: live, connecting, lost (a live source dropped) or ended
     (a recording read to its end), with the reason when not live."""
@@ -160,10 +167,8 @@ class OperatorPage:
         """POST /api/feedback[?camera=ID] {run, frame_id, decision, by[, add_reference]}, with the token."""
         key, _ = self.camera(request)
         token = self.tokens[key]  # a camera's own (the cameras file may set one), else the process's
-        if not authorised(token, request.headers.get("Authorization")):
-            why = "send 'Authorization: Bearer TOKEN' (the api_token setting)" if token else "set api_token first"
-            headers = {"WWW-Authenticate": 'Bearer realm="lineside"'}
-            return _json({"error": f"feedback changes what serve holds: {why}"}, status=401, headers=headers)
+        if not authorised(token, request.headers):
+            return unauthorised("feedback changes what serve holds", token)
         body = await request.content.read(MAX_BODY + 1)
         if len(body) > MAX_BODY:
             return _json({"error": f"the body is over {MAX_BODY} bytes"}, status=413)

@@ -13,6 +13,7 @@ from the moment a connection opens).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import threading
@@ -21,8 +22,9 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from .feedback import authorised
 from .gallery import Layers
-from .operator import OperatorPage
+from .operator import OperatorPage, unauthorised
 from .records import strict_json
 from .triggers import MAX_BODY, TriggerRefused, trigger_fields
 
@@ -52,11 +54,38 @@ def graph_lines(graphs: dict[str, dict]) -> str:
     )
 
 
+def loopback(host: str) -> bool:
+    """True for an address only this box can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[] ")).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_open_triggers(server, operator) -> None:
+    """Triggers without a token stay open (PLCs and the compose file's scripts post them), but not silently
+    when other machines can reach them."""
+    host = str(getattr(getattr(getattr(server, "settings", None), "serve", None), "host", "127.0.0.1"))
+    open_ = [
+        key or "0" for key, cam in operator.cameras.items() if cam.triggers is not None and not operator.tokens[key]
+    ]
+    if open_ and not loopback(host):
+        log.warning(
+            "POST /api/trigger (camera %s) takes triggers from anyone who can reach %s: set api_token "
+            "(LINESIDE_API_TOKEN) and send it as 'Authorization: Bearer TOKEN' or 'X-Lineside-Token: TOKEN'",
+            ", ".join(open_),
+            host,
+        )
+
+
 def create_app(server) -> web.Application:
     """`server` offers .state, .metrics, .stop, .health(), .ready() -> (bool, problem), .graphs(), .counters()
     and .triggers (a TriggerQueue, None when free-run)."""
     state, metrics = server.state, server.metrics
     operator = OperatorPage(server)  # the page's tiles, pictures and feedback (operator.py)
+    _warn_open_triggers(server, operator)
 
     async def healthz(_):
         ok, problem = server.health()
@@ -122,8 +151,11 @@ def create_app(server) -> web.Application:
 
     async def trigger(request):
         """POST /api/trigger[?id=ID][&camera=ID] (or a body: ID, {"id": ID, "part_id": P}): one inspection;
-        202, 429 when the queue is full."""
-        queue = operator.camera(request)[1].triggers
+        202, 429 when the queue is full, 401 without the token when api_token is set."""
+        key, camera = operator.camera(request)
+        queue, token = camera.triggers, operator.tokens[key]
+        if token and not authorised(token, request.headers):
+            return unauthorised("a trigger starts an inspection", token)
         if queue is None:
             return _json({"error": "serve runs free-run (every frame is inspected); set trigger=software"}, 409)
         if server.stop.is_set():
