@@ -55,17 +55,21 @@ def test_each_image_serves_the_runtime_only_as_the_readme_says(dockerfile):
     installs = re.findall(r"pip3? (?:install|wheel) [^\n]*", text)
     assert installs and all(" -c " in line for line in installs), installs  # the set-up's pins, always
     extras = set(re.findall(r'"(?:\.|lineside)\[([a-z,]+)\]"', text))
-    assert extras and all(set(e.split(",")) <= {"cpu", "gpu", "mllm"} for e in extras), extras  # no torch, no export
+    assert extras and all(set(e.split(",")) <= {"cpu", "gpu", "mllm", "plant"} for e in extras), extras  # no torch
+    assert all("plant" in e.split(",") for e in extras), extras  # serve on a line speaks to its PLC (OPC UA, Modbus)
     runtime_stage = text.split(" AS wheels")[1].split("\nFROM ")[1]
     assert "--no-index --find-links /wheels" in runtime_stage and "cmake" not in runtime_stage
 
 
 def test_the_jetson_image_keeps_the_system_opencv():
     text = (DEPLOY / "Dockerfile.jetson").read_text()
-    assert '"lineside[mllm]"' in text and "[cpu" not in text and "[gpu" not in text  # both bring opencv from PyPI
+    assert '"lineside[mllm,plant]"' in text and "[cpu" not in text and "[gpu" not in text  # both bring PyPI's opencv
     assert "GStreamer:\\s+YES" in text and "onnxruntime-gpu" in text
     pins = (DEPLOY / "constraints-jetson.txt").read_text()
     assert "numpy==1." in pins and "opencv" not in pins and "onnxruntime" not in pins.split("\n#")[-1]
+    main = (ROOT / "constraints.txt").read_text().splitlines()
+    for package in ("asyncua==", "pymodbus=="):  # the plant extra at the README set-up's versions
+        assert [x for x in main if x.startswith(package)][0] in pins.splitlines(), package
 
 
 def test_compose_and_systemd_give_the_same_stop_grace_and_settings_by_environment():
