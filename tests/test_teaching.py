@@ -107,6 +107,7 @@ def test_teach_refuses_a_planted_outlier_frame_and_says_which(controlled, tmp_pa
     verdicts = [x for x in lines if x["label"] in ("OK", "NG")]
     assert [x["frame_id"] for x in verdicts] == [6, 7] and verdicts[1]["label"] == "NG"
     assert "reference" in verdicts[0]["branches"]
+    assert verdicts[1]["explanation"]["basis"] == "references"  # measured against the taught frames' pixels
 
 
 def test_calibrate_dir_sets_the_threshold_the_results_and_status_show(controlled, tmp_path):

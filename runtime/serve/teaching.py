@@ -75,6 +75,7 @@ class Teaching:
             s, encoder = self.detector.settings, self.detector.encoder
             shape = (s.coreset_ratio, s.nn_index, s.reference_window, encoder.grid)
             memory = ReferenceMemory.from_encoded(content_key(references), encoder.identity, encoded, *shape)
+            self.detector.remember_pixels(references, colour="RGB")  # what NG explanations are measured against
         self.frames, self.images, self.encoded = [], [], []
         return Taught(references, encoded, memory, lines)
 
