@@ -2,7 +2,7 @@
 
 Every report written through `write` names the machine it was measured on (CPU model and ISA
 flags, GPUs, onnxruntime: `runtime.machine.describe()`) under its title: int8 and fp16 figures
-hold for that machine, not in general.
+hold for that machine, not in general. (The index of every report, their README, is index.py.)
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks import accuracy, latency, parity, report, reporting
+from benchmarks import accuracy, index, latency, parity, reporting
 from benchmarks.flops import graph_flops, matmul_peak_gflops
 from runtime.bundle.loader import Bundle
 
@@ -87,7 +87,7 @@ def test_report_index_links_every_report(tmp_path):
             }
         )
     )
-    text = report.build(folder).read_text()
+    text = index.build(folder).read_text()
     assert "Soak: 10 frames" in text and "(soak/soak.md)" in text
     assert "Measured on: a machine the report does not name." in text and "- int8 is stale" in text
 

@@ -1,8 +1,9 @@
-"""python -m benchmarks.report: one index of every report under benchmarks/reports/.
+"""python -m benchmarks.index: one index of every report under benchmarks/reports/, their README.
 
 Collects the JSON that accuracy, latency, parity and soak wrote, and writes
 benchmarks/reports/README.md with the headline figures, the machine, versions
-and providers, each linked to its full report and plots.
+and providers, each linked to its full report and plots. (The plumbing every report is
+written with, tables, files and the machine line, is reporting.py.)
 """
 
 from __future__ import annotations
