@@ -19,6 +19,7 @@ from .clip_graphs import ClipImageGraph, ClipTextGraph, tap_name
 from .clip_model import load_clip, preset_for
 from .measure import export_measured
 from .optimize import Optimisation
+from .preprocessing import stretched_square
 from .samples import PARITY_PROMPTS, parity_image
 from .writer import BundleWriter
 
@@ -67,16 +68,7 @@ def _norm_constants(model) -> tuple[list[float], list[float]]:
 
 
 def _export_image(graph, model, size, mean, std, spec, writer, source) -> Component:
-    prep = {
-        "layout": "NCHW",
-        "colour": "RGB",
-        "dtype": "float32",
-        "range": [0, 255],
-        "resize": "stretch",
-        "size": [size, size],
-        "interpolation": "bicubic",
-        "normalisation": {"where": "graph", "mean": mean, "std": std},
-    }
+    prep = stretched_square(size, "bicubic", mean, std)
     pixels = np.concatenate([clip_input(parity_image(300, 400, seed), prep) for seed in (0, 1)])
     x = torch.from_numpy(pixels)
     with torch.no_grad():

@@ -27,6 +27,7 @@ from runtime.detect.preprocess import clip_input
 
 from .checkpoints import file_source, load_exact, read_state_dict
 from .measure import export_measured
+from .preprocessing import stretched_square
 from .samples import calibration_images, parity_image
 from .writer import BundleWriter
 
@@ -178,16 +179,7 @@ def export_patch_encoder(spec: PatchSpec, writer: BundleWriter) -> Component:
     model, source = load_lite0(spec)
     size = spec.image_size
     graph = PatchEncoderGraph(freeze_same_padding(model, size)).eval()
-    prep = {
-        "layout": "NCHW",
-        "colour": "RGB",
-        "dtype": "float32",
-        "range": [0, 255],
-        "resize": "stretch",
-        "size": [size, size],
-        "interpolation": "area",
-        "normalisation": {"where": "graph", "mean": list(MEAN), "std": list(STD)},
-    }
+    prep = stretched_square(size, "area", MEAN, STD)
     pixels = torch.cat([torch.from_numpy(clip_input(parity_image(300, 300, s), prep)) for s in (4, 5)])
     with torch.no_grad():
         global_emb, tokens = graph(pixels)
