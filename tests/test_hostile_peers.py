@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -26,6 +22,7 @@ from runtime.serve import Server
 from runtime.serve.metrics import Metrics
 from runtime.serve.mqtt import MqttOptions, MqttSink
 from runtime.serve.sinks import WebhookSink
+from tests.brokers import Broker, free_port
 from tests.serving import http_get, parts_folder, serve_settings, strict_lines, wait_for
 
 
@@ -34,44 +31,7 @@ def detector(controlled, tmp_path_factory) -> Detector:
     return Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path_factory.mktemp("text"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # --- sinks -----------------------------------------------------------------------------------------------------
-
-
-class Broker:
-    """A real mosquitto on a fixed port that can be stopped and started again (sessions persisted)."""
-
-    def __init__(self, folder: Path):
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(exe).exists():
-            pytest.fail("mosquitto is not installed: .ci/run installs Debian's package (apt-get install mosquitto)")
-        self.exe, self.port, self.proc = exe, _free_port(), None
-        stay = "user root\n" if os.geteuid() == 0 else ""  # else, as root, it drops to a user who cannot save here
-        self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {folder}/\n{stay}"
-        )
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise AssertionError("mosquitto did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 @pytest.fixture
@@ -126,7 +86,7 @@ def test_mqtt_records_published_while_the_broker_is_away_arrive_after_it_returns
 
 def test_mqtt_queue_is_bounded_and_overflow_counted(tmp_path):
     metrics = Metrics()
-    sink = MqttSink("127.0.0.1", _free_port(), "line/results", metrics, 64, MqttOptions(queue_max=5, drain_s=0.5))
+    sink = MqttSink("127.0.0.1", free_port(), "line/results", metrics, 64, MqttOptions(queue_max=5, drain_s=0.5))
     sink.start()
     for i in range(20):
         sink.offer({"frame_id": i})
