@@ -8,6 +8,7 @@ written with, tables, files and the machine line, is reporting.py.)
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -134,6 +135,11 @@ def build(folder: Path = reporting.REPORTS) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.index",
+        description="Rewrite benchmarks/reports/README.md, the index of every committed report, from their JSON.",
+    )
+    parser.parse_args(argv)  # no options: only --help, which must not rewrite anything
     out = build()
     print(out.read_text())
     return 0
