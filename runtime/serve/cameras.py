@@ -40,6 +40,7 @@ from .triggers import MqttTriggers, TriggerQueue
 
 log = logging.getLogger("lineside.serve")
 
+MAX_FILE = 1 << 20  # bytes of a cameras file
 CAMERA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # (as ServeSettings checks camera_id)
 PROCESS_WIDE = {
     "bundle",
@@ -73,7 +74,11 @@ def read_cameras(path: Path, base: Settings) -> list[CameraSpec]:
     import yaml  # only a process with a cameras file needs it
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        with open(path, "rb") as f:  # at most MAX_FILE: /dev/zero or a log named by mistake never fills memory
+            raw = f.read(MAX_FILE + 1)
+        if len(raw) > MAX_FILE:
+            raise ValueError(f"cameras file {path}: over {MAX_FILE // 1024} kB; is it the cameras file?")
+        data = yaml.safe_load(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ValueError(f"cameras file {path}: {e}") from e
     entries = data.get("cameras") if isinstance(data, dict) else data

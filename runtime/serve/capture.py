@@ -12,11 +12,11 @@ leaving a process that looks alive and inspects nothing.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from pathlib import Path
 
+from .codes import PartPattern
 from .sources import Frame, FrameSource
 
 log = logging.getLogger("lineside.serve")
@@ -82,7 +82,7 @@ class Capture(threading.Thread):
             raise ValueError(f"setting reconnect_max_s: {backoff_max} must be > 0")
         self.source, self.slot, self.stop, self.metrics = source, slot, stop, metrics
         self.max_fps, self.loop, self.backoff_max = max_fps, loop, backoff_max
-        self.camera, self.part_pattern = camera, re.compile(part_pattern) if part_pattern else None
+        self.camera, self.part_pattern = camera, PartPattern(part_pattern) if part_pattern else None
         self.connected = threading.Event()
         self.finished = threading.Event()
         self.frames = 0
@@ -174,8 +174,4 @@ class Capture(threading.Thread):
 
     def part_of(self, name: str) -> str | None:
         """The part id part_id_pattern finds in a file name: its first group, or the whole match; None without."""
-        found = self.part_pattern.search(name) if self.part_pattern is not None and name else None
-        if found is None:
-            return None
-        part = found.group(1) if found.groups() else found.group(0)
-        return part or None
+        return self.part_pattern.find(name) if self.part_pattern is not None and name else None

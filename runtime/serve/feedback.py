@@ -14,6 +14,7 @@ constant time; with no token configured they are all refused.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import hmac
@@ -31,6 +32,7 @@ from .state import State
 log = logging.getLogger("lineside.serve")
 
 WHO = re.compile(r"[^\x00-\x1f\x7f]{1,64}")  # a name or badge: printable, at most 64 characters
+TAUGHT = 10_000  # false alarms remembered as taught (a frame is refused a second time)
 NEEDS = {"confirmed": "NG", "false_alarm": "NG", "miss": "OK"}  # the verdict each decision is about
 
 
@@ -76,6 +78,7 @@ class Feedback:
         self.rebuilt = 0  # memories rebuilt with an operator's false alarm in them
         self.problem = ""  # why the last rebuild failed, "" when it did not
         self._thread: threading.Thread | None = None
+        self.taught: collections.OrderedDict = collections.OrderedDict()  # (run, frame_id) already taught, bounded
 
     def can_teach(self) -> bool:
         return self.inspector is not None and self.inspector.teach == 0 and bool(self.inspector.references)
@@ -102,6 +105,8 @@ class Feedback:
             )
         image = None
         if teach:
+            if (run, frame_id) in self.taught:  # a second click, or two operators: one copy in the memory
+                raise Refused(409, f"frame {run}/{frame_id} is taught already; it is among the references")
             if not self.can_teach():
                 raise Refused(409, "false alarms cannot be taught: serve holds no references (start with --references)")
             kept = self.state.gallery_frame(run, frame_id)
@@ -112,6 +117,9 @@ class Feedback:
         self.log.write(line)
         self.state.decided(run, frame_id, decision)
         if image is not None:
+            self.taught[(run, frame_id)] = True
+            while len(self.taught) > TAUGHT:
+                self.taught.popitem(last=False)
             with self.lock:
                 self.pending += 1
                 if self._thread is None:  # one worker for the life of serve, idle on the queue

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlparse
 
-from .plc import VERDICTS, Redial, integer, options, port_of, require, score_of, verdict
+from .plc import VERDICTS, Redial, integer, options, plain_url, port_of, require, score_of, verdict
 from .sinks import Sink
 
 log = logging.getLogger("lineside.serve")
@@ -54,6 +54,7 @@ class ModbusSink(Sink):
         opts = options(spec, url.query, KNOWN)
         if not url.hostname or url.path not in ("", "/"):
             raise ValueError(f"--sink {spec!r}: use modbus://HOST:PORT?unit=1&coil=0&register=0")
+        plain_url(spec, url, "modbus://HOST:PORT?unit=1&coil=0&register=0: Modbus TCP has no accounts")
         self.unit = integer(spec, "unit", opts.get("unit", "1"), 0, 247)
         self.coil = integer(spec, "coil", opts.get("coil", "0"), 0, 65535)
         self.register = integer(spec, "register", opts.get("register", "0"), 0, 65536 - REGISTERS)

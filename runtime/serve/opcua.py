@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 from urllib.parse import urlparse
 
-from .plc import LoopThread, camera_of, integer, options, port_of, require, score_of, verdict
+from .plc import LoopThread, camera_of, integer, options, plain_url, port_of, require, score_of, verdict
 from .sinks import Sink
 
 log = logging.getLogger("lineside.serve")
@@ -46,6 +47,8 @@ VARIABLES = {  # name -> (OPC UA type, value before the first verdict)
     "Heartbeat": ("UInt32", 0),
     "NgPulse": ("Boolean", False),
 }
+CAMERA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as camera_id and the cameras file take them
+MAX_CAMERAS = 256  # nodes built at start, seven per camera
 WRITE_S = 5.0  # a write into our own address space that takes longer than this is a failure
 
 
@@ -62,9 +65,10 @@ class OpcUaServerSink(Sink):
     """Hosts the OPC UA server on its own asyncio loop; `deliver` updates one camera's variables there."""
 
     def __init__(self, spec: str, metrics, maxsize: int):
-        url = urlparse(spec)
+        url, usage = urlparse(spec), "opcua-server://HOST:PORT/PATH (HOST 0.0.0.0: every interface)"
         if not url.hostname:
-            raise ValueError(f"--sink {spec!r}: use opcua-server://HOST:PORT/PATH (HOST 0.0.0.0: every interface)")
+            raise ValueError(f"--sink {spec!r}: use {usage}")
+        plain_url(spec, url, usage)
         opts = options(spec, url.query, KNOWN)
         self.asyncua = require("asyncua", spec)
         self.host, self.port = url.hostname, port_of(spec, url, 4840)
@@ -74,6 +78,12 @@ class OpcUaServerSink(Sink):
         self.cameras = [c.strip() for c in opts.get("cameras", "0").split(",") if c.strip()]
         if not self.namespace or not self.cameras:
             raise ValueError(f"--sink {spec!r}: namespace and cameras must not be empty")
+        bad = [c for c in self.cameras if not CAMERA_ID.fullmatch(c)][:3]
+        if bad or len(set(self.cameras)) != len(self.cameras) or len(self.cameras) > MAX_CAMERAS:
+            raise ValueError(
+                f"--sink {spec!r}: cameras must be up to {MAX_CAMERAS} different camera ids (letters, digits, "
+                f"'.', '-', '_'), got {len(self.cameras)}" + (f", such as {bad}" if bad else "")
+            )
         super().__init__(f"opcua-server://{self.host}:{self.port}{url.path}", metrics, maxsize)
         self.loop = LoopThread(f"opcua-server-{self.port}")
         self.server, self.beat, self.ns, self.beats = None, None, 0, 0

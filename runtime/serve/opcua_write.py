@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlparse
 
-from .plc import VERDICTS, LoopThread, Redial, options, port_of, require, score_of, verdict
+from .plc import VERDICTS, LoopThread, Redial, options, plain_url, port_of, require, score_of, verdict
 from .sinks import Sink
 
 log = logging.getLogger("lineside.serve")
@@ -75,6 +75,20 @@ def value_for(key: str, kind: str, label: str, record: dict):
     return str(record.get("part_id") or "")
 
 
+def _node_id(ua, text: str):
+    """asyncua's NodeId, within what the protocol can carry: asyncua itself takes ns=99999999999, i=-5, an
+    empty string id and b=!!! (decoded to nothing), each of which only fails at the PLC, part after part."""
+    node = ua.NodeId.from_string(text)
+    ident = node.Identifier
+    if not 0 <= node.NamespaceIndex <= 0xFFFF:
+        raise ValueError("namespace index beyond 0..65535")
+    if isinstance(ident, int) and not 0 <= ident <= 0xFFFFFFFF:
+        raise ValueError("numeric id beyond 0..4294967295")
+    if isinstance(ident, (str, bytes)) and not ident:
+        raise ValueError("empty id")
+    return node
+
+
 class OpcUaWriteSink(Sink):
     def __init__(self, spec: str, metrics, maxsize: int, timeout_s: float = 4.0):
         url = urlparse(spec)
@@ -85,9 +99,10 @@ class OpcUaWriteSink(Sink):
             )
         self.asyncua = require("asyncua", spec)
         self.targets = {}
+        plain_url(spec, url, "opcua-write://[USER:PASS@]HOST:PORT?verdict=NODEID", userinfo=True)
         for key, text in opts.items():
             try:
-                self.targets[key] = self.asyncua.ua.NodeId.from_string(text)
+                self.targets[key] = _node_id(self.asyncua.ua, text)
             except Exception as e:
                 raise ValueError(f"--sink {spec!r}: {key}={text!r} is not a node id such as ns=3;s=Reject.NG") from e
         port = port_of(spec, url, 4840)

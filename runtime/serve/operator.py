@@ -174,8 +174,8 @@ class OperatorPage:
             return _json({"error": f"the body is over {MAX_BODY} bytes"}, status=413)
         try:
             line = self.feedback[key].decide(json.loads(body or b"null"))
-        except ValueError as e:
-            return _json({"error": f"the body is not JSON: {e}"}, status=400)
+        except (ValueError, RecursionError) as e:  # RecursionError: [[[[... nested past json's parser
+            return _json({"error": f"the body is not a JSON object: {type(e).__name__}: {e}"}, status=400)
         except Refused as e:
             return _json({"error": str(e)}, status=e.status)
         except OSError as e:

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import importlib
 import logging
+import re
 import threading
 import time
 from urllib.parse import parse_qsl
@@ -68,21 +69,29 @@ def options(spec: str, query: str, known: dict[str, str]) -> dict[str, str]:
 
 
 def integer(spec: str, name: str, text: str, low: int, high: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
+    """Plain ASCII digits only: int() would also take ' 1_0 ', '+5' or other scripts' digits."""
+    value = int(text) if re.fullmatch(r"-?[0-9]{1,9}", text) else None
     if value is None or not low <= value <= high:
         raise ValueError(f"--sink {spec!r}: {name}={text!r} must be a whole number in {low}..{high}")
     return value
 
 
 def port_of(spec: str, url, default: int) -> int:
-    """The URL's port (`default` when none is given); one that is not a port is refused naming the spec."""
+    """The URL's port (`default` when none is given); one that is not a port (0 included: a PLC dials a
+    known one) is refused naming the spec."""
     try:
-        return url.port or default
+        port = url.port
     except ValueError as e:
         raise ValueError(f"--sink {spec!r}: the port must be a number in 1..65535") from e
+    if port == 0:
+        raise ValueError(f"--sink {spec!r}: the port must be a number in 1..65535")
+    return port or default
+
+
+def plain_url(spec: str, url, usage: str, userinfo: bool = False) -> None:
+    """Refuse what the output would silently ignore: a fragment, or user and password where none is read."""
+    if url.fragment or "#" in spec or (not userinfo and (url.username or url.password)):
+        raise ValueError(f"--sink {spec!r}: use {usage} (no #fragment" + (")" if userinfo else ", no USER:PASS@)"))
 
 
 class Redial:

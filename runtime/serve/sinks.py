@@ -206,7 +206,10 @@ def parse_sink(spec: str, metrics, maxsize: int, serve: ServeSettings | None = N
         if not spec[6:]:
             raise ValueError("--sink jsonl: needs a path, e.g. jsonl:results-copy.jsonl")
         return JsonlSink(Path(spec[6:]), metrics, maxsize)
-    url = urlparse(spec)
+    try:
+        url = urlparse(spec)
+    except ValueError as e:  # [zz]: brackets around what is no IPv6 address
+        raise ValueError(f"--sink {spec!r}: {e}") from e
     if url.scheme in ("http", "https") and url.netloc:
         return WebhookSink(
             spec,

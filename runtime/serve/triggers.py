@@ -72,6 +72,8 @@ def trigger_fields(
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"trigger body is not valid JSON: {e}") from e
+        except RecursionError as e:  # [[[[... within MAX_BODY: json's parser recurses once per level
+            raise ValueError('trigger body is JSON nested too deeply; send {"id": ..., "part_id": ...}') from e
         value, part = data.get("id", value), data.get("part_id", part)
     elif text:
         value = text
@@ -219,6 +221,7 @@ class MqttTriggers:
         client.subscribe(self.topic, qos=1)  # again after every reconnection
 
     def _message(self, client, userdata, message) -> None:
+        """On paho's network thread: anything raised here would end that thread and with it the topic."""
         try:
             given, part = trigger_fields(message.payload)
             self.queue.offer(given, "mqtt", part)
