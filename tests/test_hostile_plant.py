@@ -224,3 +224,35 @@ def test_a_cameras_file_that_never_ends_is_refused_at_once(controlled, tmp_path)
     empty.write_text("cameras: []\n")
     with pytest.raises(ValueError, match="give a list of cameras"):
         read_cameras(empty, base)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("cameras:\n  - {id: a, source: null}\n", "camera a: source has no value"),
+        ("cameras:\n  - {id: a, source: '0', threshold:}\n", "camera a: threshold has no value"),
+        ("cameras:\n  - {id: yes, source: '0'}\n", "camera 1's id must be text, got True"),
+        ("cameras:\n  - {id: a, source: '0', threshold: 0.4, threshold: 0.9}\n", "threshold given twice"),
+        ("cameras:\n  - {id: a, source: '0', sink: [{url: 'mqtt://h/p'}]}\n", "camera a: sink must be a list of text"),
+    ],
+)
+def test_cameras_files_that_yaml_takes_quietly_are_refused(tmp_path, text, message):
+    path = tmp_path / "cameras.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_cameras(path, Settings())
+
+
+def test_a_cameras_file_may_share_settings_through_a_yaml_merge(tmp_path):
+    path = tmp_path / "cameras.yaml"
+    path.write_text(
+        "defaults: &defaults {source: '0', threshold: 0.4}\n"
+        "cameras:\n  - {<<: *defaults, id: a}\n  - {<<: *defaults, id: b, threshold: 0.6}\n"
+    )
+    with pytest.raises(ValueError, match="only a `cameras:` list at the top"):
+        read_cameras(path, Settings())  # an extra top-level key is refused; anchors go inside the list
+    path.write_text(
+        "cameras:\n  - &first {id: a, source: '0', threshold: 0.4}\n  - {<<: *first, id: b, threshold: 0.6}\n"
+    )
+    specs = read_cameras(path, Settings())
+    assert [(s.id, s.settings.detector.threshold) for s in specs] == [("a", 0.4), ("b", 0.6)]

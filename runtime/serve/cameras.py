@@ -78,7 +78,7 @@ def read_cameras(path: Path, base: Settings) -> list[CameraSpec]:
             raw = f.read(MAX_FILE + 1)
         if len(raw) > MAX_FILE:
             raise ValueError(f"cameras file {path}: over {MAX_FILE // 1024} kB; is it the cameras file?")
-        data = yaml.safe_load(raw.decode("utf-8"))
+        data = yaml.load(raw.decode("utf-8"), Loader=_yaml_loader())  # a safe loader, stricter
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ValueError(f"cameras file {path}: {e}") from e
     entries = data.get("cameras") if isinstance(data, dict) else data
@@ -97,7 +97,10 @@ def read_cameras(path: Path, base: Settings) -> list[CameraSpec]:
 def _camera(path: Path, n: int, entry, base: Settings) -> CameraSpec:
     if not isinstance(entry, dict):
         raise ValueError(f"cameras file {path}: camera {n} must be a mapping of settings, got {type(entry).__name__}")
-    camera = str(entry.get("id", ""))
+    given_id = entry.get("id", "")
+    if isinstance(given_id, bool) or not isinstance(given_id, (str, int)):  # `id: yes` is YAML's True
+        raise ValueError(f"cameras file {path}: camera {n}'s id must be text, got {given_id!r:.40}")
+    camera = str(given_id)
     where = f"cameras file {path}, camera {camera or n}"
     if not CAMERA_ID.fullmatch(camera):
         raise ValueError(f"{where}: id {camera!r} must be 1 to 64 letters, digits, '.', '-' or '_'")
@@ -119,13 +122,39 @@ def _camera(path: Path, n: int, entry, base: Settings) -> CameraSpec:
 
 
 def _converted(name: str, value, where: str):
-    """`value` as the setting's type; a YAML number where text is wanted (`source: 0`) is taken as its text."""
+    """`value` as the setting's type; a YAML number where text is wanted (`source: 0`) is taken as its text.
+
+    An empty value (`source:`, null) and a list holding anything but text (`sink: [{url: ...}]`) are refused
+    here: taken as they are, they would become the source "None" or a sink that fails at start."""
+    if value is None:
+        raise ValueError(f"{where}: {name} has no value; give one, or leave {name} out")
     try:
-        return convert(name, value, where)
+        converted = convert(name, value, where)
     except ValueError:
         if isinstance(value, int) and not isinstance(value, bool):
             return convert(name, str(value), where)
         raise
+    if isinstance(converted, tuple) and not all(isinstance(x, str) for x in converted):
+        raise ValueError(f"{where}: {name} must be a list of text, got {value!r:.80}")
+    return converted
+
+
+def _yaml_loader():
+    """PyYAML's safe loader refusing a key given twice in one mapping (it would keep the last in silence);
+    keys brought in by a merge (`<<: *defaults`) may still be overridden, as YAML means them to be."""
+    import yaml
+
+    class Strict(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(k, deep=True) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"]
+            twice = sorted({str(k) for k in keys if keys.count(k) > 1})
+            if twice:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{', '.join(twice)} given twice in one mapping", node.start_mark
+                )
+            return super().construct_mapping(node, deep)
+
+    return Strict
 
 
 class Camera:
