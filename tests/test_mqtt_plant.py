@@ -199,6 +199,7 @@ def test_a_wrong_password_is_logged_and_its_records_counted(broker, pki, tmp_pat
         ("mqtt://u:hunter2@host", {}, "use mqtt://HOST:PORT/PREFIX"),
         ("mqtt://host:99999/plant", {}, "the port is not a number"),
         ("mqtt://host/plant/+", {}, "may not hold +, # or empty levels"),
+        ("mqtt://host/$SYS/plant", {}, "nor start with $"),
         ("mqtt://host/plant", {"mqtt_line": "a/b"}, "setting mqtt_line"),
         ("mqtt://host/plant", {"mqtt_ca": "ca.crt"}, "need TLS: write the sink as mqtts://"),
         ("mqtts://host/plant", {"mqtt_ca": "/no/such/ca.crt"}, "setting mqtt_ca: /no/such/ca.crt is not a file"),

@@ -292,6 +292,7 @@ def test_a_trigger_topic_whose_broker_refuses_the_password_says_so(tmp_path, pki
         ("mqtt://u:hunter2@h:99999/t", {}, "the port is not a number"),
         ("mqtt://u:hunter2@h/a//b", {}, "no wildcards, empty levels"),
         ("mqtt://u:hunter2@h/a/+", {}, "no wildcards, empty levels"),
+        ("mqtt://h/$SYS/broker/uptime", {}, "$ topics"),
         ("http://h/a", {}, "use mqtt://HOST:PORT/TOPIC"),
     ],
 )

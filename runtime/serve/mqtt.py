@@ -141,8 +141,11 @@ def from_spec(spec: str, metrics, maxsize: int, options: MqttOptions) -> MqttSin
         raise ValueError(f"--sink {shown!r}: the port is not a number from 0 to 65535") from e
     if not url.hostname or not prefix or url.query or url.fragment:
         raise ValueError(f"--sink {shown!r}: use mqtt://HOST:PORT/PREFIX (or mqtts://HOST:PORT/PREFIX for TLS)")
-    if any(c in prefix for c in "+#\0") or "" in prefix.split("/"):
-        raise ValueError(f"--sink {shown!r}: the topic prefix {prefix!r} may not hold +, # or empty levels")
+    if any(c in prefix for c in "+#\0") or "" in prefix.split("/") or prefix.startswith("$"):
+        raise ValueError(
+            f"--sink {shown!r}: the topic prefix {prefix!r} may not hold +, # or empty levels, nor start with $ "
+            "(the broker's own topics, $SYS)"
+        )
     tls = url.scheme == "mqtts"
     options = dataclasses.replace(
         options,

@@ -261,13 +261,14 @@ def parse_mqtt_url(url: str) -> TriggerTopic:
         or not topic
         or any(c in topic for c in "+#\0")
         or "" in topic.split("/")
+        or topic.startswith("$")  # the broker's own topics ($SYS): its statistics would trigger inspections
         or parsed.query
         or parsed.fragment
         or "#" in url
     ):
         raise ValueError(
             f"setting trigger_mqtt: {shown!r}: use mqtt://HOST:PORT/TOPIC or mqtts:// for TLS "
-            "(no wildcards, empty levels or query)"
+            "(no wildcards, empty levels, $ topics or query)"
         )
     tls = parsed.scheme == "mqtts"
     return TriggerTopic(
