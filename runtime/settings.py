@@ -115,8 +115,9 @@ class DetectorSettings(Section):
     reference_window: int = setting(
         0,
         "registered parts (cells, boards, labels): compare each patch only with the "
-        "references' patches within this many grid cells of its place; 0: anywhere",
-        low=0,
+        "references' patches within this many grid cells of its place; 0: anywhere; "
+        "-1 (auto): 1 when the references align with each other, else 0",
+        low=-1,
     )
     top_fraction: float = setting(
         0.0,

@@ -193,10 +193,12 @@ def leave_one_out(
     `encoded`: each image's ImageEncoder.encode output, so nothing is encoded twice.
     """
     from .references import ReferenceMemory, content_key
+    from .registration import resolve_window
 
     if len(images_rgb) < 2:
         raise ValueError("calibrating on taught frames needs at least two of them")
     s, scores = detector.settings, []
+    window = resolve_window(s.reference_window, [t for _, t in encoded], detector.encoder.grid)  # once, for all
     for i, image in enumerate(images_rgb):
         others = [e for k, e in enumerate(encoded) if k != i]
         key = content_key([im for k, im in enumerate(images_rgb) if k != i])
@@ -206,7 +208,7 @@ def leave_one_out(
             others,
             s.coreset_ratio,
             s.nn_index,
-            s.reference_window,
+            window,
             detector.encoder.grid,
         )
         result = detector.detect(image, category, memory, colour="RGB")

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import reference_cache
 from .neighbours import coreset_indices, index_kind, local_max_similarity, searcher
+from .registration import AUTO, resolve_window
 from .scoring import MIN_SCALE, SCALE_REFERENCES, as_distance, calibrated, normal_spread, reference_grid
 
 CORESET_SEED = 0
@@ -74,19 +75,22 @@ class ReferenceMemory:
     ) -> ReferenceMemory:
         """HxWx3 uint8 RGB images (any sizes: resized like any frame) through `encoder` (an ImageEncoder);
         read from `cache` (a folder) when this reference set was built there before, else built and saved.
-        `window` > 0: a position-aware memory (registered parts), every patch kept, no coreset."""
+        `window` > 0: a position-aware memory (registered parts), every patch kept, no coreset;
+        `window` AUTO (-1): position-aware when the references align (registration.py), else anywhere."""
         if not images:
             raise ValueError("a reference memory needs at least one known-good image")
         key = content_key(images)
-        coreset_ratio, nn_index = (1.0, "numpy") if window else (coreset_ratio, nn_index)
+        if window > 0:
+            coreset_ratio, nn_index = 1.0, "numpy"
         kind = index_kind(nn_index, math.ceil(coreset_ratio * len(images) * math.prod(encoder.grid)))
         path = None
         if cache is not None:
-            shape = f"{kind} window {window}"
+            shape = f"{kind} window {'auto' if window == AUTO else window}"
             path = reference_cache.cache_file(cache, key, encoder.identity, coreset_ratio, CORESET_SEED, shape)
             memory = cls.from_arrays(reference_cache.load(path))
-            if memory is not None and (memory.key, memory.encoder, memory.index) == (key, encoder.identity, kind):
-                return memory
+            if memory is not None and (memory.key, memory.encoder) == (key, encoder.identity):
+                if memory.index == kind or (window == AUTO and memory.window > 0):
+                    return memory
         encoded = [encoder.encode(image) for image in images]
         memory = cls.from_encoded(key, encoder.identity, encoded, coreset_ratio, kind, window, encoder.grid)
         if path is not None:
@@ -105,9 +109,12 @@ class ReferenceMemory:
         grid: tuple[int, int] | None = None,
     ) -> ReferenceMemory:
         """A memory from `encoded`, each reference's (global (D,), taps [(N, D)]) as ImageEncoder.encode gives;
-        `nn_index` the setting (auto, numpy, faiss); `window` > 0 (with the encoder's `grid`): position-aware."""
+        `nn_index` the setting (auto, numpy, faiss); `window` > 0 (with the encoder's `grid`): position-aware;
+        AUTO: decided from how well the references align (registration.resolve_window)."""
         if not encoded:
             raise ValueError("a reference memory needs at least one known-good image")
+        per_ref = [t for _, t in encoded]
+        window = resolve_window(window, per_ref, grid)
         if window:
             coreset_ratio, nn_index = 1.0, "numpy"  # every patch, in its place
         globals_ = np.stack([g for g, _ in encoded])  # (R, D)
@@ -115,7 +122,6 @@ class ReferenceMemory:
         keep = coreset_indices(np.concatenate(per_tap, axis=1), coreset_ratio, CORESET_SEED)  # one set for all taps
         taps = tuple(np.ascontiguousarray(t[keep]) for t in per_tap)  # (K, D)
         complete = tuple(per_tap) if len(keep) < len(per_tap[0]) else ()
-        per_ref = [t for _, t in encoded]
         spread = local_spread(per_ref, grid, window) if window else normal_spread(per_ref)  # of the exact search
         index = index_kind(nn_index, len(keep))
         globals_spread = global_spread(globals_)
