@@ -88,6 +88,11 @@ def test_nested_json_and_odd_headers_are_refused_not_a_server_error(served):
     assert status == 400
     status, answer = _call(port, "/api/feedback", b"{" * 5000, auth)
     assert status == 413
+    for who in ("Ana\u202eevil", "Ana\u2028Bo", "\x85", "x" * 65):  # a bidi override, a line separator, C1
+        said = {"run": served.inspector.run_id, "frame_id": 2, "decision": "confirmed", "by": who}
+        status, answer = _call(port, "/api/feedback", json.dumps(said).encode(), auth)
+        assert status == 400 and "by must say who decided" in answer["error"], who
+    assert not [x for x in result_lines(served) if x["label"] == "FEEDBACK"]
     body = b'{"run": "r", "frame_id": 1, "decision": "confirmed", "by": "x"}'
     for header in (b"Authorization: Bearer \xff\xfe" + TOKEN.encode(), b"X-Lineside-Token: \xc3\x28"):
         sent = b"POST /api/feedback HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
