@@ -24,7 +24,7 @@ from . import reporting
 from .datasets import load
 from .evaluate import Scored, evaluate_category
 
-IMAGE_COLS = ["category", "method", "precision", "n", "image_auroc", "image_ap", "image_f1_max"]
+IMAGE_COLS = ["category", "method", "precision", "shots", "n", "image_auroc", "image_ap", "image_f1_max"]
 PIXEL_COLS = ["pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro", "aupro_binned200"]
 
 
@@ -44,36 +44,50 @@ def run(args) -> dict:
                 prompt_dir=args.prompt_dir,
                 sam_gate=args.sam_gate,
                 allow_unverified_precision=args.allow_unverified_precision,
+                **settings(args.set),
             )
             graphs[f"{label} {precision}"] = {n: g["precision"] for n, g in detector.graphs().items()}
-            baselines = args.baselines and precision == "fp32" and bundle == args.bundle
-            _evaluate(detector, categories, label, precision, baselines, args, rows, curves)
+            for shots in args.shots:
+                baselines = args.baselines and precision == "fp32" and bundle == args.bundle
+                _evaluate(detector, categories, label, precision, shots, baselines, args, rows, curves)
     rows += _means(rows)
     return {"rows": rows, "curves": curves, "graphs": graphs}
 
 
-def _evaluate(detector, categories, label, precision, baselines, args, rows, curves) -> None:
+def settings(pairs: list[str] | None) -> dict:
+    """KEY=VALUE detector settings (as on serve's command line) -> typed values."""
+    from runtime.options import convert
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set {pair!r}: write KEY=VALUE, e.g. reference_window=-1")
+        out[key] = convert(key, value, "--set")
+    return out
+
+
+def _evaluate(detector, categories, label, precision, shots, baselines, args, rows, curves) -> None:
     pooled: dict[str, Scored] = {}
     for cat in categories:
-        logging.getLogger("lineside.bench").info("%s %s %s: %d samples", label, precision, cat.name, len(cat.test))
-        scored = evaluate_category(detector, cat, args.shots, args.limit, baselines)
+        logging.getLogger("lineside.bench").info(
+            "%s %s %d shots %s: %d samples", label, precision, shots, cat.name, len(cat.test)
+        )
+        scored = evaluate_category(detector, cat, shots, args.limit, baselines)
         for method, s in scored.items():
             method = label if method == "lineside" else method
-            rows.append({"category": cat.name, "method": method, "precision": precision, **s.metrics()})
-            curves[f"{cat.name} {method} {precision}"] = (s.labels, s.scores)
+            head = {"method": method, "precision": precision, "shots": shots}
+            rows.append({"category": cat.name, **head, **s.metrics()})
+            curves[f"{cat.name} {method} {precision} {shots}-shot"] = (s.labels, s.scores)
             if "uncertain" in s.kinds:
                 rows.append(
-                    {
-                        "category": f"{cat.name} (uncertain vs normal)",
-                        "method": method,
-                        "precision": precision,
-                        **s.metrics(exclude=("defective",)),
-                    }
+                    {"category": f"{cat.name} (uncertain vs normal)", **head, **s.metrics(exclude=("defective",))}
                 )
             _pool(pooled.setdefault(method, Scored()), s)
     for method, s in pooled.items():
         if len(categories) > 1:
-            rows.append({"category": "all (pooled)", "method": method, "precision": precision, **s.metrics()})
+            head = {"method": method, "precision": precision, "shots": shots}
+            rows.append({"category": "all (pooled)", **head, **s.metrics()})
 
 
 def _pool(into: Scored, s: Scored) -> None:
@@ -86,20 +100,21 @@ def _pool(into: Scored, s: Scored) -> None:
 
 
 def _means(rows: list[dict]) -> list[dict]:
-    """Unweighted mean over real categories, per method and precision."""
+    """Unweighted mean over real categories, per method, precision and shots."""
     out = []
-    keys = {(r["method"], r["precision"]) for r in rows}
-    for method, precision in sorted(keys):
+    keys = {(r["method"], r["precision"], r["shots"]) for r in rows}
+    for method, precision, shots in sorted(keys):
         mine = [
             r
             for r in rows
-            if (r["method"], r["precision"]) == (method, precision)
+            if (r["method"], r["precision"], r["shots"]) == (method, precision, shots)
             and not r["category"].startswith("all")
             and "(" not in r["category"]
         ]
         if len(mine) < 2:
             continue
-        mean = {"category": "mean", "method": method, "precision": precision, "n": sum(r["n"] for r in mine)}
+        head = {"category": "mean", "method": method, "precision": precision, "shots": shots}
+        mean = head | {"n": sum(r["n"] for r in mine)}
         for col in IMAGE_COLS[4:] + PIXEL_COLS + ["ms_p50"]:
             values = [r[col] for r in mine if col in r and not math.isnan(r[col])]
             mean[col] = float(np.mean(values)) if values else float("nan")
@@ -118,7 +133,10 @@ def markdown(args, result: dict, bundle, plumbing: bool) -> str:
             "",
         ]
     lines += [
-        f"Shots (normal references per category): {args.shots}. SAM: {'off' if args.no_sam else 'on if present'}.",
+        f"Shots (normal references per category): {', '.join(map(str, args.shots))}. "
+        f"SAM: {'off' if args.no_sam else 'on if present'}. "
+        f"Detector settings beyond the defaults: {', '.join(args.set or []) or 'none'}."
+        + (f" At most {args.limit} test samples per category (--limit)." if args.limit else ""),
         "",
         "Each graph's precision as it ran here (a variant outside its parity bound is refused unless "
         "--allow-unverified-precision):",
@@ -152,14 +170,15 @@ def _quantisation(rows: list[dict]) -> list[str]:
     precisions = sorted({r["precision"] for r in rows if r["method"] == "lineside"})
     if len(precisions) < 2 or "fp32" not in precisions:
         return []
-    base = {r["category"]: r for r in rows if r["method"] == "lineside" and r["precision"] == "fp32"}
+    base = {(r["category"], r["shots"]): r for r in rows if r["method"] == "lineside" and r["precision"] == "fp32"}
     out = []
     for r in rows:
-        if r["method"] != "lineside" or r["precision"] == "fp32" or r["category"] not in base:
+        if r["method"] != "lineside" or r["precision"] == "fp32" or (r["category"], r["shots"]) not in base:
             continue
-        b = base[r["category"]]
+        b = base[(r["category"], r["shots"])]
         entry = {
             "category": r["category"],
+            "shots": r["shots"],
             "precision": r["precision"],
             "speed-up (p50 total ms)": b["ms_p50"] / r["ms_p50"] if r["ms_p50"] else float("nan"),
             "Δ image AUROC": r["image_auroc"] - b["image_auroc"],
@@ -172,7 +191,8 @@ def _quantisation(rows: list[dict]) -> list[str]:
 
 
 def plots(out: Path, result: dict) -> None:
-    rows = [r for r in result["rows"] if r["precision"] == "fp32" and "(" not in r["category"]]
+    most = max(r["shots"] for r in result["rows"])  # the plots show the largest reference set
+    rows = [r for r in result["rows"] if r["precision"] == "fp32" and r["shots"] == most and "(" not in r["category"]]
     cats = sorted({r["category"] for r in rows})
     methods = sorted({r["method"] for r in rows})
     series = {
@@ -182,16 +202,27 @@ def plots(out: Path, result: dict) -> None:
         ]
         for m in methods
     }
-    reporting.bar_plot(out / "categories.png", cats, series, "image AUROC", "per category (fp32)")
-    fp32 = {k: v for k, v in result["curves"].items() if k.endswith("fp32")}
-    reporting.roc_plot(out / "roc.png", fp32, "image-level ROC (fp32)")
+    reporting.bar_plot(out / "categories.png", cats, series, "image AUROC", f"per category (fp32, {most} shots)")
+    fp32 = {k: v for k, v in result["curves"].items() if k.endswith(f"fp32 {most}-shot")}
+    reporting.roc_plot(out / "roc.png", fp32, f"image-level ROC (fp32, {most} shots)")
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--dataset", required=True, help="elpv, synthetic:PATH or mvtec:PATH")
-    ap.add_argument("--shots", type=int, default=4, help="normal references per category (0: zero-shot)")
+    ap.add_argument(
+        "--shots",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=[4],
+        help="normal references per category, or a comma list (1,4,16); 0: zero-shot",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a detector setting for this run (repeatable), e.g. reference_window=-1 top_fraction=0.01",
+    )
     ap.add_argument("--precisions", type=lambda s: s.split(","), default=["fp32"])
     ap.add_argument("--categories", nargs="*", help="only these categories")
     ap.add_argument("--limit", type=int, help="at most N test samples per category (quick runs)")
@@ -242,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "bundle_id": bundle.bundle_id,
         "profile": bundle.manifest.profile,
         "plumbing_only": plumbing,
-        "shots": args.shots,
+        "shots": ", ".join(map(str, args.shots)),
         "machine": reporting.machine(),
         "rows": result["rows"],
         "graphs": result["graphs"],

@@ -12,12 +12,15 @@ import numpy as np
 
 from runtime.detect.detector import Detector
 from runtime.detect.frames import read_image
+from runtime.detect.neighbours import NumpySearch, coreset_indices
+from runtime.detect.scoring import as_distance
 
 from .datasets import Category, read_mask
 from .metrics import binary_metrics, pixel_metrics
 
 log = logging.getLogger("lineside.bench")
 RAW_SIDE = 64
+PATCHCORE_CORESET = 0.1  # PatchCore's usual coreset share of the reference patches
 
 
 @dataclass
@@ -79,6 +82,26 @@ def global_feature_baseline(detector: Detector, refs: list[np.ndarray]):
     return score
 
 
+def patchcore_baseline(detector: Detector, refs: list[np.ndarray], ratio: float = PATCHCORE_CORESET):
+    """The PatchCore recipe on the same encoder: every reference patch in one bank, a greedy k-center
+    coreset of it, each frame patch's distance to its nearest bank patch anywhere, image score = the
+    largest; no position, no top-k, no calibration. The peer that lineside's choices are measured against."""
+    encoded = [detector.encoder.encode(r)[1] for r in refs]
+    taps = len(encoded[0])
+    banks = [np.concatenate([e[t] for e in encoded]) for t in range(taps)]  # (R * N, D) per tap
+    keep = coreset_indices(np.concatenate(banks, axis=1), ratio, 0)
+    searches = [NumpySearch(np.ascontiguousarray(b[keep])) for b in banks]
+    rows, cols = detector.encoder.grid
+
+    def score(rgb: np.ndarray) -> tuple[float, np.ndarray]:
+        tokens = detector.encoder.encode(rgb)[1]
+        dist = np.mean([as_distance(s.max_similarity(t)) for s, t in zip(searches, tokens)], axis=0)
+        grid = dist.reshape(rows, cols).astype(np.float32)
+        return float(grid.max()), cv2.resize(grid, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+    return score
+
+
 def evaluate_category(
     detector: Detector, cat: Category, shots: int, limit: int | None, baselines: bool
 ) -> dict[str, Scored]:
@@ -88,7 +111,11 @@ def evaluate_category(
         raise ValueError(f"{cat.name}: {shots} shots asked, only {len(refs)} normal images available")
     methods = {"lineside": None}
     if baselines and refs:
-        methods |= {"raw_pixels": raw_pixel_baseline(refs), "global_feature": global_feature_baseline(detector, refs)}
+        methods |= {
+            "raw_pixels": raw_pixel_baseline(refs),
+            "global_feature": global_feature_baseline(detector, refs),
+            "patchcore_same_encoder": patchcore_baseline(detector, refs),
+        }
     out = {name: Scored() for name in methods}
     memory = detector.remember(refs, colour="RGB") if refs else None  # encoded once for every sample
     samples = cat.test[:limit] if limit else cat.test
