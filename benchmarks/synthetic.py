@@ -126,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.synthetic", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train", type=int, default=12, help="good crops per texture for references (16 for 16 shots)")
     args = ap.parse_args(argv)
-    print(f"wrote {generate(args.out, args.seed)}")
+    print(f"wrote {generate(args.out, args.seed, train=args.train)}")
     return 0
 
 
