@@ -3,8 +3,6 @@ serve writing one explanation per NG frame to the log, the sinks and the page, w
 
 import json
 import shutil
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from runtime.prompts.agent import PromptAgent
 from runtime.prompts.checks import check_sentence
 from runtime.prompts.explain import ASK, SYSTEM, first_sentences
 from runtime.prompts.language_model import LanguageModel
+from tests.brokers import Broker
 from tests.controlled import CATEGORY, part
 
 DEFECT = (96, 64, 144, 112)
@@ -155,23 +154,8 @@ def smollm2(tiny_bundle, tmp_path_factory) -> LanguageModel:
 @pytest.fixture
 def mosquitto(tmp_path):
     """A real broker on a free port, for this test only."""
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
-        pytest.fail("mosquitto is not installed: .ci/run installs Debian's package (apt-get install mosquitto)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(50):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    yield port
-    proc.terminate()
-    proc.wait(5)
+    with Broker(tmp_path) as broker:
+        yield broker.port
 
 
 def test_serve_explains_every_ng_frame_in_its_line_and_sends_the_models_word_everywhere(

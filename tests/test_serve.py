@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -17,6 +16,7 @@ import pytest
 from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
 from runtime.serve.__main__ import main as serve_main
+from tests.brokers import Broker, free_port
 from tests.controlled import CATEGORY, part
 
 DEFECT = (96, 64, 144, 112)
@@ -135,29 +135,10 @@ class Collector(BaseHTTPRequestHandler):
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mosquitto(tmp_path):
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
-        pytest.fail("mosquitto is not installed: .ci/run installs Debian's package (apt-get install mosquitto)")
-    port = _free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(50):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    yield port
-    proc.terminate()
-    proc.wait(5)
+    with Broker(tmp_path) as broker:
+        yield broker.port
 
 
 def test_mqtt_and_webhook_sinks_deliver_to_real_peers(controlled, frames, tmp_path, mosquitto):
@@ -202,7 +183,7 @@ def test_mqtt_and_webhook_sinks_deliver_to_real_peers(controlled, frames, tmp_pa
 
 
 def test_a_dead_sink_never_blocks_inspection(controlled, frames, tmp_path):
-    dead = f"http://127.0.0.1:{_free_port()}/nobody"
+    dead = f"http://127.0.0.1:{free_port()}/nobody"
     server = Server(
         _settings(controlled, frames, tmp_path, explain=False, sink=(dead,)), detector=_detector(controlled, tmp_path)
     ).start()
@@ -214,7 +195,7 @@ def test_a_dead_sink_never_blocks_inspection(controlled, frames, tmp_path):
 
 def test_a_source_that_never_answers_is_retried_and_not_ready(controlled, tmp_path):
     settings = _settings(
-        controlled, "x", tmp_path, source=f"http://127.0.0.1:{_free_port()}/cam.mjpg", reconnect_max_s=0.2
+        controlled, "x", tmp_path, source=f"http://127.0.0.1:{free_port()}/cam.mjpg", reconnect_max_s=0.2
     )
     server = Server(settings, detector=_detector(controlled, tmp_path)).start()
     try:
