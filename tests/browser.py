@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-FLAGS = [
+HEADLESS = [  # headless, quiet: no sandbox (containers), no GPU, nothing fetched from the network by itself
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -25,21 +25,24 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--hide-scrollbars",
-    "--remote-debugging-port=0",
-    "--remote-allow-origins=*",
 ]
+FLAGS = [*HEADLESS, "--hide-scrollbars", "--remote-debugging-port=0", "--remote-allow-origins=*"]
+
+
+def chromium_exe() -> str:
+    """The chromium binary; fails the test, saying how to install it, where there is none."""
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(exe).exists():
+        pytest.fail("chromium is not installed: .ci/run installs Debian's package (apt-get install chromium)")
+    return exe
 
 
 class Chromium:
     """One browser process; `tab()` opens a page in it."""
 
     def __init__(self, profile: Path):
-        exe = shutil.which("chromium") or "/usr/bin/chromium"
-        if not Path(exe).exists():
-            pytest.fail("chromium is not installed: .ci/run installs Debian's package (apt-get install chromium)")
         self.proc = subprocess.Popen(
-            [exe, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            [chromium_exe(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

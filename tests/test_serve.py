@@ -1,7 +1,6 @@
 """serve end to end: real HTTP, a real mosquitto broker, a real webhook server, real files."""
 
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -17,6 +16,7 @@ from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
 from runtime.serve.__main__ import main as serve_main
 from tests.brokers import Broker, free_port
+from tests.browser import HEADLESS, chromium_exe
 from tests.controlled import CATEGORY, part
 
 DEFECT = (96, 64, 144, 112)
@@ -233,9 +233,7 @@ def test_config_file_unknown_key_is_named(controlled, tmp_path, capsys):
 
 
 def test_status_page_in_real_headless_chromium(controlled, frames, tmp_path):
-    browser = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(browser).exists():
-        pytest.fail("chromium is not installed: .ci/run installs Debian's package (apt-get install chromium)")
+    browser = chromium_exe()
     server = Server(
         _settings(controlled, frames, tmp_path, loop=True, max_fps=10), detector=_detector(controlled, tmp_path)
     ).start()
@@ -248,14 +246,7 @@ def test_status_page_in_real_headless_chromium(controlled, frames, tmp_path):
         dom = subprocess.run(
             [
                 browser,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
+                *HEADLESS,
                 f"--user-data-dir={profile}",
                 "--virtual-time-budget=5000",
                 "--dump-dom",
