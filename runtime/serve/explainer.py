@@ -18,9 +18,9 @@ import threading
 import time
 
 from ..detect.explanation import skipped
-from ..detect.frames import to_rgb_uint8
 from ..detect.lines import explanation_line
 from ..detect.result import Result
+from .gallery import shown_rgb
 from .records import ResultsLog, frame_ref
 from .sources import Frame
 from .state import State
@@ -69,7 +69,7 @@ class Explainer(threading.Thread):
         """The agent's explanation of one NG frame, or a skipped one saying why there is none."""
         started = time.perf_counter()
         try:
-            rgb = to_rgb_uint8(frame.image, "BGR")
+            rgb = shown_rgb(frame.image, result)  # at the result's bit depth (a 12-bit frame is no 16-bit one)
             ref = references[0] if references else None
             answer = self.agent.explain(result, rgb, ref, deadline_s=self.seconds)
         except Exception as e:  # an explanation is a courtesy; the verdict and its rules are already logged

@@ -22,6 +22,7 @@ import threading
 import cv2
 import numpy as np
 
+from ..detect.frames import ImageError, to_rgb_uint8
 from ..detect.overlay import render
 from ..detect.result import Result
 
@@ -74,11 +75,22 @@ class NgFrame:
         return data.tobytes() if ok else None
 
 
+def shown_rgb(image, result: Result) -> np.ndarray | None:
+    """The frame as the detector saw it (HxWx3 uint8 RGB), for the page: grey, 16-bit, 10/12/14-bit and
+    4-channel frames converted at the bit depth the result was made with; None when it cannot be."""
+    bits = int((result.settings or {}).get("input_bits") or 16)
+    try:
+        return to_rgb_uint8(image, "BGR", bits, min_side=1)
+    except ImageError:
+        return None
+
+
 def keep(record: dict, image_bgr: np.ndarray, result: Result) -> NgFrame | None:
     """An NG frame made small enough to keep; None when the image cannot be encoded (it then has no picture)."""
-    if image_bgr is None or image_bgr.ndim not in (2, 3) or image_bgr.dtype != np.uint8:
+    rgb = shown_rgb(image_bgr, result) if image_bgr is not None else None
+    if rgb is None:
         return None
-    ok, data = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    ok, data = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         return None
     small = None

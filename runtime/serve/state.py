@@ -15,10 +15,9 @@ import time
 import cv2
 import numpy as np
 
-from ..detect.frames import to_rgb_uint8
 from ..detect.overlay import render
 from ..detect.result import Result
-from .gallery import Gallery, Layers
+from .gallery import Gallery, Layers, shown_rgb
 
 HISTORY = 120  # verdicts in /api/status's history strip
 ALL = Layers()  # heatmap, outlines and banner: what /stream and --show draw unless asked otherwise
@@ -39,6 +38,7 @@ class State:
         self.last_ng: dict | None = None
         self.gallery = Gallery(gallery, self.lock)
         self.decisions: collections.OrderedDict = collections.OrderedDict()  # (run, frame_id) -> operator's word
+        self.explained: collections.OrderedDict = collections.OrderedDict()  # frame_id -> final explanation
         self._view: tuple[int, np.ndarray | None, Result | None] = (0, None, None)
         self._jpegs: dict[Layers, tuple[int, bytes | None]] = {}
         self.fps = 0.0
@@ -64,6 +64,10 @@ class State:
         if explanation.get("origin") == "skipped":
             return  # nothing better came: the NG line's own rule explanation stays on the page
         with self.lock:  # copies, never the records handed to the sinks (they may not have sent them yet)
+            # Kept apart too: the frame may have left the recent results (or not yet reached the gallery).
+            self.explained[frame_id] = explanation
+            while len(self.explained) > (self.recent.maxlen or 1) + (self.gallery.frames.maxlen or 1):
+                self.explained.popitem(last=False)
             if self.last_ng and self.last_ng["frame_id"] == frame_id:
                 self.last_ng = self.last_ng | {"explanation": explanation}
             for i, r in enumerate(self.recent):
@@ -81,7 +85,8 @@ class State:
         with self.lock:
             kept = self.gallery.find(run, frame_id)
             if kept is not None:
-                return kept.record
+                final = self.explained.get(frame_id)
+                return kept.record | {"explanation": final} if final else kept.record
             return next((r for r in self.recent if r.get("run") == run and r["frame_id"] == frame_id), None)
 
     def gallery_frame(self, run: str, frame_id: int):
@@ -106,11 +111,10 @@ class State:
         """The gallery, newest first, each record with its picture's address, its latest explanation (which
         `explain` puts on the recent results) and any decision on it."""
         with self.lock:
-            explained = {(r.get("run"), r["frame_id"]): r.get("explanation") for r in self.recent if r["label"] == "NG"}
             out = []
             for r in self.gallery.listing():
                 key = (r["run"], r["frame_id"])
-                explanation = explained.get(key) or r.get("explanation")
+                explanation = self.explained.get(r["frame_id"]) or r.get("explanation")
                 out.append(r | {"explanation": explanation, "decision": self.decisions.get(key)})
             return out
 
@@ -150,9 +154,8 @@ def blank(like: np.ndarray | None) -> np.ndarray:
 
 def overlay_jpeg(image: np.ndarray, result: Result, fps: float, layers: Layers = ALL) -> bytes | None:
     """BGR frame + Result -> JPEG of the overlay (with the current rate when the banner is drawn), frame-sized."""
-    try:
-        rgb = to_rgb_uint8(image, "BGR")
-    except ValueError:
+    rgb = shown_rgb(image, result)
+    if rgb is None:
         return None
     canvas = render(rgb, result, heatmap=layers.heatmap, outlines=layers.outlines, banner=layers.banner)
     if not layers.banner:

@@ -1,0 +1,98 @@
+"""A hostile review of explanations and the page's memory: what the checks say is the true reason, frames
+that are not 8-bit colour (grey, 12-bit, 16-bit) keep their picture and their explanation, and a final
+word that arrives after its frame left the recent results still reaches the NG gallery."""
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from runtime.detect.detector import Detector
+from runtime.prompts.agent import PromptAgent
+from runtime.prompts.checks import check_sentence
+from runtime.serve.gallery import Layers, keep
+from tests.controlled import CATEGORY, part
+
+DEFECT = (96, 64, 144, 112)
+SOLAR = {
+    "text": "NG solar cell, score 0.71 (threshold 0.50), 1 region. centre: a darker line-like mark, "
+    "4.2 sd darker than the references, 0.8% of the frame.",
+    "regions": [{"location": "centre", "tone": "darker", "shape": "line-like"}],
+}
+FACTS = "Facts: a darker line at the centre of the solar cell."
+
+
+@pytest.fixture(scope="module")
+def detector(controlled, tmp_path_factory):
+    return Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path_factory.mktemp("text"))
+
+
+def test_a_story_that_names_the_part_twice_is_refused_for_its_story_not_as_a_repeat():
+    story = (
+        "A darker line at the centre of the solar cell is a critical component of the solar cell's design, "
+        "as it allows current to pass."
+    )
+    why = check_sentence(story, SOLAR, "You describe findings.", FACTS)
+    assert why.startswith("adds what the evidence does not say") and "component" in why
+    loop = "A darker line at the centre of the cell, a darker line at the centre of the cell."
+    assert check_sentence(loop, SOLAR, "You describe findings.", FACTS) == "repeats itself"
+    assert check_sentence("A darker line at the centre of the solar cell.", SOLAR, "You describe.", FACTS) == ""
+
+
+def _twelve_bit(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.uint16) << 4  # a 12-bit camera's frame: values below 4096
+
+
+def test_a_twelve_bit_ng_frame_keeps_its_picture_and_gets_the_rules_not_a_skip(controlled, detector, tmp_path):
+    from runtime.serve.explainer import Explainer
+    from runtime.serve.metrics import Metrics
+    from runtime.serve.records import ResultsLog
+    from runtime.serve.sources import Frame
+    from runtime.serve.state import State
+
+    twelve = detector.with_settings(replace(detector.settings, input_bits=12))
+    image = _twelve_bit(part(red_box=DEFECT))
+    result = twelve.detect(image, CATEGORY)
+    assert result.label == "NG"
+    kept = keep({"run": "r", "frame_id": 1}, image, result)
+    assert kept is not None and kept.image_bgr().shape == (256, 256, 3)
+    assert abs(int(kept.image_bgr()[80, 120, 2]) - 255) < 8  # the red defect, at 8 bits of the 12
+    state = State(4)
+    assert state.next_jpeg(-1, 0.0)[1] is None
+    state.publish({"label": "NG", "frame_id": 1, "run": "r"}, image, result)
+    assert state.next_jpeg(-1, 0.0)[1] is not None  # the live view draws it too
+    log = ResultsLog(tmp_path / "results.jsonl")
+    explainer = Explainer(PromptAgent(twelve, None), log, state, Metrics(), 1, 5.0)
+    said = explainer.explain(Frame(1, 1000.0, image, "test"), result, None)
+    log.close()
+    assert said["origin"] == "rules" and said["text"] == result.explanation["text"]
+
+
+def test_grey_and_sixteen_bit_frames_are_kept_for_the_gallery(detector):
+    grey = part(red_box=DEFECT)[:, :, 1]
+    for image in (grey, (grey.astype(np.uint16) * 257)):
+        result = detector.detect(image, CATEGORY)
+        kept = keep({"run": "r", "frame_id": 1}, image, result)
+        assert kept is not None and kept.image_bgr().shape == (256, 256, 3)
+        assert kept.overlay_jpeg(Layers()) is not None
+
+
+def test_a_final_word_after_its_frame_left_the_recent_results_reaches_the_gallery(detector):
+    from runtime.serve.state import State
+
+    state = State(recent=2, gallery=3)
+    image = part(red_box=DEFECT)
+    ng = detector.detect(image, CATEGORY)
+    ok = detector.detect(part(), CATEGORY)
+    assert ng.label == "NG" and ok.label == "OK"
+    state.publish({"label": "NG", "frame_id": 1, "run": "r", "explanation": ng.explanation}, image, ng)
+    for i in (2, 3):  # two OK frames push the NG one out of the recent results
+        state.publish({"label": "OK", "frame_id": i, "run": "r"}, image, ok)
+    deadline = time.monotonic() + 10
+    while not state.ng_frames() and time.monotonic() < deadline:
+        time.sleep(0.02)  # the gallery's own thread keeps it
+    model = {"text": "A red spot at the centre of the widget.", "origin": "SmolLM2", "regions": []}
+    state.explain(1, model)
+    assert [r["explanation"]["origin"] for r in state.ng_frames()] == ["SmolLM2"]
+    assert state.find("r", 1)["explanation"] == model  # feedback and the detail read the same word
