@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 
 import cv2
@@ -13,9 +12,10 @@ import pytest
 from runtime.detect.detector import Detector
 from runtime.detect.lines import FrameRef, teach_line
 from runtime.detect.screening import screen
-from runtime.serve import Server, Settings
+from runtime.serve import Server
 from runtime.serve.teaching import Operating
 from tests.controlled import CATEGORY, part
+from tests.serving import http_get, serve_settings
 
 
 def textured(seed: int, size: int = 128) -> np.ndarray:
@@ -80,20 +80,12 @@ def _folder(path: Path, frames: list[np.ndarray]) -> Path:
 
 def _serve(controlled, tmp_path, source: Path, threshold: float = 0.5, **settings) -> tuple[list[dict], dict]:
     detector = Detector.from_bundle(controlled, map_weight=1.0, threshold=threshold, text_cache_dir=tmp_path / "text")
-    base = dict(
-        source=str(source),
-        bundle=controlled,
-        category=CATEGORY,
-        port=0,
-        explain=False,
-        results=tmp_path / "results.jsonl",
-    )
-    server = Server(Settings.of(**(base | settings)), detector=detector).start()
+    server = Server(serve_settings(controlled, source, tmp_path, **settings), detector=detector).start()
     server.wait()
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.web.port}/api/status", timeout=5) as r:
-        status = json.loads(r.read())
+    code, body = http_get(server.web.port, "/api/status")
     server.shutdown()
-    return [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()], status
+    assert code == 200, body
+    return [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()], json.loads(body)
 
 
 def test_teach_refuses_a_planted_outlier_frame_and_says_which(controlled, tmp_path):
