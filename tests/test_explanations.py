@@ -163,8 +163,8 @@ def test_serve_explains_every_ng_frame_in_its_line_and_sends_the_models_word_eve
 ):
     import paho.mqtt.client as mqtt
 
-    from runtime.serve import Server, Settings
-    from tests.serving import result_lines, wait_for
+    from runtime.serve import Server
+    from tests.serving import result_lines, serve_settings, wait_for
 
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -177,12 +177,11 @@ def test_serve_explains_every_ng_frame_in_its_line_and_sends_the_models_word_eve
     sub.subscribe([("plant/+/+/explanation", 1)])  # PREFIX/LINE/CAMERA/explanation
     sub.loop_start()
     detector = Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path / "text")
-    settings = Settings.of(
-        source=str(frames),
-        bundle=controlled,
-        category=CATEGORY,
-        port=0,
-        results=tmp_path / "results.jsonl",
+    settings = serve_settings(
+        controlled,
+        frames,
+        tmp_path,
+        explain=True,  # serve_settings turns it off
         sink=(f"jsonl:{tmp_path / 'sink.jsonl'}", f"mqtt://127.0.0.1:{mosquitto}/plant"),
         save_ng=tmp_path / "ng",
         explain_seconds=20.0,

@@ -27,7 +27,7 @@ from runtime.serve.triggers import MqttTriggers, TriggerQueue, trigger_fields
 from runtime.settings import ServeSettings
 from tests.brokers import Broker
 from tests.controlled import CATEGORY, part
-from tests.serving import result_lines, wait_for
+from tests.serving import result_lines, serve_settings, wait_for
 
 TOKEN = "plant-s3cret"
 NESTED = b'{"id": ' + b"[" * 3000  # within the 4096-byte bound, deeper than json's parser can recurse
@@ -58,17 +58,7 @@ def served(controlled, tmp_path):
     cv2.imwrite(str(refs / "good.png"), part(384))
     for i, box in enumerate((None, (150, 100, 222, 168), (150, 100, 222, 168))):
         cv2.imwrite(str(frames / f"p{i}.png"), part(384, red_box=box))
-    settings = Settings.of(
-        source=str(frames),
-        bundle=controlled,
-        category=CATEGORY,
-        port=0,
-        results=tmp_path / "results.jsonl",
-        references=refs,
-        api_token=TOKEN,
-        trigger="software",
-        explain=False,
-    )
+    settings = serve_settings(controlled, frames, tmp_path, references=refs, api_token=TOKEN, trigger="software")
     detector = Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path / "text")
     server = Server(settings, detector=detector).start()
     yield server

@@ -12,13 +12,13 @@ import cv2
 import pytest
 
 from runtime.detect.detector import Detector
-from runtime.serve import Server, Settings
+from runtime.serve import Server
 from runtime.serve.__main__ import main as serve_main
 from runtime.serve.metrics import Metrics
 from runtime.serve.plc import LoopThread
 from runtime.serve.sinks import parse_sink
-from tests.controlled import CATEGORY, part
-from tests.serving import result_lines, wait_for
+from tests.controlled import part
+from tests.serving import result_lines, serve_settings, wait_for
 
 try:  # the plant extra, part of dev: its absence is a failure, never a silent skip
     import asyncua
@@ -303,16 +303,7 @@ def test_serve_end_to_end_feeds_opcua_and_modbus(controlled, frames, tmp_path, l
     ua_port, mb_port = _free_port(), _free_port()
     plc = ModbusPlc(loop, mb_port)
     sinks = (f"opcua-server://127.0.0.1:{ua_port}/lineside?pulse_ms=0", f"modbus://127.0.0.1:{mb_port}?register=10")
-    settings = Settings.of(
-        source=str(frames),
-        bundle=controlled,
-        category=CATEGORY,
-        port=0,
-        results=tmp_path / "results.jsonl",
-        explain=False,
-        sink=sinks,
-        part_id_pattern=r"(\d+)\.png",
-    )
+    settings = serve_settings(controlled, frames, tmp_path, sink=sinks, part_id_pattern=r"(\d+)\.png")
     detector = Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path / "text")
     server = Server(settings, detector=detector).start()
     read = UaReader(loop, f"opc.tcp://127.0.0.1:{ua_port}/lineside")
