@@ -309,6 +309,16 @@ def test_bad_trigger_topics_and_tls_settings_are_refused_naming_them(url, option
     assert message in str(e.value) and "hunter2" not in str(e.value)
 
 
+def test_the_trigger_topic_and_the_sink_take_mqtts_own_port_when_the_url_names_none():
+    from runtime.serve.metrics import Metrics
+    from runtime.serve.mqtt import MqttOptions, from_spec
+    from runtime.serve.triggers import parse_mqtt_url
+
+    urls = ("mqtt://h/t", "mqtts://h/t", "mqtt://h:1884/t", "mqtts://h:0/t")
+    assert [parse_mqtt_url(url).port for url in urls] == [1883, 8883, 1884, 8883]
+    assert [from_spec(url, Metrics(), 4, MqttOptions()).port for url in urls] == [1883, 8883, 1884, 8883]
+
+
 def test_with_a_token_set_a_trigger_needs_it(controlled, detector, tmp_path):
     server = Server(_settings(controlled, tmp_path, api_token="plc-s3cret"), detector=detector, source=LiveCamera())
     server.start()

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import ParseResult, unquote, urlparse
 
 from .records import strict_json
 from .sinks import Sink
@@ -131,17 +131,30 @@ def topic_level(text: str) -> str:
     return str(text).translate(FORBIDDEN) or "_"
 
 
+def broker_port(url: ParseResult, where: str) -> int:
+    """The port of an mqtt:// or mqtts:// URL, MQTT's own (1883, 8883 with TLS) where it names none; a port
+    that is no number is refused naming `where` (the sink and the trigger topic both take such URLs)."""
+    try:
+        port = url.port
+    except ValueError as e:
+        raise ValueError(f"{where}: the port is not a number from 0 to 65535") from e
+    return port or (8883 if url.scheme == "mqtts" else 1883)
+
+
+def one_topic(topic: str) -> bool:
+    """Whether `topic` names one topic of ours: a wildcard or an empty level would reach others' topics, and
+    $ ones are the broker's own ($SYS: its statistics)."""
+    return not (any(c in topic for c in "+#\0") or "" in topic.split("/") or topic.startswith("$"))
+
+
 def from_spec(spec: str, metrics, maxsize: int, options: MqttOptions) -> MqttSink:
     """mqtt://[USER[:PASSWORD]@]HOST[:PORT]/PREFIX or mqtts://... -> MqttSink; a bad value is named."""
     url, shown = urlparse(spec), redact(spec)
     prefix = url.path.strip("/")
-    try:
-        port = url.port
-    except ValueError as e:
-        raise ValueError(f"--sink {shown!r}: the port is not a number from 0 to 65535") from e
+    port = broker_port(url, f"--sink {shown!r}")
     if not url.hostname or not prefix or url.query or url.fragment:
         raise ValueError(f"--sink {shown!r}: use mqtt://HOST:PORT/PREFIX (or mqtts://HOST:PORT/PREFIX for TLS)")
-    if any(c in prefix for c in "+#\0") or "" in prefix.split("/") or prefix.startswith("$"):
+    if not one_topic(prefix):
         raise ValueError(
             f"--sink {shown!r}: the topic prefix {prefix!r} may not hold +, # or empty levels, nor start with $ "
             "(the broker's own topics, $SYS)"
@@ -152,7 +165,7 @@ def from_spec(spec: str, metrics, maxsize: int, options: MqttOptions) -> MqttSin
         username=options.username or unquote(url.username or ""),
         password=options.password or unquote(url.password or ""),
     )
-    return MqttSink(url.hostname, port or (8883 if tls else 1883), prefix, metrics, maxsize, options, tls=tls)
+    return MqttSink(url.hostname, port, prefix, metrics, maxsize, options, tls=tls)
 
 
 class MqttSink(Sink):

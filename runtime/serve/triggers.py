@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
-from .mqtt import MqttOptions, configure, redact
+from .mqtt import MqttOptions, broker_port, configure, one_topic, redact
 from .sources import Frame
 
 log = logging.getLogger("lineside.serve")
@@ -251,17 +251,11 @@ def parse_mqtt_url(url: str) -> TriggerTopic:
     """mqtt[s]://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC -> TriggerTopic; ValueError naming the setting otherwise."""
     parsed, shown = urlparse(url), redact(url)
     topic = parsed.path.lstrip("/")
-    try:
-        port = parsed.port
-    except ValueError as e:
-        raise ValueError(f"setting trigger_mqtt: {shown!r}: the port is not a number from 0 to 65535") from e
+    port = broker_port(parsed, f"setting trigger_mqtt: {shown!r}")
     if (
         parsed.scheme not in ("mqtt", "mqtts")
         or not parsed.hostname
-        or not topic
-        or any(c in topic for c in "+#\0")
-        or "" in topic.split("/")
-        or topic.startswith("$")  # the broker's own topics ($SYS): its statistics would trigger inspections
+        or not one_topic(topic)  # $SYS among them: the broker's statistics would trigger inspections
         or parsed.query
         or parsed.fragment
         or "#" in url
@@ -273,7 +267,7 @@ def parse_mqtt_url(url: str) -> TriggerTopic:
     tls = parsed.scheme == "mqtts"
     return TriggerTopic(
         parsed.hostname,
-        port or (8883 if tls else 1883),
+        port,
         topic,
         tls,
         unquote(parsed.username or ""),
