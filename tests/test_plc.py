@@ -17,6 +17,7 @@ from runtime.serve.__main__ import main as serve_main
 from runtime.serve.metrics import Metrics
 from runtime.serve.plc import LoopThread
 from runtime.serve.sinks import parse_sink
+from tests.brokers import free_port
 from tests.controlled import part
 from tests.serving import result_lines, serve_settings, wait_for
 
@@ -27,12 +28,6 @@ try:  # the plant extra, part of dev: its absence is a failure, never a silent s
     from pymodbus.simulator import DataType, SimData, SimDevice
 except ImportError as e:
     pytest.fail(f"{e}: the PLC tests need the plant extra (pip install -c constraints.txt -e '.[dev]')", pytrace=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _line(label: str, frame_id: int, score: float | None = 0.1, **more) -> dict:
@@ -76,7 +71,7 @@ class UaReader:
 
 
 def test_opcua_server_shows_each_cameras_last_verdict_to_a_real_client(loop):
-    port = _free_port()
+    port = free_port()
     metrics = Metrics()
     sink = parse_sink(f"opcua-server://127.0.0.1:{port}/lineside?pulse_ms=1500", metrics, 16)
     sink.start()
@@ -138,7 +133,7 @@ async def _plc_server(port: int) -> tuple:
 
 
 def test_opcua_write_follows_the_plcs_node_types_and_survives_a_plc_restart(loop):
-    port = _free_port()
+    port = free_port()
     server, ns = loop.run_sync(_plc_server(port), 30)
     node = lambda name: f"ns={ns};s=Reject.{name}"  # noqa: E731
     value = lambda name: loop.run_sync(server.get_node(node(name)).read_value(), 5)  # noqa: E731
@@ -215,7 +210,7 @@ class ModbusPlc:
 
 
 def test_modbus_writes_the_ng_coil_and_registers_and_survives_a_plc_drop(loop):
-    port = _free_port()
+    port = free_port()
     plc = ModbusPlc(loop, port)
     metrics = Metrics()
     sink = parse_sink(f"modbus://127.0.0.1:{port}?unit=1&coil=3&register=100", metrics, 16)
@@ -300,7 +295,7 @@ def frames(tmp_path) -> Path:
 
 
 def test_serve_end_to_end_feeds_opcua_and_modbus(controlled, frames, tmp_path, loop):
-    ua_port, mb_port = _free_port(), _free_port()
+    ua_port, mb_port = free_port(), free_port()
     plc = ModbusPlc(loop, mb_port)
     sinks = (f"opcua-server://127.0.0.1:{ua_port}/lineside?pulse_ms=0", f"modbus://127.0.0.1:{mb_port}?register=10")
     settings = serve_settings(controlled, frames, tmp_path, sink=sinks, part_id_pattern=r"(\d+)\.png")
