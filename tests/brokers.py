@@ -73,17 +73,17 @@ class Broker:
             )
         self.conf = folder / "mosquitto.conf"
         self.conf.write_text(common + conf)
+        self.log = folder / "mosquitto.log"  # a file, not a pipe: a pipe nobody reads fills up and stalls the broker
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=log)
         for _ in range(100):
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0:
                     return
             if self.proc.poll() is not None:
-                raise AssertionError(f"mosquitto exited: {self.proc.stderr.read().decode()}")
+                raise AssertionError(f"mosquitto exited: {self.log.read_text(errors='replace')[-2000:]}")
             time.sleep(0.05)
         raise AssertionError("mosquitto did not start")
 

@@ -22,7 +22,6 @@ from tests.brokers import PASSWORD, USER, Broker, free_port, make_pki, tls_clien
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"threshold": 0.5, "precision": "fp32"}
-_free_port = free_port
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +225,7 @@ def test_bad_mqtt_settings_are_refused_with_the_setting_named(spec, settings, me
 
 def test_qos_0_records_published_while_the_broker_is_away_are_counted_failures():
     metrics = Metrics()
-    sink = from_spec(f"mqtt://127.0.0.1:{_free_port()}/plant", metrics, 16, MqttOptions(qos=0, drain_s=0.2))
+    sink = from_spec(f"mqtt://127.0.0.1:{free_port()}/plant", metrics, 16, MqttOptions(qos=0, drain_s=0.2))
     sink.start()
     for i in range(4):
         sink.offer(_line(i))
