@@ -27,7 +27,7 @@ import numpy as np
 from runtime.detect.detector import Detector
 from runtime.detect.explanation import location_name
 from runtime.prompts.checks import LOCATION_WORDS, SHAPES, TONES, words
-from runtime.prompts.explain import facts, model_sentence
+from runtime.prompts.explain import ASK, SYSTEM, facts, model_sentence
 from runtime.settings import AgentSettings
 
 from . import reporting
@@ -172,6 +172,7 @@ def markdown(data: dict, summary: dict, command: str) -> str:
             key = row["rejected"].split(":")[0].split("(")[0].strip()
             reasons[key] = reasons.get(key, 0) + 1
     examples = [row for row in data["rows"] if row["label"] == "NG"][:3]
+    echoes = sum(r["kept"] and words(r["text"]) == words(r["facts"])[1:] for r in data["model_rows"])
     return "\n".join(
         [
             "# Explanation quality on synthetic defects",
@@ -200,6 +201,10 @@ def markdown(data: dict, summary: dict, command: str) -> str:
             reporting.table([m], ["asked", "kept", "location", "kind", "seconds_p50", "seconds_max", "tokens_per_s"]),
             "",
             "Refusals: " + (", ".join(f"{k} ({v})" for k, v in sorted(reasons.items())) or "none"),
+            "",
+            f"Asked with the system prompt {SYSTEM!r} and the facts line followed by {ASK!r}. Kept sentences "
+            f"that are the facts line word for word: {echoes} of {m['kept']} (a 135M model restates; it adds "
+            "nothing the rules lack, which is all the checks let through).",
             "",
             "Every sentence asked for, with the facts the model was given:",
             "",

@@ -96,3 +96,38 @@ def test_a_final_word_after_its_frame_left_the_recent_results_reaches_the_galler
     state.explain(1, model)
     assert [r["explanation"]["origin"] for r in state.ng_frames()] == ["SmolLM2"]
     assert state.find("r", 1)["explanation"] == model  # feedback and the detail read the same word
+
+
+@pytest.fixture(scope="module")
+def smollm2(tiny_bundle, tmp_path_factory):
+    import shutil
+
+    from export.build import build_bundle
+    from export.mllm_export import MllmSpec
+    from runtime.prompts.language_model import LanguageModel
+
+    out = shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("smol") / "b")
+    build_bundle(out, "tiny", mllm=MllmSpec(packaged=True))
+    return LanguageModel(Detector.from_bundle(out).bundle, threads=2)
+
+
+# Facts on which the real SmolLM2-135M told a story when asked to "Write one sentence." (the benchmark's seed 1).
+STORIES = [
+    ("brick", "lower left", "darker", "line-like"),
+    ("brick", "centre right", "darker", "line-like"),
+    ("brick", "centre left", "brighter", "line-like"),
+    ("brick", "lower left", "darker", "blob-like"),
+    ("grass", "upper right", "brighter", "blob-like"),
+]
+
+
+@pytest.mark.parametrize("category, location, tone, shape", STORIES)
+def test_the_real_smollm2_says_the_facts_without_a_story(smollm2, category, location, tone, shape):
+    from runtime.prompts.explain import model_sentence
+    from runtime.settings import AgentSettings
+
+    region = {"location": location, "tone": tone, "shape": shape}
+    rules = {"text": f"NG {category}, 1 region. {location}: a {tone} {shape} mark.", "origin": "rules"}
+    out = model_sentence(smollm2, rules | {"regions": [region]}, category, AgentSettings(), 10.0)
+    assert "model_rejected" not in out, out
+    assert out["origin"] == smollm2.name and location in out["text"] and tone in out["text"]

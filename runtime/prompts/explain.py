@@ -18,7 +18,9 @@ from .checks import check_sentence
 log = logging.getLogger("lineside.agent")
 
 SYSTEM = "You describe inspection findings in one short sentence, using only the given facts."
-ASK = "Write one sentence."
+# "Write one sentence." let SmolLM2-135M go on after the facts ("... is a rare example of a mineral called
+# pyrite"): 8 of 24 kept on the explanations benchmark; asking it to say only this kept 24 of 24, no slower.
+ASK = "Say only this, as one short sentence."
 NOUNS = {"line-like": "line", "blob-like": "spot"}
 SENTENCE_END = [". ", ".\n", "! ", "? "]
 SPOKEN = 1  # regions the model is told about: the strongest (two made it wander between them)
