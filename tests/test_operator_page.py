@@ -360,3 +360,39 @@ def test_a_live_source_that_cannot_be_reached_is_shown_lost(controlled, tmp_path
         assert source["state"] == "lost" and source["live"] and "cannot open source" in source["problem"]
     finally:
         server.shutdown()
+
+
+def test_names_are_shown_as_text_and_a_verdict_whose_frame_left_the_gallery_says_where_its_explanation_is(
+    controlled, tmp_path, chromium
+):
+    """A file name holding markup is text everywhere it appears (banner, history, detail), never HTML; the
+    detail of an NG verdict from the history whose frame the gallery no longer keeps does not promise an
+    explanation that will never come."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    hostile = "<img src=x onerror=window.pwned=1>"
+    for name in (f"{hostile}.png", "part-01.png"):  # both NG; "<" sorts first
+        cv2.imwrite(str(frames / name), part(SIZE, red_box=DEFECT))
+    server = _server(controlled, tmp_path, frames, explain=False, ng_gallery=1)
+    server.wait()
+
+    async def scenario():
+        async with Tab(chromium) as tab:
+            await tab.open(f"http://127.0.0.1:{server.web.port}/", *DESK)
+            await _shown(tab, "NG", 2, 1)
+            await tab.js("document.querySelectorAll('.history .cell')[0].click()")
+            await tab.until("document.querySelector('#detail .title').textContent.includes('frame 1')", "detail")
+            return await tab.js(
+                "({title: document.querySelector('#detail .title').textContent,"
+                " said: document.querySelector('#detail .explanation').textContent,"
+                " cell: document.querySelectorAll('.history .cell')[0].title,"
+                " planted: document.querySelectorAll('img[src=\"x\"]').length, pwned: window.pwned === 1})"
+            )
+
+    try:
+        shown = asyncio.run(scenario())
+    finally:
+        server.shutdown()
+    assert hostile in shown["title"] and hostile in shown["cell"]
+    assert shown["planted"] == 0 and not shown["pwned"]
+    assert "no longer kept" in shown["said"] and "on its way" not in shown["said"]

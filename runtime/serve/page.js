@@ -264,7 +264,9 @@ function renderDetail() {
     if (src) full.src = src; else full.removeAttribute("src");
   }
   const e = explanationOf(r);
-  $(d, ".explanation").textContent = e.text || (r.label === "NG" ? "(explanation on its way)" : "");
+  // A verdict from the history strip whose frame left the gallery: its explanation is not held here any more.
+  const gone = "(this NG frame is no longer kept on the page: its explanation is in the results log)";
+  $(d, ".explanation").textContent = e.text || (r.label !== "NG" ? "" : kept ? "(explanation on its way)" : gone);
   $(d, ".origin").textContent = e.origin ? `explained by: ${e.origin}` : "";
   $(d, ".regions tbody").replaceChildren(...(r.regions || []).map((g, i) => {
     const tr = document.createElement("tr");
