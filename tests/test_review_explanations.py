@@ -131,3 +131,38 @@ def test_the_real_smollm2_says_the_facts_without_a_story(smollm2, category, loca
     out = model_sentence(smollm2, rules | {"regions": [region]}, category, AgentSettings(), 10.0)
     assert "model_rejected" not in out, out
     assert out["origin"] == smollm2.name and location in out["text"] and tone in out["text"]
+
+
+def test_an_ng_frame_offered_while_the_explainer_closes_still_gets_its_line(detector, tmp_path):
+    """The inspector may still offer a frame while the server closes the explainer (it waits 30 s for the
+    inspector, a slow frame takes longer): the offer's check and its put must not let close drain between."""
+    import json
+    import queue
+    import threading
+
+    from runtime.serve.explainer import Explainer
+    from runtime.serve.metrics import Metrics
+    from runtime.serve.records import ResultsLog, record_of
+    from runtime.serve.sources import Frame
+    from runtime.serve.state import State
+
+    image = part(red_box=DEFECT)
+    result = detector.detect(image, CATEGORY)
+    log = ResultsLog(tmp_path / "results.jsonl")
+    explainer = Explainer(PromptAgent(detector, None), log, State(4), Metrics(), 4, 1.0)  # never started
+    closer = threading.Thread(target=explainer.close)
+
+    class Slow(queue.Queue):
+        def put_nowait(self, item):  # close begins between the offer's check and its put
+            closer.start()
+            closer.join(0.5)
+            super().put_nowait(item)
+
+    explainer.queue = Slow(4)
+    frame = Frame(1, 1000.0, image, "test")
+    log.write(record_of(frame, result, "run-1"))
+    explainer.offer(frame, result, None, "run-1")
+    closer.join(10)
+    log.close()
+    lines = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [x["explanation"]["origin"] for x in lines if x["label"] == "EXPLANATION"] == ["skipped"]

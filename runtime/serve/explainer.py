@@ -43,17 +43,21 @@ class Explainer(threading.Thread):
         self.sinks = list(sinks)
         self.queue: queue.Queue = queue.Queue(maxsize)
         self.closing = threading.Event()
+        self.admitting = threading.Lock()  # an offer's check and put, against close's flag: none falls between
         self.drain_until = float("inf")  # monotonic time after which queued frames are skipped (set by close)
         self.broken = False  # the results log refused a line: serve is stopping
 
     def offer(self, frame: Frame, result: Result, references, run: str) -> None:
-        if self.closing.is_set():
-            self._finish(frame, run, skipped("serve was stopping when the frame was inspected"))
-            return
-        try:
-            self.queue.put_nowait((frame, result, references, run))
-        except queue.Full:
-            self._finish(frame, run, skipped(f"{self.queue.maxsize} NG frames were already waiting (explain_queue)"))
+        with self.admitting:
+            if self.closing.is_set():
+                why = "serve was stopping when the frame was inspected"
+            else:
+                try:
+                    self.queue.put_nowait((frame, result, references, run))
+                    return
+                except queue.Full:
+                    why = f"{self.queue.maxsize} NG frames were already waiting (explain_queue)"
+        self._finish(frame, run, skipped(why))
 
     def run(self) -> None:
         while not self.broken:
@@ -107,7 +111,8 @@ class Explainer(threading.Thread):
     def close(self) -> None:
         """Stop: frames queued are explained within `seconds` (+2), those left after are written as skipped."""
         self.drain_until = time.monotonic() + self.seconds + 2
-        self.closing.set()
+        with self.admitting:  # an offer under way puts its frame first: this drain then finds it
+            self.closing.set()
         if self.ident is not None:
             self.join(self.seconds + 4)
         while True:
