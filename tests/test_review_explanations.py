@@ -166,3 +166,11 @@ def test_an_ng_frame_offered_while_the_explainer_closes_still_gets_its_line(dete
     log.close()
     lines = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [x["explanation"]["origin"] for x in lines if x["label"] == "EXPLANATION"] == ["skipped"]
+
+
+def test_a_tone_said_of_geometry_alone_is_refused_saying_the_evidence_has_no_tone():
+    """A Result built without pixels is explained by geometry only (no tone, no shape): the refusal says so,
+    rather than 'the evidence says None'."""
+    geometry = {"text": "NG part: centre, 2% of the frame.", "regions": [{"location": "centre", "area_percent": 2.0}]}
+    why = check_sentence("A darker change at the centre of the part.", geometry, "Say it.", "Facts: a change.")
+    assert why == "calls it darker; the evidence says nothing of its tone"

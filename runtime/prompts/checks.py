@@ -77,7 +77,8 @@ def check_sentence(sentence: str, explanation: dict, instructions: str, facts: s
         measured = {e.get(key) for e in regions}
         for value, terms in vocabulary.items():
             if said & terms and value not in measured:
-                return f"calls it {', '.join(sorted(said & terms))}; the evidence says {', '.join(map(str, measured))}"
+                evidence = ", ".join(sorted(str(m) for m in measured if m)) or f"nothing of its {key}"
+                return f"calls it {', '.join(sorted(said & terms))}; the evidence says {evidence}"
     known = set(words(explanation.get("text", "") + " " + facts)) | PLAIN | LOCATION_WORDS
     known |= {x for terms in (*TONES.values(), *SHAPES.values()) for x in terms}
     unknown = sorted(set(w) - known)
