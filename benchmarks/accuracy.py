@@ -157,7 +157,7 @@ def markdown(args, result: dict, bundle, plumbing: bool) -> str:
             "",
             reporting.table(
                 [r for r in rows if not math.isnan(r.get("pixel_auroc", math.nan))],
-                ["category", "method", "precision"] + PIXEL_COLS,
+                ["category", "method", "precision", "shots"] + PIXEL_COLS,
             ),
             "",
         ]
