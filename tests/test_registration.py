@@ -91,3 +91,15 @@ def test_an_auto_memory_is_read_back_from_the_cache(tmp_path):
     again = ReferenceMemory.build(enc, registered(3), window=AUTO, cache=tmp_path)
     assert enc.calls == calls  # not encoded again
     assert again.window == first.window == REGISTERED_WINDOW
+
+
+def test_the_setting_takes_auto_as_minus_one_and_refuses_below():
+    import argparse
+
+    from runtime import options
+
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser, "detector")
+    assert options.load(parser.parse_args(["--reference-window", "-1"])).detector.reference_window == AUTO
+    with pytest.raises(ValueError, match="reference_window: -2 must be >= -1"):
+        options.load(parser.parse_args(["--reference-window", "-2"]))
