@@ -36,6 +36,9 @@ def _accuracy(path: Path, data: dict) -> list[str]:
         if r["category"] in ("mean", "all (pooled)") or len({x["category"] for x in data["rows"]}) == 1
     ]
     cols = ["category", "method", "precision", "image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro"]
+    if any("shots" in r for r in rows):  # a report over several shot counts: say which row is which, in order
+        cols.insert(1, "shots")
+        rows = sorted(rows, key=lambda r: (r["category"], r.get("shots", 0), r["precision"], r["method"]))
     note = " **(plumbing only: random weights)**" if data.get("plumbing_only") else ""
     link = f"[{path.parent.name}/report.md]({path.parent.name}/report.md)"
     return [
