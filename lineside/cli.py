@@ -16,7 +16,7 @@ COMMANDS = {  # subcommand -> (module with main(argv), what it does)
     "prompts": ("runtime.prompts.__main__", "build a category's prompt bank with the language model"),
     "export": ("export.__main__", "build a bundle from checkpoints (needs the export extra: torch)"),
 }
-BENCHMARKS = ("accuracy", "latency", "parity", "soak", "index", "demo")
+BENCHMARKS = ("accuracy", "latency", "parity", "soak", "index", "demo", "neighbours", "cameras", "explanations")
 
 
 def usage() -> str:

@@ -42,3 +42,11 @@ def test_check_through_the_command_equals_python_m(tiny_bundle):
 def test_unknown_subcommands_are_refused_with_the_list(capsys):
     assert main(["inspect"]) == 2 and "unknown subcommand 'inspect'" in capsys.readouterr().err
     assert main(["bench", "nope"]) == 2
+
+
+@pytest.mark.parametrize("name", ["neighbours", "cameras", "explanations"])
+def test_every_benchmark_with_a_report_is_a_bench_subcommand(name, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["bench", name, "--help"])
+    assert done.value.code == 0
+    assert f"python -m benchmarks.{name}" in capsys.readouterr().out
