@@ -227,22 +227,6 @@ class Camera:
         out = {name: self.metrics.count(name) for name in ("captured", "inspected", "dropped")}
         return out | {label.lower(): self.metrics.count("results", label=label) for label in ("OK", "NG", "ERROR")}
 
-    def status(self) -> dict:
-        """What the page's tile for this camera shows."""
-        ok, problem = self.ready()
-        state = self.state
-        return {
-            "id": self.id,
-            "source": self.source.spec,
-            "ready": ok,
-            "problem": problem,
-            "counters": self.counters(),
-            "fps": state.fps,
-            "operating_point": state.operating_point,
-            "last_ng": state.last_ng,
-            "latest": state.latest,
-        }
-
     def start(self) -> None:
         if self.explainer is not None:
             self.explainer.start()

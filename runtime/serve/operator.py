@@ -103,11 +103,10 @@ class OperatorPage:
 
     def tile(self, key: str, cam) -> dict:
         state, query = cam.state, f"?camera={key}" if key else ""
-        own = cam.status() if hasattr(cam, "status") else {}
         ready, problem = cam.ready()
         settings = getattr(cam, "settings", None)
         ng = [r | {"image": r["image"] + query} for r in state.ng_frames()]
-        return own | {
+        return {
             "id": key,
             "ready": ready,
             "problem": problem,
