@@ -54,7 +54,7 @@ class Layers:
 
 @dataclasses.dataclass(frozen=True)
 class NgFrame:
-    record: dict  # the NG line as logged (the same dict the recent results hold, so explanations reach it)
+    record: dict  # the NG line as logged; its later explanation is kept apart (State.explained)
     jpeg: bytes  # the frame as the camera saw it, BGR encoded
     result: Result  # slim: no masks, a small 8-bit map
 

@@ -109,7 +109,7 @@ class State:
 
     def ng_frames(self) -> list[dict]:
         """The gallery, newest first, each record with its picture's address, its latest explanation (which
-        `explain` puts on the recent results) and any decision on it."""
+        `explain` keeps by frame id) and any decision on it."""
         with self.lock:
             out = []
             for r in self.gallery.listing():
