@@ -118,6 +118,11 @@ def configure(client, options: MqttOptions, tls: bool, fix: str = "use mqtts://"
         raise ValueError(f"settings mqtt_ca/mqtt_cert/mqtt_key: unusable for TLS ({e})") from e
 
 
+def client_id(options: MqttOptions) -> str:
+    """mqtt_client_id, else one of this host and process (two serves on one broker must not share one)."""
+    return options.client_id or f"lineside-{socket.gethostname()}-{os.getpid()}"
+
+
 def redact(spec: str) -> str:
     """The sink URL without its password, fit for a log line or an error."""
     url = urlparse(spec)
@@ -190,9 +195,8 @@ class MqttSink(Sink):
         self.mqtt, self.host, self.port, self.options = mqtt, host, port, options
         self.base = f"{prefix}/{options.line}"
         self.availability = f"{self.base}/availability"
-        client_id = options.client_id or f"lineside-{socket.gethostname()}-{os.getpid()}"
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-        self.client_id = client_id
+        self.client_id = client_id(options)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
         configure(self.client, options, tls, f"write the sink as mqtts://{host}...")
         self.client.will_set(self.availability, "offline", qos=1, retain=True)
         self.client.max_queued_messages_set(options.queue_max)

@@ -17,14 +17,12 @@ import collections
 import dataclasses
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
-from .mqtt import MqttOptions, broker_port, configure, one_topic, redact
+from .mqtt import MqttOptions, broker_port, client_id, configure, one_topic, redact
 from .sources import Frame
 
 log = logging.getLogger("lineside.serve")
@@ -200,8 +198,7 @@ class MqttTriggers:
             options, username=options.username or where.username, password=options.password or where.password
         )
         # never the sink's own id: a broker drops the older of two connections that share one
-        base = options.client_id or f"lineside-{socket.gethostname()}-{os.getpid()}"
-        self.client_id = f"{base}-trigger" + (f"-{camera}" if camera else "")
+        self.client_id = f"{client_id(options)}-trigger" + (f"-{camera}" if camera else "")
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
         configure(self.client, options, where.tls, "write trigger_mqtt as mqtts://HOST:PORT/TOPIC")
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
