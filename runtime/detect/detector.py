@@ -69,6 +69,7 @@ class Detector:
         self.bundle = bundle  # where the parts came from (the language model, banks' default folder), if known
         self.bundle_id = bundle_id if bundle_id is not None else bundle.bundle_id if bundle is not None else ""
         self._settings_dict = self.settings.to_dict()
+        self._precisions = {name: g["precision"] for name, g in self.graphs().items()}  # fixed with the sessions
         self._last_memory: ReferenceMemory | None = None  # of the last list of references, by content
         self._pixels = PixelMemory()  # the references' grey levels, which the rule explanation measures against
 
@@ -211,11 +212,10 @@ class Detector:
 
     def _result(self, **fields) -> Result:
         """A Result with what made it: providers, each graph's precision, bundle id, settings."""
-        precisions = {n: g["precision"] for n, g in self.graphs().items()}
         return Result(
             **fields,
             providers=self.providers,
-            precisions=precisions,
+            precisions=dict(self._precisions),
             bundle_id=self.bundle_id,
             settings=dict(self._settings_dict),
         )
