@@ -167,8 +167,9 @@ class Detector:
         """RGB uint8 references -> their memory, shaped by coreset_ratio and nn_index, cached on disk by content."""
         s = self.settings
         cache = reference_cache_dir(s.reference_cache_dir, s.text_cache_dir)
-        self._pixels.add(content_key(rgb_images), rgb_images, work_size(*rgb_images[0].shape[:2]))
-        return ReferenceMemory.build(self.encoder, rgb_images, s.coreset_ratio, s.nn_index, cache, s.reference_window)
+        memory = ReferenceMemory.build(self.encoder, rgb_images, s.coreset_ratio, s.nn_index, cache, s.reference_window)
+        self._pixels.add(memory.key, rgb_images, work_size(*rgb_images[0].shape[:2]))  # memory.key: the content key
+        return memory
 
     def stream(
         self, frames: Iterable[np.ndarray], category: str, references: References = None, colour: str = "BGR"
