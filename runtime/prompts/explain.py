@@ -54,7 +54,8 @@ def closed(text: str) -> str:
 def model_sentence(llm, rules: dict, category: str, settings: AgentSettings, deadline_s: float) -> dict:
     """The explanation with the model's sentence (origin: the model's file name), or `rules` with
     `model_rejected` saying why its sentence was not kept. Both carry the model's latency."""
-    question = facts(category, rules) + "\n" + ASK
+    known = facts(category, rules)
+    question = known + "\n" + ASK
     answer, stats = llm.chat(
         [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
         max_tokens=settings.explain_tokens,
@@ -68,7 +69,6 @@ def model_sentence(llm, rules: dict, category: str, settings: AgentSettings, dea
         why = f"not finished within {deadline_s:.1f} s"
     else:
         answer = closed(answer) if stats["finish_reason"] == "stop" else first_sentences(answer)
-        known = facts(category, rules)
         why = check_sentence(answer, rules, SYSTEM + " " + ASK, known) if answer else "cut off before a sentence ended"
     if why:
         log.info("model sentence refused (%s): %r", why, answer[:200])
