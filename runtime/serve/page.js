@@ -65,7 +65,7 @@ function tileFor(id) {
   return tile;
 }
 
-function layerQuery(tile, cam) {
+function layerQuery(tile) {
   return {heatmap: tile.layers.heatmap ? 1 : 0, outlines: tile.layers.outlines ? 1 : 0, banner: 0};
 }
 
@@ -96,8 +96,8 @@ function renderImage(tile, cam) {
   const el = tile.el, frame = $(el, ".frame"), src = cam.source || {};
   const live = src.state === "live";
   let want = "";
-  if (live) want = withQuery(cam.stream || "/stream", layerQuery(tile, cam));
-  else if (cam.latest) want = withQuery(cam.frame || "/api/frame/latest.jpg", {...layerQuery(tile, cam), f: cam.latest.frame_id});
+  if (live) want = withQuery(cam.stream || "/stream", layerQuery(tile));
+  else if (cam.latest) want = withQuery(cam.frame || "/api/frame/latest.jpg", {...layerQuery(tile), f: cam.latest.frame_id});
   if (want && want !== tile.src) {
     tile.src = want;
     $(el, ".live").src = want;
@@ -178,7 +178,7 @@ function renderGallery(tile, cam) {
     const b = document.createElement("button");
     b.className = "thumb";
     const img = document.createElement("img");
-    img.src = withQuery(r.image, {...layerQuery(tile, cam), width: 240});
+    img.src = withQuery(r.image, {...layerQuery(tile), width: 240});
     img.alt = `NG frame ${r.frame_id}`;
     const caption = document.createElement("span");
     const region = (r.regions || [])[0];
@@ -257,7 +257,7 @@ function renderDetail() {
   const {cam, record: r, kept} = found, tile = tiles[detail.camera];
   $(d, ".title").textContent = `${r.label} · frame ${r.frame_id} · ${whatOf(r)} · score ${fmt(r.image_score)}`;
   const full = $(d, ".full");
-  const src = kept ? withQuery(r.image, layerQuery(tile, cam)) : "";
+  const src = kept ? withQuery(r.image, layerQuery(tile)) : "";
   if (src !== detail.shown) {
     detail.shown = src;
     full.hidden = !src;
