@@ -85,6 +85,7 @@ class AravisSource(FrameSource):
                 f"setting camera_pixel_format: {self.pixel_format!r}; lineside reads {', '.join(PIXEL_FORMATS)}"
             )
         self.camera = self.stream = self._watch = None
+        self.format = ""  # the camera's pixel format, read at open
         self.lost = False
         self.incomplete = 0  # frames the camera sent incomplete (free-running: skipped)
 
@@ -127,7 +128,7 @@ class AravisSource(FrameSource):
             self.spec,
             self.camera.get_vendor_name(),
             self.camera.get_model_name(),
-            self.camera.get_pixel_format_as_string(),
+            self.format,
             self.trigger,
         )
 
@@ -137,9 +138,10 @@ class AravisSource(FrameSource):
             camera.gv_set_stream_options(self.aravis.GvStreamOption.PACKET_SOCKET_DISABLED)  # loopback
         if self.pixel_format:
             camera.set_pixel_format_from_string(self.pixel_format)
-        if camera.get_pixel_format_as_string() not in PIXEL_FORMATS:
+        self.format = camera.get_pixel_format_as_string()  # fixed while acquiring: read once, not per frame
+        if self.format not in PIXEL_FORMATS:
             raise ValueError(
-                f"pixel format {camera.get_pixel_format_as_string()} is not one lineside reads; set "
+                f"pixel format {self.format} is not one lineside reads; set "
                 f"camera_pixel_format to one of {', '.join(PIXEL_FORMATS)}"
             )
         if self.exposure_us is not None:
@@ -179,8 +181,7 @@ class AravisSource(FrameSource):
                 if not (self.waits or self.trigger == "software"):
                     return True, None, ""  # free-running: the next frame comes soon
                 return True, None, f"camera frame {buffer.get_frame_id()} incomplete ({status.value_nick})"
-            pixel_format = self.camera.get_pixel_format_as_string()
-            image = to_bgr(buffer.get_data(), buffer.get_image_width(), buffer.get_image_height(), pixel_format)
+            image = to_bgr(buffer.get_data(), buffer.get_image_width(), buffer.get_image_height(), self.format)
             return True, image, ""
         finally:
             self.stream.push_buffer(buffer)
