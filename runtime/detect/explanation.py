@@ -46,6 +46,14 @@ def location_name(x: float, y: float) -> str:
     return LOCATIONS[row][col]
 
 
+def mask_location(mask: np.ndarray) -> str:
+    """An (h, w) mask's centroid as one of the nine LOCATIONS ("centre" when the mask is empty)."""
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return "centre"
+    return location_name((xs.mean() + 0.5) / mask.shape[1], (ys.mean() + 0.5) / mask.shape[0])
+
+
 def gray(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """HxWx3 uint8 RGB -> (h, w) float32 grey levels at `hw` (area-averaged)."""
     g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
@@ -129,11 +137,9 @@ def describe_region(g, mask, mean, std, others, region_map, extra: dict) -> dict
     where = changed if changed.sum() >= 6 else mask  # the defect itself, else the whole region
     contrast = float(z[where].mean()) if where.any() else 0.0
     kind, slenderness, elongation = shape_of(where)
-    ys, xs = np.nonzero(where)
-    h, w = g.shape
     tone = "darker" if contrast <= -TONE_SD else "brighter" if contrast >= TONE_SD else "similar in brightness"
     entry = {
-        "location": location_name((xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h) if len(xs) else "centre",
+        "location": mask_location(where),
         "area_percent": round(100.0 * float(mask.mean()), 2),
         "contrast_sd": round(contrast, 2),
         "tone": tone,
@@ -213,9 +219,7 @@ def geometric_explanation(result) -> dict:
     entries = []
     for r in result.regions:
         h, w = r.mask.shape[:2]
-        ys, xs = np.nonzero(r.mask)
-        x, y = ((xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h) if len(xs) else (0.5, 0.5)
-        entries.append({"location": location_name(x, y), "area_percent": round(100.0 * r.area / max(1, h * w), 2)})
+        entries.append({"location": mask_location(r.mask), "area_percent": round(100.0 * r.area / max(1, h * w), 2)})
     text = f"NG {result.category or 'part'}: " + (
         "; ".join(f"{e['location']}, {e['area_percent']:.2g}% of the frame" for e in entries) or "no region stands out"
     )

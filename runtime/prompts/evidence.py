@@ -12,16 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..detect.explanation import location_name
+from ..detect.explanation import mask_location
 from ..detect.result import Result
-
-
-def _position(mask: np.ndarray) -> str:
-    """Where a region lies, named as every explanation names it (explanation.LOCATIONS), from its centroid."""
-    ys, xs = np.nonzero(mask)
-    if not len(xs):
-        return "centre"
-    return location_name((xs.mean() + 0.5) / mask.shape[1], (ys.mean() + 0.5) / mask.shape[0])
 
 
 def _shape(mask: np.ndarray) -> str:
@@ -46,7 +38,7 @@ def region_evidence(result: Result, image: np.ndarray, reference: np.ndarray | N
     for region in result.regions:
         mask = region.mask
         entry = {
-            "position": _position(mask),
+            "position": mask_location(mask),  # named as every explanation names it
             "shape": _shape(mask),
             "area_percent": round(100.0 * region.area / mask.size, 2),
             "width_px": region.bbox[2] - region.bbox[0],
