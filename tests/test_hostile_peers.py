@@ -11,19 +11,26 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from runtime.detect.detector import Detector
 from runtime.serve import Server
+from runtime.serve.__main__ import main as serve_main
 from runtime.serve.metrics import Metrics
-from runtime.serve.mqtt import MqttOptions, MqttSink
-from runtime.serve.sinks import WebhookSink
+from runtime.serve.mqtt import MqttOptions, MqttSink, from_spec
+from runtime.serve.sinks import WebhookSink, parse_sink
 from tests.brokers import Broker, free_port
+from tests.controlled import CATEGORY
 from tests.serving import http_get, parts_folder, serve_settings, strict_lines, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +209,80 @@ def test_half_sent_requests_cannot_exhaust_http_or_touch_inspection(controlled, 
             s.close()
         server.shutdown()
     assert all(x["label"] != "ERROR" for x in strict_lines(tmp_path / "results.jsonl"))
+
+
+# --- sink URLs and sinks at shutdown ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("http://x:abc/", "the port must be a number in 1..65535"),
+        ("https://x:99999/hook", "the port must be a number in 1..65535"),
+        ("http://x:0/hook", "the port must be a number in 1..65535 (0 names no peer)"),
+        ("http://bad_host-/hook", "is no host name or IP address"),
+        ("http://999.1.1.1/hook", "'999.1.1.1' is no host name or IP address"),
+        ("http://a..b/hook", "is no host name or IP address"),
+        ("http://x/hook#part", "no #fragment"),
+        ("http://x/a b", "holds a space or control character"),
+        ("http://x/" + "a" * 3000, "longer than 2048 characters"),
+        ("mqtt://127.0.0.1:0/x", "the port must be a number in 1..65535"),
+        ("mqtt://127.0.0.1:abc/x", "the port must be a number in 1..65535"),
+        ("mqtts://u:hunter2@broker:0/x", "the port must be a number in 1..65535"),
+        ("opcua-write://plc:65536?verdict=ns=2;i=1", "the port must be a number in 1..65535"),
+    ],
+)
+def test_sink_urls_are_parsed_and_bounded_before_serve_starts(spec, message):
+    with pytest.raises(ValueError) as e:
+        parse_sink(spec, Metrics(), 8)
+    assert message in str(e.value) and "hunter2" not in str(e.value) and len(str(e.value)) < 400
+
+
+def test_mqtt_port_0_is_refused_not_taken_as_the_default():
+    """`port or 1883` read :0 as "no port given": serve dialled 1883 and said nothing."""
+    with pytest.raises(ValueError, match=r"the port must be a number in 1\.\.65535 \(0 names no broker\)"):
+        from_spec("mqtt://127.0.0.1:0/x", Metrics(), 8, MqttOptions())
+
+
+@pytest.mark.parametrize("spec", ["http://x:abc/", "mqtt://127.0.0.1:0/x"])
+def test_serve_refuses_a_bad_sink_url_at_start_in_one_line(spec, tmp_path, capsys):
+    code = serve_main(["--source", str(tmp_path), "--results", str(tmp_path / "r.jsonl"), "--sink", spec])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "the port must be a number in 1..65535" in err, err
+
+
+def test_a_jsonl_sink_on_a_full_disk_counts_its_failures_and_shuts_down_cleanly(controlled, tmp_path):
+    """/dev/full: every write fails with ENOSPC. Each failure is counted in deliver; closing the sink at shutdown
+    must not fail again on what a buffer still held (it did, with a raw traceback from the sink's thread)."""
+    frames = parts_folder(tmp_path / "frames", 3)
+    cmd = [sys.executable, "-m", "runtime.serve", "--bundle", str(controlled), "--category", CATEGORY]
+    cmd += ["--source", str(frames), "--results", str(tmp_path / "results.jsonl"), "--port", "0", "--no-explain"]
+    proc = subprocess.run([*cmd, "--sink", "jsonl:/dev/full"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception in thread" not in proc.stderr, proc.stderr
+    assert "sink jsonl:/dev/full failing: [Errno 28] No space left on device" in proc.stderr
+    assert len(strict_lines(tmp_path / "results.jsonl")) == 3  # the durable log has every frame
+
+
+def test_a_jsonl_sink_cut_short_mid_line_starts_its_next_line_fresh(tmp_path):
+    """A write the disk took part of, then refused, leaves half a line; the next record must not be glued onto
+    it. A real short write: the file-size limit lets the kernel take 20 bytes and refuse the rest (EFBIG)."""
+    target = tmp_path / "copy.out"  # not *.jsonl: its first line is half a line on purpose
+    code = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from runtime.serve.metrics import Metrics\n"
+        "from runtime.serve.sinks import JsonlSink\n"
+        "sink = JsonlSink(Path(sys.argv[1]), Metrics(), 8)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    sink.deliver({'frame_id': 1, 'pad': 'x' * 40}, None)\n"
+        "except OSError as e:\n"
+        "    print(e.errno)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))\n"
+        "sink.deliver({'frame_id': 2}, None)\n"
+        "sink.shutdown()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "27", proc.stderr  # EFBIG
+    assert target.read_text() == '{"frame_id": 1, "pad\n{"frame_id": 2}\n'

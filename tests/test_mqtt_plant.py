@@ -196,7 +196,7 @@ def test_a_wrong_password_is_logged_and_its_records_counted(broker, pki, tmp_pat
     "spec, settings, message",
     [
         ("mqtt://u:hunter2@host", {}, "use mqtt://HOST:PORT/PREFIX"),
-        ("mqtt://host:99999/plant", {}, "the port is not a number"),
+        ("mqtt://host:99999/plant", {}, "the port must be a number in 1..65535"),
         ("mqtt://host/plant/+", {}, "may not hold +, # or empty levels"),
         ("mqtt://host/$SYS/plant", {}, "nor start with $"),
         ("mqtt://host/plant", {"mqtt_line": "a/b"}, "setting mqtt_line"),

@@ -289,7 +289,7 @@ def test_a_trigger_topic_whose_broker_refuses_the_password_says_so(tmp_path, pki
         ("mqtt://h/t", {"ca": "ca.crt"}, "need TLS: write trigger_mqtt as mqtts://"),
         ("mqtts://h/t", {"ca": "/no/such/ca.crt"}, "setting mqtt_ca: /no/such/ca.crt is not a file"),
         ("mqtts://h/t", {"key": "k.pem"}, "setting mqtt_key: needs mqtt_cert"),
-        ("mqtt://u:hunter2@h:99999/t", {}, "the port is not a number"),
+        ("mqtt://u:hunter2@h:99999/t", {}, "the port must be a number in 1..65535"),
         ("mqtt://u:hunter2@h/a//b", {}, "no wildcards, empty levels"),
         ("mqtt://u:hunter2@h/a/+", {}, "no wildcards, empty levels"),
         ("mqtt://h/$SYS/broker/uptime", {}, "$ topics"),
@@ -314,9 +314,12 @@ def test_the_trigger_topic_and_the_sink_take_mqtts_own_port_when_the_url_names_n
     from runtime.serve.mqtt import MqttOptions, from_spec
     from runtime.serve.triggers import parse_mqtt_url
 
-    urls = ("mqtt://h/t", "mqtts://h/t", "mqtt://h:1884/t", "mqtts://h:0/t")
-    assert [parse_mqtt_url(url).port for url in urls] == [1883, 8883, 1884, 8883]
-    assert [from_spec(url, Metrics(), 4, MqttOptions()).port for url in urls] == [1883, 8883, 1884, 8883]
+    urls = ("mqtt://h/t", "mqtts://h/t", "mqtt://h:1884/t")
+    assert [parse_mqtt_url(url).port for url in urls] == [1883, 8883, 1884]
+    assert [from_spec(url, Metrics(), 4, MqttOptions()).port for url in urls] == [1883, 8883, 1884]
+    for refuse in (parse_mqtt_url, lambda url: from_spec(url, Metrics(), 4, MqttOptions())):
+        with pytest.raises(ValueError, match="0 names no broker"):  # not the default port, quietly
+            refuse("mqtts://h:0/t")
 
 
 def test_with_a_token_set_a_trigger_needs_it(controlled, detector, tmp_path):

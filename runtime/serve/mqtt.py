@@ -142,7 +142,9 @@ def broker_port(url: ParseResult, where: str) -> int:
     try:
         port = url.port
     except ValueError as e:
-        raise ValueError(f"{where}: the port is not a number from 0 to 65535") from e
+        raise ValueError(f"{where}: the port must be a number in 1..65535") from e
+    if port == 0:  # `port or 1883` would quietly dial the default port instead
+        raise ValueError(f"{where}: the port must be a number in 1..65535 (0 names no broker)")
     return port or (8883 if url.scheme == "mqtts" else 1883)
 
 

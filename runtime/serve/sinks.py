@@ -11,6 +11,7 @@ asked for (then the same POST and body go to the new place).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import queue
 import random
@@ -69,7 +70,10 @@ class Sink(threading.Thread):
             if failing:
                 log.warning("sink %s delivering again after %d failed records", self.label, failing, extra=self.tag)
                 failing = 0
-        self.shutdown()
+        try:
+            self.shutdown()
+        except Exception as e:  # what it held is counted already; a traceback here would only hide that
+            log.warning("sink %s did not close cleanly: %s", self.label, e, extra=self.tag)
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is queued (within `timeout`), then stop."""
@@ -85,14 +89,25 @@ class Sink(threading.Thread):
 
 
 class JsonlSink(Sink):
+    """A copy of the results as JSON lines, written unbuffered: a line that fails (disk full) fails in
+    `deliver`, where it is counted, never again in a buffer flushed at close. A line cut short by such a
+    failure is ended before the next, and one left by an earlier run is quarantined as the results log's is."""
+
     def __init__(self, path: Path, metrics, maxsize: int):
         super().__init__(f"jsonl:{path}", metrics, maxsize)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "a", encoding="utf-8")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            end_partial_line(Path(path))
+            self.file = open(path, "ab", buffering=0)
+        except OSError as e:
+            raise OSError(f"--sink jsonl:{path}: cannot open it for appending: {e}") from e
+        self.cut = False  # the last write stopped mid-line
 
     def deliver(self, record, frame) -> None:
-        self.file.write(strict_json(record) + "\n")
-        self.file.flush()
+        data = memoryview((("\n" if self.cut else "") + strict_json(record) + "\n").encode())
+        while data:
+            data = data[self.file.write(data) :]
+            self.cut = bool(data)  # a write that raises has written nothing; one cut short has
 
     def shutdown(self) -> None:
         self.file.close()
@@ -198,6 +213,52 @@ class WebhookSink(Sink):
         self.loop.close()
 
 
+MAX_SPEC = 2048  # characters of one --sink value: longer is no URL a plant writes, and would fill every log line
+HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
+
+
+def _shown(spec: str) -> str:
+    """The spec for an error line: its password left out, its length bounded."""
+    url_password = re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", spec, count=1)
+    return url_password if len(url_password) <= 120 else f"{url_password[:120]}... ({len(spec)} characters)"
+
+
+def check_url(spec: str) -> ParseResult:
+    """A --sink URL parsed and bounded before any sink is built, so that a value which would fail only when
+    the first record goes out (a port that is no number, a host no resolver takes) refuses serve at start."""
+    shown = _shown(spec)
+    if len(spec) > MAX_SPEC:
+        raise ValueError(f"--sink {shown!r}: longer than {MAX_SPEC} characters")
+    if any(c.isspace() or not c.isprintable() for c in spec):
+        raise ValueError(f"--sink {shown!r}: holds a space or control character (percent-encode it, e.g. %20)")
+    try:
+        url = urlparse(spec)
+        port = url.port
+    except ValueError as e:  # [zz]: brackets around what is no IPv6 address; :abc, :99999
+        why = str(e) if "port" not in str(e).lower() else "the port must be a number in 1..65535"
+        raise ValueError(f"--sink {shown!r}: {why}") from e
+    if port == 0:
+        raise ValueError(f"--sink {shown!r}: the port must be a number in 1..65535 (0 names no peer)")
+    host = url.hostname
+    if host and not _host_ok(host):
+        raise ValueError(
+            f"--sink {shown!r}: {host!r} is no host name or IP address (letters, digits, '-', '.'; IPv6 in brackets)"
+        )
+    return url
+
+
+def _host_ok(host: str) -> bool:
+    if ":" in host:  # urlparse took it from between brackets: an IPv6 address, which it has checked
+        return True
+    if re.fullmatch(r"[0-9.]+", host):  # digits and dots only: an IPv4 address or nothing (999.1.1.1)
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+        return True
+    return len(host) <= 253 and HOST_NAME.fullmatch(host) is not None
+
+
 def parse_sink(spec: str, metrics, maxsize: int, serve: ServeSettings | None = None) -> Sink:
     """--sink value -> Sink; a bad value is refused with the field named. MQTT and webhook sinks take
     their settings (mqtt_*, webhook_*) from `serve` (unset: the defaults)."""
@@ -206,11 +267,10 @@ def parse_sink(spec: str, metrics, maxsize: int, serve: ServeSettings | None = N
         if not spec[6:]:
             raise ValueError("--sink jsonl: needs a path, e.g. jsonl:results-copy.jsonl")
         return JsonlSink(Path(spec[6:]), metrics, maxsize)
-    try:
-        url = urlparse(spec)
-    except ValueError as e:  # [zz]: brackets around what is no IPv6 address
-        raise ValueError(f"--sink {spec!r}: {e}") from e
-    if url.scheme in ("http", "https") and url.netloc:
+    url = check_url(spec)
+    if url.scheme in ("http", "https"):
+        if not url.hostname or url.fragment:
+            raise ValueError(f"--sink {_shown(spec)!r}: use http(s)://HOST[:PORT]/PATH (no #fragment)")
         return WebhookSink(
             spec,
             metrics,
