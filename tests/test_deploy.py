@@ -86,6 +86,7 @@ def test_compose_and_systemd_give_the_same_stop_grace_and_settings_by_environmen
         f"TimeoutStopSec={GRACE_S}",
         "KillSignal=SIGTERM",
         "EnvironmentFile=/etc/lineside/lineside.env",
+        "LimitNOFILE=8192",  # room for frames and the results log beside capped peers (descriptors.py)
     ):
         assert needed in unit
     env = (DEPLOY / "lineside.env").read_text().splitlines()

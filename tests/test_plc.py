@@ -4,8 +4,13 @@ and come back; bad specs refused; serve end to end."""
 
 from __future__ import annotations
 
+import json
+import resource
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -18,8 +23,10 @@ from runtime.serve.metrics import Metrics
 from runtime.serve.plc import LoopThread
 from runtime.serve.sinks import parse_sink
 from tests.brokers import free_port
-from tests.controlled import part
+from tests.controlled import CATEGORY, part
 from tests.serving import result_lines, serve_settings, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
 
 try:  # the plant extra, part of dev: its absence is a failure, never a silent skip
     import asyncua
@@ -318,3 +325,95 @@ def test_serve_end_to_end_feeds_opcua_and_modbus(controlled, frames, tmp_path, l
         server.shutdown()
         plc.stop()
     assert [_failures(server.metrics, sink) for sink in server.sinks] == [0, 0]
+
+
+def _serve_limited(controlled, frames: Path, results: Path, sink: str, open_files: int) -> subprocess.Popen:
+    """A real serve whose process may hold `open_files` descriptors, soft and hard, as a box with a low limit."""
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
+    cmd = [sys.executable, "-m", "runtime.serve", "--bundle", str(controlled), "--category", CATEGORY]
+    cmd += ["--source", str(frames), "--loop", "--max-fps", "10", "--results", str(results), "--port", "0"]
+    cmd += ["--no-explain", "--sink", sink]
+    log = open(results.with_suffix(".log"), "wb")  # a file: a pipe nobody reads would fill and stall serve
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log, preexec_fn=limit)
+
+
+def _refused(s: socket.socket) -> bool:
+    """Whether serve closed this connection (it never sent a byte, so any answer is the close)."""
+    s.settimeout(0.05)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="descriptor counts as Linux has them")
+def test_opcua_connections_past_the_cap_are_refused_and_frames_still_logged_ok(controlled, frames, tmp_path, loop):
+    """The issue's case, scaled to a limit of 320 open files: 400 idle connections (no Hello, no session) took
+    every descriptor, and then a good frame was logged ERROR "Too many open files"."""
+    (frames / "03b.png").unlink()  # only good and NG parts here: any ERROR line is a descriptor missing
+    port, results = free_port(), tmp_path / "results.jsonl"
+    proc = _serve_limited(controlled, frames, results, f"opcua-server://127.0.0.1:{port}/x", 320)
+    idle: list[socket.socket] = []
+    try:
+        wait_for(lambda: results.exists() and len(results.read_text().splitlines()) >= 3, 60, "serve never inspected")
+        for _ in range(400):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(1.0)
+        before = len(results.read_text().splitlines())
+        wait_for(lambda: len(results.read_text().splitlines()) >= before + 10, 30, "inspection stopped")
+        closed = sum(_refused(s) for s in idle)
+        assert closed >= 400 - 32, f"only {closed} of 400 connections past the default clients=32 were refused"
+        for s in idle:
+            s.close()
+        idle.clear()
+        time.sleep(0.5)  # serve sees them go; a PLC connects as before
+        read = UaReader(loop, f"opc.tcp://127.0.0.1:{port}/x")
+        wait_for(lambda: read.soon("0", "Verdict") in ("OK", "NG"), 10, "no verdict on OPC UA")
+        read.close()
+    finally:
+        for s in idle:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    text = results.with_suffix(".log").read_text(errors="replace")
+    lines = [json.loads(x) for x in results.read_text().splitlines()]
+    assert code == 0, text[-3000:]
+    assert all(x["label"] in ("OK", "NG") for x in lines), [x.get("error") for x in lines if x["label"] == "ERROR"]
+    assert "Too many open files" not in text and "Traceback" not in text, text[-3000:]
+    assert 1 <= text.count("OPC UA server: connection refused") <= 5  # 368 refusals, rate-limited to a line or so
+
+
+def test_opcua_clients_that_would_eat_the_descriptor_reserve_refuse_the_sink(tmp_path):
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))\n"
+        "from runtime.serve.metrics import Metrics\n"
+        "from runtime.serve.sinks import parse_sink\n"
+        "sink = parse_sink(f'opcua-server://127.0.0.1:{sys.argv[1]}/x?clients=100', Metrics(), 4)\n"
+        "try:\n"
+        "    sink.start()\n"
+        "except OSError as e:\n"
+        "    print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(free_port())], cwd=ROOT, capture_output=True, text=True)
+    assert "100 connections need 100 file descriptors beside the 128 kept" in proc.stdout, proc.stderr
+    assert "lower clients= or raise LimitNOFILE" in proc.stdout
+
+
+def test_serve_raises_its_soft_open_file_limit_to_the_hard_one():
+    from runtime.serve.descriptors import raise_limit
+
+    code = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 2048))\n"
+        "from runtime.serve.descriptors import raise_limit\n"
+        "print(raise_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.stdout.split() == ["2048", "2048"], proc.stderr
+    assert raise_limit() >= 1024

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..bundle.manifest import BundleError
 from ..options import add_arguments, load
-from . import logs
+from . import descriptors, logs
 from .server import Server
 
 log = logging.getLogger("lineside.serve")
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     early = args.log_format or os.environ.get("LINESIDE_LOG_FORMAT", "text")  # until the settings are read
     logs.setup(early if early in ("text", "json") else "text")
+    descriptors.raise_limit()  # a shell's soft 1,024 open files is a default, not a decision (descriptors.py)
     try:
         server = build(args)
     except START_ERRORS as e:

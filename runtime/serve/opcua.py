@@ -18,6 +18,10 @@ registered namespace is index 2), under Objects/Lineside/<camera>:
 Variables are read-only to clients. The endpoint offers security mode None
 (anonymous, unsigned): keep it on the cell network. A camera's folder exists
 from the start when it is named in `cameras`, else from its first verdict.
+
+At most `clients` connections (and as many sessions) are served at once; more
+are closed as they come, so that idle or hostile clients can never take the
+descriptors that frames and the results log need (descriptors.py).
 """
 
 from __future__ import annotations
@@ -28,15 +32,20 @@ import re
 import socket
 from urllib.parse import urlparse
 
+from . import logs
+from .descriptors import make_room
 from .plc import LoopThread, camera_of, integer, options, plain_url, port_of, require, score_of, verdict
 from .sinks import Sink
 
 log = logging.getLogger("lineside.serve")
 
+CLIENTS = 32  # a PLC, a SCADA, a historian and engineering tools, with room to spare
+MAX_CLIENTS = 1000
 KNOWN = {
     "namespace": "namespace URI, default urn:lineside",
     "pulse_ms": "NgPulse length in ms, 0: a level; default 500",
     "cameras": "comma-separated camera ids whose nodes exist from the start; default 0",
+    "clients": f"most client connections (and sessions) at once, 1..{MAX_CLIENTS}; default {CLIENTS}",
 }
 VARIABLES = {  # name -> (OPC UA type, value before the first verdict)
     "Verdict": ("String", ""),
@@ -61,6 +70,43 @@ def _bindable(host: str, port: int) -> None:
         return
 
 
+class _Refusals(logging.Filter):
+    """asyncua logs each connection refused past the cap with the peer's address, so a flood of them is a
+    flood of distinct lines that no rate limit catches; they become one line of ours, rate-limited."""
+
+    def __init__(self):
+        super().__init__("lineside-opcua-refusals")
+        self.limit = logs.RateLimit()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Refusing connection"):
+            return True
+        cap = record.args[-1] if isinstance(record.args, tuple) and record.args else "?"
+        record.name = log.name
+        record.msg = "OPC UA server: connection refused, %s clients connected already (the sink's clients=)"
+        record.args = (cap,)
+        return self.limit.filter(record)
+
+
+def _quiet_refusals() -> None:
+    library = logging.getLogger("asyncua.server.binary_server_asyncio")
+    if not any(isinstance(f, _Refusals) for f in library.filters):
+        library.addFilter(_Refusals())
+
+
+def _cap_sessions(asyncua, clients: int) -> None:
+    """Activated sessions at most. asyncua counts them for the whole process, so the cap is the sum of the
+    clients of every OPC UA server of ours running here (`clients` < 0: one stopped), and asyncua's own
+    again when none runs (another asyncua server in the process, a test's PLC, must not be left at 0)."""
+    sessions = asyncua.server.internal_session.InternalSession
+    _SESSIONS.setdefault("asyncua", sessions.max_connections)
+    _SESSIONS["ours"] = max(0, _SESSIONS.get("ours", 0) + clients)
+    sessions.max_connections = _SESSIONS["ours"] or _SESSIONS["asyncua"]
+
+
+_SESSIONS: dict[str, int] = {}  # "ours": the clients of our OPC UA servers running; "asyncua": its own cap
+
+
 class OpcUaServerSink(Sink):
     """Hosts the OPC UA server on its own asyncio loop; `deliver` updates one camera's variables there."""
 
@@ -75,6 +121,7 @@ class OpcUaServerSink(Sink):
         self.endpoint = f"opc.tcp://{self.host}:{self.port}{url.path}"
         self.namespace = opts.get("namespace", "urn:lineside")
         self.pulse_s = integer(spec, "pulse_ms", opts.get("pulse_ms", "500"), 0, 60_000) / 1000
+        self.clients = integer(spec, "clients", opts.get("clients", str(CLIENTS)), 1, MAX_CLIENTS)
         self.cameras = [c.strip() for c in opts.get("cameras", "0").split(",") if c.strip()]
         if not self.namespace or not self.cameras:
             raise ValueError(f"--sink {spec!r}: namespace and cameras must not be empty")
@@ -93,6 +140,7 @@ class OpcUaServerSink(Sink):
 
     def start(self) -> None:
         """Listen before inspection starts: a port in use refuses serve at start, not later."""
+        make_room(self.clients, f"--sink {self.label}", "lower clients= or raise LimitNOFILE")
         self.loop.start()
         try:
             _bindable(self.host, self.port)  # at once, not after asyncua's seconds of building its address space
@@ -107,6 +155,8 @@ class OpcUaServerSink(Sink):
         ua = self.asyncua.ua
         server = self.asyncua.Server()
         await server.init()
+        server.iserver.max_connections = self.clients  # past it asyncua closes a connection as it comes
+        _quiet_refusals()
         server.set_endpoint(self.endpoint)
         server.set_server_name("lineside")
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
@@ -117,6 +167,7 @@ class OpcUaServerSink(Sink):
         for camera in self.cameras:
             await self._add_camera(camera)
         await server.start()
+        _cap_sessions(self.asyncua, self.clients)  # given back in _close
         self.server = server
         self.beat = asyncio.ensure_future(self._beat())
 
@@ -189,3 +240,4 @@ class OpcUaServerSink(Sink):
                 task.cancel()
         await self.server.stop()
         self.server = None
+        _cap_sessions(self.asyncua, -self.clients)

@@ -17,6 +17,8 @@ import threading
 import time
 from urllib.parse import parse_qsl
 
+log = logging.getLogger("lineside.serve")
+
 VERDICTS = {"OK": 0, "NG": 1, "ERROR": 2}  # the verdict code a PLC compares with (Modbus register, integer node)
 
 
@@ -120,6 +122,14 @@ class LoopThread(threading.Thread):
     def __init__(self, name: str):
         super().__init__(name=name, daemon=True)
         self.loop = asyncio.new_event_loop()
+        self.loop.set_exception_handler(self._unhandled)
+
+    def _unhandled(self, loop, context: dict) -> None:
+        """What asyncio would log with a traceback (an accept that failed: too many open files), in one line:
+        the loop goes on either way, and the log is read by people at the line."""
+        error = context.get("exception")
+        why = f": {type(error).__name__}: {error}" if error is not None else ""
+        log.warning("%s: %s%s", self.name, context.get("message", "unhandled error in the event loop"), why)
 
     def run(self) -> None:
         asyncio.set_event_loop(self.loop)
