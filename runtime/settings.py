@@ -289,7 +289,8 @@ class ServeSettings(Section):
     api_token: str = setting(
         "",
         "token that HTTP calls changing state must send as 'Authorization: Bearer TOKEN' or 'X-Lineside-Token: "
-        "TOKEN'; empty: operator feedback is refused (401) and POST /api/trigger stays open",
+        "TOKEN'; empty: operator feedback is refused (401) and POST /api/trigger stays open, so serve refuses "
+        "a host beyond loopback without one",
     )
     ng_gallery: int = setting(12, "NG frames kept in memory (as JPEG) for the page's gallery", low=1, high=200)
 
@@ -309,6 +310,17 @@ class ServeSettings(Section):
                 raise ValueError(
                     f"setting part_id_pattern: {self.part_id_pattern!r} is no regular expression: {e}"
                 ) from e
+    health_stall_s: float = setting(
+        60.0,
+        "/healthz fails (and the containers' HEALTHCHECK) once serve cannot do its job for this long: nothing "
+        "inspected from a free-running live source, a source lost, a trigger or a sink's record left waiting",
+        above=0.0,
+    )
+    wait_for_source: bool = setting(
+        True,
+        "a live source that cannot be opened at start is waited for (not ready, and unhealthy after "
+        "health_stall_s); off: serve refuses to start (exit 2)",
+    )
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -258,3 +258,44 @@ def test_cameras_share_one_agent_and_each_explanation_names_its_camera(controlle
     ng = {(x["camera"], x["frame_id"]) for x in lines if x["label"] == "NG"}
     explained = {(x["camera"], x["frame_id"]) for x in lines if x["label"] == "EXPLANATION"}
     assert ng == explained == {("a", 1), ("b", 3)}
+
+
+def test_every_api_endpoint_reads_each_camera_of_two(controlled, detector, tmp_path):
+    """Issue 24 item 4: /api/result/latest, /api/results and /api/status take ?camera=ID, and without it
+    answer for every camera (they served the first camera's state only)."""
+    cameras = _cameras_file(
+        tmp_path / "cameras.yaml",
+        [
+            {"id": "a", "source": str(_folder(tmp_path, "a", 3))},
+            {"id": "b", "source": str(_folder(tmp_path, "b", 4, defective={1}))},
+        ],
+    )
+    server = Server(_settings(controlled, tmp_path, cameras), detector=detector).start()
+    try:
+        server.wait()
+
+        def get(path: str):
+            code, body = _get(server.web.port, path)
+            return code, json.loads(body) if code == 200 else body
+
+        latest = {c: get(f"/api/result/latest?camera={c}")[1] for c in ("a", "b")}
+        newest = get("/api/result/latest")[1]
+        every, only_a, b_after_2 = (
+            get(p)[1] for p in ("/api/results", "/api/results?camera=a", "/api/results?camera=b&since=2")
+        )
+        status, status_a = get("/api/status")[1], get("/api/status?camera=a")[1]
+        unknown = _get(server.web.port, "/api/results?camera=zz")[0]
+    finally:
+        server.shutdown()
+    assert [(latest[c]["camera"], latest[c]["frame_id"]) for c in ("a", "b")] == [("a", 3), ("b", 4)]
+    assert newest["camera"] in ("a", "b") and newest in latest.values()
+    assert sorted((x["camera"], x["frame_id"]) for x in every) == [("a", 1), ("a", 2), ("a", 3)] + [
+        ("b", i) for i in range(1, 5)
+    ]
+    assert [(x["camera"], x["frame_id"]) for x in only_a] == [("a", 1), ("a", 2), ("a", 3)]
+    assert [(x["camera"], x["frame_id"]) for x in b_after_2] == [("b", 3), ("b", 4)]
+    assert [c["id"] for c in status["cameras"]] == ["a", "b"] and status["counters"]["inspected"] == 7
+    assert status["last_ng"]["camera"] == "b" and status["latest"] in latest.values()
+    assert [c["id"] for c in status_a["cameras"]] == ["a"] and status_a["counters"]["inspected"] == 3
+    assert status_a["latest"]["camera"] == "a" and status_a["last_ng"] is None
+    assert unknown == 404

@@ -344,19 +344,23 @@ def test_with_a_token_set_a_trigger_needs_it(controlled, detector, tmp_path):
     assert _count(server, "accepted") == 2
 
 
-def test_open_triggers_on_a_reachable_address_are_warned_of_once(controlled, detector, tmp_path, caplog):
-    for host, warned in (("0.0.0.0", True), ("127.0.0.1", False)):
-        caplog.clear()
-        server = Server(_settings(controlled, tmp_path, host=host), detector=detector, source=LiveCamera())
-        with caplog.at_level("WARNING", "lineside.serve"):
-            server.start()
-        try:
-            assert _post(server.web.port, "?id=open")[0] == 202  # still open: PLCs and scripts post them so
-        finally:
-            server.shutdown()
-        said = [r.getMessage() for r in caplog.records if "takes triggers from anyone" in r.getMessage()]
-        assert len(said) == (1 if warned else 0), said
-        assert not warned or ("0.0.0.0" in said[0] and "api_token" in said[0])
+def test_serve_beyond_loopback_without_a_token_refuses_in_one_line(controlled, detector, tmp_path, capsys):
+    """Issue 30: on 0.0.0.0 an empty api_token would leave feedback, teaching and triggers open to the
+    network; serve refuses (exit 2) in one line saying how to set one, before it loads the bundle."""
+    flags = ["--source", str(tmp_path), "--bundle", str(tmp_path / "no-bundle"), "--category", CATEGORY]
+    assert serve_main([*flags, "--host", "0.0.0.0", "--port", "0"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "0.0.0.0" in said[0] and "LINESIDE_API_TOKEN" in said[0], said
+    # with a token it serves there, and a trigger without the token is refused
+    server = Server(
+        _settings(controlled, tmp_path, host="0.0.0.0", api_token="plc-s3cret"), detector=detector, source=LiveCamera()
+    )
+    server.start()
+    try:
+        assert _post(server.web.port, "?id=open")[0] == 401
+        assert _post(server.web.port, "?id=A", headers={"Authorization": "Bearer plc-s3cret"})[0] == 202
+    finally:
+        server.shutdown()
 
 
 def test_loopback_addresses_are_told_apart_from_reachable_ones():

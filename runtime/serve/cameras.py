@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,7 +178,16 @@ class Camera:
         self.slot = LatestFrameSlot()
         self.explainer = explain(self) if s.explain else None
         self.capture = Capture(
-            source, self.slot, self.stop, self.metrics, s.max_fps, s.loop, s.reconnect_max_s, spec.id, s.part_id_pattern
+            source,
+            self.slot,
+            self.stop,
+            self.metrics,
+            s.max_fps,
+            s.loop,
+            s.reconnect_max_s,
+            spec.id,
+            s.part_id_pattern,
+            wait_for_source=s.wait_for_source,
         )
         self.inspector = Inspector(
             detector,
@@ -199,6 +209,7 @@ class Camera:
             camera=spec.id,
             codes=CodeReader(s.part_id_code) if s.part_id_code != "off" else None,
         )
+        self.metrics.since_inspection.set_function(lambda: time.monotonic() - self.inspector.progressed)
 
     def _capture_done(self) -> bool:
         """No frame can still come: capture has ended (or never started), or the source is live (no waiting)."""
@@ -222,6 +233,55 @@ class Camera:
         if not self.inspector.is_alive():
             return False, "inspector stopped"
         return True, ""
+
+    def stalled(self) -> str | None:
+        """Why this camera has not done its job for longer than health_stall_s, or None.
+
+        Its job is to inspect frames as they come: a free-running live camera must inspect one at least every
+        health_stall_s (a lost source, a connected one that sends nothing and a hung inspector all stop that);
+        a triggered camera (trigger software, or camera_trigger naming a line) may rightly wait for hours, so it
+        stalls only when its source is lost or a trigger waits that long; a recording, when nothing of it is
+        inspected that long. A camera that stopped (its failure says why) or finished is not stalled."""
+        s, capture, now = self.settings.serve, self.capture, time.monotonic()
+        if self.inspector.ident is None or self.stop.is_set() or self.finished():
+            return None
+        bound = s.health_stall_s
+        idle = now - self.inspector.progressed
+        triggered = self.triggers is not None or s.camera_trigger != "off"
+        if not self.source.live:
+            if triggered or idle <= bound:
+                return None
+            return f"inspector stalled: nothing of {self.source.spec!r} inspected for {idle:.0f} s"
+        if capture.lost_at is not None and now - capture.lost_at > bound and idle > bound:
+            return f"source {self.source.spec!r} away for {now - capture.lost_at:.0f} s: {capture.problem or 'lost'}"
+        if triggered:
+            oldest = self.triggers.oldest() if self.triggers is not None else None
+            if oldest is not None and time.time() - oldest > bound:
+                return f"a trigger has waited {time.time() - oldest:.0f} s for its frame"
+            return None
+        if idle <= bound:
+            return None
+        if capture.frame_at is not None and now - capture.frame_at < bound:
+            return f"inspector stalled: nothing inspected for {idle:.0f} s while the source delivers"
+        return f"nothing inspected for {idle:.0f} s: source {self.source.spec!r} delivers no frames"
+
+    def condition(self) -> tuple[str, str]:
+        """(online | degraded | offline, why) for the MQTT status topic; ("", "") while it is starting and
+        nothing is known yet (a first opening that has not been tried)."""
+        problem = self.failure()
+        if problem:
+            return "offline", problem
+        if self.finished():
+            return "offline", "recording read to its end" if not self.source.live else "stopped"
+        stalled = self.stalled()
+        if stalled:
+            return "degraded", stalled
+        ready, why = self.ready()
+        if ready:
+            return "online", ""
+        if not self.capture.tried.is_set():
+            return "", ""
+        return "degraded", why
 
     def counters(self) -> dict:
         out = {name: self.metrics.count(name) for name in ("captured", "inspected", "dropped")}

@@ -62,8 +62,57 @@ class LatestFrameSlot:
             self._cond.notify_all()
 
 
+class Outage:
+    """What the log says about a live source that is away: one line when it goes (at start: that it cannot be
+    opened), one for each new reason, reminders at growing intervals (1 min, 2, 4, ... at most hourly) and one
+    when frames come again. Retries are counted in lineside_source_reconnects, not logged one by one: a camera
+    missing for two hours leaves a handful of lines, not one per attempt."""
+
+    FIRST_REMINDER_S, MAX_REMINDER_S = 60.0, 3600.0
+
+    def __init__(self, spec: str, start_note: str = ""):
+        self.spec, self.start_note = spec, start_note  # what serve does about a source it never had
+        self.began: float | None = None  # monotonic time the outage began; None while frames come
+        self.reasons: set[str] = set()
+        self.attempts, self.remind_at, self.ever_delivered = 0, 0.0, False
+
+    def failed(self, why: str) -> None:
+        """One more failed attempt (or a source that stopped delivering), for `why`."""
+        now = time.monotonic()
+        self.attempts += 1
+        if self.began is None:
+            self.began, self.reasons, self.attempts = now, {why}, 1
+            self.remind_at = now + self.FIRST_REMINDER_S
+            if not self.ever_delivered:
+                log.warning("source %r cannot be opened at start: %s; %s", self.spec, why, self.start_note)
+            else:
+                log.warning("source %r lost: %s; reopening it", self.spec, why)
+        elif why not in self.reasons:
+            self.reasons.add(why)
+            log.warning("source %r still away, now: %s", self.spec, why)
+        elif now >= self.remind_at:
+            away = now - self.began
+            self.remind_at = now + min(self.MAX_REMINDER_S, max(self.FIRST_REMINDER_S, away))
+            log.warning("source %r away for %.0f s (%d attempts): %s", self.spec, away, self.attempts, why)
+
+    def delivered(self) -> None:
+        """A frame came: the outage, if any, is over."""
+        if self.began is not None:
+            log.info(
+                "source %r delivers again after %.0f s away (%d attempts)",
+                self.spec,
+                time.monotonic() - self.began,
+                self.attempts,
+            )
+        self.began, self.ever_delivered = None, True
+
+
 class Capture(threading.Thread):
-    """Reads the source into the slot; reconnects live sources with backoff."""
+    """Reads the source into the slot; reconnects live sources with backoff.
+
+    `tried` is set once the first opening was tried (`problem` says why it failed); `lost_at` is when the
+    source was last lost (monotonic, None while connected) and `frame_at` when its last frame came: serve's
+    health reads them."""
 
     def __init__(
         self,
@@ -76,6 +125,7 @@ class Capture(threading.Thread):
         backoff_max: float = 30.0,
         camera: str = "",
         part_pattern: str = "",
+        wait_for_source: bool = True,
     ):
         super().__init__(name=f"capture-{camera}" if camera else "capture", daemon=True)
         if not backoff_max > 0:
@@ -88,6 +138,16 @@ class Capture(threading.Thread):
         self.frames = 0
         self.problem = "not started"
         self.failure: str | None = None  # set when capture died of an error nobody foresaw
+        self.tried = threading.Event()
+        self.lost_at: float | None = time.monotonic()
+        self.frame_at: float | None = None
+        self.outage = Outage(
+            source.spec,
+            "waiting for it (not ready, and /healthz unhealthy after health_stall_s); check the camera index, "
+            "device or URL, or set wait_for_source off to refuse to start"
+            if wait_for_source
+            else "refusing to start (wait_for_source is off)",
+        )
 
     def run(self) -> None:
         try:
@@ -102,6 +162,8 @@ class Capture(threading.Thread):
             self.stop.set()
         finally:
             self.connected.clear()
+            self.lost_at = self.lost_at or time.monotonic()
+            self.tried.set()
             self.finished.set()
 
     def _run(self) -> None:
@@ -116,39 +178,49 @@ class Capture(threading.Thread):
                 delay = min(delay * 2, self.backoff_max)
                 continue
             self.connected.set()
-            self.problem = ""
+            self.lost_at, self.problem = None, ""
+            self.tried.set()
             before = self.frames
-            self._pump()
+            note = self._pump()
             self.connected.clear()
+            self.lost_at = time.monotonic()
             self.source.close()
             if not self.source.live and not self.loop:
                 break  # a recording has ended
-            if self.frames == before and not self.stop.is_set():  # opened but delivered nothing: back off too
+            if self.stop.is_set():
+                break
+            if self.source.live:
+                why = "opened, then no frame" if self.frames == before else "stopped delivering"
+                self.problem = f"source {self.source.spec!r} {why} ({note})"
+                self.outage.failed(f"{why} ({note})")
+            if self.frames == before:  # opened but delivered nothing: back off too
                 self.stop.wait(delay)
                 delay = min(delay * 2, self.backoff_max)
             else:
                 delay = min(0.5, self.backoff_max)
-            if self.source.live and not self.stop.is_set():
+            if self.source.live:
                 self.metrics.reconnects.inc()  # the stream was lost: reopen it
 
     def _wait_retry(self, why: str, delay: float) -> None:
         self.problem = f"{why}; retrying in {delay:.1f}s"
-        log.warning("source %s: %s", self.source.spec, self.problem)
+        self.outage.failed(why)
+        self.tried.set()
         self.metrics.reconnects.inc()
         self.stop.wait(delay)
 
-    def _pump(self) -> None:
+    def _pump(self) -> str:
+        """Frames into the slot until the source stops delivering (its note returned) or serve stops."""
         period = 1.0 / self.max_fps if self.max_fps > 0 else 0.0
         next_at = time.monotonic()
         while not self.stop.is_set():
             ok, image, note = self.source.read()
             if not ok:
-                if self.source.live:
-                    self.problem = f"source {self.source.spec!r} stopped delivering ({note})"
-                    log.warning(self.problem)
-                return
+                return note
             if image is None and not note:
                 continue  # no frame yet (a triggered camera waiting for its trigger)
+            self.frame_at = time.monotonic()
+            if self.source.live:
+                self.outage.delivered()
             self.frames += 1
             self.metrics.captured.inc()
             taken = self.source.last_time or time.time()  # the source's own capture time when it has one
@@ -171,6 +243,7 @@ class Capture(threading.Thread):
             if period:
                 next_at += period
                 self.stop.wait(max(0.0, next_at - time.monotonic()))
+        return "serve stopping"
 
     def part_of(self, name: str) -> str | None:
         """The part id part_id_pattern finds in a file name: its first group, or the whole match; None without."""

@@ -8,12 +8,22 @@ A failing peer must not fill the disk with log: a hostile client or a dead peer 
 times a second (the issue measured 22 MB of log in 10 s). The first of a kind is
 written at once; identical ones within `interval` seconds are counted, and the
 next one written after the interval says how many were held back.
+
+The libraries' own messages make one log with ours: those of Python's logging (the
+PLC libraries asyncua and pymodbus among them) go through the same handler, its
+format and its rate limit. OpenCV and FFmpeg write from C++ straight to the
+process's stderr, in their own format, once per failed attempt (`[ WARN:0@...]
+cap_v4l.cpp ... can't open camera by index`, 250 lines for a camera missing two
+hours); what they say about a source lineside reports itself, once (capture.py's
+Outage), so they are silenced unless OPENCV_LOG_LEVEL or OPENCV_FFMPEG_LOGLEVEL
+asks for them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -53,11 +63,27 @@ class RateLimit(logging.Filter):
 
 
 def install(interval: float = 10.0) -> None:
-    """Put one RateLimit on each of LOGGERS (once per process: calling again changes nothing)."""
+    """Put one RateLimit on each of LOGGERS (once per process: calling again changes nothing), and silence
+    OpenCV's and FFmpeg's own lines."""
     for name in LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RateLimit) for f in logger.filters):
             logger.addFilter(RateLimit(interval))
+    quiet_native()
+
+
+def quiet_native() -> None:
+    """OpenCV's and FFmpeg's messages silenced, unless the environment names their levels (then theirs rule).
+
+    FFmpeg's level is read by OpenCV when its FFmpeg backend first opens a stream, so the variable is set
+    before any source is opened; OpenCV's own is set at once as well."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    if "OPENCV_LOG_LEVEL" in os.environ:
+        return
+    os.environ["OPENCV_LOG_LEVEL"] = "SILENT"
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 class _Stderr(logging.StreamHandler):
@@ -107,6 +133,7 @@ def setup(fmt: str = "text", level: int = logging.INFO) -> None:
         if root.handlers:
             return
         handler = _Stderr()
+        handler.addFilter(RateLimit())  # every library's records, whatever logger they come from
         root.addHandler(handler)
         root.setLevel(level)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))

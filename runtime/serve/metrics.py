@@ -47,6 +47,12 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("lineside_ready", "1 when the camera's source is connected and it inspects", cam, registry=r)
+        self.since_inspection = Gauge(
+            "lineside_since_last_inspection_seconds",
+            "seconds since the camera's inspector last handled a frame (or began), read when scraped",
+            cam,
+            registry=r,
+        )
         self.sink_failures = Counter("lineside_sink_failures", "records a sink failed to deliver", ["sink"], registry=r)
         self.sink_drops = Counter(
             "lineside_sink_drops", "records dropped because a sink fell behind", ["sink"], registry=r
@@ -85,7 +91,7 @@ class CameraMetrics:
 
     def __init__(self, metrics: Metrics, camera: str):
         self.parent, self.name = metrics, camera
-        for name in ("captured", "inspected", "dropped", "reconnects", "ready"):
+        for name in ("captured", "inspected", "dropped", "reconnects", "ready", "since_inspection"):
             setattr(self, name, getattr(metrics, name).labels(camera))
         self.results = _Bound(metrics.results, camera)
         self.stage_seconds = _Bound(metrics.stage_seconds, camera)

@@ -4,8 +4,9 @@ Under the sink's PREFIX (--sink mqtt://HOST:PORT/PREFIX, or mqtts:// for TLS):
 
     PREFIX/LINE/availability         retained "online" / "offline"; the broker itself writes "offline"
                                      (our last will) when this process vanishes without saying goodbye
-    PREFIX/LINE/CAMERA/status        retained JSON: state, run, bundle, version and the detector settings,
-                                     sent once per camera and again when they change, so that
+    PREFIX/LINE/CAMERA/status        retained JSON: state (online, degraded or offline, with the problem
+                                     when not online, as serve's watchdog sees the camera), run, bundle,
+                                     version and the detector settings, sent again when any changes, so that
     PREFIX/LINE/CAMERA/result        each OK / NG / ERROR / TEACH line can leave its settings out
     PREFIX/LINE/CAMERA/explanation   each EXPLANATION line (the language model's later sentence)
 
@@ -210,6 +211,7 @@ class MqttSink(Sink):
         self.waiting: dict[int, str] = {}  # message id -> "record" / "control", until the broker acknowledges it
         self.early: set[int] = set()  # acknowledged before publish() returned its id to us
         self.statuses: dict[str, dict] = {}  # camera -> its retained status
+        self.conditions: dict[str, tuple[str, str]] = {}  # camera -> (state, problem), from camera_condition()
         self.version = _version()
 
     def start(self) -> None:
@@ -272,10 +274,31 @@ class MqttSink(Sink):
             self._note_status(camera, record)
         self._publish(f"{self.base}/{camera}/result", {k: v for k, v in record.items() if k != "settings"})
 
+    def camera_condition(self, camera: str, state: str, problem: str = "") -> None:
+        """The camera's condition changed (online, degraded or offline, and why; serve's watchdog calls this):
+        its retained status says so at once, before any result shows it (a lost camera sends none)."""
+        camera = topic_level(camera or "0")
+        with self.lock:
+            self.conditions[camera] = (state, problem)
+            if state == "online" and camera not in self.statuses:
+                return  # its first result's status says so, with the run and settings (a bare one would not)
+            known = self.statuses.get(camera) or {
+                "line": self.options.line,
+                "camera": camera,
+                "client_id": self.client_id,
+                "version": self.version,
+            }
+            status = self.statuses[camera] = {**known, "state": state, "problem": problem, "since": time.time()}
+        if self.client.is_connected():  # else the next connection publishes it
+            self._control(f"{self.base}/{camera}/status", strict_json(status))
+
     def _note_status(self, camera: str, record: dict) -> None:
         """The camera's retained status, published when what it says changes (normally once)."""
+        with self.lock:
+            state, problem = self.conditions.get(camera, ("online", ""))
         status = {
-            "state": "online",
+            "state": state,
+            "problem": problem,
             "line": self.options.line,
             "camera": camera,
             "client_id": self.client_id,
@@ -323,7 +346,10 @@ class MqttSink(Sink):
             with self.lock:
                 statuses = list(self.statuses.items())
             for camera, status in statuses:
-                self._control(f"{self.base}/{camera}/status", strict_json({**status, "state": "offline"}))
+                self._control(
+                    f"{self.base}/{camera}/status",
+                    strict_json({**status, "state": "offline", "problem": "serve stopped"}),
+                )
             self._control(self.availability, "offline")
         deadline = time.monotonic() + self.options.drain_s
         while self.waiting and time.monotonic() < deadline:

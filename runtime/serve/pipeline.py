@@ -75,9 +75,11 @@ class Inspector(threading.Thread):
         # Frame ids restart with every process; (run, frame_id) names a frame for good.
         self.run_id = new_run()
         self.handled = 0  # frames taken from the slot and fully logged
+        self.progressed = time.monotonic()  # when the last frame was handled (or inspection began): for health
         self._times: collections.deque = collections.deque(maxlen=30)
 
     def run(self) -> None:
+        self.progressed = time.monotonic()
         try:
             while True:
                 frame = self._next()
@@ -88,6 +90,7 @@ class Inspector(threading.Thread):
                     continue
                 self.handle(frame)
                 self.handled += 1
+                self.progressed = time.monotonic()
                 if self.triggers is not None:
                     self.triggers.inspected()
         except Exception as e:  # whatever it was, serve must stop and say why

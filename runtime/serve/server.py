@@ -14,6 +14,7 @@ they hold, the results log is flushed and synced.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from .records import ResultsLog
 from .sinks import parse_sink
 from .sources import open_source
 from .triggers import parse_mqtt_url
-from .web import WebThread, create_app
+from .web import WebThread, create_app, loopback
 
 log = logging.getLogger("lineside.serve")
 
@@ -49,6 +50,21 @@ def build_agent(detector: Detector, settings: AgentSettings):
     return PromptAgent(detector, llm, settings)
 
 
+def refuse_open_listener(host: str, specs: list[CameraSpec]) -> None:
+    """Beyond loopback, every camera needs an api_token: without one its feedback, teaching and triggers would
+    take the word of anyone on the network (ValueError saying how to set one)."""
+    if loopback(host):
+        return
+    open_ = [spec.id for spec in specs if not spec.settings.serve.api_token]
+    if open_:
+        which = f" (camera {', '.join(open_)})" if any(open_) else ""
+        raise ValueError(
+            f"setting host: {host} reaches beyond this box and api_token is empty{which}, so anyone there could "
+            "post feedback, teach and trigger; set one (LINESIDE_API_TOKEN=$(openssl rand -hex 24), or "
+            "--api-token) or listen on 127.0.0.1"
+        )
+
+
 class Server:
     """One process: one detector shared by its cameras (one, or those of --cameras FILE), one HTTP server.
 
@@ -62,6 +78,7 @@ class Server:
         specs = read_cameras(s.cameras, settings) if s.cameras else [CameraSpec(s.camera_id, settings, {})]
         if source is not None and len(specs) > 1:
             raise ValueError("a source object serves one camera; give each camera its source in the cameras file")
+        refuse_open_listener(s.host, specs)
         self.metrics, self.stop = Metrics(), threading.Event()
         self._sinks: dict[str, object] = {}  # spec -> sink, shared by the cameras that name it
         self._logs: dict[Path, ResultsLog] = {}  # path -> log, shared by the cameras that write to it
@@ -83,6 +100,7 @@ class Server:
             self.agent = agent or build_agent(self.detector, settings.agent)
             self.agent = Serialised(self.agent) if len(specs) > 1 else self.agent
         self.cameras: dict[str, Camera] = {}
+        self._conditions: dict[str, tuple] = {}  # camera -> the condition its sinks were last told (MQTT status)
         for spec, src, its_sinks in zip(specs, sources, sinks):
             try:
                 detector_ = spec.detector_for(self.detector)
@@ -156,9 +174,20 @@ class Server:
         return [self._named(c, p) for c in self.cameras.values() if (p := c.failure())]
 
     def health(self) -> tuple[bool, str]:
-        """Alive and able to inspect (not: connected to a camera, which is /readyz)."""
+        """Whether serve does its job: not while every camera has stopped or stalled for longer than
+        health_stall_s (a source lost or sending nothing, an inspector hung, a trigger left waiting), nor while
+        a sink holds records it has not taken for that long. A supervisor restarts an unhealthy process; a
+        camera merely not connected yet, within the bound, is /readyz's business."""
         problem = self.failure()
-        return problem is None, problem or ""
+        if problem:
+            return False, problem
+        bound = self.settings.serve.health_stall_s
+        stuck = [p for sink in self._sinks.values() if (p := getattr(sink, "stuck", lambda _: None)(bound))]
+        problems = [(c, c.failure() or c.stalled()) for c in self.cameras.values()]
+        if all(p for _, p in problems):
+            stuck = [self._named(c, p) for c, p in problems] + stuck
+        return not stuck, "; ".join(stuck)
+
 
     def ready(self) -> tuple[bool, str]:
         """Every camera connected and inspecting; otherwise which are not, and why."""
@@ -187,11 +216,37 @@ class Server:
             sink.start()
         for camera in self.cameras.values():
             camera.start()
+        self._refuse_missing_sources()
         self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         self._watchdog.start()
         sources = ", ".join(f"{c.id or 'camera'} {c.source.spec}" for c in self.cameras.values())
         log.info("serving %s on http://%s:%d", sources, s.host, self.web.port)
         return self
+
+    def _refuse_missing_sources(self) -> None:
+        """With wait_for_source off, a live source that cannot be opened at start refuses serve (OSError)."""
+        for camera in self.cameras.values():
+            s, capture = camera.settings.serve, camera.capture
+            if s.wait_for_source or not camera.source.live:
+                continue
+            capture.tried.wait(max(30.0, s.health_stall_s))
+            if capture.frames == 0 and not capture.connected.is_set():
+                problem = re.sub(r"; retrying in [\d.]+s$", "", capture.problem or "not opened in time")
+                raise OSError(
+                    f"{self._named(camera, f'source {camera.source.spec!r} cannot be opened')}: {problem}; check "
+                    "the camera index, device or URL, or set wait_for_source to wait for it"
+                )
+
+    def _tell(self, camera: Camera) -> None:
+        """The camera's sinks that publish its availability (MQTT status) hear of each change of condition."""
+        state, why = camera.condition()
+        key = (state, re.sub(r"\d", "", why))  # "away for 61 s" and "62 s" are one condition
+        if not state or self._conditions.get(camera.id) == key:
+            return
+        self._conditions[camera.id] = key
+        for sink in camera.sinks:
+            if hasattr(sink, "camera_condition"):
+                sink.camera_condition(camera.id, state, why)
 
     def _watch(self) -> None:
         """Keeps the ready gauges current, stops a camera whose worker died, and serve when none is left."""
@@ -202,6 +257,7 @@ class Server:
                     log.error("stopping %s", self._named(camera, problem))
                     camera.stop.set()
                 camera.metrics.ready.set(1 if camera.ready()[0] else 0)
+                self._tell(camera)
             problem = self.failure()
             if problem:
                 log.error("stopping serve: %s", problem)

@@ -43,6 +43,14 @@ class Sink(threading.Thread):
         self.tag = {"sink": name}  # its own field in --log-format json lines
         self.queue: queue.Queue = queue.Queue(maxsize)
         self.closing = threading.Event()
+        self.taken = time.monotonic()  # when it last took a record or found none waiting: for /healthz
+
+    def stuck(self, bound: float) -> str | None:
+        """Why this sink has held records without taking one for longer than `bound` seconds, or None."""
+        idle = time.monotonic() - self.taken
+        if self.ident is None or self.queue.empty() or idle <= bound:
+            return None
+        return f"sink {self.label} stuck: {self.queue.qsize()} records waiting, none taken for {idle:.0f} s"
 
     def offer(self, record: dict, frame=None) -> None:
         try:
@@ -56,7 +64,9 @@ class Sink(threading.Thread):
             try:
                 record, frame = self.queue.get(timeout=0.2)
             except queue.Empty:
+                self.taken = time.monotonic()  # caught up: nothing waits
                 continue
+            self.taken = time.monotonic()
             try:
                 self.deliver(record, frame)
             except Exception as e:  # a sink must never take the process down

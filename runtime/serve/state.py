@@ -36,6 +36,8 @@ class State:
         self.latest: dict | None = None
         self.recent: collections.deque = collections.deque(maxlen=recent)
         self.last_ng: dict | None = None
+        self.published = self.ng_published = 0.0  # monotonic times of the latest and the last NG: the newest of
+        # several cameras' (/api without ?camera) is told by them, never by capture times from different clocks
         self.gallery = Gallery(gallery, self.lock)
         self.decisions: collections.OrderedDict = collections.OrderedDict()  # (run, frame_id) -> operator's word
         self.explained: collections.OrderedDict = collections.OrderedDict()  # frame_id -> final explanation
@@ -49,10 +51,10 @@ class State:
         if record["label"] == "NG" and image is not None:
             self.gallery.offer(record, image, result)  # made small on the gallery's thread
         with self.lock:
-            self.latest = record
+            self.latest, self.published = record, time.monotonic()
             self.recent.append(record)
             if record["label"] == "NG":
-                self.last_ng = dict(record)
+                self.last_ng, self.ng_published = dict(record), self.published
             if image is None:  # nothing to see: a blank of the last frame's size, under the ERROR's verdict
                 image = blank(self._view[1])
             self._view = (self._view[0] + 1, image, result)

@@ -129,6 +129,13 @@ class TriggerQueue:
         with self._cond:
             return len(self._waiting)
 
+    def oldest(self) -> float | None:
+        """When the oldest trigger still without its frame arrived (unix seconds), None when none waits:
+        one left waiting too long means serve cannot do its job (health)."""
+        with self._cond:
+            first = self.current or (self._waiting[0] if self._waiting else None)
+            return first.time if first is not None else None
+
     def _take(self, timeout: float) -> Trigger | None:
         with self._cond:
             if not self._waiting:

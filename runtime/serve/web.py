@@ -64,28 +64,33 @@ def loopback(host: str) -> bool:
         return False
 
 
-def _warn_open_triggers(server, operator) -> None:
-    """Triggers without a token stay open (PLCs and the compose file's scripts post them), but not silently
-    when other machines can reach them."""
-    host = str(getattr(getattr(getattr(server, "settings", None), "serve", None), "host", "127.0.0.1"))
-    open_ = [
-        key or "0" for key, cam in operator.cameras.items() if cam.triggers is not None and not operator.tokens[key]
-    ]
-    if open_ and not loopback(host):
-        log.warning(
-            "POST /api/trigger (camera %s) takes triggers from anyone who can reach %s: set api_token "
-            "(LINESIDE_API_TOKEN) and send it as 'Authorization: Bearer TOKEN' or 'X-Lineside-Token: TOKEN'",
-            ", ".join(open_),
-            host,
-        )
+def newest(states, published: str = "published", held: str = "latest") -> dict | None:
+    """The newest of several cameras' records (`held`, told apart by the time each was `published`)."""
+    times = [(getattr(st, published), getattr(st, held)) for st in states if getattr(st, held) is not None]
+    return max(times, key=lambda pair: pair[0])[1] if times else None
+
+
+def shared_point(states) -> dict | None:
+    """The operating point in force, when every camera has the same one (else each tile says its own)."""
+    points = [st.operating_point for st in states]
+    return points[0] if points and all(p == points[0] for p in points) else None
 
 
 def create_app(server) -> web.Application:
-    """`server` offers .state, .metrics, .stop, .health(), .ready() -> (bool, problem), .graphs(), .counters()
-    and .triggers (a TriggerQueue, None when free-run)."""
-    state, metrics = server.state, server.metrics
+    """`server` offers .cameras (id -> camera: .state, .triggers, .ready(), .counters()), .metrics, .stop,
+    .health(), .ready() -> (bool, problem), .graphs() and .counters().
+
+    /api/status, /api/result/latest and /api/results take ?camera=ID for one camera; without it they answer
+    for every camera: the newest result of any, every camera's results (each line names its camera), the
+    counters and rates of all together."""
+    metrics = server.metrics
     operator = OperatorPage(server)  # the page's tiles, pictures and feedback (operator.py)
-    _warn_open_triggers(server, operator)
+
+    def chosen(request) -> list[tuple[str, object]]:
+        """(id, camera) of ?camera=ID (404 for an unknown one), or of every camera without it."""
+        if "camera" not in request.query:
+            return list(operator.cameras.items())
+        return [operator.camera(request)]
 
     async def healthz(_):
         ok, problem = server.health()
@@ -98,34 +103,43 @@ def create_app(server) -> web.Application:
 
     metrics_text = make_aiohttp_handler(metrics.registry)  # prometheus_client's own: content negotiation, gzip
 
-    async def latest(_):
-        if state.latest is None:
+    async def latest(request):
+        record = newest(cam.state for _, cam in chosen(request))
+        if record is None:
             return _json({"error": "no frame inspected yet"}, status=404)
-        return _json(state.latest)
+        return _json(record)
 
     async def results(request):
+        """Results after frame `since` (each camera counts its own frames), in the order they were taken."""
         raw = request.query.get("since", "0")
         if not FRAME_ID.fullmatch(raw):
             shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
             return _json(
                 {"error": f"since must be a frame id (a whole number, 0 to 18 digits), got {shown!r}"}, status=400
             )
-        return _json(state.since(int(raw)))
+        cameras = chosen(request)
+        rows = [r for _, cam in cameras for r in cam.state.since(int(raw))]
+        return _json(sorted(rows, key=lambda r: r.get("time") or 0.0) if len(cameras) > 1 else rows)
 
-    async def status(_):
-        ok, problem = server.ready()
+    async def status(request):
+        cameras = chosen(request)
+        states = [cam.state for _, cam in cameras]
+        if len(cameras) == len(operator.cameras):
+            (ok, problem), counters = server.ready(), server.counters()
+        else:
+            (ok, problem), counters = cameras[0][1].ready(), cameras[0][1].counters()
         return _json(
             {
                 "ready": ok,
                 "problem": problem,
                 "graphs": server.graphs(),
-                "counters": server.counters(),
-                "fps": state.fps,
-                "operating_point": state.operating_point,
-                "last_ng": state.last_ng,
-                "latest": state.latest,
+                "counters": counters,
+                "fps": sum(st.fps for st in states),
+                "operating_point": shared_point(states),
+                "last_ng": newest(states, "ng_published", "last_ng"),
+                "latest": newest(states),
                 **operator.box(),
-                "cameras": operator.tiles(),
+                "cameras": [operator.tile(key, cam) for key, cam in cameras],
             }
         )
 
