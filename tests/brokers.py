@@ -26,8 +26,9 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_pki(folder: Path) -> Path:
-    """A self-signed CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it."""
+def make_pki(folder: Path, server_names: str = "IP:127.0.0.1,DNS:localhost") -> Path:
+    """A self-signed CA, a server certificate for `server_names` (subjectAltName: 127.0.0.1 and localhost)
+    and a client certificate, all signed by it."""
     if not shutil.which("openssl"):
         pytest.fail("openssl is not installed (apt-get install openssl)")
     folder.mkdir(parents=True, exist_ok=True)
@@ -36,7 +37,7 @@ def make_pki(folder: Path) -> Path:
         "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=test-ca", cwd=folder
     )
     for name, extra in (
-        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ("server", f"subjectAltName={server_names}"),
         ("client", "extendedKeyUsage=clientAuth"),
     ):
         _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)

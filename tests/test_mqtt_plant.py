@@ -231,3 +231,68 @@ def test_qos_0_records_published_while_the_broker_is_away_are_counted_failures()
         sink.offer(_line(i))
     sink.close()
     assert metrics.registry.get_sample_value("lineside_sink_failures_total", {"sink": sink.label}) == 4
+
+
+@pytest.fixture(scope="module")
+def strangers(tmp_path_factory) -> Path:
+    """Another CA's certificates: a broker whose certificate that CA signed is one ours does not trust."""
+    return make_pki(tmp_path_factory.mktemp("strangers"))
+
+
+@pytest.fixture(scope="module")
+def elsewhere(tmp_path_factory) -> Path:
+    """Certificates whose broker certificate is for another host only (not 127.0.0.1, not localhost)."""
+    return make_pki(tmp_path_factory.mktemp("elsewhere"), "DNS:broker.plant.example")
+
+
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("password", "authentication refused for user 'line-7' (Not authorized): check mqtt_username and"),
+        ("ca", "certificate not trusted: the broker's certificate is not signed by mqtt_ca"),
+        ("name", "name mismatch: the broker's certificate is not for '127.0.0.1'"),
+    ],
+)
+def test_an_mqtt_failure_names_its_reason_in_the_log_and_the_status(
+    case, reason, pki, strangers, elsewhere, tmp_path, caplog
+):
+    """paho reports these as "Unspecified error" or not at all; what to fix must be said."""
+    served_by = {"password": pki, "ca": strangers, "name": elsewhere}[case]
+    ours = elsewhere if case == "name" else pki
+    kw = {"mqtt_password_file": None, "mqtt_password": "wrong"} if case == "password" else {}
+    settings = _settings(ours, tmp_path, **kw)
+    with Broker(tmp_path, served_by) as broker:
+        sink = parse_sink(f"mqtts://127.0.0.1:{broker.port}/plant", Metrics(), 8, serve=settings)
+        with caplog.at_level("WARNING", "lineside.serve"):
+            sink.start()
+            try:
+                _wait(lambda: reason in caplog.text, 10, f"{case}: reason not logged: {caplog.text}")
+                assert reason in sink.condition()
+            finally:
+                sink.close(1.0)
+    assert "Unspecified error" not in caplog.text and "wrong" not in caplog.text
+    assert caplog.text.count("\n") <= 6, caplog.text  # one line per attempt, not one per callback
+
+
+def test_api_status_names_why_a_sink_delivers_nothing(controlled, strangers, pki, tmp_path):
+    from runtime.detect.detector import Detector
+    from runtime.serve import Server
+    from tests.serving import http_get, parts_folder, serve_settings
+
+    detector = Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path / "text")
+    with Broker(tmp_path, strangers) as broker:
+        spec = f"mqtts://127.0.0.1:{broker.port}/plant"
+        mqtt = {k: v for k, v in _settings(pki, tmp_path).__dict__.items() if k.startswith("mqtt_")}
+        settings = serve_settings(controlled, parts_folder(tmp_path / "f", 2), tmp_path, loop=True, sink=[spec], **mqtt)
+        server = Server(settings, detector=detector).start()
+        try:
+            wait = time.time() + 10
+            while True:
+                sinks = json.loads(http_get(server.web.port, "/api/status")[1])["sinks"]
+                if sinks and not sinks[0]["ok"] or time.time() > wait:
+                    break
+                time.sleep(0.1)
+        finally:
+            server.shutdown()
+    assert sinks[0]["sink"] == spec and not sinks[0]["ok"], sinks
+    assert sinks[0]["problem"].startswith("certificate not trusted"), sinks

@@ -90,8 +90,72 @@ def _password(given: str, path: Path | None) -> str:
     return text.splitlines()[0] if text.strip() else ""
 
 
-def configure(client, options: MqttOptions, tls: bool, fix: str = "use mqtts://") -> None:
-    """Credentials and TLS on a paho client from `options`: the sink's and the trigger topic's clients alike.
+class _Handshake(ssl.SSLSocket):
+    """An SSLSocket that leaves why its handshake failed on its context: paho tells only that a connection
+    failed (on_connect_fail, no error), so an untrusted certificate or a wrong name went unsaid."""
+
+    def do_handshake(self, *args, **kwargs):
+        try:
+            return super().do_handshake(*args, **kwargs)
+        except ssl.SSLError as e:  # SSLCertVerificationError too
+            self.context.failure = e
+            raise
+
+
+class TlsContext(ssl.SSLContext):
+    """TLS as paho's tls_set makes it (certificate required, host name checked), with the last handshake's
+    failure kept in `failure` for `connect_failure` to name."""
+
+    sslsocket_class = _Handshake
+    failure: ssl.SSLError | None = None
+
+
+NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+UNTRUSTED = (2, 18, 19, 20, 21, 27)  # no issuer known, self-signed, chain not to a trusted CA, CA refused
+AUTHENTICATION = (134, 135, 140)  # CONNACK: bad user name or password, not authorised, bad authentication method
+
+
+def connect_failure(context: TlsContext | None, host: str, port: int, options: MqttOptions) -> str:
+    """Why a connection to the broker failed before the broker said anything (paho's on_connect_fail);
+    `context` is what configure() returned (None: plain MQTT)."""
+    error = getattr(context, "failure", None)
+    if error is None:
+        return f"cannot reach the broker at {host}:{port} (nothing listening there, or no route)"
+    context.failure = None
+    if isinstance(error, ssl.SSLCertVerificationError):
+        if error.verify_code in NAME_MISMATCH:
+            return (
+                f"name mismatch: the broker's certificate is not for {host!r}; connect by a name or address "
+                "the certificate lists (or have it reissued for this one)"
+            )
+        if error.verify_code in UNTRUSTED:
+            ca = f"mqtt_ca ({options.ca})" if options.ca else "the system's CAs (mqtt_ca unset)"
+            return f"certificate not trusted: the broker's certificate is not signed by {ca}; set mqtt_ca to its CA"
+        return f"certificate not trusted: {error.verify_message}"
+    reason = str(error.reason or error)
+    if "CERTIFICATE_REQUIRED" in reason:
+        return "the broker wants a client certificate: set mqtt_cert and mqtt_key"
+    if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason:
+        return "the broker does not trust our client certificate (mqtt_cert): have it signed by the broker's CA"
+    if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason:
+        return f"no TLS on {host}:{port}: is it a plain listener (mqtt://) or the wrong port?"
+    return f"TLS handshake failed: {reason}"
+
+
+def refusal(reason_code, options: MqttOptions) -> str:
+    """What a CONNACK refusal means for the settings: "Not authorized" from MQTT 3.1.1 is a wrong password."""
+    if getattr(reason_code, "value", None) in AUTHENTICATION:
+        who = f"user {options.username!r}" if options.username else "no user name (mqtt_username unset)"
+        return (
+            f"authentication refused for {who} ({reason_code}): check mqtt_username and mqtt_password "
+            "or mqtt_password_file"
+        )
+    return str(reason_code)
+
+
+def configure(client, options: MqttOptions, tls: bool, fix: str = "use mqtts://") -> TlsContext | None:
+    """Credentials and TLS on a paho client from `options`: the sink's and the trigger topic's clients alike;
+    the TLS context (None without TLS), which says why a handshake failed (connect_failure).
 
     `fix` says how to ask for TLS when certificates are given to a plain mqtt:// URL.
     ValueError naming the setting for a missing or unusable file.
@@ -101,7 +165,7 @@ def configure(client, options: MqttOptions, tls: bool, fix: str = "use mqtts://"
     if not tls:
         if options.ca or options.cert or options.key:
             raise ValueError(f"settings mqtt_ca, mqtt_cert, mqtt_key need TLS: {fix}")
-        return
+        return None
     if options.key and not options.cert:
         raise ValueError("setting mqtt_key: needs mqtt_cert (the certificate the key belongs to)")
     for name in ("ca", "cert", "key"):
@@ -109,14 +173,17 @@ def configure(client, options: MqttOptions, tls: bool, fix: str = "use mqtts://"
         if path is not None and not Path(path).is_file():
             raise ValueError(f"setting mqtt_{name}: {path} is not a file")
     try:
-        client.tls_set(
-            ca_certs=str(options.ca) if options.ca else None,
-            certfile=str(options.cert) if options.cert else None,
-            keyfile=str(options.key) if options.key else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
+        context = TlsContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, host names checked
+        if options.ca:
+            context.load_verify_locations(str(options.ca))
+        else:
+            context.load_default_certs()
+        if options.cert:
+            context.load_cert_chain(str(options.cert), str(options.key) if options.key else None)
+        client.tls_set_context(context)
     except (ssl.SSLError, OSError) as e:
         raise ValueError(f"settings mqtt_ca/mqtt_cert/mqtt_key: unusable for TLS ({e})") from e
+    return context
 
 
 def client_id(options: MqttOptions) -> str:
@@ -200,13 +267,15 @@ class MqttSink(Sink):
         self.availability = f"{self.base}/availability"
         self.client_id = client_id(options)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
-        configure(self.client, options, tls, f"write the sink as mqtts://{host}...")
+        self.tls = configure(self.client, options, tls, f"write the sink as mqtts://{host}...")
         self.client.will_set(self.availability, "offline", qos=1, retain=True)
         self.client.max_queued_messages_set(options.queue_max)
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
         self.client.on_publish = self._acknowledged
         self.client.on_connect = self._connected
+        self.client.on_connect_fail = self._unreached
         self.client.on_disconnect = self._disconnected
+        self.link = "connecting"  # why the broker is not taking records now, "" while connected (/api/status)
         self.lock = threading.Lock()
         self.waiting: dict[int, str] = {}  # message id -> "record" / "control", until the broker acknowledges it
         self.early: set[int] = set()  # acknowledged before publish() returned its id to us
@@ -222,10 +291,21 @@ class MqttSink(Sink):
 
     # --- paho's network thread ----------------------------------------------------------------------------
 
+    def condition(self) -> str:
+        return self.link if self.link and self.link != "connecting" else super().condition()
+
+    def _unreached(self, client, userdata) -> None:
+        self.link = connect_failure(self.tls, self.host, self.port, self.options)
+        log.warning("sink %s: cannot connect: %s", self.label, self.link, extra=self.tag)
+
     def _connected(self, client, userdata, flags, reason_code, properties=None) -> None:
         if reason_code.is_failure:
-            log.warning("sink %s: the broker refused the connection: %s", self.label, reason_code, extra=self.tag)
+            self.link = f"the broker refused the connection: {refusal(reason_code, self.options)}"
+            log.warning("sink %s: %s", self.label, self.link, extra=self.tag)
             return
+        if self.link and self.link != "connecting":
+            log.info("sink %s: connected to the broker (was: %s)", self.label, self.link, extra=self.tag)
+        self.link = ""
         self._control(self.availability, "online")
         with self.lock:
             statuses = list(self.statuses.items())
@@ -233,6 +313,15 @@ class MqttSink(Sink):
             self._control(f"{self.base}/{camera}/status", strict_json(status))
 
     def _disconnected(self, client, userdata, flags, reason_code, properties=None) -> None:
+        if self.link == "connecting":  # it took TCP and TLS, then hung up before any CONNACK
+            self.link = f"the broker closed the connection before accepting it ({reason_code})"
+            if self.tls is not None:
+                self.link += ": does it want a client certificate (mqtt_cert, mqtt_key), or not trust ours?"
+            log.warning("sink %s: %s", self.label, self.link, extra=self.tag)
+            return
+        if self.link:  # never connected: the refusal was said already ("Unspecified error" would only hide it)
+            return
+        self.link = f"broker connection lost ({reason_code}); reconnecting"
         if not self.closing.is_set():
             log.warning(
                 "sink %s: broker connection lost (%s); results wait in paho's queue",

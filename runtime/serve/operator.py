@@ -52,6 +52,21 @@ def source_state(camera) -> dict:
     return out | {"state": state, "problem": "" if state == "live" else capture.problem or ""}
 
 
+def sink_states(cameras) -> list[dict]:
+    """Each sink once (cameras may share one) and why it delivers nothing now: results that go nowhere (a
+    broker refusing our password, a certificate it does not trust) must show where people look, not only in
+    a counter."""
+    out, seen = [], set()
+    for cam in cameras:
+        for sink in getattr(cam, "sinks", None) or ():
+            if id(sink) in seen or not hasattr(sink, "condition"):
+                continue
+            seen.add(id(sink))
+            problem = sink.condition()
+            out.append({"sink": sink.label, "ok": not problem, "problem": problem})
+    return out
+
+
 class OperatorPage:
     """The page's view of serve: `box()` and `tiles()` for /api/status, `routes()` for pictures and feedback."""
 
@@ -95,6 +110,7 @@ class OperatorPage:
             "started": started,
             "uptime_s": time.time() - started,
             "token_set": any(self.tokens.values()),
+            "sinks": sink_states(self.cameras.values()),
         }
 
     def tiles(self) -> list[dict]:

@@ -15,15 +15,16 @@ import ipaddress
 import logging
 import queue
 import random
+import re
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urljoin, urlparse
+from urllib.parse import ParseResult, urljoin, urlparse
 
 import aiohttp
 
 from ..settings import ServeSettings
-from .records import strict_json
+from .records import end_partial_line, strict_json
 
 log = logging.getLogger("lineside.serve")
 
@@ -43,6 +44,7 @@ class Sink(threading.Thread):
         self.tag = {"sink": name}  # its own field in --log-format json lines
         self.queue: queue.Queue = queue.Queue(maxsize)
         self.closing = threading.Event()
+        self.problem = ""  # why the last record failed, "" once one is delivered again (condition())
         self.taken = time.monotonic()  # when it last took a record or found none waiting: for /healthz
 
     def stuck(self, bound: float) -> str | None:
@@ -71,6 +73,7 @@ class Sink(threading.Thread):
                 self.deliver(record, frame)
             except Exception as e:  # a sink must never take the process down
                 self.metrics.sink_failures.labels(self.label).inc()
+                self.problem = str(e) or type(e).__name__
                 if not failing:
                     log.warning(
                         "sink %s failing: %s (counted in lineside_sink_failures)", self.label, e, extra=self.tag
@@ -79,7 +82,7 @@ class Sink(threading.Thread):
                 continue
             if failing:
                 log.warning("sink %s delivering again after %d failed records", self.label, failing, extra=self.tag)
-                failing = 0
+                failing, self.problem = 0, ""
         try:
             self.shutdown()
         except Exception as e:  # what it held is counted already; a traceback here would only hide that
@@ -90,6 +93,10 @@ class Sink(threading.Thread):
         self.closing.set()
         if self.ident is not None:
             self.join(timeout)
+
+    def condition(self) -> str:
+        """Why this sink delivers nothing now, "" when it does (or has not been asked to yet): /api/status."""
+        return self.problem
 
     def deliver(self, record: dict, frame) -> None:
         raise NotImplementedError

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
-from .mqtt import MqttOptions, broker_port, client_id, configure, one_topic, redact
+from .mqtt import MqttOptions, broker_port, client_id, configure, connect_failure, one_topic, redact, refusal
 from .sources import Frame
 
 log = logging.getLogger("lineside.serve")
@@ -207,9 +207,13 @@ class MqttTriggers:
         # never the sink's own id: a broker drops the older of two connections that share one
         self.client_id = f"{client_id(options)}-trigger" + (f"-{camera}" if camera else "")
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
-        configure(self.client, options, where.tls, "write trigger_mqtt as mqtts://HOST:PORT/TOPIC")
+        self.options = options
+        self.tls = configure(self.client, options, where.tls, "write trigger_mqtt as mqtts://HOST:PORT/TOPIC")
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
         self.client.on_connect = self._connected
+        self.client.on_connect_fail = lambda *_: log.warning(
+            "trigger topic %s: cannot connect: %s", self.topic, connect_failure(self.tls, self.host, self.port, options)
+        )
         self.client.on_message = self._message
         self.subscribed = threading.Event()
         self.client.on_subscribe = lambda *_: self.subscribed.set()
@@ -220,7 +224,11 @@ class MqttTriggers:
 
     def _connected(self, client, userdata, flags, reason_code, properties=None) -> None:
         if reason_code.is_failure:
-            log.warning("trigger topic %s: the broker refused the connection: %s", self.topic, reason_code)
+            log.warning(
+                "trigger topic %s: the broker refused the connection: %s",
+                self.topic,
+                refusal(reason_code, self.options),
+            )
             return
         client.subscribe(self.topic, qos=1)  # again after every reconnection
 
