@@ -140,3 +140,32 @@ def test_the_health_check_follows_healthz():
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     assert _check(closed).returncode == 1  # nothing listening: unhealthy, not a hang
+
+
+def test_the_deploy_files_and_the_readme_name_one_topic_tree():
+    """Issue 30: mosquitto.conf named lineside/results while compose and the README used lineside/line1/0/result.
+    Every topic the deploy files and the README's Deploy section name is one of mqtt.py's tree, under the
+    prefix and line that compose gives serve (a trigger topic goes beside the camera's result)."""
+    from runtime.serve import mqtt
+
+    serve = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["serve"]["environment"]
+    prefix = serve["LINESIDE_SINK"].split("mqtt://mosquitto:1883/", 1)[1]
+    line = re.fullmatch(r"\$\{LINESIDE_MQTT_LINE:-(\w+)\}", serve["LINESIDE_MQTT_LINE"])[1]
+    leaves = set(re.findall(r"PREFIX/LINE/(\S+)", mqtt.__doc__)) | {"CAMERA/trigger"}
+    assert leaves == {"availability", "CAMERA/status", "CAMERA/result", "CAMERA/explanation", "CAMERA/trigger"}
+    readme = (ROOT / "README.md").read_text()
+    deploy_section = readme.split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
+    texts = {
+        p.name: p.read_text() for p in (DEPLOY / "compose.yaml", DEPLOY / "mosquitto.conf", DEPLOY / "lineside.env")
+    }
+    texts["README Deploy"] = deploy_section
+    for name, text in texts.items():
+        named = re.findall(rf"(?<![\w./-]){prefix}/[\w/+#.-]+", text)
+        named += [t for t in re.findall(r"mqtt://mosquitto:1883/([\w/+#.-]+)", text) if t != prefix]
+        for topic in named:
+            level = topic.split("/")
+            assert level[1] in (line, "LINE"), f"{name}: {topic} is not under {prefix}/{line}"
+            leaf = "/".join(level[2:2] + ["CAMERA", *level[3:]] if len(level) > 3 else level[2:])
+            assert leaf in leaves, f"{name}: {topic} is not in the topic tree {sorted(leaves)}"
+    for name in ("compose.yaml", "mosquitto.conf", "README Deploy"):
+        assert f"{prefix}/{line}/0/result" in texts[name], name
