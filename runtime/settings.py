@@ -41,6 +41,19 @@ class JobSettings(Section):
         above=0.0,
         high=0.5,
     )
+    false_alarm_mode: str = setting(
+        "expected",
+        "what calibration promises: expected (the target on average over calibrations) or guarantee "
+        "(at most the target with false_alarm_confidence, distribution-free; needs enough good images, "
+        "59 for 5% at 95%, and refuses with fewer)",
+        choices=("expected", "guarantee"),
+    )
+    false_alarm_confidence: float = setting(
+        0.95,
+        "guarantee mode: the probability that the line's false-alarm rate is at or below the target",
+        above=0.0,
+        high=0.999,
+    )
 
     def check(self) -> None:
         if not str(self.category).strip():
@@ -93,7 +106,11 @@ class DetectorSettings(Section):
         None, "CLIP temperature in softmax(scale * [<x,t_n>, <x,t_a>]); unset: the checkpoint's (bundle)", above=0.0
     )
     smoothing_sigma: float = setting(4.0, "Gaussian sigma of the anomaly map, in pixels at 518 px input", low=0.0)
-    map_weight: float = unit(0.5, "image score = (1 - w) * global-embedding score + w * map maximum")
+    map_weight: float = unit(
+        0.5,
+        "language branch: image score = (1 - w) * global image-text score + w * map peak "
+        "(references alone: the map peak, no global term)",
+    )
     reference_weight: float = unit(0.5, "weight of the reference (few-shot) map when references are given")
     coreset_ratio: float = setting(
         0.1,
@@ -113,14 +130,14 @@ class DetectorSettings(Section):
         "where reference memories are kept by content (default: beside the text cache, ~/.cache/lineside/references)",
     )
     reference_window: int = setting(
-        0,
+        -1,
         "registered parts (cells, boards, labels): compare each patch only with the "
         "references' patches within this many grid cells of its place; 0: anywhere; "
         "-1 (auto): 1 when the references align with each other, else 0",
         low=-1,
     )
     top_fraction: float = setting(
-        0.0,
+        0.01,
         "the map's part of the image score: the mean of its highest fraction of pixels (0: its maximum)",
         low=0.0,
         high=0.5,
@@ -293,6 +310,17 @@ class ServeSettings(Section):
         "a host beyond loopback without one",
     )
     ng_gallery: int = setting(12, "NG frames kept in memory (as JPEG) for the page's gallery", low=1, high=200)
+    health_stall_s: float = setting(
+        60.0,
+        "/healthz fails (and the containers' HEALTHCHECK) once serve cannot do its job for this long: nothing "
+        "inspected from a free-running live source, a source lost, a trigger or a sink's record left waiting",
+        above=0.0,
+    )
+    wait_for_source: bool = setting(
+        True,
+        "a live source that cannot be opened at start is waited for (not ready, and unhealthy after "
+        "health_stall_s); off: serve refuses to start (exit 2)",
+    )
 
     def check(self) -> None:
         if not str(self.source).strip():
@@ -310,17 +338,6 @@ class ServeSettings(Section):
                 raise ValueError(
                     f"setting part_id_pattern: {self.part_id_pattern!r} is no regular expression: {e}"
                 ) from e
-    health_stall_s: float = setting(
-        60.0,
-        "/healthz fails (and the containers' HEALTHCHECK) once serve cannot do its job for this long: nothing "
-        "inspected from a free-running live source, a source lost, a trigger or a sink's record left waiting",
-        above=0.0,
-    )
-    wait_for_source: bool = setting(
-        True,
-        "a live source that cannot be opened at start is waited for (not ready, and unhealthy after "
-        "health_stall_s); off: serve refuses to start (exit 2)",
-    )
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -13,6 +13,8 @@ from runtime.detect.calibration import (
     calibrate,
     clopper_pearson,
     fixed,
+    guaranteed_rank,
+    images_guaranteed,
     images_needed,
 )
 
@@ -87,3 +89,53 @@ def test_binomial_and_beta_helpers_agree_with_closed_forms():
     assert low == 0.0 and high == pytest.approx(1 - 0.025 ** (1 / 30), abs=1e-9)
     assert clopper_pearson(30, 30)[1] == 1.0
     assert math.isclose(sum(clopper_pearson(5, 10)), 1.0, abs_tol=1e-9)  # symmetric at k = n / 2
+
+
+def test_guarantee_needs_59_good_images_for_5_percent_at_95_and_refuses_fewer():
+    assert images_guaranteed(0.05, 0.95) == 59
+    assert guaranteed_rank(58, 0.05, 0.95) == 0 and guaranteed_rank(59, 0.05, 0.95) == 1
+    with pytest.raises(ValueError, match=r"at least 59 good images.*58 given: give 1 more"):
+        calibrate(np.linspace(0, 1, 58), 0.05, mode="guarantee")
+    point = calibrate(np.linspace(0, 0.9, 59), 0.05, mode="guarantee")
+    assert point.threshold > 0.9 and point.false_alarms == 0  # above every one of them
+    assert (point.mode, point.confidence) == ("guarantee", 0.95)
+    assert "guaranteed with 95% confidence" in point.describe()
+
+
+@pytest.mark.parametrize("n", [59, 120, 400])
+def test_guarantee_bounds_the_false_alarm_rate_with_the_promised_confidence(n):
+    """Simulated calibrations: good scores from a known distribution (exponential, so a threshold's rate is exact:
+    exp(-40 t)); in guarantee mode the rate exceeds the target in at most 5% of draws (plus binomial slack), while
+    the expected mode, right on average, exceeds it in a large share of them. The many draws use the threshold's
+    rule directly; that calibrate() follows the rule is checked on the first draws."""
+    rng, target, draws = np.random.default_rng(7), 0.05, 20000
+    scores = rng.exponential(size=(draws, n)) / 40.0
+    highest_first = -np.sort(-scores, axis=1)
+    j_guarantee, j_expected = guaranteed_rank(n, target, 0.95), math.floor(target * (n + 1))
+    for row, top in zip(scores[:20], highest_first[:20]):
+        assert calibrate(row, target, mode="guarantee").threshold == np.nextafter(top[j_guarantee - 1], np.inf)
+        assert calibrate(row, target).threshold == np.nextafter(top[j_expected - 1], np.inf)
+    rate_guarantee = np.exp(-40.0 * highest_first[:, j_guarantee - 1])
+    rate_expected = np.exp(-40.0 * highest_first[:, j_expected - 1])
+    assert np.mean(rate_guarantee > target) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / draws)
+    assert np.mean(rate_expected > target) > 0.2  # why the guarantee mode exists
+    assert np.mean(rate_expected) == pytest.approx(j_expected / (n + 1), abs=0.002)  # the expected mode's promise
+
+
+def test_guarantee_is_as_tight_as_it_may_be():
+    """The rank taken is the largest the bound allows: one more would break it."""
+    for n in (59, 100, 300, 1000):
+        j = guaranteed_rank(n, 0.05, 0.95)
+        assert binomial_tail(j, n, 0.05) >= 0.95
+        assert j == n or binomial_tail(j + 1, n, 0.05) < 0.95
+
+
+def test_serve_refuses_a_guarantee_its_calibration_images_cannot_give_at_start():
+    from runtime.serve.teaching import Operating
+
+    images = [np.zeros((32, 32, 3), np.uint8)] * 20
+    with pytest.raises(ValueError, match=r"needs at least 59 good images.*holds 20 images"):
+        Operating(images, folder="good/", target=0.05, mode="guarantee")
+    with pytest.raises(ValueError, match=r"needs at least 59 good images.*teach is 30"):
+        Operating(None, target=0.05, from_teach=True, teach=30, mode="guarantee")
+    Operating(images, folder="good/", target=0.05)  # the expected mode takes them

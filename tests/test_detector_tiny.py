@@ -25,7 +25,8 @@ def test_runtime_maps_and_scores_match_the_torch_reference(tmp_path):
     model, _ = load_clip("lineside-tiny-clip")
     torch.save(model.state_dict(), tmp_path / "tiny.pt")
     build_bundle(tmp_path / "b", "custom", ClipSpec(arch="lineside-tiny-clip", checkpoint=tmp_path / "tiny.pt"), None)
-    detector = Detector.from_bundle(tmp_path / "b", sam_gate=1.0, text_cache_dir=tmp_path / "text")
+    # the torch reference scores by the map's maximum: top_fraction 0 is that rule in the runtime
+    detector = Detector.from_bundle(tmp_path / "b", sam_gate=1.0, top_fraction=0.0, text_cache_dir=tmp_path / "text")
     comp = detector.encoder.component
     norm = comp.preprocessing["normalisation"]
     graph = ClipImageGraph(

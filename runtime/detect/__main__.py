@@ -49,7 +49,15 @@ def run(args) -> tuple[dict[str, int], dict[str, float]]:
     if job.calibrate:  # the threshold from known-good images, for the false-alarm target
         good = [read(p) for p in list_images([job.calibrate])]
         point, detector = calibrate_detector(
-            detector, good, job.category, refs, "RGB", job.false_alarm_target, f"calibrate {job.calibrate}"
+            detector,
+            good,
+            job.category,
+            refs,
+            "RGB",
+            job.false_alarm_target,
+            f"calibrate {job.calibrate}",
+            job.false_alarm_mode,
+            job.false_alarm_confidence,
         )
         print(f"operating point: {point.describe()}", file=sys.stderr)
     paths = list_images(args.inputs)

@@ -13,6 +13,16 @@ this particular threshold will have on the line is distributed Beta(j, n + 1 - j
 upper bound as Clopper-Pearson for the j - 1 calibration images at or above it).
 With fewer than 1 / target - 1 images no threshold can promise the target: the
 threshold goes above the highest good score and the point says it is not enough.
+
+That is the *expected* mode: right on average over many calibrations, but one
+calibration's rate can lie well above the target (the interval says how far).
+The *guarantee* mode bounds it instead: the threshold is put just above the j-th
+highest good score for the largest j with P(Beta(j, n + 1 - j) <= target) >=
+confidence, so that the line's false-alarm rate is at or below the target with
+that confidence, whatever the distribution of good scores (distribution-free:
+only exchangeability). It costs catch rate, and good parts: for 5% at 95% it
+needs 59 with none above the threshold (0.95^59 < 0.05), and with fewer it
+refuses, saying how many it needs.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 CONFIDENCE = 0.95
+MODES = ("expected", "guarantee")  # what the threshold promises about the false-alarm rate (module docstring)
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,8 @@ class OperatingPoint:
     defective: int = 0  # labelled defective images scored, when given
     caught: int = 0  # of them at or above the threshold
     catch_interval: tuple[float, float] | None = None  # Clopper-Pearson CONFIDENCE interval of the catch rate
+    mode: str = "expected"  # "expected" (the mean rate at the target) or "guarantee" (bounded with `confidence`)
+    confidence: float | None = None  # guarantee: P(false-alarm rate <= target) at least this
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -56,6 +69,8 @@ class OperatingPoint:
             f"{100 * self.expected_false_alarm:.2f}% expected ({100 * CONFIDENCE:.0f}% interval "
             f"{100 * lo:.2f}-{100 * hi:.2f}%), target {100 * self.target_false_alarm:.2f}%"
         )
+        if self.mode == "guarantee":
+            text += f" guaranteed with {100 * self.confidence:.0f}% confidence"
         if not self.reachable:
             text += f" (out of reach: {images_needed(self.target_false_alarm)} good images needed at least)"
         if self.defective:
@@ -71,16 +86,33 @@ def calibrate(
     target_false_alarm: float = 0.01,
     source: str = "calibration images",
     defective_scores: Sequence[float] | None = None,
+    mode: str = "expected",
+    confidence: float = CONFIDENCE,
 ) -> OperatingPoint:
-    """Known-good image scores -> the OperatingPoint for `target_false_alarm` (see the module's docstring);
-    `defective_scores`, when given, add the catch rate at that threshold."""
+    """Known-good image scores -> the OperatingPoint for `target_false_alarm` in `mode` (see the module's
+    docstring); `defective_scores`, when given, add the catch rate at that threshold. In guarantee mode
+    too few scores raise ValueError naming how many good images the target and confidence need."""
     if not 0.0 < target_false_alarm < 1.0:
         raise ValueError(f"false-alarm target {target_false_alarm} must be in (0, 1)")
+    if mode not in MODES:
+        raise ValueError(f"false-alarm mode {mode!r}: use one of {', '.join(MODES)}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"false-alarm confidence {confidence} must be in (0, 1)")
     scores = np.sort(np.asarray(good_scores, np.float64))[::-1]  # highest first
     if scores.size == 0 or not np.isfinite(scores).all():
         raise ValueError(f"calibration needs finite scores of at least one good image, got {scores.size} scores")
     n = scores.size
-    j = min(n, math.floor(target_false_alarm * (n + 1) + 1e-9))  # alarms expected at j / (n + 1)
+    if mode == "guarantee":
+        j = guaranteed_rank(n, target_false_alarm, confidence)
+        if j == 0:
+            need = images_guaranteed(target_false_alarm, confidence)
+            raise ValueError(
+                f"a false-alarm rate of at most {100 * target_false_alarm:g}% with {100 * confidence:g}% "
+                f"confidence needs at least {need} good images to calibrate on, {n} given: give {need - n} more "
+                "(or use the expected mode, which promises the target only on average)"
+            )
+    else:
+        j = min(n, math.floor(target_false_alarm * (n + 1) + 1e-9))  # alarms expected at j / (n + 1)
     if j == 0:  # too few images for the target: above every good score
         threshold = float(np.nextafter(scores[0], np.inf))
         j = 1
@@ -92,6 +124,8 @@ def calibrate(
     point = OperatingPoint(
         threshold, source, target_false_alarm, n, alarms, j / (n + 1), interval, j / (n + 1) <= target_false_alarm
     )
+    if mode == "guarantee":
+        point = replace(point, mode=mode, confidence=confidence)
     if defective_scores is not None and len(defective_scores):
         caught = int((np.asarray(defective_scores, np.float64) >= threshold).sum())
         point = replace(
@@ -112,6 +146,21 @@ def images_needed(target_false_alarm: float) -> int:
     """The fewest good images that can set a threshold whose expected false-alarm rate, 1 / (n + 1) at
     best (above every one of them), is within the target."""
     return math.ceil(1.0 / target_false_alarm - 1e-9) - 1
+
+
+def guaranteed_rank(n: int, target_false_alarm: float, confidence: float = CONFIDENCE) -> int:
+    """The largest j such that a threshold just above the j-th highest of n good scores has a false-alarm
+    rate at most `target_false_alarm` with probability at least `confidence`; 0 when not even the highest
+    does. That rate is Beta(j, n + 1 - j), so the condition is P(Binomial(n, target) >= j) >= confidence,
+    which only falls as j grows."""
+    holds = np.nonzero(_tails(n, target_false_alarm)[1:] >= confidence)[0]
+    return int(holds[-1] + 1) if holds.size else 0
+
+
+def images_guaranteed(target_false_alarm: float, confidence: float = CONFIDENCE) -> int:
+    """The fewest good images whose highest score bounds the false-alarm rate at the target with
+    `confidence`: the least n with (1 - target)^n <= 1 - confidence (59 for 5% at 95%)."""
+    return math.ceil(math.log(1.0 - confidence) / math.log1p(-target_false_alarm) - 1e-9)
 
 
 def clopper_pearson(k: int, n: int) -> tuple[float, float]:
@@ -136,20 +185,24 @@ def beta_quantile(q: float, a: int, b: int) -> float:
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
-    """P(Binomial(n, p) >= k), summed in log space."""
+    """P(Binomial(n, p) >= k)."""
     if k <= 0:
         return 1.0
-    if p <= 0.0:
+    if k > n or p <= 0.0:
         return 0.0
     if p >= 1.0:
         return 1.0
-    lp, lq = math.log(p), math.log1p(-p)
-    terms = [
-        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
-        for i in range(k, n + 1)
-    ]
-    top = max(terms)
-    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+    return float(min(1.0, _tails(n, p)[k]))
+
+
+def _tails(n: int, p: float) -> np.ndarray:
+    """tails[j] = P(Binomial(n, p) >= j) for j = 0..n, 0 < p < 1: the log pmf from the ratio of neighbouring
+    binomial coefficients (no factorials to overflow), summed from the top in float64."""
+    i = np.arange(n + 1)
+    log_pmf = np.cumsum(np.r_[0.0, np.log(n - i[:-1]) - np.log(i[1:])])  # log C(n, i)
+    log_pmf += i * math.log(p) + (n - i) * math.log1p(-p)
+    pmf = np.exp(log_pmf - log_pmf.max())
+    return np.cumsum(pmf[::-1])[::-1] / pmf.sum()
 
 
 def calibrate_detector(
@@ -160,10 +213,14 @@ def calibrate_detector(
     colour: str = "BGR",
     target_false_alarm: float = 0.01,
     source: str = "calibration images",
+    mode: str = "expected",
+    confidence: float = CONFIDENCE,
 ):
-    """Score `good_images` with `detector` (and `references`) -> (OperatingPoint, the detector with its threshold)."""
+    """Score `good_images` with `detector` (and `references`) -> (OperatingPoint, the detector running at it).
+    In guarantee mode, too few images are refused before any is scored."""
     if not len(good_images):
         raise ValueError("calibration needs at least one known-good image")
+    _enough(len(good_images), target_false_alarm, mode, confidence, source)
     from .references import ReferenceMemory
 
     if references is not None and not isinstance(references, ReferenceMemory) and len(references):
@@ -174,8 +231,18 @@ def calibrate_detector(
         if result.label == "ERROR":
             raise ValueError(f"a calibration image could not be scored: {result.error}")
         scores.append(result.image_score)
-    point = calibrate(scores, target_false_alarm, source)
-    return point, detector.with_settings(replace(detector.settings, threshold=point.threshold))
+    point = calibrate(scores, target_false_alarm, source, mode=mode, confidence=confidence)
+    return point, detector.at(point)
+
+
+def _enough(n: int, target: float, mode: str, confidence: float, source: str) -> None:
+    """Refuse a guarantee that `n` good images cannot give, before minutes go into scoring them."""
+    if mode == "guarantee" and n < images_guaranteed(target, confidence):
+        need = images_guaranteed(target, confidence)
+        raise ValueError(
+            f"{source}: a false-alarm rate of at most {100 * target:g}% with {100 * confidence:g}% confidence "
+            f"needs at least {need} good images, {n} given: give {need - n} more, or use the expected mode"
+        )
 
 
 def leave_one_out(
@@ -185,6 +252,8 @@ def leave_one_out(
     category: str,
     target_false_alarm: float = 0.01,
     source: str = "taught frames, leave one out",
+    mode: str = "expected",
+    confidence: float = CONFIDENCE,
 ):
     """Known-good references scored each against a memory of the others -> (OperatingPoint, detector).
 
@@ -197,6 +266,7 @@ def leave_one_out(
 
     if len(images_rgb) < 2:
         raise ValueError("calibrating on taught frames needs at least two of them")
+    _enough(len(images_rgb), target_false_alarm, mode, confidence, source)
     s, scores = detector.settings, []
     window = resolve_window(s.reference_window, [t for _, t in encoded], detector.encoder.grid)  # once, for all
     for i, image in enumerate(images_rgb):
@@ -215,5 +285,5 @@ def leave_one_out(
         if result.label == "ERROR":
             raise ValueError(f"a taught frame could not be scored: {result.error}")
         scores.append(result.image_score)
-    point = calibrate(scores, target_false_alarm, source)
-    return point, detector.with_settings(replace(detector.settings, threshold=point.threshold))
+    point = calibrate(scores, target_false_alarm, source, mode=mode, confidence=confidence)
+    return point, detector.at(point)

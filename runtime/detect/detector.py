@@ -70,6 +70,7 @@ class Detector:
         self.bundle_id = bundle_id if bundle_id is not None else bundle.bundle_id if bundle is not None else ""
         self._settings_dict = self.settings.to_dict()
         self._precisions = {name: g["precision"] for name, g in self.graphs().items()}  # fixed with the sessions
+        self._operating: dict | None = None  # how the threshold was set, when calibrated (`at`)
         self._last_memory: ReferenceMemory | None = None  # of the last list of references, by content
         self._pixels = PixelMemory()  # the references' grey levels, which the rule explanation measures against
 
@@ -106,6 +107,19 @@ class Detector:
             text = text.with_folder(settings.prompt_dir or self.bundle.path / "prompts")
         other = Detector(self.encoder, text, self.refiner, settings, bundle_id=self.bundle_id, bundle=self.bundle)
         other._pixels = self._pixels  # the references' pixels are the same whatever the thresholds
+        return other
+
+    def at(self, point) -> Detector:
+        """This detector at a calibrated OperatingPoint (calibration.py): its threshold, and how it was set
+        (the false-alarm mode, target and source) written into every result it gives."""
+        other = self.with_settings(replace(self.settings, threshold=point.threshold))
+        other._operating = {
+            "mode": point.mode,
+            "source": point.source,
+            "target_false_alarm": point.target_false_alarm,
+            "confidence": point.confidence,
+            "images": point.images,
+        }
         return other
 
     @property
@@ -219,6 +233,7 @@ class Detector:
             precisions=dict(self._precisions),
             bundle_id=self.bundle_id,
             settings=dict(self._settings_dict),
+            operating_point=self._operating,
         )
 
     # --- steps ----------------------------------------------------------------------
@@ -245,23 +260,44 @@ class Detector:
         except Exception:  # a bad image (ValueError) or a failed encoder: detect() raises or returns ERROR
             return references
 
+    def score_encoded(
+        self,
+        global_emb: np.ndarray,
+        taps: list[np.ndarray],
+        category: str,
+        memory: ReferenceMemory | None,
+        times: dict | None = None,
+    ) -> tuple[float, np.ndarray]:
+        """The image score and (H, W) model-size map of a frame the image graph has already encoded, exactly as
+        `detect` scores it (before SAM and the verdict). Benchmarks score one encoding against many reference
+        draws and settings through this, so what they measure is what runs on the line."""
+        return self._score(global_emb, taps, category, memory, {} if times is None else times)[2:]
+
+    def _score(self, global_emb, taps, category, memory, times) -> tuple:
+        """-> (prompt text or None, branches, image score, model-size map); each stage's time into `times`."""
+        s = self.settings
+        where = self.bundle.path if self.bundle is not None else self.bundle_id
+        text, grid, global_p, branches = score_branches(
+            category, global_emb, taps, self.encoder.grid, self.text, memory, s, times, where
+        )
+        t = time.perf_counter()
+        size = self.encoder.size
+        model_map = upsample_smooth(grid, size, sigma_at(size[0], s.smoothing_sigma))
+        score = image_score(global_p, model_map, s.map_weight, s.top_fraction)
+        times["map"] = _ms(t)
+        return text, branches, score, model_map
+
     def _detect(self, rgb: np.ndarray, category: str, memory: ReferenceMemory | None) -> Result:
         s, times = self.settings, {}
         t0 = time.perf_counter()
         global_emb, taps = self.encoder.encode(rgb)
         times["image_encoder"] = _ms(t0)
-        where = self.bundle.path if self.bundle is not None else self.bundle_id
-        text, grid, global_p, branches = score_branches(
-            category, global_emb, taps, self.encoder.grid, self.text, memory, s, times, where
-        )
+        text, branches, score, model_map = self._score(global_emb, taps, category, memory, times)
 
         t = time.perf_counter()
-        size = self.encoder.size
-        model_map = upsample_smooth(grid, size, sigma_at(size[0], s.smoothing_sigma))
-        score = image_score(global_p, model_map, s.map_weight, s.top_fraction)
         work_hw = work_size(*rgb.shape[:2])
         work_map = cv2.resize(model_map, (work_hw[1], work_hw[0]), interpolation=cv2.INTER_LINEAR)
-        times["map"] = _ms(t)
+        times["map"] += _ms(t)
 
         regions, refiner, scored_map = [], "none", work_map  # the map as scored (find_regions refines work_map)
         if score >= s.sam_gate or float(model_map.max()) >= s.sam_gate:
@@ -282,8 +318,12 @@ class Detector:
             stats = self._pixels.get(memory.key if memory is not None else None)
             explanation = rule_explanation(rgb, regions, scored_map, s.threshold, score, category, stats)
             times["explanation"] = _ms(t)
+        reference_set = None
+        if memory is not None:
+            reference_set = {"images": memory.count, "key": memory.key, "window": memory.window}
         return self._result(
             label=label,
+            reference_set=reference_set,
             explanation=explanation,
             image_score=score,
             anomaly_map=anomaly_map,

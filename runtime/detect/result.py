@@ -71,6 +71,8 @@ class Result:
     settings: dict = field(default_factory=dict)
     error: str | None = None
     explanation: dict | None = None  # NG: the rule explanation (explanation.py), measured with the verdict
+    operating_point: dict | None = None  # how the threshold was set: mode, source, target (Detector.at); None: setting
+    reference_set: dict | None = None  # the references scored against: images, content key, window (0: anywhere)
 
     def __post_init__(self):
         # The last line of defence: whoever built this Result, a score that is not a
@@ -99,6 +101,10 @@ class Result:
             "settings": self.settings,
             "error": self.error,
         }
+        if self.operating_point is not None:
+            data["operating_point"] = dict(self.operating_point)
+        if self.reference_set is not None:
+            data["reference_set"] = dict(self.reference_set)
         if self.label == "NG":
             data["explanation"] = self.explanation or geometric_explanation(self)
         return data

@@ -115,9 +115,12 @@ def sigma_at(size: int, sigma_at_518: float) -> float:
     return sigma_at_518 * size / REFERENCE_SIZE
 
 
-def image_score(global_probability: float, anomaly_map: np.ndarray, map_weight: float, top: float = 0.0) -> float:
+def image_score(
+    global_probability: float | None, anomaly_map: np.ndarray, map_weight: float, top: float = 0.0
+) -> float:
     """Blend of the global-embedding probability and the map's peak: its maximum, or with `top` > 0 the mean
-    of its highest `top` fraction of pixels (a defect covers some pixels; one hot pixel is noise)."""
+    of its highest `top` fraction of pixels (a defect covers some pixels; one hot pixel is noise). Without a
+    global probability (None: no language branch) the peak alone."""
     if not anomaly_map.size:
         peak = 0.0
     elif top > 0.0:
@@ -125,6 +128,8 @@ def image_score(global_probability: float, anomaly_map: np.ndarray, map_weight: 
         peak = float(np.partition(anomaly_map.ravel(), anomaly_map.size - k)[-k:].mean())
     else:
         peak = float(anomaly_map.max())
+    if global_probability is None:
+        return peak
     return float((1.0 - map_weight) * global_probability + map_weight * peak)
 
 

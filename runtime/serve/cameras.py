@@ -174,7 +174,15 @@ class Camera:
         if not detector.has_language and not references and s.teach == 0:
             raise ValueError(f"bundle {job.bundle} has no language branch: give --references DIR or --teach N")
         good = [read_image(p, max_pixels) for p in list_images([job.calibrate])] if job.calibrate else None
-        operating = Operating(good, job.calibrate, job.false_alarm_target, s.calibrate_teach, s.teach)
+        operating = Operating(
+            good,
+            job.calibrate,
+            job.false_alarm_target,
+            s.calibrate_teach,
+            s.teach,
+            job.false_alarm_mode,
+            job.false_alarm_confidence,
+        )
         self.slot = LatestFrameSlot()
         self.explainer = explain(self) if s.explain else None
         self.capture = Capture(

@@ -26,7 +26,8 @@ function explanationOf(record) {
 function thresholdOf(cam) {
   const op = cam.operating_point;
   if (op && typeof op.threshold === "number") {
-    const rate = op.expected_false_alarm == null ? "" :
+    const rate = op.expected_false_alarm == null ? "" : op.mode === "guarantee" ?
+      `, false alarms at most ${(100 * op.target_false_alarm).toFixed(1)}% with ${(100 * op.confidence).toFixed(0)}% confidence` :
       `, false alarms ${(100 * op.expected_false_alarm).toFixed(1)}% expected`;
     return {value: op.threshold, text: `${fmt(op.threshold)} (${op.source}${rate})`};
   }
@@ -305,7 +306,8 @@ async function decide(decision) {
     const data = await r.json();
     answer.className = r.ok ? "answer" : "answer bad";
     answer.textContent = r.ok ? `written: ${decision.replace("_", " ")} by ${data.by}` +
-      (data.reference_added ? "; added to the known-good references (memory rebuilding)" : "") :
+      (data.reference_added ? "; added to the known-good references (memory rebuilding)" : "") +
+      (data.reference_refused ? `; not taught as a reference: ${data.reference_refused}` : "") :
       `refused (${r.status}): ${data.error}`;
     refresh();
   } catch (e) {

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..detect.calibration import OperatingPoint, calibrate_detector, fixed, leave_one_out
+from ..detect.calibration import CONFIDENCE, OperatingPoint, calibrate_detector, fixed, images_guaranteed, leave_one_out
 from ..detect.detector import Detector
 from ..detect.references import ReferenceMemory, content_key
 from ..detect.screening import screen
@@ -90,6 +90,8 @@ class Operating:
         target: float = 0.01,
         from_teach: bool = False,
         teach: int = 0,
+        mode: str = "expected",
+        confidence: float = CONFIDENCE,
     ):
         if images is not None and from_teach:
             raise ValueError("settings calibrate and calibrate_teach: give one way of setting the threshold")
@@ -97,7 +99,17 @@ class Operating:
             raise ValueError(f"setting calibrate: {folder} holds no image")
         if from_teach and teach < 2:
             raise ValueError("setting calibrate_teach needs teach >= 2 (each taught frame scored against the others)")
+        need = images_guaranteed(target, confidence) if mode == "guarantee" else 0
+        given = len(images) if images is not None else teach if from_teach else None
+        if given is not None and given < need:  # refused at start, not after the line has run for a while
+            what = f"calibrate {folder} holds {given} images" if images is not None else f"teach is {given}"
+            raise ValueError(
+                f"false_alarm_mode guarantee: at most {100 * target:g}% false alarms with {100 * confidence:g}% "
+                f"confidence needs at least {need} good images to calibrate on, and {what}: give {need} or more "
+                "(or false_alarm_mode expected, which meets the target only on average)"
+            )
         self.images, self.folder, self.target, self.from_teach = images, folder, target, from_teach
+        self.mode, self.confidence = mode, confidence
 
     def settle(
         self, detector: Detector, category: str, memory: ReferenceMemory | None, taught: Taught | None = None
@@ -105,10 +117,14 @@ class Operating:
         """The detector with the threshold in force, and the OperatingPoint that says how it was set."""
         if self.from_teach and taught is not None:
             how = f"{len(taught.references)} taught frames, each against the others"
-            point, detector = leave_one_out(detector, taught.references, taught.encoded, category, self.target, how)
+            point, detector = leave_one_out(
+                detector, taught.references, taught.encoded, category, self.target, how, self.mode, self.confidence
+            )
         elif self.images is not None:
             how = f"calibrate {self.folder}: {len(self.images)} good images"
-            point, detector = calibrate_detector(detector, self.images, category, memory, "RGB", self.target, how)
+            point, detector = calibrate_detector(
+                detector, self.images, category, memory, "RGB", self.target, how, self.mode, self.confidence
+            )
         else:
             point = fixed(detector.settings.threshold, "threshold setting")
         log.info("operating point: %s", point.describe())
