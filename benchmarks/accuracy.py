@@ -1,17 +1,18 @@
-"""python -m benchmarks.accuracy --bundle DIR --dataset KIND[:PATH]
+"""python -m benchmarks.accuracy --bundle DIR --dataset KIND[:PATH] --shots 1,2,4,8,16 --draws 5
 
-Per-category image (and, with masks, pixel and AUPRO) metrics and their
-unweighted mean, for each precision asked, beside simple baselines run in the
-same process on the same references. Ablations are flags: --shots, --no-sam,
---generic-prompts. A bundle exported from random weights is reported as
-"plumbing only": its numbers say nothing about accuracy.
+Per-category image (and, with masks, pixel and AUPRO) metrics, pooled over
+categories and their unweighted mean, each the mean and standard deviation over
+`--draws` random draws of references (benchmarks/draws.py: every image encoded
+once, every draw scored through the runtime's own scoring), beside the
+baselines on the same encodings and the same draws. `--variant` adds settings
+to compare in the same run (the ablation). A bundle exported from random
+weights is reported as "plumbing only": its numbers say nothing about accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from pathlib import Path
 
@@ -20,38 +21,57 @@ import numpy as np
 from runtime.bundle.manifest import BundleError
 from runtime.detect.detector import Detector
 
-from . import reporting
+from . import draws, reporting
 from .datasets import load
-from .evaluate import Scored, evaluate_category
 
-IMAGE_COLS = ["category", "method", "precision", "shots", "n", "image_auroc", "image_ap", "image_f1_max"]
-PIXEL_COLS = ["pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro", "aupro_binned200"]
+IMAGE_COLS = ["category", "method", "precision", "shots", "draws", "image_auroc", "image_auroc_sd", "image_ap"]
+PIXEL_COLS = ["pixel_auroc", "pixel_auroc_sd", "aupro", "aupro_sd"]
 
 
 def run(args) -> dict:
     categories = load(args.dataset)
     if args.categories:
         categories = [c for c in categories if c.name in args.categories]
-    rows, curves, graphs = [], {}, {}
+    if args.limit:
+        categories = [_limited(c, args.limit) for c in categories]
+    rows, graphs, encode_ms = [], {}, {}
     ablation = args.compare or []
     for bundle in [args.bundle, *ablation]:
         label = "lineside" if not ablation else f"lineside[{Path(bundle).name}]"
         for precision in args.precisions:
-            detector = Detector.from_bundle(
-                bundle,
-                precision=precision,
-                use_sam=not args.no_sam,
-                prompt_dir=args.prompt_dir,
-                sam_gate=args.sam_gate,
-                allow_unverified_precision=args.allow_unverified_precision,
-                **settings(args.set),
-            )
+            detector = detector_for(args, bundle, precision)
             graphs[f"{label} {precision}"] = {n: g["precision"] for n, g in detector.graphs().items()}
+            encoded = draws.encode(detector, categories)
+            encode_ms[f"{label} {precision}"] = float(np.median([m for c in encoded for m in c.encode_ms]))
+            methods = {label: (draws.lineside, detector)}
+            methods |= {f"{label}[{n}]": (draws.lineside, d) for n, d in draws.variants(detector, args.variant).items()}
             for shots in args.shots:
-                baselines = args.baselines and precision == "fp32" and bundle == args.bundle
-                _evaluate(detector, categories, label, precision, shots, baselines, args, rows, curves)
-    rows += _means(rows)
-    return {"rows": rows, "curves": curves, "graphs": graphs}
+                mine = dict(methods)
+                if shots and args.baselines and precision == "fp32" and bundle == args.bundle:
+                    mine |= {name: (fn, detector) for name, fn in draws.BASELINES.items()}
+                for row in draws.evaluate(mine, encoded, shots, args.draws if shots else 1, args.seed):
+                    rows.append({**row, "precision": precision})
+    return {"rows": rows, "graphs": graphs, "encode_ms": encode_ms}
+
+
+def detector_for(args, bundle: Path, precision: str) -> Detector:
+    """The bundle at serve's defaults, but for the precision and what --set names."""
+    return Detector.from_bundle(
+        bundle, precision=precision, allow_unverified_precision=args.allow_unverified_precision, **settings(args.set)
+    )
+
+
+def _limited(cat, limit: int):
+    """At most `limit` test samples of each kind (good, each defect kind, uncertain), in order."""
+    from dataclasses import replace
+
+    seen: dict[str, int] = {}
+    kept = []
+    for sample in cat.test:
+        seen[sample.kind] = seen.get(sample.kind, 0) + 1
+        if seen[sample.kind] <= limit:
+            kept.append(sample)
+    return replace(cat, test=kept)
 
 
 def settings(pairs: list[str] | None) -> dict:
@@ -67,64 +87,9 @@ def settings(pairs: list[str] | None) -> dict:
     return out
 
 
-def _evaluate(detector, categories, label, precision, shots, baselines, args, rows, curves) -> None:
-    pooled: dict[str, Scored] = {}
-    for cat in categories:
-        logging.getLogger("lineside.bench").info(
-            "%s %s %d shots %s: %d samples", label, precision, shots, cat.name, len(cat.test)
-        )
-        scored = evaluate_category(detector, cat, shots, args.limit, baselines)
-        for method, s in scored.items():
-            method = label if method == "lineside" else method
-            head = {"method": method, "precision": precision, "shots": shots}
-            rows.append({"category": cat.name, **head, **s.metrics()})
-            curves[f"{cat.name} {method} {precision} {shots}-shot"] = (s.labels, s.scores)
-            if "uncertain" in s.kinds:
-                rows.append(
-                    {"category": f"{cat.name} (uncertain vs normal)", **head, **s.metrics(exclude=("defective",))}
-                )
-            _pool(pooled.setdefault(method, Scored()), s)
-    for method, s in pooled.items():
-        if len(categories) > 1:
-            head = {"method": method, "precision": precision, "shots": shots}
-            rows.append({"category": "all (pooled)", **head, **s.metrics()})
-
-
-def _pool(into: Scored, s: Scored) -> None:
-    into.labels += s.labels
-    into.kinds += s.kinds
-    into.scores += s.scores
-    into.ms += s.ms
-    into.maps += s.maps
-    into.masks += s.masks
-
-
-def _means(rows: list[dict]) -> list[dict]:
-    """Unweighted mean over real categories, per method, precision and shots."""
-    out = []
-    keys = {(r["method"], r["precision"], r["shots"]) for r in rows}
-    for method, precision, shots in sorted(keys):
-        mine = [
-            r
-            for r in rows
-            if (r["method"], r["precision"], r["shots"]) == (method, precision, shots)
-            and not r["category"].startswith("all")
-            and "(" not in r["category"]
-        ]
-        if len(mine) < 2:
-            continue
-        head = {"category": "mean", "method": method, "precision": precision, "shots": shots}
-        mean = head | {"n": sum(r["n"] for r in mine)}
-        for col in IMAGE_COLS[4:] + PIXEL_COLS + ["ms_p50"]:
-            values = [r[col] for r in mine if col in r and not math.isnan(r[col])]
-            mean[col] = float(np.mean(values)) if values else float("nan")
-        out.append(mean)
-    return out
-
-
 def markdown(args, result: dict, bundle, plumbing: bool) -> str:
     rows = result["rows"]
-    has_pixels = any(not math.isnan(r.get("pixel_auroc", math.nan)) for r in rows)
+    has_pixels = any("pixel_auroc" in r for r in rows)
     lines = [f"# Accuracy: {args.dataset} with bundle `{bundle.bundle_id}` ({bundle.manifest.profile})", ""]
     if plumbing:
         lines += [
@@ -133,37 +98,68 @@ def markdown(args, result: dict, bundle, plumbing: bool) -> str:
             "",
         ]
     lines += [
-        f"Shots (normal references per category): {', '.join(map(str, args.shots))}. "
-        f"SAM: {'off' if args.no_sam else 'on if present'}. "
-        f"Detector settings beyond the defaults: {', '.join(args.set or []) or 'none'}."
-        + (f" At most {args.limit} test samples per category (--limit)." if args.limit else ""),
+        f"Shots (normal references per category): {', '.join(map(str, args.shots))}; each figure the mean over "
+        f"{args.draws} random draws of references (seed {args.seed}), `_sd` its standard deviation between draws. "
+        f"Detector settings beyond the defaults: {', '.join(args.set or []) or 'none'}"
+        + (f"; variants: {'; '.join(args.variant)}" if args.variant else "")
+        + "."
+        + (f" At most {args.limit} test samples of each kind per category (--limit)." if args.limit else ""),
+        "Image encoder p50 per image: "
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in result["encode_ms"].items())
+        + ". Pixel metrics are of the map before SAM refinement; image scores never depend on SAM.",
         "",
         "Each graph's precision as it ran here (a variant outside its parity bound is refused unless "
         "--allow-unverified-precision):",
         "",
         *[f"- {how}: " + ", ".join(f"{n} {p}" for n, p in ran.items()) for how, ran in result["graphs"].items()],
         "",
-        "## Image level",
-        "",
-        reporting.table(rows, IMAGE_COLS + ["ms_p50"]),
-        "",
     ]
+    lines += _against_peer(rows)
+    lines += ["## Image level", "", reporting.table(rows, IMAGE_COLS), ""]
     if has_pixels:
         lines += [
             "## Pixel level",
             "",
-            "`aupro`: exact, FPR up to 0.3, divided by 0.3. `aupro_binned200`: the",
-            "200-threshold, FPR-rescaled variant of AnomalyCLIP-family code (not comparable with `aupro`).",
+            "`aupro`: exact, FPR up to 0.3, divided by 0.3.",
             "",
             reporting.table(
-                [r for r in rows if not math.isnan(r.get("pixel_auroc", math.nan))],
-                ["category", "method", "precision", "shots"] + PIXEL_COLS,
+                [r for r in rows if "pixel_auroc" in r], ["category", "method", "precision", "shots"] + PIXEL_COLS
             ),
             "",
         ]
     lines += _quantisation(rows)
-    lines += ["![ROC](roc.png)", "", "![per category](categories.png)", ""]
+    lines += ["![per category](categories.png)", ""]
     return "\n".join(lines)
+
+
+PEER = "patchcore_same_encoder"
+
+
+def _against_peer(rows: list[dict]) -> list[str]:
+    """lineside minus the same-encoder PatchCore, per category and shot count, with the draws' spreads."""
+    peer = {(r["category"], r["shots"]): r for r in rows if r["method"] == PEER}
+    out = []
+    for r in rows:
+        p = peer.get((r["category"], r["shots"]))
+        if r["method"] != "lineside" or r["precision"] != "fp32" or p is None:
+            continue
+        entry = {"category": r["category"], "shots": r["shots"]}
+        for key in ("image_auroc", "pixel_auroc", "aupro"):
+            if key in r and key in p:
+                entry[f"{key} lineside"] = f"{r[key]:.3f} ± {r[key + '_sd']:.3f}"
+                entry[f"{key} peer"] = f"{p[key]:.3f} ± {p[key + '_sd']:.3f}"
+                entry[f"Δ {key}"] = r[key] - p[key]
+        out.append(entry)
+    if not out:
+        return []
+    return [
+        f"## Against the peer on the same encoder ({PEER})",
+        "",
+        "Δ below 0: lineside's default is worse than the plain nearest-neighbour search by that much.",
+        "",
+        reporting.table(out, list(dict.fromkeys(k for e in out for k in e))),
+        "",
+    ]
 
 
 def _quantisation(rows: list[dict]) -> list[str]:
@@ -176,13 +172,8 @@ def _quantisation(rows: list[dict]) -> list[str]:
         if r["method"] != "lineside" or r["precision"] == "fp32" or (r["category"], r["shots"]) not in base:
             continue
         b = base[(r["category"], r["shots"])]
-        entry = {
-            "category": r["category"],
-            "shots": r["shots"],
-            "precision": r["precision"],
-            "speed-up (p50 total ms)": b["ms_p50"] / r["ms_p50"] if r["ms_p50"] else float("nan"),
-            "Δ image AUROC": r["image_auroc"] - b["image_auroc"],
-        }
+        entry = {"category": r["category"], "shots": r["shots"], "precision": r["precision"]}
+        entry["Δ image AUROC"] = r["image_auroc"] - b["image_auroc"]
         if "pixel_auroc" in r:
             entry |= {"Δ pixel AUROC": r["pixel_auroc"] - b["pixel_auroc"], "Δ AUPRO": r["aupro"] - b["aupro"]}
         out.append(entry)
@@ -191,7 +182,7 @@ def _quantisation(rows: list[dict]) -> list[str]:
 
 
 def plots(out: Path, result: dict) -> None:
-    most = max(r["shots"] for r in result["rows"])  # the plots show the largest reference set
+    most = max(r["shots"] for r in result["rows"])  # the plot shows the largest reference set
     rows = [r for r in result["rows"] if r["precision"] == "fp32" and r["shots"] == most and "(" not in r["category"]]
     cats = sorted({r["category"] for r in rows})
     methods = sorted({r["method"] for r in rows})
@@ -203,8 +194,6 @@ def plots(out: Path, result: dict) -> None:
         for m in methods
     }
     reporting.bar_plot(out / "categories.png", cats, series, "image AUROC", f"per category (fp32, {most} shots)")
-    fp32 = {k: v for k, v in result["curves"].items() if k.endswith(f"fp32 {most}-shot")}
-    reporting.roc_plot(out / "roc.png", fp32, f"image-level ROC (fp32, {most} shots)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -225,14 +214,21 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--precisions", type=lambda s: s.split(","), default=["fp32"])
     ap.add_argument("--categories", nargs="*", help="only these categories")
-    ap.add_argument("--limit", type=int, help="at most N test samples per category (quick runs)")
+    ap.add_argument("--limit", type=int, help="at most N test samples of each kind per category (quick runs)")
     ap.add_argument(
         "--baselines",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="raw-pixel and global-feature nearest-reference baselines",
+        help="the same-encoder PatchCore, global-feature and raw-pixel nearest-reference baselines",
     )
-    ap.add_argument("--no-sam", action="store_true", help="ablation: contours instead of SAM")
+    ap.add_argument("--draws", type=int, default=5, help="random draws of references per shot count")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME:KEY=VALUE,...",
+        help="settings compared in the same run on the same draws (repeatable), e.g. anywhere:reference_window=0",
+    )
     ap.add_argument(
         "--compare",
         nargs="+",
@@ -240,13 +236,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="BUNDLE",
         help="ablation: more bundles in the same run (e.g. exported with --no-vv or other --taps)",
     )
-    ap.add_argument("--sam-gate", type=float, default=0.4)
     ap.add_argument(
         "--allow-unverified-precision",
         action="store_true",
         help="measure fp16/int8 graphs even when outside their parity bound (refused otherwise)",
     )
-    ap.add_argument("--prompt-dir", type=Path, help="prompt banks (ablation: an empty folder = generic prompts)")
     ap.add_argument("--out", type=Path, help="report folder (default benchmarks/reports/accuracy-<dataset>)")
     return ap
 
@@ -275,8 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         "plumbing_only": plumbing,
         "shots": ", ".join(map(str, args.shots)),
         "machine": reporting.machine(),
+        "draws": args.draws,
+        "seed": args.seed,
+        "variants": args.variant or [],
         "rows": result["rows"],
         "graphs": result["graphs"],
+        "encode_ms_p50": result["encode_ms"],
     }
     _, md = reporting.write(out, "report", data, markdown(args, result, bundle, plumbing))
     print(md.read_text())

@@ -1,26 +1,17 @@
-"""Run a detector (and simple baselines) over categories and score the results."""
+"""Run a detector over a category's test samples, frame by frame through detect(), and score the results."""
 
 from __future__ import annotations
 
-import logging
 import statistics
-import time
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from runtime.detect.detector import Detector
 from runtime.detect.frames import read_image
-from runtime.detect.neighbours import NumpySearch, coreset_indices
-from runtime.detect.scoring import as_distance
 
 from .datasets import Category, read_mask
 from .metrics import binary_metrics, pixel_metrics
-
-log = logging.getLogger("lineside.bench")
-RAW_SIDE = 64
-PATCHCORE_CORESET = 0.1  # PatchCore's usual coreset share of the reference patches
 
 
 @dataclass
@@ -54,81 +45,18 @@ class Scored:
         return out
 
 
-def raw_pixel_baseline(refs: list[np.ndarray]):
-    """Nearest normal reference in raw grey pixels: score = mean |diff|, map = per-pixel min |diff|."""
-    bank = np.stack([_grey(r) for r in refs])  # (R, s, s)
-
-    def score(rgb: np.ndarray) -> tuple[float, np.ndarray]:
-        diff = np.abs(bank - _grey(rgb)[None])  # (R, s, s)
-        nearest = diff.mean(axis=(1, 2)).argmin()
-        pixel = cv2.GaussianBlur(diff.min(axis=0), (5, 5), 1.0)
-        return float(diff[nearest].mean()), cv2.resize(pixel, (rgb.shape[1], rgb.shape[0]))
-
-    return score
-
-
-def _grey(rgb: np.ndarray) -> np.ndarray:
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    return cv2.resize(grey, (RAW_SIDE, RAW_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-
-
-def global_feature_baseline(detector: Detector, refs: list[np.ndarray]):
-    """Nearest normal reference by the encoder's global embedding (no map)."""
-    bank = np.stack([detector.encoder.encode(r)[0] for r in refs])
-
-    def score(rgb: np.ndarray) -> tuple[float, None]:
-        return float((1.0 - (bank @ detector.encoder.encode(rgb)[0]).max()) / 2.0), None
-
-    return score
-
-
-def patchcore_baseline(detector: Detector, refs: list[np.ndarray], ratio: float = PATCHCORE_CORESET):
-    """The PatchCore recipe on the same encoder: every reference patch in one bank, a greedy k-center
-    coreset of it, each frame patch's distance to its nearest bank patch anywhere, image score = the
-    largest; no position, no top-k, no calibration. The peer that lineside's choices are measured against."""
-    encoded = [detector.encoder.encode(r)[1] for r in refs]
-    taps = len(encoded[0])
-    banks = [np.concatenate([e[t] for e in encoded]) for t in range(taps)]  # (R * N, D) per tap
-    keep = coreset_indices(np.concatenate(banks, axis=1), ratio, 0)
-    searches = [NumpySearch(np.ascontiguousarray(b[keep])) for b in banks]
-    rows, cols = detector.encoder.grid
-
-    def score(rgb: np.ndarray) -> tuple[float, np.ndarray]:
-        tokens = detector.encoder.encode(rgb)[1]
-        dist = np.mean([as_distance(s.max_similarity(t)) for s, t in zip(searches, tokens)], axis=0)
-        grid = dist.reshape(rows, cols).astype(np.float32)
-        return float(grid.max()), cv2.resize(grid, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
-
-    return score
-
-
-def evaluate_category(
-    detector: Detector, cat: Category, shots: int, limit: int | None, baselines: bool
-) -> dict[str, Scored]:
-    """Every test sample through the detector (and baselines); Scored per method."""
+def evaluate_category(detector: Detector, cat: Category, shots: int, limit: int | None) -> Scored:
+    """Every test sample through `detector.detect` (the whole path, SAM included) against the first `shots`
+    normal images: what parity compares between a torch graph and its ONNX export. Accuracy over reference
+    draws is benchmarks/draws.py's."""
     refs = [read_image(p) for p in cat.normal_pool[:shots]] if shots else None
     if shots and len(refs) < shots:
         raise ValueError(f"{cat.name}: {shots} shots asked, only {len(refs)} normal images available")
-    methods = {"lineside": None}
-    if baselines and refs:
-        methods |= {
-            "raw_pixels": raw_pixel_baseline(refs),
-            "global_feature": global_feature_baseline(detector, refs),
-            "patchcore_same_encoder": patchcore_baseline(detector, refs),
-        }
-    out = {name: Scored() for name in methods}
+    out = Scored()
     memory = detector.remember(refs, colour="RGB") if refs else None  # encoded once for every sample
-    samples = cat.test[:limit] if limit else cat.test
-    for sample in samples:
+    for sample in cat.test[:limit] if limit else cat.test:
         rgb = read_image(sample.path)
         mask = read_mask(sample.mask, rgb.shape[:2]) if cat.has_masks else None
-        for name, method in methods.items():
-            t = time.perf_counter()
-            if method is None:
-                result = detector.detect(rgb, cat.name, memory, colour="RGB")
-                score, amap, ms = result.image_score, result.anomaly_map, result.timings_ms.get("total", 0.0)
-            else:
-                score, amap = method(rgb)
-                ms = (time.perf_counter() - t) * 1e3
-            out[name].add(sample, score, amap, mask, ms)
+        result = detector.detect(rgb, cat.name, memory, colour="RGB")
+        out.add(sample, result.image_score, result.anomaly_map, mask, result.timings_ms.get("total", 0.0))
     return out

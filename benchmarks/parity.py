@@ -116,7 +116,7 @@ def run(args) -> dict:
     for cat in categories:
         refs = [read_image(p) for p in cat.normal_pool[: args.shots]]
         images = [read_image(s.path) for s in cat.test[: args.images]]
-        reference_scores = evaluate_category(torch_det, cat, args.shots, args.limit, baselines=False)["lineside"]
+        reference_scores = evaluate_category(torch_det, cat, args.shots, args.limit)
         data["rows"].append({"category": cat.name, "precision": "torch", **reference_scores.metrics()})
         for precision in args.precisions:
             if precision not in bundle.component(image_name).files:
@@ -125,7 +125,7 @@ def run(args) -> dict:
                 args.bundle, precision=precision, **base, allow_unverified_precision=args.allow_unverified_precision
             )
             figures = compare_on(images, torch_det, ort_det, cat.name, refs)
-            scores = evaluate_category(ort_det, cat, args.shots, args.limit, baselines=False)["lineside"].metrics()
+            scores = evaluate_category(ort_det, cat, args.shots, args.limit).metrics()
             ref = reference_scores.metrics()
             deltas = {f"Δ {k}": scores[k] - ref[k] for k in ("image_auroc", "pixel_auroc", "aupro") if k in scores}
             data["rows"].append({"category": cat.name, "precision": precision, **figures, **deltas})

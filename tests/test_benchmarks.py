@@ -60,7 +60,7 @@ def test_random_weight_accuracy_is_labelled_plumbing_only(tiny_bundle, tmp_path,
     assert code == 0
     assert "Plumbing only" in (tmp_path / "acc" / "report.md").read_text()
     assert json.loads((tmp_path / "acc" / "report.json").read_text())["plumbing_only"] is True
-    assert (tmp_path / "acc" / "roc.png").stat().st_size > 1000
+    assert (tmp_path / "acc" / "categories.png").stat().st_size > 1000
 
 
 def test_parity_without_weights_shows_export_figures(tiny_bundle):
