@@ -145,7 +145,7 @@ def test_calibrate_returns_a_threshold_and_changes_nothing(detector):
 
 def test_text_embeddings_are_cached_on_disk(controlled, tmp_path):
     Detector.from_bundle(controlled, text_cache_dir=tmp_path).text.category(CATEGORY)
-    cached = list((tmp_path).rglob("*.npy"))
+    cached = list((tmp_path).rglob("*.npz"))
     assert len(cached) == 7 * 8 + 5 * 8 + 2  # two ensembles x 8 templates, plus the two kept bank prompts
     again = Detector.from_bundle(controlled, text_cache_dir=tmp_path)
     again.text.category(CATEGORY)
