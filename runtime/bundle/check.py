@@ -11,13 +11,18 @@ Then every fp16 / int8 graph is measured again against fp32 on this machine
 and the machine that measured it, with the verdict the runtime acts on: a
 variant outside its bound, here or at export, is refused unless
 --allow-unverified-precision. Bundles from random weights are named as such.
-Exit status 1 with the reason, on one line, when anything is wrong (a variant
-outside its bound is not: the bundle still runs at the precisions that hold).
+Exit status 1 with the reason, on one line, when anything is wrong, and when a
+variant the manifest calls within its bound measures outside it here: the
+manifest's claim is false on this machine, and a gate on this exit status must
+see it. `--allow int8` accepts that for a named precision (the runtime still
+refuses the variant); a variant the manifest itself records as outside is no
+false claim and leaves the status 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import tempfile
@@ -31,7 +36,7 @@ from ..detect.preprocess import clip_input, sam_input, sam_prompts
 from ..detect.tokenizer import ClipTokenizer
 from ..machine import describe, summary
 from .loader import Bundle, one_line
-from .manifest import ROLES, BundleError
+from .manifest import PRECISIONS, ROLES, BundleError
 from .verify import Verdict, random_weights, remeasure
 
 log = logging.getLogger("lineside.check")
@@ -117,13 +122,63 @@ def check_detector(bundle: Bundle, frame: np.ndarray, providers: tuple[str, ...]
         return check_detection(detector, frame)
 
 
-def check_detection(detector, frame: np.ndarray) -> tuple[str, ...]:
+def start_check(detector, category: str = "part", frame: np.ndarray | None = None) -> None:
+    """What `python -m runtime.check` proves, on the graphs a serving `detector` will run: each of
+    them once on the check frame at the precision and providers it was opened with (the text graph
+    past its cache), then one `detect` end to end with SAM's gate open. BundleError with check's
+    own one-line reason, so a bundle check refuses never starts serving.
+
+    The manifest's fields were checked when the bundle was opened (loader.py); this finds what
+    only running can: weights that give NaN, a pipeline whose parts do not fit together.
+    """
+    frame = check_frame() if frame is None else frame
+    for name, precision, run in _graph_runs(detector, frame):
+        try:
+            outputs = run()
+        except Exception as e:  # whatever the graph raised, the answer is one line naming it
+            raise BundleError(f"{name} ({precision}) failed on a plain test frame: {one_line(e)}") from e
+        if not all(np.isfinite(np.asarray(o)).all() for o in outputs):
+            raise BundleError(f"{name} ({precision}) produced NaN or inf on a plain test frame")
+    check_detection(detector.with_settings(dataclasses.replace(detector.settings, sam_gate=0.0)), frame, category)
+
+
+def _graph_runs(detector, frame: np.ndarray):
+    """(graph, precision, run) for each graph of `detector`; run() gives its outputs on `frame`."""
+    encoder = detector.encoder
+    image = encoder.component
+    yield (
+        image.name,
+        encoder.precision,
+        lambda: list(encoder.session.run({image.inputs[0].name: clip_input(frame, image.preprocessing)}).values()),
+    )
+    if detector.text is not None:
+        text = detector.text.encoder
+        yield text.component.name, "fp32", lambda: [text.fresh(PROMPTS)]
+    refiner = detector.refiner
+    if refiner is None:
+        return
+    sam, embeddings = refiner.encoder_c, []
+
+    def encode():
+        embeddings[:] = list(refiner.encoder.run({sam.inputs[0].name: sam_input(frame, sam.preprocessing)}).values())
+        return embeddings
+
+    def decode():
+        h, w = frame.shape[:2]
+        prompts = sam_prompts((h, w), refiner.decoder_c.preprocessing, np.array([[w / 3, h / 2]]), np.array([1]))
+        return list(refiner.decoder.run({refiner.decoder_c.inputs[0].name: embeddings[0], **prompts}).values())
+
+    yield sam.name, refiner.precisions[sam.name], encode
+    yield refiner.decoder_c.name, refiner.precisions[refiner.decoder_c.name], decode
+
+
+def check_detection(detector, frame: np.ndarray, category: str = "part") -> tuple[str, ...]:
     """One `detect` on `frame` (the frame and its mirror as references when there is no
     language branch); BundleError on an ERROR or any non-finite number, else the report row."""
     references = None if detector.has_language else [frame, np.ascontiguousarray(frame[:, ::-1])]
     started = time.perf_counter()
     try:
-        result = _quiet_detect(detector, frame, references)
+        result = _quiet_detect(detector, frame, references, category)
     except Exception as e:  # the detector refused its own bundle's output: that is the finding
         raise BundleError(f"the detector failed end to end on the check frame: {one_line(e)}") from e
     ms = (time.perf_counter() - started) * 1e3
@@ -141,7 +196,7 @@ def check_detection(detector, frame: np.ndarray) -> tuple[str, ...]:
     )
 
 
-def _quiet_detect(detector, frame: np.ndarray, references):
+def _quiet_detect(detector, frame: np.ndarray, references, category: str = "part"):
     """detect() with logging and numpy warnings held back: the check reports what went
     wrong itself, on one line, and a generic-prompts note is noise here."""
     previous = logging.root.manager.disable
@@ -149,7 +204,7 @@ def _quiet_detect(detector, frame: np.ndarray, references):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            return detector.detect(frame, "part", references=references, colour="RGB")
+            return detector.detect(frame, category, references=references, colour="RGB")
     finally:
         logging.disable(previous)
 
@@ -193,6 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m runtime.check", description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--providers", default="cpu", help="comma list, in order: tensorrt,cuda,cpu")
+    ap.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        choices=[p for p in PRECISIONS if p != "fp32"],
+        metavar="PRECISION",
+        help="exit 0 although variants at PRECISION (fp16 or int8) measure outside the bound their manifest "
+        "records as held; repeat for both",
+    )
     args = ap.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(OneLineFormatter())
@@ -216,7 +280,25 @@ def main(argv: list[str] | None = None) -> int:
         "and the detector produced a finite result"
     )
     _print_verdicts(bundle, verdicts)
+    if broken := false_claims(verdicts, args.allow):
+        print(f"bundle check failed: {broken}", file=sys.stderr)
+        return 1
     return 0
+
+
+def false_claims(verdicts: list[Verdict], allowed=()) -> str:
+    """One line on the variants the manifest calls within bound that measure outside it here (those at
+    `allowed` precisions left out), or "" when every such claim holds."""
+    false = [v for v in verdicts if v.holds_in_manifest and not v.holds_here and v.precision not in allowed]
+    if not false:
+        return ""
+    named = "; ".join(f"{v.component} {v.precision} {v.why_not()}" for v in false)
+    precisions = sorted({v.precision for v in false})
+    return (
+        f"the manifest says these variants hold their parity bound, but here they do not: {named}. Re-export "
+        f"them on this kind of machine, run another precision, or give {' '.join('--allow ' + p for p in precisions)} "
+        "to accept it"
+    )
 
 
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

@@ -35,6 +35,8 @@ ORT_DTYPES = {
     "tensor(bool)": "bool",
 }
 BRANCHES = ("language", "reference")  # an image encoder's config.branches: the detector branches it serves
+INTERPOLATIONS = ("bilinear", "bicubic", "area")  # preprocessing.interpolation: what detect/preprocess.py resizes with
+MAX_SIDE = 4096  # pixels: the largest graph input side a manifest may ask frames to be resized or padded to
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -65,6 +67,8 @@ class Bundle:
                 _check_image_config(path, component)
             if component.role == "text_encoder":
                 _check_text_config(path, component)
+            if component.role in ("sam_encoder", "sam_decoder"):
+                _check_sam_preprocessing(path, component, bundle.manifest.by_role("sam_encoder"))
         return bundle
 
     def by_role(self, role: str) -> Component | None:
@@ -202,10 +206,12 @@ def _check_image_config(folder: Path, component: Component) -> None:
                 f"(batch, rows * cols, dim); {REBUILD}"
             )
     _check_branches(at, cfg)
+    _check_interpolation(at, component.preprocessing)
     size = component.preprocessing.get("size")
-    if not _ints(size, 2):
+    if not _ints(size, 2) or max(size) > MAX_SIDE:
         raise BundleError(
-            f"{at}.preprocessing.size must be [height, width] of positive ints, not {describe(size)}; {REBUILD}"
+            f"{at}.preprocessing.size must be [height, width] of positive ints up to {MAX_SIDE}, "
+            f"not {describe(size)}; {REBUILD}"
         )
     pixels = component.inputs[0].shape if component.inputs else ()
     if len(pixels) == 4 and all(isinstance(d, int) for d in pixels[2:]) and list(pixels[2:]) != size:
@@ -231,6 +237,62 @@ def _check_branches(at: str, cfg: dict) -> None:
             f"{at}.config.logit_scale must be a positive number for the language branch, "
             f"not {describe(scale)}; {REBUILD}"
         )
+
+
+def _check_interpolation(at: str, prep: dict) -> None:
+    """An interpolation the runtime cannot resize with would fail every frame, not the load."""
+    if (how := prep.get("interpolation")) not in INTERPOLATIONS:
+        raise BundleError(
+            f"{at}.preprocessing.interpolation {describe(how)} is unknown; one of {', '.join(INTERPOLATIONS)}; {REBUILD}"
+        )
+
+
+def _check_sam_preprocessing(folder: Path, component: Component, encoder: Component | None) -> None:
+    """SAM's frame size and prompt frame, as sam.py reads them on the first suspicious frame.
+
+    SAM runs only on suspicious frames, so a bad size here would pass a quiet start
+    and then turn every NG into ERROR (or ask for a canvas of terabytes); the
+    decoder maps prompts into the encoder's frame, so both must name the same size.
+    """
+    at, prep = f"{folder}: components.{component.name}.preprocessing", component.preprocessing
+    target = prep.get("target_length")
+    if not _ints([target], 1) or target > MAX_SIDE:
+        raise BundleError(
+            f"{at}.target_length must be a positive int up to {MAX_SIDE} (pixels of SAM's input side), "
+            f"not {describe(target)}; {REBUILD}"
+        )
+    inputs = {t.name: t.shape for t in component.inputs}
+    if component.role == "sam_encoder":
+        _check_interpolation(f"{folder}: components.{component.name}", prep)
+        pixels = component.inputs[0].shape if component.inputs else ()
+        if len(pixels) == 4 and any(isinstance(d, int) and d != target for d in pixels[2:]):
+            raise BundleError(
+                f"{at}.target_length {target} differs from input {component.inputs[0].name} "
+                f"of shape {list(pixels)}; {REBUILD}"
+            )
+        pad = prep.get("pad_value")
+        if not (isinstance(pad, list) and len(pad) == 3 and all(_finite(v) for v in pad)):
+            raise BundleError(f"{at}.pad_value must be 3 numbers (R, G, B), not {describe(pad)}; {REBUILD}")
+        return
+    if encoder is not None:
+        _check_sam_preprocessing(folder, encoder, encoder)  # its own fault named first, not as a mismatch
+    theirs = encoder.preprocessing.get("target_length") if encoder is not None else target
+    if target != theirs:
+        raise BundleError(
+            f"{at}.target_length {target} differs from components.{encoder.name}.preprocessing.target_length "
+            f"{describe(theirs)} (prompts are mapped into the encoder's frame); {REBUILD}"
+        )
+    low = prep.get("mask_input_size")
+    shape = inputs.get("mask_input", ())
+    if not _ints([low], 1) or low > MAX_SIDE or any(isinstance(d, int) and d != low for d in shape[2:]):
+        raise BundleError(
+            f"{at}.mask_input_size must be a positive int up to {MAX_SIDE} that fits input mask_input "
+            f"{list(shape)}, not {describe(low)}; {REBUILD}"
+        )
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_text_config(folder: Path, component: Component) -> None:

@@ -1,8 +1,9 @@
 """Wires a serve process together: per camera source -> slot -> inspector -> log + sinks + explainer, and HTTP.
 
 Everything that can be wrong with the settings (a bad sink, a missing file, a
-source that can never deliver, a bundle that cannot run as asked, a bad cameras
-file) fails in the constructor, before any thread starts. A camera whose worker
+source that can never deliver, a bundle that cannot run as asked or that
+`runtime.check` would refuse, a bad cameras file) fails in the constructor,
+before any thread starts. A camera whose worker
 dies (its inspector, its capture thread) is stopped and reported while the
 others go on; when none is left, or the results log cannot be written, serve
 stops: `failure()` says why, /healthz answers 503 with it and the command exits
@@ -19,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..bundle.check import start_check
 from ..detect.detector import Detector
 from ..settings import AgentSettings, Settings
 from . import logs
@@ -93,7 +95,10 @@ class Server:
                 "setting cuda_graph: a captured graph keeps SAM's image embeddings in one fixed device buffer, "
                 "which the cameras' inspectors would overwrite for each other; leave it off with a cameras file"
             )
-        self.detector = detector or Detector.from_bundle(settings.job.bundle, settings.detector)
+        if detector is None:  # built here from the bundle: proved as runtime.check proves it, before any thread
+            detector = Detector.from_bundle(settings.job.bundle, settings.detector)
+            start_check(detector, settings.job.category)
+        self.detector = detector
         self.metrics.running(self.detector.bundle_id)
         self.agent = None
         if any(spec.settings.serve.explain for spec in specs):
@@ -187,7 +192,6 @@ class Server:
         if all(p for _, p in problems):
             stuck = [self._named(c, p) for c, p in problems] + stuck
         return not stuck, "; ".join(stuck)
-
 
     def ready(self) -> tuple[bool, str]:
         """Every camera connected and inspecting; otherwise which are not, and why."""
