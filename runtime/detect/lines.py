@@ -7,7 +7,8 @@ about (`FrameRef`). Then the label, and what that label carries:
                       providers, precisions (per graph), bundle_id, settings, error;
                       an NG line also its rule `explanation`, measured with the verdict
     TEACH             how many references serve holds after taking this frame as one,
-                      or (`rejected`) why it refused the frame as a reference
+                      or (`rejected`) why it refused the frame as a reference; `by`, the
+                      operator, when a false alarm taught it (FEEDBACK then TEACH)
     EXPLANATION       serve's final word on the NG frame in the head, one per NG frame the
                       explainer took: `explanation` of the same shape as the NG line's, whose
                       `origin` says where the text came from
@@ -103,23 +104,28 @@ def error_line(frame: FrameRef, why: str, like: Result) -> dict:
     return result_line(frame, error)
 
 
-def teach_line(frame: FrameRef, references: int, rejected: str | None = None) -> dict:
+def teach_line(frame: FrameRef, references: int, rejected: str | None = None, by: str | None = None) -> dict:
     """A TEACH line: `frame` became a known-good reference, the `references`-th one; or, with `rejected`,
-    it was refused as one (empty, blurred, an outlier among the taught frames) and serve holds `references`."""
+    it was refused as one (empty, blurred, an outlier among the taught frames) and serve holds `references`.
+    `by`: the operator whose false alarm taught it (feedback), absent for --teach's first frames."""
     line = frame.head() | {"label": "TEACH", "references": references}
+    line |= {"by": str(by)} if by else {}
     return line | {"rejected": str(rejected)} if rejected else line
 
 
 DECISIONS = ("confirmed", "false_alarm", "miss")
 
 
-def feedback_line(frame: FrameRef, decision: str, by: str, reference_added: bool = False) -> dict:
+def feedback_line(
+    frame: FrameRef, decision: str, by: str, reference_added: bool = False, reference_refused: str | None = None
+) -> dict:
     """A FEEDBACK line: an operator's `decision` on the frame in the head (confirmed or false_alarm on an NG,
-    miss on an OK), who decided (`by`), when (`decided_at`, unix seconds), and whether a false alarm became
-    a known-good reference."""
+    miss on an OK), who decided (`by`), when (`decided_at`, unix seconds), and whether a false alarm is being
+    taught as a known-good reference, or (`reference_refused`) why serve would not take it as one."""
     if decision not in DECISIONS:
         raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
     line = frame.head() | {"label": "FEEDBACK", "decision": decision, "by": str(by), "decided_at": time.time()}
+    line |= {"reference_refused": str(reference_refused)} if reference_refused else {}
     return line | {"reference_added": True} if reference_added else line
 
 

@@ -70,3 +70,18 @@ def screen(images: list[np.ndarray], globals_: np.ndarray) -> list[str | None]:
             if t > limit:
                 reasons[i].append(f"outlier (distance to the others {t:.3f}, typical {middle:.3f}, limit {limit:.3f})")
     return ["; ".join(r) if r else None for r in reasons]
+
+
+def screen_joining(
+    candidate: np.ndarray, candidate_global: np.ndarray, references: list, reference_globals
+) -> str | None:
+    """None when `candidate` (RGB, its global embedding beside it) may join `references`, else why not.
+
+    A frame taught later (an operator's false alarm) is judged by the same checks
+    as --teach's frames, among the references it would join: the references are
+    the good parts already trusted, so a defect, another part or a covered lens
+    shows as an outlier to them.
+    """
+    trusted = np.asarray(reference_globals, np.float32).reshape(len(references), -1)
+    globals_ = np.vstack([trusted, np.asarray(candidate_global, np.float32).reshape(1, -1)])
+    return screen([*references, candidate], globals_)[-1]

@@ -66,6 +66,7 @@ class Inspector(threading.Thread):
         self.slot, self.log, self.state, self.sinks = slot, log_, state, sinks
         self.explainer, self.metrics, self.stop, self.teach = explainer, metrics, stop, teach
         self.capture_done, self.triggers, self.live = capture_done, triggers, live
+        self.screen = screen  # teach_screen: also for false alarms taught later (feedback.py)
         self.teaching = Teaching(detector, screen) if teach > 0 else None
         self.operating = operating  # how the threshold is set (None: the detector's, as it is)
         if operating is not None and not teach:
