@@ -45,7 +45,7 @@ class JobSettings(Section):
         "expected",
         "what calibration promises: expected (the target on average over calibrations) or guarantee "
         "(at most the target with false_alarm_confidence, distribution-free; needs enough good images, "
-        "59 for 5% at 95%, and refuses with fewer)",
+        "59 for a 0.05 target at 0.95 confidence, and refuses with fewer)",
         choices=("expected", "guarantee"),
     )
     false_alarm_confidence: float = setting(
