@@ -39,7 +39,7 @@ SHOTS, CALIBRATION = 16, 64  # references, good cells that set the threshold (no
 TARGET = 0.05  # false-alarm rate the threshold aims at
 # The detector runs with serve's and detect's defaults, nothing set here (tests/test_defaults.py): solar cells
 # are registered parts, which reference_window auto (the default) finds for itself.
-DRAWS_REPORT = reporting.REPORTS / "demo" / "draws.json"  # the mean over draws (--draws N) that the demo prints
+DRAWS_REPORT = reporting.REPORTS / "demo-draws" / "draws.json"  # the mean over draws (--draws N) that the demo prints
 
 
 def demo_detector(bundle: Path, precision: str) -> Detector:
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "--draws",
         type=int,
         default=0,
-        help="instead of one inspected draw: N random draws in both modes, a report in benchmarks/reports/demo",
+        help="instead of one inspected draw: N random draws in both modes, a report in benchmarks/reports/demo-draws",
     )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
