@@ -165,8 +165,11 @@ def test_a_part_id_pattern_that_backtracks_without_end_is_cut_short(caplog):
     assert PartPattern(r"SN-(\d+)").find("lot7_SN-0042.png") == "0042"
 
 
-def test_part_ids_from_file_names_are_ids_or_nothing():
-    capture = Capture(None, None, threading.Event(), Metrics(), 0, False, 1.0, "", r"SN-(.*)\.png")
+def test_part_ids_from_file_names_are_ids_or_nothing(tmp_path):
+    from runtime.serve.sources import open_source
+
+    source = open_source(str(tmp_path))  # a real (empty) folder source: capture names it in its log lines
+    capture = Capture(source, None, threading.Event(), Metrics(), 0, False, 1.0, "", r"SN-(.*)\.png")
     assert capture.part_of("lot7_SN-0042.png") == "0042"
     assert capture.part_of("SN-a\nb.png") is None  # a newline in a file name never reaches a result line
     assert capture.part_of("SN-" + "x" * 200 + ".png") is None  # longer than any id
