@@ -103,14 +103,8 @@ def calibrate(
         raise ValueError(f"calibration needs finite scores of at least one good image, got {scores.size} scores")
     n = scores.size
     if mode == "guarantee":
+        require_enough(n, target_false_alarm, mode, confidence)
         j = guaranteed_rank(n, target_false_alarm, confidence)
-        if j == 0:
-            need = images_guaranteed(target_false_alarm, confidence)
-            raise ValueError(
-                f"a false-alarm rate of at most {100 * target_false_alarm:g}% with {100 * confidence:g}% "
-                f"confidence needs at least {need} good images to calibrate on, {n} given: give {need - n} more "
-                "(or use the expected mode, which promises the target only on average)"
-            )
     else:
         j = min(n, math.floor(target_false_alarm * (n + 1) + 1e-9))  # alarms expected at j / (n + 1)
     if j == 0:  # too few images for the target: above every good score
@@ -220,7 +214,7 @@ def calibrate_detector(
     In guarantee mode, too few images are refused before any is scored."""
     if not len(good_images):
         raise ValueError("calibration needs at least one known-good image")
-    _enough(len(good_images), target_false_alarm, mode, confidence, source)
+    require_enough(len(good_images), target_false_alarm, mode, confidence, f"{source} gives {len(good_images)}")
     from .references import ReferenceMemory
 
     if references is not None and not isinstance(references, ReferenceMemory) and len(references):
@@ -235,13 +229,15 @@ def calibrate_detector(
     return point, detector.at(point)
 
 
-def _enough(n: int, target: float, mode: str, confidence: float, source: str) -> None:
-    """Refuse a guarantee that `n` good images cannot give, before minutes go into scoring them."""
-    if mode == "guarantee" and n < images_guaranteed(target, confidence):
-        need = images_guaranteed(target, confidence)
+def require_enough(n: int, target: float, mode: str, confidence: float = CONFIDENCE, given: str = "") -> None:
+    """Refuse, in one line, a guarantee that `n` good images cannot give (before anything is scored);
+    `given` says where they came from (default: "N given")."""
+    need = images_guaranteed(target, confidence)
+    if mode == "guarantee" and n < need:
         raise ValueError(
-            f"{source}: a false-alarm rate of at most {100 * target:g}% with {100 * confidence:g}% confidence "
-            f"needs at least {need} good images, {n} given: give {need - n} more, or use the expected mode"
+            f"false_alarm_mode guarantee: at most {100 * target:g}% false alarms with {100 * confidence:g}% "
+            f"confidence needs at least {need} good images to calibrate on, and {given or f'{n} given'}: "
+            f"give {need - n} more (or false_alarm_mode expected, which meets the target only on average)"
         )
 
 
@@ -266,7 +262,7 @@ def leave_one_out(
 
     if len(images_rgb) < 2:
         raise ValueError("calibrating on taught frames needs at least two of them")
-    _enough(len(images_rgb), target_false_alarm, mode, confidence, source)
+    require_enough(len(images_rgb), target_false_alarm, mode, confidence, f"{source} gives {len(images_rgb)}")
     s, scores = detector.settings, []
     window = resolve_window(s.reference_window, [t for _, t in encoded], detector.encoder.grid)  # once, for all
     for i, image in enumerate(images_rgb):

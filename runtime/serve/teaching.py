@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..detect.calibration import CONFIDENCE, OperatingPoint, calibrate_detector, fixed, images_guaranteed, leave_one_out
+from ..detect.calibration import (
+    CONFIDENCE,
+    OperatingPoint,
+    calibrate_detector,
+    fixed,
+    leave_one_out,
+    require_enough,
+)
 from ..detect.detector import Detector
 from ..detect.references import ReferenceMemory, content_key
 from ..detect.screening import screen
@@ -99,15 +106,10 @@ class Operating:
             raise ValueError(f"setting calibrate: {folder} holds no image")
         if from_teach and teach < 2:
             raise ValueError("setting calibrate_teach needs teach >= 2 (each taught frame scored against the others)")
-        need = images_guaranteed(target, confidence) if mode == "guarantee" else 0
-        given = len(images) if images is not None else teach if from_teach else None
-        if given is not None and given < need:  # refused at start, not after the line has run for a while
-            what = f"calibrate {folder} holds {given} images" if images is not None else f"teach is {given}"
-            raise ValueError(
-                f"false_alarm_mode guarantee: at most {100 * target:g}% false alarms with {100 * confidence:g}% "
-                f"confidence needs at least {need} good images to calibrate on, and {what}: give {need} or more "
-                "(or false_alarm_mode expected, which meets the target only on average)"
-            )
+        if images is not None:  # refused at start, not after the line has run for a while
+            require_enough(len(images), target, mode, confidence, f"calibrate {folder} holds {len(images)} images")
+        elif from_teach:
+            require_enough(teach, target, mode, confidence, f"teach is {teach}")
         self.images, self.folder, self.target, self.from_teach = images, folder, target, from_teach
         self.mode, self.confidence = mode, confidence
 
