@@ -31,7 +31,7 @@ import numpy as np
 
 from runtime.bundle.binding import BoundSession, device_of
 from runtime.bundle.loader import Bundle
-from runtime.detect.preprocess import clip_input, sam_input
+from runtime.bundle.preprocess import clip_input, sam_input
 
 from . import reporting
 from .latency import percentiles

@@ -12,8 +12,8 @@ import open_clip
 import torch
 
 from runtime.bundle.manifest import Component, TensorSpec
-from runtime.detect.preprocess import clip_input
-from runtime.detect.tokenizer import ClipTokenizer
+from runtime.bundle.preprocess import clip_input
+from runtime.bundle.tokenizer import ClipTokenizer
 
 from .clip_graphs import ClipImageGraph, ClipTextGraph, tap_name
 from .clip_model import load_clip, preset_for

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime.bundle.manifest import Component, TensorSpec
-from runtime.detect.preprocess import clip_input
+from runtime.bundle.preprocess import clip_input
 
 from .checkpoints import file_source, load_exact, read_state_dict
 from .measure import export_measured

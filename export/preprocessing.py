@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 
 def stretched_square(size: int, interpolation: str, mean: Sequence[float], std: Sequence[float]) -> dict:
-    """`interpolation` one of runtime.detect.preprocess.INTERPOLATION's names; mean and std per RGB channel, 0..255."""
+    """`interpolation` one of runtime.bundle.preprocess.INTERPOLATION's names; mean and std per RGB channel, 0..255."""
     return {
         "layout": "NCHW",
         "colour": "RGB",

@@ -23,7 +23,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
 from runtime.bundle.manifest import Component, TensorSpec
-from runtime.detect.preprocess import longest_side_shape, sam_input, sam_prompts
+from runtime.bundle.preprocess import longest_side_shape, sam_input, sam_prompts
 
 from .checkpoints import file_source, load_exact, read_state_dict
 from .measure import export_measured

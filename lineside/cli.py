@@ -12,7 +12,7 @@ import sys
 COMMANDS = {  # subcommand -> (module with main(argv), what it does)
     "serve": ("runtime.serve.__main__", "inspect a camera, stream, video or folder beside the line"),
     "detect": ("runtime.detect.__main__", "inspect image files in a batch"),
-    "check": ("runtime.bundle.check", "verify a bundle and run it once on this box"),
+    "check": ("runtime.check", "verify a bundle and run it once on this box"),
     "prompts": ("runtime.prompts.__main__", "build a category's prompt bank with the language model"),
     "export": ("export.__main__", "build a bundle from checkpoints (needs the export extra: torch)"),
 }

@@ -17,11 +17,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bundle.manifest import PRECISIONS
-from .detect.frames import MAX_IMAGE_PIXELS
+from .precisions import PRECISIONS
 from .sections import Section, setting, unit
 
 PROVIDERS = ("tensorrt", "cuda", "cpu")
+MAX_IMAGE_PIXELS = 50_000_000  # 50 MP: above every industrial camera we target, far below a decompression bomb
 MQTT_QUEUE_MAX = 60_000  # below the 65,535 message ids one MQTT client can have outstanding
 
 

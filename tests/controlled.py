@@ -20,8 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.writer import BundleWriter
 from runtime.bundle.manifest import Component, TensorSpec
+from runtime.bundle.tokenizer import ClipTokenizer
 from runtime.detect.prompt_bank import BankPrompt, PromptBank
-from runtime.detect.tokenizer import ClipTokenizer
 
 D = 8
 SIZE, PATCH = 64, 8

@@ -123,7 +123,7 @@ def test_component_names_mean_nothing_to_the_runtime(bundle_copy, tmp_path, caps
     frame = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     result = detector.detect(frame, "part")
     assert result.label in ("OK", "NG") and result.branches == ("language",) and result.refiner in ("sam", "none")
-    from runtime.bundle.check import main
+    from runtime.check import main
 
     assert main([str(bundle_copy), "--allow", "fp16", "--allow", "int8"]) == 0  # random weights: hold by CPU
     # the decoder ran at fp32, fp16, int8, after its encoder; then fp16 and int8 were measured against fp32
@@ -152,7 +152,7 @@ def test_unknown_component_and_precision_are_named(tiny_bundle, tmp_path):
 
 
 def test_check_cli_runs_every_graph(tiny_bundle, capsys):
-    from runtime.bundle.check import main
+    from runtime.check import main
 
     assert main([str(tiny_bundle), "--allow", "fp16", "--allow", "int8"]) == 0  # random weights: hold by CPU
     out = capsys.readouterr().out
@@ -162,7 +162,7 @@ def test_check_cli_runs_every_graph(tiny_bundle, capsys):
 
 
 def test_check_cli_reports_damage(bundle_copy, capsys):
-    from runtime.bundle.check import main
+    from runtime.check import main
 
     (bundle_copy / "clip_text.fp32.onnx").unlink()
     assert main([str(bundle_copy)]) == 1
@@ -182,7 +182,7 @@ def test_text_encoder_opens_its_graph_at_start(tiny_bundle, tmp_path):
 
 
 def test_text_graph_output_is_unit_norm(tiny_bundle):
-    from runtime.detect.tokenizer import ClipTokenizer
+    from runtime.bundle.tokenizer import ClipTokenizer
 
     bundle = Bundle.open(tiny_bundle)
     text = bundle.component("clip_text")

@@ -9,9 +9,9 @@ from export.clip_export import ClipSpec
 from export.clip_graphs import ClipImageGraph
 from export.clip_model import load_clip
 from export.reference import torch_scores
+from runtime.bundle.preprocess import clip_input
 from runtime.detect.detector import Detector
 from runtime.detect.frames import to_rgb_uint8
-from runtime.detect.preprocess import clip_input
 
 MAP_TOL, SCORE_TOL = 2e-3, 1e-4  # fp32 onnxruntime + OpenCV vs torch eager
 

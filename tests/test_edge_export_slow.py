@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from export.__main__ import main
-from runtime.bundle.check import check
 from runtime.bundle.loader import Bundle
+from runtime.check import check
 
 GB = 1e9
 

@@ -21,7 +21,7 @@ from export.clip_model import load_clip
 from export.int8 import DYNAMIC
 from export.parity import BOUNDS, Bound, ParityError, judge
 from runtime.bundle.loader import Bundle
-from runtime.detect.preprocess import clip_input, longest_side_shape, sam_coords, sam_input
+from runtime.bundle.preprocess import clip_input, longest_side_shape, sam_coords, sam_input
 from runtime.machine import X86_FLAGS
 
 TOL = 1e-4  # fp32 onnxruntime vs torch eager, on unit-norm embeddings

@@ -22,8 +22,8 @@ from export.onnx_tools import export_graph
 from export.optimize import Optimisation, optimise_graph
 from export.sam_export import SamEncoderGraph, load_sam
 from runtime.bundle.loader import Bundle
+from runtime.bundle.preprocess import clip_input
 from runtime.bundle.sessions import OnnxSession
-from runtime.detect.preprocess import clip_input
 
 TOL = 1e-4  # fp32 onnxruntime vs torch eager, as test_export_parity.py
 FUSED = {"MultiHeadAttention", "SkipLayerNormalization", "BiasGelu"}

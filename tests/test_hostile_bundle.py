@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import runtime.bundle.loader
-from runtime.bundle.check import check_detection, check_detector, check_frame
-from runtime.bundle.check import main as check_main
 from runtime.bundle.loader import Bundle, file_sha256
 from runtime.bundle.manifest import MANIFEST_NAME, BundleError, Manifest
+from runtime.check import check_detection, check_detector, check_frame
+from runtime.check import main as check_main
 from runtime.detect.detector import Detector
 from runtime.detect.encoders import ImageEncoder
 from runtime.detect.text_encoder import TextEncoder

@@ -7,8 +7,8 @@ import pytest
 from export import mllm_export
 from export.build import build_bundle
 from export.mllm_export import MllmSpec, file_type
-from runtime.bundle.check import check
 from runtime.bundle.loader import Bundle
+from runtime.check import check
 from runtime.prompts import language_model
 from tests.tiny_gguf import build_tiny_gguf
 

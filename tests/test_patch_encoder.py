@@ -22,8 +22,8 @@ from export.patch_encoder import (
     rename_state_dict,
 )
 from runtime.bundle.loader import Bundle
+from runtime.bundle.preprocess import clip_input
 from runtime.detect.detector import Detector
-from runtime.detect.preprocess import clip_input
 
 EGYPTIAN_CAT, ESPRESSO = 285, 967
 

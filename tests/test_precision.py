@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from runtime.bundle import verify
-from runtime.bundle.check import main as check_main
 from runtime.bundle.precision import PrecisionError
+from runtime.check import main as check_main
 from runtime.detect.detector import Detector
 from runtime.machine import cpuid_denies, fingerprint, summary
 from runtime.serve import Server, Settings

@@ -14,7 +14,7 @@ def test_every_runtime_module_imports_without_torch():
     names = [m.name for m in pkgutil.walk_packages(runtime.__path__, "runtime.")]
     assert {
         "runtime.bundle.loader",
-        "runtime.detect.tokenizer",
+        "runtime.bundle.tokenizer",
         "runtime.serve.server",
         "runtime.prompts.agent",
     } <= set(names)

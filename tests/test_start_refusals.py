@@ -16,10 +16,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from runtime.bundle.check import main as check_main
-from runtime.bundle.loader import INTERPOLATIONS, file_sha256
+from runtime.bundle.loader import file_sha256
 from runtime.bundle.manifest import MANIFEST_NAME
-from runtime.detect.preprocess import INTERPOLATION
+from runtime.check import main as check_main
 from runtime.serve.__main__ import main as serve_main
 from tests.test_precision import MET, UNREACHABLE, edit_parity
 
@@ -76,10 +75,6 @@ def test_serve_refuses_at_start_what_check_refuses_with_the_same_line(bundle_cop
     refused = capsys.readouterr().err
     assert refused == "serve refused to start: " + checked.removeprefix("bundle check failed: "), refused
     assert not results.exists() or not results.read_text()  # no frame was inspected
-
-
-def test_the_loader_knows_every_interpolation_preprocessing_has():
-    assert set(INTERPOLATIONS) == set(INTERPOLATION)
 
 
 def test_serve_starts_on_the_intact_tiny_bundle(tiny_bundle, tmp_path, capsys, monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 
 from export.samples import PARITY_PROMPTS
 from runtime.bundle.loader import Bundle
-from runtime.detect.tokenizer import ClipTokenizer
+from runtime.bundle.tokenizer import ClipTokenizer
 
 EXTRA = [
     "Ångström-scale pits on the wafer edge",

@@ -1,7 +1,8 @@
 """The bundle room: the manifest contract, a verified bundle folder, and its onnxruntime sessions.
 
-`python -m runtime.bundle B` (also `python -m runtime.check B`) proves a bundle
-loads and runs on this box.
+Everything here rests on the manifest alone: the preprocessing and tokenizer that make a graph's
+inputs are part of the contract too. `python -m runtime.check B` (runtime/check.py, above detect/)
+proves a bundle loads and runs on this box.
 """
 
 from .loader import Bundle

@@ -22,6 +22,7 @@ from pathlib import Path
 from .fields import describe
 from .manifest import REBUILD_HINT as REBUILD
 from .manifest import BundleError, Component, FileEntry, Manifest, TensorSpec
+from .preprocess import INTERPOLATION
 from .sessions import OnnxSession, ProviderError
 
 log = logging.getLogger("lineside.bundle")
@@ -35,7 +36,7 @@ ORT_DTYPES = {
     "tensor(bool)": "bool",
 }
 BRANCHES = ("language", "reference")  # an image encoder's config.branches: the detector branches it serves
-INTERPOLATIONS = ("bilinear", "bicubic", "area")  # preprocessing.interpolation: what detect/preprocess.py resizes with
+INTERPOLATIONS = tuple(INTERPOLATION)  # preprocessing.interpolation: what preprocess.py resizes with
 MAX_SIDE = 4096  # pixels: the largest graph input side a manifest may ask frames to be resized or padded to
 
 

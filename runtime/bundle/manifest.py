@@ -24,11 +24,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ..precisions import PRECISIONS
 from .fields import BundleError, an_object, describe, dotted, need, one_of, optional, relative_path, typed
 
 SCHEMA = "lineside.bundle/2"  # /2: every component states its role
 MANIFEST_NAME = "manifest.json"
-PRECISIONS = ("fp32", "fp16", "int8")
 KINDS = ("onnx", "gguf")  # gguf files are keyed by quantisation (Q4_1, ...), not by PRECISIONS
 # role -> the kind its files have. At most one component per role in a bundle.
 ROLES = {

@@ -16,8 +16,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..precisions import PRECISIONS
 from .loader import Bundle
-from .manifest import PRECISIONS, BundleError
+from .manifest import BundleError
 from .verify import Probe, Verdict, verdict
 
 log = logging.getLogger("lineside.precision")

@@ -3,7 +3,7 @@
 An fp16 or int8 graph's agreement with fp32 belongs to the graph *and* the
 machine (runtime/machine.py): the same int8 bytes that measure cosine 0.96 on
 a CPU with VNNI measured 0.38 on one without. So each variant is run here on
-the bundle's check frame (check.check_frame), beside the fp32 graph on the
+the bundle's check frame (smoke.check_frame), beside the fp32 graph on the
 same providers, and judged by the bound its manifest records. On one frame
 the figures judged are the cosine and the mask IoU; the relative difference,
 a maximum over one frame's values, is kept with the figures but judged at export only.
@@ -29,6 +29,7 @@ from pathlib import Path
 from ..machine import describe, fingerprint, onnxruntime_version, summary
 from .loader import Bundle
 from .parity import compare, failures, worst
+from .smoke import check_frame, graph_feeds
 
 log = logging.getLogger("lineside.precision")
 
@@ -112,14 +113,12 @@ def _machine(described: dict | None) -> str:
 def reference_feeds(bundle: Bundle, name: str, providers: Sequence[str] = ("cpu",)) -> dict:
     """The graph's inputs on the check frame, as `python -m runtime.check` makes them; SAM's
     decoder, fed the encoder's embeddings, gets the fp32 encoder's output."""
-    from .check import _feeds, check_frame  # the check command imports this module
-
     frame, cache = check_frame(), {}
     if bundle.component(name).role == "sam_decoder":
         encoder = bundle.by_role("sam_encoder")
-        outputs = bundle.session(encoder.name, "fp32", providers).run(_feeds(bundle, encoder.name, frame, cache))
+        outputs = bundle.session(encoder.name, "fp32", providers).run(graph_feeds(bundle, encoder.name, frame, cache))
         cache["sam_encoder"] = list(outputs.values())
-    return _feeds(bundle, name, frame, cache)
+    return graph_feeds(bundle, name, frame, cache)
 
 
 class Probe:

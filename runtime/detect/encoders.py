@@ -18,8 +18,8 @@ from ..bundle.binding import bound
 from ..bundle.loader import Bundle
 from ..bundle.manifest import BundleError, Component
 from ..bundle.precision import open_graph
+from ..bundle.preprocess import clip_input
 from ..settings import DetectorSettings
-from .preprocess import clip_input
 
 # The settings a part's sessions are built with: changing one needs new sessions
 # (Detector.with_settings refuses it; build a new detector with Detector.from_bundle).

@@ -20,9 +20,10 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..settings import MAX_IMAGE_PIXELS
+
 COLOUR_ORDERS = ("BGR", "RGB")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-MAX_IMAGE_PIXELS = 50_000_000  # 50 MP: above every industrial camera we target, far below a bomb
 MIN_FRAME_SIDE = 16  # pixels: below this there is no part to inspect
 MAX_FILE_BYTES = 512 << 20
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)

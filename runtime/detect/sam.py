@@ -12,9 +12,9 @@ from ..bundle.binding import BoundSession, bound
 from ..bundle.loader import Bundle
 from ..bundle.manifest import REBUILD_HINT, BundleError
 from ..bundle.precision import open_graph
+from ..bundle.preprocess import sam_input, sam_prompts
 from ..settings import DetectorSettings
 from .encoders import graph_entry, session_options
-from .preprocess import sam_input, sam_prompts
 from .regions import Candidate
 
 

@@ -28,8 +28,8 @@ import numpy as np
 
 from ..bundle.loader import Bundle
 from ..bundle.manifest import REBUILD_HINT, BundleError
+from ..bundle.tokenizer import ClipTokenizer
 from .encoders import graph_entry
-from .tokenizer import ClipTokenizer
 
 log = logging.getLogger("lineside.text")
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..detect.frames import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageError, printable, read_frame
+from ..detect.frames import IMAGE_SUFFIXES, ImageError, printable, read_frame
+from ..settings import MAX_IMAGE_PIXELS
 from .sources import FrameSource
 
 

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..bundle.check import start_check
+from ..check import start_check
 from ..detect.detector import Detector
 from ..settings import AgentSettings, Settings
 from . import logs

@@ -20,7 +20,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 import cv2
 import numpy as np
 
-from ..detect.frames import MAX_IMAGE_PIXELS, printable
+from ..detect.frames import printable
+from ..settings import MAX_IMAGE_PIXELS
 
 log = logging.getLogger("lineside.serve")
 

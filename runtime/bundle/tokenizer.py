@@ -17,7 +17,7 @@ import ftfy
 import numpy as np
 import regex
 
-from ..bundle.manifest import REBUILD_HINT, BundleError
+from .manifest import REBUILD_HINT, BundleError
 
 SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
 
