@@ -16,11 +16,15 @@ COMMANDS = {  # subcommand -> (module with main(argv), what it does)
     "prompts": ("runtime.prompts.__main__", "build a category's prompt bank with the language model"),
     "export": ("export.__main__", "build a bundle from checkpoints (needs the export extra: torch)"),
 }
+# `lineside export triton`: a Triton model repository from a bundle, written without torch (the GPU
+# server's box need not have the export extra).
+EXPORT_TRITON = "runtime.bundle.triton_repo"
 BENCHMARKS = ("accuracy", "latency", "parity", "soak", "index", "demo", "neighbours", "cameras", "explanations")
 
 
 def usage() -> str:
     rows = [f"  {name:<9} {what}" for name, (_, what) in COMMANDS.items()]
+    rows.append(f"  {'export triton':<9} write a Triton model repository from a bundle (--bundle B --repo R)")
     rows.append(f"  {'bench':<9} run a benchmark: lineside bench {{{','.join(BENCHMARKS)}}} ... (bench extra)")
     return "usage: lineside SUBCOMMAND [ARGS...]   (lineside SUBCOMMAND --help for its options)\n\n" + "\n".join(rows)
 
@@ -36,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lineside bench: choose one of {', '.join(BENCHMARKS)}", file=sys.stderr)
             return 2
         module, rest = f"benchmarks.{rest[0]}", rest[1:]
+    elif name == "export" and rest[:1] == ["triton"]:
+        module, rest = EXPORT_TRITON, rest[1:]
     elif name in COMMANDS:
         module = COMMANDS[name][0]
     else:
