@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .precisions import PRECISIONS
+from .providers import LOCAL, check_providers, is_triton
 from .sections import Section, setting, unit
 
-PROVIDERS = ("tensorrt", "cuda", "cpu")
+PROVIDERS = LOCAL  # onnxruntime's; a Triton server is named by URL (runtime/providers.py)
 MAX_IMAGE_PIXELS = 50_000_000  # 50 MP: above every industrial camera we target, far below a decompression bomb
 MQTT_QUEUE_MAX = 60_000  # below the 65,535 message ids one MQTT client can have outstanding
 
@@ -75,7 +76,11 @@ class DetectorSettings(Section):
     precision_cache_dir: Path | None = setting(
         None, "where the parity figures measured on this machine are kept (default ~/.cache/lineside/precision)"
     )
-    providers: tuple[str, ...] = setting(("cpu",), "onnxruntime providers in order", choices=PROVIDERS)
+    providers: tuple[str, ...] = setting(
+        ("cpu",),
+        "onnxruntime providers in order (tensorrt, cuda, cpu), or one Triton server that runs every graph: "
+        "triton://HOST:PORT[?protocol=grpc|http&timeout=SECONDS] (pip install 'lineside[triton]')",
+    )
     strict_providers: bool = setting(
         False,
         "refuse to start when a requested accelerator (tensorrt, cuda) "
@@ -155,8 +160,15 @@ class DetectorSettings(Section):
     def check(self) -> None:
         if not self.min_region_frac < self.max_region_frac:
             raise ValueError("settings min_region_frac/max_region_frac must satisfy min < max")
-        if not self.providers:
-            raise ValueError("setting providers: empty; give at least cpu")
+        try:
+            check_providers(self.providers)
+        except ValueError as e:
+            raise ValueError(f"setting providers: {e}") from None
+        if any(map(is_triton, self.providers)) and (self.io_binding or self.cuda_graph):
+            raise ValueError(
+                "settings io_binding/cuda_graph bind buffers on this box's GPU; with a Triton server the "
+                "graphs run there: leave them unset"
+            )
 
 
 @dataclass(frozen=True)

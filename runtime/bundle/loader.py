@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..providers import triton_endpoint
 from .fields import describe
 from .manifest import REBUILD_HINT as REBUILD
 from .manifest import BundleError, Component, FileEntry, Manifest, TensorSpec
@@ -112,8 +113,9 @@ class Bundle:
         precision: str = "fp32",
         providers: Sequence[str] = ("cpu",),
         **session_options,
-    ) -> OnnxSession:
-        """Load one graph and check its inputs and outputs against the manifest."""
+    ):
+        """Load one graph and check its inputs and outputs against the manifest: an `OnnxSession`, or a
+        `TritonSession` when the providers name a Triton server (which is checked against the manifest)."""
         component = self.component(name)
         if precision not in component.files:
             have = ", ".join(component.files)
@@ -121,6 +123,10 @@ class Bundle:
                 f"{name} has no {precision} graph in {self.path} (it has: {have}); "
                 f"export it with --precisions {precision}"
             )
+        if (endpoint := triton_endpoint(providers)) is not None:
+            from .triton_session import TritonSession  # tritonclient: the triton extra, only when asked for
+
+            return TritonSession(endpoint, self.bundle_id, component, precision)
         if "tensorrt" in providers:
             session_options.setdefault("trt_profile", component.tensorrt_profile)
         path = self.file_path(component.files[precision])
