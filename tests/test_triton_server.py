@@ -1,0 +1,185 @@
+"""The detector through a real tritonserver on 127.0.0.1 (tests/triton_server.py): results equal to
+local sessions over gRPC and HTTP, concurrent requests batched by the server (its statistics say so),
+a repository of another bundle or other shapes refused at start, ERROR while the server is stopped or
+hung, and OK again once it is back."""
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from runtime.bundle.loader import Bundle
+from runtime.bundle.triton_repo import RepoOptions, write_repository
+from runtime.bundle.triton_session import BACKOFF_FIRST_S, TritonMismatch
+from runtime.detect.detector import Detector
+from tests.triton_server import TritonServer, python_twin
+
+QUEUE_DELAY_US = 100_000  # long enough that four requests sent together wait for each other
+
+
+@pytest.fixture(scope="module")
+def patch_bundle(tmp_path_factory) -> Path:
+    """The offline default's patch encoder (its graph batches), small: 128 px, fp32."""
+    from export.build import build_bundle
+    from export.patch_encoder import PatchSpec
+
+    out = tmp_path_factory.mktemp("patch") / "bundle"
+    build_bundle(out, "default", patch=PatchSpec(image_size=128, precisions=("fp32",)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tampered_bundle(patch_bundle, tmp_path_factory) -> Path:
+    """The patch bundle under another component name, whose repository will state other input dims."""
+    out = Path(shutil.copytree(patch_bundle, tmp_path_factory.mktemp("tampered") / "bundle"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["components"] = {"patch_tampered": manifest["components"]["patch_encoder"]}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def _exported(bundle: Path, repo: Path, **options) -> Path:
+    write_repository(Bundle.open(bundle), repo, RepoOptions(**options), precisions=["fp32"])
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle, patch_bundle, tampered_bundle, tmp_path_factory):
+    """One tritonserver over three repositories: the tiny bundle's, the patch bundle's (a long queue
+    delay), and the tampered one's with its input dims edited after export."""
+    base = tmp_path_factory.mktemp("triton")
+    repos = [
+        _exported(tiny_bundle, base / "tiny"),
+        _exported(patch_bundle, base / "patch", max_batch_size=8, queue_delay_us=QUEUE_DELAY_US),
+        _exported(tampered_bundle, base / "tampered"),
+    ]
+    config = repos[2] / "patch_tampered_fp32" / "config.pbtxt"
+    config.write_text(config.read_text().replace("dims: [ 3, 128, 128 ]", "dims: [ 3, 96, 96 ]"))
+    twins = [python_twin(repo, base / f"twin-{repo.name}") for repo in repos]
+    triton = TritonServer(twins, base / "server")
+    triton.start()
+    yield triton
+    triton.stop()
+
+
+def _frames(n: int, side: int = 96, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _same(local, remote) -> None:
+    assert remote.label == local.label and remote.error is None
+    assert remote.image_score == pytest.approx(local.image_score, abs=1e-5)
+    assert np.abs(remote.anomaly_map - local.anomaly_map).max() < 1e-4
+    assert [r.bbox for r in remote.regions] == [r.bbox for r in local.regions]
+    assert remote.bundle_id == local.bundle_id and remote.precisions == local.precisions
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_every_graph_on_the_server_gives_the_local_results(server, tiny_bundle, tmp_path, protocol):
+    """CLIP's image and text graphs and SAM's two (sam_gate 0: SAM on every frame) through the server."""
+    options = {"sam_gate": 0.0, "text_cache_dir": tmp_path}
+    local = Detector.from_bundle(tiny_bundle, **options)
+    remote = Detector.from_bundle(tiny_bundle, providers=(server.url(protocol),), **options)
+    assert remote.providers == (server.url(protocol),)
+    assert {g["providers"][0] for g in remote.graphs().values()} == {server.url(protocol)}
+    for frame in _frames(2):
+        _same(local.detect(frame, "part"), remote.detect(frame, "part"))
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_the_few_shot_patch_encoder_on_the_server_gives_the_local_results(server, patch_bundle, tmp_path, protocol):
+    references, frames = _frames(3, seed=1), _frames(2, seed=2)
+    local = Detector.from_bundle(patch_bundle, text_cache_dir=tmp_path)
+    remote = Detector.from_bundle(patch_bundle, providers=(server.url(protocol),), text_cache_dir=tmp_path)
+    for frame in frames:
+        _same(local.detect(frame, "cell", references), remote.detect(frame, "cell", references))
+
+
+def _batches(server) -> dict[int, int]:
+    """batch size -> how many times the server ran the patch encoder at that size (its own statistics)."""
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    stats = client.get_inference_statistics("patch_encoder_fp32", as_json=True)["model_stats"][0]
+    return {int(b["batch_size"]): int(b["compute_infer"].get("count", 0)) for b in stats.get("batch_stats", [])}
+
+
+def test_concurrent_requests_from_several_threads_are_batched_by_the_server(server, patch_bundle):
+    """Four cameras' inspectors sending at once through one session: the dynamic batcher runs them together."""
+    session = Bundle.open(patch_bundle).session("patch_encoder", "fp32", (server.url("grpc"),))
+    pixels = np.random.default_rng(3).random((1, 3, 128, 128), dtype=np.float32)
+    before, answers, go = _batches(server), [], threading.Barrier(4)
+
+    def camera():
+        go.wait()
+        answers.append(session.run({"pixels": pixels})["patch_tokens"])
+
+    threads = [threading.Thread(target=camera) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(answers) == 4 and all(np.array_equal(a, answers[0]) for a in answers)
+    after = _batches(server)
+    grown = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    assert sum(size * n for size, n in grown.items()) == 4  # every request ran once
+    assert max(size for size, n in grown.items() if n) > 1, f"no batch of more than one request: {grown}"
+
+
+def test_a_repository_of_another_bundle_is_refused_in_one_line(server, tiny_bundle, tmp_path):
+    """The same graphs under another bundle id (a config constant changed): the server's models are not its."""
+    other = Path(shutil.copytree(tiny_bundle, tmp_path / "other"))
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["components"]["clip_image"]["config"]["logit_scale"] += 1.0
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TritonMismatch, match=r"clip_image_fp32 is of bundle [0-9a-f]{16}, this bundle is") as e:
+        Detector.from_bundle(other, providers=(server.url("grpc"),), text_cache_dir=tmp_path)
+    assert "\n" not in str(e.value) and Bundle.open(other).bundle_id in str(e.value)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_model_whose_shapes_differ_from_the_manifest_is_refused(server, tampered_bundle, tmp_path, protocol):
+    with pytest.raises(TritonMismatch, match=r"input pixels is FP32 \[-1, 3, 96, 96\] on the server, .* \[-1, 3, 128"):
+        Detector.from_bundle(tampered_bundle, providers=(server.url(protocol),), text_cache_dir=tmp_path)
+
+
+def test_a_hung_or_stopped_server_gives_error_results_then_ok_once_it_is_back(patch_bundle, tmp_path):
+    """Its own server, stopped and started by PID: a hung server (SIGSTOP) times out, a stopped one refuses;
+    both frames are ERROR naming the server, and the first frame after the backoff reconnects."""
+    twin = python_twin(_exported(patch_bundle, tmp_path / "repo"), tmp_path / "twin")
+    triton = TritonServer([twin], tmp_path / "server")
+    triton.start()
+    try:
+        url = triton.url("grpc", timeout=1.0)
+        detector = Detector.from_bundle(patch_bundle, providers=(url,), text_cache_dir=tmp_path)
+        references, (frame,) = detector.remember(_frames(2, seed=4)), _frames(1, seed=5)
+        ok = detector.detect(frame, "cell", references)
+        assert ok.label in ("OK", "NG") and ok.error is None
+
+        os.kill(triton.proc.pid, signal.SIGSTOP)  # hung: accepts nothing, answers nothing
+        started = time.monotonic()
+        hung = detector.detect(frame, "cell", references)
+        os.kill(triton.proc.pid, signal.SIGCONT)
+        assert hung.label == "ERROR" and "patch_encoder_fp32" in hung.error and "Deadline" in hung.error
+        assert time.monotonic() - started < 5  # the timeout bounds it
+
+        triton.stop()
+        time.sleep(BACKOFF_FIRST_S * 2 + 0.2)  # past the backoff: this frame tries the server
+        gone = detector.detect(frame, "cell", references)
+        assert gone.label == "ERROR" and "failed" in gone.error and url in gone.error
+        waiting = detector.detect(frame, "cell", references)  # inside the backoff: not even tried
+        assert waiting.label == "ERROR" and "not tried" in waiting.error
+
+        triton.start()
+        deadline = time.monotonic() + 40
+        while (back := detector.detect(frame, "cell", references)).label == "ERROR" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert back.label == ok.label and back.image_score == pytest.approx(ok.image_score, abs=1e-6)
+    finally:
+        triton.stop()
