@@ -19,6 +19,7 @@ from runtime.bundle.loader import Bundle
 from runtime.bundle.triton_repo import RepoOptions, write_repository
 from runtime.bundle.triton_session import BACKOFF_FIRST_S, TritonMismatch
 from runtime.detect.detector import Detector
+from runtime.serve.web import graph_lines
 from tests.triton_server import TritonServer, python_twin
 
 QUEUE_DELAY_US = 100_000  # long enough that four requests sent together wait for each other
@@ -175,11 +176,15 @@ def test_a_hung_or_stopped_server_gives_error_results_then_ok_once_it_is_back(pa
         assert gone.label == "ERROR" and "failed" in gone.error and url in gone.error
         waiting = detector.detect(frame, "cell", references)  # inside the backoff: not even tried
         assert waiting.label == "ERROR" and "not tried" in waiting.error
+        state = detector.graphs()["patch_encoder"]["server"]  # what /readyz and /api/status show
+        assert state["state"] == "failing" and state["url"] == url and state["retry_in_s"] > 0
+        assert ", server failing: " in graph_lines(detector.graphs())
 
         triton.start()
         deadline = time.monotonic() + 40
         while (back := detector.detect(frame, "cell", references)).label == "ERROR" and time.monotonic() < deadline:
             time.sleep(0.5)
         assert back.label == ok.label and back.image_score == pytest.approx(ok.image_score, abs=1e-6)
+        assert detector.graphs()["patch_encoder"]["server"]["state"] == "answering"
     finally:
         triton.stop()

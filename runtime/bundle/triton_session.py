@@ -173,6 +173,18 @@ class TritonSession:
                 )
         return RuntimeError(f"{self.model} on {self.endpoint} failed: {text}")
 
+    def server_state(self) -> dict:
+        """What readiness and the status page show of the server: answering, or failing (why, next try)."""
+        if self.backoff.delay == 0.0:
+            return {"url": str(self.endpoint), "model": self.model, "state": "answering"}
+        return {
+            "url": str(self.endpoint),
+            "model": self.model,
+            "state": "failing",
+            "error": self.backoff.error,
+            "retry_in_s": round(self.backoff.left(), 1),
+        }
+
     # --- the client ----------------------------------------------------------------------
 
     def _client(self):

@@ -80,7 +80,10 @@ def graph_entry(precision: str, session, providers=None) -> dict:
     """One graph's row of `Detector.graphs()`: its precision, the providers it runs on now (after any
     fallback) and those the settings asked for."""
     running = providers if providers is not None else getattr(session, "providers", ())
-    return {"precision": precision, "providers": list(running), "requested": list(getattr(session, "requested", ()))}
+    entry = {"precision": precision, "providers": list(running), "requested": list(getattr(session, "requested", ()))}
+    if hasattr(session, "server_state"):  # a graph on a Triton server: whether it answers now
+        entry["server"] = session.server_state()
+    return entry
 
 
 def with_encoder_defaults(settings: DetectorSettings, encoder: ImageEncoder) -> DetectorSettings:

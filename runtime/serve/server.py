@@ -194,12 +194,18 @@ class Server:
         return not stuck, "; ".join(stuck)
 
     def ready(self) -> tuple[bool, str]:
-        """Every camera connected and inspecting; otherwise which are not, and why."""
+        """Every camera connected and inspecting, every graph's Triton server answering; otherwise what is not, and why."""
         problem = self.failure()
         if problem:
             return False, problem
+        failing = [
+            f"graph {n} on {g['server']['url']} failing: {g['server']['error']}"
+            for n, g in self.graphs().items()
+            if g.get("server", {}).get("state") == "failing"
+        ]  # a Triton server that does not answer
         waiting = [(c, r[1]) for c in self.cameras.values() if not (r := c.ready())[0]]
-        return not waiting, "; ".join(self._named(c, p) for c, p in waiting)
+        problems = [*failing, *(self._named(c, p) for c, p in waiting)]
+        return not problems, "; ".join(problems)
 
     def graphs(self) -> dict[str, dict]:
         """Each graph the detector runs: its precision and the providers it runs on now (and those asked for)."""

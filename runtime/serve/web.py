@@ -49,9 +49,18 @@ def graph_lines(graphs: dict[str, dict]) -> str:
     """One line per graph: "graph clip_image int8 on CPUExecutionProvider (requested cuda, cpu)"."""
     return "".join(
         f"graph {name} {g['precision']} on {', '.join(g['providers']) or '-'} "
-        f"(requested {', '.join(g.get('requested') or ['-'])})\n"
+        f"(requested {', '.join(g.get('requested') or ['-'])}){_server_state(g.get('server'))}\n"
         for name, g in graphs.items()
     )
+
+
+def _server_state(server: dict | None) -> str:
+    """ ", server answering" or ", server failing: WHY (next try in N s)" for a graph on a Triton server."""
+    if not server:
+        return ""
+    if server["state"] == "answering":
+        return ", server answering"
+    return f", server failing: {server['error']} (next try in {server['retry_in_s']:g} s)"
 
 
 def loopback(host: str) -> bool:
