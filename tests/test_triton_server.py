@@ -133,6 +133,49 @@ def test_concurrent_requests_from_several_threads_are_batched_by_the_server(serv
     assert max(size for size, n in grown.items() if n) > 1, f"no batch of more than one request: {grown}"
 
 
+def _grown(before: dict[int, int], after: dict[int, int]) -> dict[int, int]:
+    return {size: n - before.get(size, 0) for size, n in after.items() if n - before.get(size, 0)}
+
+
+def test_detect_batch_sends_its_frames_at_once_and_the_server_batches_them(server, patch_bundle, tmp_path):
+    references, frames = _frames(3, seed=6), _frames(4, seed=7)
+    local = Detector.from_bundle(patch_bundle, text_cache_dir=tmp_path)
+    remote = Detector.from_bundle(patch_bundle, providers=(server.url("grpc"),), text_cache_dir=tmp_path)
+    memory = remote.remember(references)  # the references' own requests, before counting
+    before = _batches(server)
+    results = remote.detect_batch(frames, "cell", memory)
+    grown = _grown(before, _batches(server))
+    assert sum(size * n for size, n in grown.items()) == 4 and max(grown) > 1, grown
+    for frame, result in zip(frames, results):  # in the frames' order
+        _same(local.detect(frame, "cell", references), result)
+    assert local.concurrency == 1 and remote.concurrency > 1
+
+
+def test_the_batch_command_through_the_server(server, patch_bundle, tmp_path):
+    """python -m runtime.detect with --providers triton://: one line per file, unreadable ones ERROR in place."""
+    import cv2
+
+    from runtime.detect.__main__ import main as detect_main
+
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "in").mkdir()
+    for i, image in enumerate(_frames(2, seed=8)):
+        cv2.imwrite(str(tmp_path / "refs" / f"{i}.png"), image)
+    for i, image in enumerate(_frames(5, seed=9)):
+        cv2.imwrite(str(tmp_path / "in" / f"{i}.png"), image)
+    (tmp_path / "in" / "2.png").write_bytes(b"not a png")
+    before = _batches(server)
+    args = ["--bundle", str(patch_bundle), "--category", "cell", "--references", str(tmp_path / "refs")]
+    args += ["--providers", server.url("http"), "--out", str(tmp_path / "out"), "--text-cache-dir", str(tmp_path)]
+    assert detect_main([str(tmp_path / "in"), *args]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [x["file"] for x in lines] == [f"{i}.png" for i in range(5)]
+    assert [x["label"] == "ERROR" for x in lines] == [False, False, True, False, False]
+    assert lines[0]["providers"] == [server.url("http")]
+    grown = _grown(before, _batches(server))
+    assert sum(size * n for size, n in grown.items()) == 2 + 4 and max(grown) > 1, grown  # references, then frames
+
+
 def test_a_repository_of_another_bundle_is_refused_in_one_line(server, tiny_bundle, tmp_path):
     """The same graphs under another bundle id (a config constant changed): the server's models are not its."""
     other = Path(shutil.copytree(tiny_bundle, tmp_path / "other"))

@@ -65,17 +65,18 @@ def run(args) -> tuple[dict[str, int], dict[str, float]]:
     (args.out / "overlays").mkdir(exist_ok=True)
     counts, stages = {"OK": 0, "NG": 0, "ERROR": 0}, {}
     run_name = new_run()
-    with open(args.out / "results.jsonl", "a", encoding="utf-8") as sink:
-        for index, path in enumerate(tqdm(paths, desc="inspecting", unit="img", file=sys.stderr)):
+    with (
+        open(args.out / "results.jsonl", "a", encoding="utf-8") as sink,
+        tqdm(total=len(paths), desc="inspecting", unit="img", file=sys.stderr) as progress,
+    ):
+        for index, frame, result in scored(detector, paths, read, job.category, refs):
+            path = paths[index]
             stem = f"{index:05d}_" + re.sub(r"[^A-Za-z0-9._-]", "_", path.stem)
             # Lines as serve's folder source writes them: source the folder, file the name in it.
             where = FrameRef(run_name, index + 1, time.time(), printable(path.parent), printable(path.name))
-            try:
-                frame = read(path)
-            except (ValueError, OSError) as e:  # unreadable, not a regular file, too large, too small
-                line = result_line(where, detector.error_result(str(e), job.category))
+            if frame is None:  # unreadable: its ERROR line alone
+                line = result_line(where, result)
             else:
-                result = detector.detect(frame, job.category, refs, colour="RGB")
                 line = result_line(where, result, result.save(args.out / "maps", stem))
                 write_image(args.out / "overlays" / f"{stem}.png", render(frame, result))
                 for stage, ms in result.timings_ms.items():
@@ -83,7 +84,23 @@ def run(args) -> tuple[dict[str, int], dict[str, float]]:
             counts[line["label"]] += 1
             sink.write(strict_json(line) + "\n")
             sink.flush()
+            progress.update()
     return counts, {stage: statistics.median(ms) for stage, ms in stages.items()}
+
+
+def scored(detector: Detector, paths: list[Path], read, category: str, refs):
+    """(index, RGB frame or None when unreadable, Result) for every path, in order. `detector.concurrency`
+    frames are scored at once (detect_batch): a Triton server batches them, local sessions take one."""
+    for start in range(0, len(paths), detector.concurrency):
+        frames, errors = {}, {}
+        for index in range(start, min(start + detector.concurrency, len(paths))):
+            try:
+                frames[index] = read(paths[index])
+            except (ValueError, OSError) as e:  # unreadable, not a regular file, too large, too small
+                errors[index] = detector.error_result(str(e), category)
+        results = dict(zip(frames, detector.detect_batch(list(frames.values()), category, refs, "RGB")))
+        for index in sorted([*frames, *errors]):
+            yield index, frames.get(index), results.get(index) or errors[index]
 
 
 def main(argv: list[str] | None = None) -> int:
