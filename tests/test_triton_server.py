@@ -9,6 +9,8 @@ import shutil
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +176,53 @@ def test_the_batch_command_through_the_server(server, patch_bundle, tmp_path):
     assert lines[0]["providers"] == [server.url("http")]
     grown = _grown(before, _batches(server))
     assert sum(size * n for size, n in grown.items()) == 2 + 4 and max(grown) > 1, grown  # references, then frames
+
+
+def test_a_multi_camera_serve_sends_its_cameras_frames_together(server, patch_bundle, tmp_path):
+    """Four cameras of one --cameras file, one detector on the server: their inspectors' requests overlap,
+    and the server runs them as batches; /readyz names the server answering."""
+    import cv2
+    import yaml
+
+    from runtime.serve import Server, Settings
+
+    cameras, frames = [], _frames(24, seed=10)
+    for i, name in enumerate("abcd"):
+        folder = tmp_path / name
+        folder.mkdir()
+        for j, image in enumerate(frames[i * 6 : i * 6 + 6]):
+            cv2.imwrite(str(folder / f"{j}.png"), image)
+        cameras.append({"id": name, "source": str(folder)})
+    (tmp_path / "refs").mkdir()
+    for j, image in enumerate(_frames(2, seed=11)):
+        cv2.imwrite(str(tmp_path / "refs" / f"{j}.png"), image)
+    (tmp_path / "cameras.yaml").write_text(yaml.safe_dump({"cameras": cameras}))
+    settings = Settings.of(
+        cameras=tmp_path / "cameras.yaml",
+        bundle=patch_bundle,
+        category="cell",
+        references=tmp_path / "refs",
+        providers=(server.url("grpc"),),
+        port=0,
+        explain=False,
+        results=tmp_path / "results.jsonl",
+        text_cache_dir=tmp_path / "text",
+    )
+    before = _batches(server)
+    serve = Server(settings).start()
+    try:
+        try:  # 200 or 503 (a camera between frames), the graph lines either way
+            readyz = urllib.request.urlopen(f"http://127.0.0.1:{serve.web.port}/readyz", timeout=5).read().decode()
+        except urllib.error.HTTPError as e:
+            readyz = e.read().decode()
+        serve.wait()
+    finally:
+        serve.shutdown()
+    lines = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert sorted(x["camera"] for x in lines) == sorted("abcd" * 6) and {x["label"] for x in lines} <= {"OK", "NG"}
+    assert f"on {server.url('grpc')}" in readyz and "server answering" in readyz
+    grown = _grown(before, _batches(server))
+    assert max(grown) > 1, f"the cameras' requests never shared a batch: {grown}"
 
 
 def test_a_repository_of_another_bundle_is_refused_in_one_line(server, tiny_bundle, tmp_path):
