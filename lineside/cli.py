@@ -15,6 +15,7 @@ COMMANDS = {  # subcommand -> (module with main(argv), what it does)
     "check": ("runtime.check", "verify a bundle and run it once on this box"),
     "prompts": ("runtime.prompts.__main__", "build a category's prompt bank with the language model"),
     "export": ("export.__main__", "build a bundle from checkpoints (needs the export extra: torch)"),
+    "audit": ("runtime.audit", "check a results log's hash chain: lineside audit verify LOG"),
 }
 # `lineside export triton`: a Triton model repository from a bundle, written without torch (the GPU
 # server's box need not have the export extra).

@@ -21,6 +21,11 @@ full, serve stopped before it was reached, the model failed), `text` is "" and
 `regions` []. When a model's sentence is refused, the line carries the rules' text
 with origin "rules" and `model_rejected` saying why.
 
+serve adds two things detect cannot know: an `audit` block on OK / NG / ERROR lines
+(runtime/serve/provenance.py: image and model hashes, precision verdicts, calibration
+id) and, on every line of its results log, the hash chain's seq, prev and hash
+(runtime/audit.py).
+
 result-line.schema.json, beside this module, is the same contract for readers,
 and the tests validate every line they produce against it.
 """

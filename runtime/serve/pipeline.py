@@ -19,6 +19,7 @@ from ..detect.frames import to_rgb_uint8
 from ..detect.lines import new_run, teach_line
 from ..detect.result import Result
 from .capture import LatestFrameSlot
+from .provenance import Provenance
 from .records import ResultsLog, bare_error, frame_ref, record_of, strict_json
 from .sources import Frame
 from .state import State
@@ -69,6 +70,7 @@ class Inspector(threading.Thread):
         self.screen = screen  # teach_screen: also for false alarms taught later (feedback.py)
         self.teaching = Teaching(detector, screen) if teach > 0 else None
         self.operating = operating  # how the threshold is set (None: the detector's, as it is)
+        self.provenance = Provenance.of(detector)  # each verdict line's audit block
         if operating is not None and not teach:
             self._settle()  # the threshold in force from the first frame (calibration fails here, at start)
         self.done = threading.Event()
@@ -117,7 +119,7 @@ class Inspector(threading.Thread):
             frame = dataclasses.replace(frame, part_id=code, part_from="code") if code else frame
         result = self.inspect(frame)
         record, line = self._line(frame, result)
-        self.log.write_line(line)  # durable first
+        record.update(self.log.write_line(line))  # durable first; the record gains its place in the chain
         label = record["label"]
         self.metrics.inspected.inc()
         self.metrics.results.labels(label).inc()
@@ -164,14 +166,14 @@ class Inspector(threading.Thread):
 
     def _line(self, frame: Frame, result: Result) -> tuple[dict, str]:
         """(record, its strict JSON line); a result that cannot be strict JSON becomes an ERROR line."""
-        record = record_of(frame, result, self.run_id)
+        record = record_of(frame, result, self.run_id, self.provenance)
         try:
             return record, strict_json(record)
         except (ValueError, TypeError) as e:
             why = f"result could not be written as strict JSON ({e}); label {result.label} withheld"
         log.warning("frame %d: %s", frame.frame_id, why)
         try:
-            record = record_of(frame, self.detector.error_result(why, self.category), self.run_id)
+            record = record_of(frame, self.detector.error_result(why, self.category), self.run_id, self.provenance)
             return record, strict_json(record)
         except (ValueError, TypeError):
             record = bare_error(frame, self.run_id, why, result)

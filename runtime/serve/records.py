@@ -10,6 +10,12 @@ Such a stop can leave the log ending in half a line. Appending to it would glue
 the next run's first result onto that half, making one line no reader can parse,
 so a log is opened only after its unterminated tail is moved to a quarantine
 file beside it (`results.jsonl.partial-<UTC time>`), with a warning.
+
+Every line is a link of the log's hash chain (runtime/audit.py: seq, prev, hash),
+added as it is written, under the log's lock, so the order in the file is the
+order of the chain. The chain goes on across restarts from the last whole line
+found at open (after the quarantine above), so `lineside audit verify` reads one
+chain over the log's whole life.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import threading
 import time
 from pathlib import Path
 
+from .. import audit
 from ..detect.lines import FrameRef, error_line, result_line, strict_json
 from ..detect.result import Result
+from .provenance import Provenance
 
 __all__ = ["ResultsLog", "bare_error", "frame_ref", "record_of", "strict_json"]
 
@@ -47,9 +55,13 @@ def frame_ref(frame, run: str) -> FrameRef:
     )
 
 
-def record_of(frame, result: Result, run: str) -> dict:
-    """The durable line of one inspected frame: which frame, from where, and the result."""
-    return result_line(frame_ref(frame, run), result)
+def record_of(frame, result: Result, run: str, provenance: Provenance | None = None) -> dict:
+    """The durable line of one inspected frame: which frame, from where, the result, and its `audit`
+    block (provenance.py) when serve knows it."""
+    record = result_line(frame_ref(frame, run), result)
+    if provenance is not None:
+        record["audit"] = provenance.block(frame.image, record)
+    return record
 
 
 def bare_error(frame, run: str, why: str, like: Result) -> dict:
@@ -163,27 +175,48 @@ class ResultsLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         end_partial_line(self.path)
+        self.head = self._head()
         self.file = open(self.path, "a", encoding="utf-8")
         self.lock = threading.Lock()
         self.synced = time.monotonic()
         self.failure: str | None = None
 
-    def write(self, record: dict) -> None:
-        """Strict JSON of `record` as one line (ValueError if it cannot be, before anything is written)."""
-        self.write_line(strict_json(record))
+    def write(self, record: dict) -> dict:
+        """Strict JSON of `record` as one line (ValueError if it cannot be, before anything is written);
+        `record` gains the line's chain fields, so what the sinks are given is what the log holds."""
+        record.update(self.write_line(strict_json(record)))
+        return record
 
-    def write_line(self, line: str) -> None:
+    def _head(self) -> audit.Head:
+        """Where the chain stands: after the log's last line (a pipe or device starts a chain of its own)."""
+        if not self.path.is_file():
+            return audit.Head()
+        head = audit.head_after(audit.last_line(self.path))
+        if not head.chained:
+            log.warning(
+                "results log %s ends in a line without the audit chain (seq, prev, hash): the chain starts "
+                "here at seq 1, linked to that line; lineside audit verify names the lines before it",
+                self.path,
+            )
+        return head
+
+    def write_line(self, line: str) -> dict:
+        """`line` (one JSON object) chained and appended, flushed; its chain fields (seq, prev, hash)."""
         with self.lock:
             if self.failure is not None:
                 raise OSError(self.failure)
+            chained, digest = audit.link(line, self.head.seq, self.head.prev)
             try:
-                self.file.write(line + "\n")
+                self.file.write(chained + "\n")
                 self.file.flush()
+                chain = {"seq": self.head.seq, "prev": self.head.prev, "hash": digest}
+                self.head = audit.Head(self.head.seq + 1, digest)
                 if time.monotonic() - self.synced > 1.0:
                     self._sync()
             except OSError as e:
                 self.failure = f"results log {self.path} cannot be written: {e}"
                 raise OSError(self.failure) from e
+        return chain
 
     def _sync(self) -> None:
         """fsync; a pipe or character device cannot sync (EINVAL), which is not a failure."""
