@@ -224,6 +224,18 @@ class ServeSettings(Section):
         "MQTT command topic mqtt://HOST:PORT/TOPIC: each message is one trigger "
         '(payload: its id, {"id": ...} or empty); needs trigger=software',
     )
+    plc_results: int = setting(
+        8,
+        "PLC handshake (opcua-server ...&handshake=1, modbus ...&handshake=REGISTER): results held until the "
+        "PLC acknowledges each, delivered in order; while this many wait, a PLC trigger is refused",
+        low=1,
+        high=1000,
+    )
+    plc_timeout_s: float = setting(
+        30.0,
+        "PLC handshake: a triggered part with no result after this long is presented as ERROR (reason 3, time-out)",
+        above=0.0,
+    )
     camera_exposure_us: float | None = setting(
         None,
         "gige:// or u3v:// camera: exposure time in microseconds (GenICam ExposureTime); unset: as it is",

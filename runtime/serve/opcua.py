@@ -34,6 +34,8 @@ from urllib.parse import urlparse
 
 from . import logs
 from .descriptors import make_room
+from .handshake import RESULTS, Handshake
+from .opcua_handshake import POLL_S, UaConversation
 from .plc import LoopThread, camera_of, integer, options, plain_url, port_of, require, score_of, verdict
 from .sinks import Sink
 
@@ -46,6 +48,7 @@ KNOWN = {
     "pulse_ms": "NgPulse length in ms, 0: a level; default 500",
     "cameras": "comma-separated camera ids whose nodes exist from the start; default 0",
     "clients": f"most client connections (and sessions) at once, 1..{MAX_CLIENTS}; default {CLIENTS}",
+    "handshake": "1: the PLC handshake nodes per camera (trigger, result, acknowledgement: docs/plc.md); default 0",
 }
 VARIABLES = {  # name -> (OPC UA type, value before the first verdict)
     "Verdict": ("String", ""),
@@ -123,6 +126,7 @@ class OpcUaServerSink(Sink):
         self.pulse_s = integer(spec, "pulse_ms", opts.get("pulse_ms", "500"), 0, 60_000) / 1000
         self.clients = integer(spec, "clients", opts.get("clients", str(CLIENTS)), 1, MAX_CLIENTS)
         self.cameras = [c.strip() for c in opts.get("cameras", "0").split(",") if c.strip()]
+        self.handshake = integer(spec, "handshake", opts.get("handshake", "0"), 0, 1) == 1
         if not self.namespace or not self.cameras:
             raise ValueError(f"--sink {spec!r}: namespace and cameras must not be empty")
         bad = [c for c in self.cameras if not CAMERA_ID.fullmatch(c)][:3]
@@ -137,6 +141,21 @@ class OpcUaServerSink(Sink):
         self.nodes: dict[str, dict] = {}  # camera -> variable name -> Node
         self.ng_counts: dict[str, int] = {}
         self.pulses: dict[str, asyncio.Task] = {}
+        self.handshakes: dict[str, Handshake] = {}  # camera -> its conversation with the PLC (handshake=1)
+        self.conversations: dict[str, UaConversation] = {}
+        self.converse = None
+
+    def attach(self, camera: str, submit, bound: int = RESULTS, timeout_s: float = 30.0) -> None:
+        """Before start: `camera`'s handshake, its triggers handed to serve by `submit` (None: none taken)."""
+        if self.handshake:
+            self.handshakes[camera] = Handshake(bound, submit, timeout_s)
+            if camera not in self.cameras:
+                self.cameras.append(camera)
+
+    def handshake_of(self, camera: str) -> Handshake:
+        if camera not in self.handshakes:  # a camera serve did not attach: its results, no triggers
+            self.handshakes[camera] = Handshake()
+        return self.handshakes[camera]
 
     def start(self) -> None:
         """Listen before inspection starts: a port in use refuses serve at start, not later."""
@@ -170,6 +189,8 @@ class OpcUaServerSink(Sink):
         _cap_sessions(self.asyncua, self.clients)  # given back in _close
         self.server = server
         self.beat = asyncio.ensure_future(self._beat())
+        if self.handshake:
+            self.converse = asyncio.ensure_future(self._converse())
 
     async def _add_camera(self, camera: str) -> dict:
         ua = self.asyncua.ua
@@ -183,8 +204,22 @@ class OpcUaServerSink(Sink):
                 getattr(ua.VariantType, kind),
             )
         await nodes["Heartbeat"].write_value(self.beats, ua.VariantType.UInt32)
+        if self.handshake:
+            conversation = UaConversation(self.asyncua, self.handshake_of(camera), camera)
+            await conversation.add(folder, self.ns)
+            self.conversations[camera] = conversation
         self.nodes[camera], self.ng_counts[camera] = nodes, 0
         return nodes
+
+    async def _converse(self) -> None:
+        """The handshakes' step every POLL_S: what the PLC wrote read, what changed written."""
+        while True:
+            await asyncio.sleep(POLL_S)
+            for camera, conversation in list(self.conversations.items()):
+                try:
+                    await conversation.step()
+                except Exception as e:  # one bad step must not end the conversation
+                    log.warning("OPC UA handshake of camera %s: %s: %s", camera, type(e).__name__, e)
 
     async def _beat(self) -> None:
         while True:
@@ -196,6 +231,8 @@ class OpcUaServerSink(Sink):
     def deliver(self, record: dict, frame) -> None:
         label = verdict(record)
         if label is not None:
+            if self.handshake:  # queued first: the PLC's result waits for its acknowledgement, whatever else fails
+                self.handshake_of(camera_of(record)).result(record)
             self.loop.run_sync(self._show(label, record), WRITE_S)
 
     async def _show(self, label: str, record: dict) -> None:
@@ -235,7 +272,7 @@ class OpcUaServerSink(Sink):
         self.loop.stop()
 
     async def _close(self) -> None:
-        for task in [self.beat, *self.pulses.values()]:
+        for task in [self.beat, self.converse, *self.pulses.values()]:
             if task is not None:
                 task.cancel()
         await self.server.stop()

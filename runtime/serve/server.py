@@ -115,6 +115,7 @@ class Server:
                     raise
                 raise ValueError(f"camera {spec.id}: {e}") from e
             self.cameras[spec.id] = camera
+            self._attach(camera)
         first = next(iter(self.cameras.values()))
         self.state, self.triggers, self.trigger_topic = first.state, first.triggers, first.trigger_topic
         self.source, self.slot, self.capture, self.inspector = first.source, first.slot, first.capture, first.inspector
@@ -136,6 +137,16 @@ class Server:
         if path not in self._logs:
             self._logs[path] = ResultsLog(spec.settings.serve.results)
         return self._logs[path]
+
+    @staticmethod
+    def _attach(camera: Camera) -> None:
+        """A PLC handshake among the camera's sinks takes its triggers (with trigger=software) and presents
+        its results until the PLC acknowledges each (handshake.py)."""
+        s, queue = camera.settings.serve, camera.triggers
+        submit = (lambda part: queue.offer(None, "plc", part).id) if queue is not None else None
+        for sink in camera.sinks:
+            if hasattr(sink, "attach"):
+                sink.attach(camera.id or "0", submit, s.plc_results, s.plc_timeout_s)
 
     def _sinks_of(self, spec: CameraSpec) -> list:
         """The camera's sinks; cameras naming the same sink (or NG folder) share one."""
