@@ -313,3 +313,114 @@ def test_a_full_queue_refuses_the_trigger_and_says_why(controlled, detector, tmp
         plc.disconnect()
         server.shutdown()
     assert [x.get("part_id") for x in result_lines(server)] == ["P0", "P1"]  # P2 never inspected
+
+
+# --- serve over Modbus TCP, a real pymodbus server as the PLC ---------------------------------------------
+
+H = 200  # the handshake block's first register
+
+
+async def _modbus_plc(port: int):
+    from pymodbus.server import ModbusTcpServer
+    from pymodbus.simulator import DataType, SimData, SimDevice
+
+    coils = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
+    registers = [SimData(0, count=300, values=0, datatype=DataType.REGISTERS)]
+    server = ModbusTcpServer(
+        SimDevice(id=1, simdata=(coils, list(coils), registers, list(registers))), address=("127.0.0.1", port)
+    )
+    await server.serve_forever(background=True)
+    return server
+
+
+class ModbusPlc:
+    """The PLC: a pymodbus server holding both blocks; its program's reads and writes go through a client."""
+
+    def __init__(self, loop: LoopThread, port: int):
+        import pymodbus.client
+
+        self.loop, self.port, self.acked = loop, port, 0
+        self.server = loop.run_sync(_modbus_plc(port), 10)
+        self.memory = pymodbus.client.ModbusTcpClient("127.0.0.1", port=port, timeout=2)
+
+    def stop(self) -> None:
+        self.loop.run_sync(self.server.shutdown(), 10)
+        self.memory.close()
+
+    def restart(self) -> None:
+        self.server = self.loop.run_sync(_modbus_plc(self.port), 10)
+
+    def read(self) -> dict:
+        r = self.memory.read_holding_registers(H, count=13, device_id=1).registers
+        names = ("status", "accepted", "refused", "id", "code", "reject", "score", "reason", "frame")
+        seen = dict(zip(names, r))
+        return seen | {"seq": r[9] | r[10] << 16, "pending": r[11], "ready": bool(r[0] & 1), "result": bool(r[0] & 4)}
+
+    def until(self, condition, what: str, timeout: float = 10.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while not condition(seen := self.read()):
+            assert time.monotonic() < deadline, f"{what}; the PLC holds {seen}"
+            time.sleep(0.003)
+        return seen
+
+    def trigger(self, part_id: str) -> None:
+        from runtime.serve.modbus_handshake import part_registers
+
+        before = self.until(lambda s: s["ready"], "never ready for the next part")
+        self.memory.write_registers(H + 18, part_registers(part_id), device_id=1)
+        self.memory.write_register(H + 16, 1, device_id=1)
+        self.until(lambda s: s["accepted"] != before["accepted"], "trigger not taken")
+        self.memory.write_register(H + 16, 0, device_id=1)
+
+    def part(self, part_id: str) -> dict:
+        self.trigger(part_id)
+        return self.result()
+
+    def result(self) -> dict:
+        seen = self.until(lambda s: s["result"] and s["id"] != self.acked, "no new result")
+        self.memory.write_register(H + 17, seen["id"], device_id=1)
+        self.acked = seen["id"]
+        return seen
+
+
+def test_parts_through_the_modbus_handshake_equal_the_log_and_survive_a_plc_restart(
+    controlled, detector, tmp_path, loop
+):
+    port = free_port()
+    plc = ModbusPlc(loop, port)
+    settings = Settings.of(
+        source="line-camera",
+        bundle=controlled,
+        category=CATEGORY,
+        port=0,
+        explain=False,
+        trigger="software",
+        results=tmp_path / "results.jsonl",
+        sink=[f"modbus://127.0.0.1:{port}?unit=1&handshake={H}&poll_ms=5"],
+    )
+    server = Server(settings, detector=detector, source=Line()).start()
+    try:
+        received = [plc.part(f"M{i}") for i in range(30)]
+        for i in range(30, 33):  # three more, not acknowledged, then the PLC restarts with its memory cleared
+            plc.trigger(f"M{i}")
+        plc.until(lambda s: s["pending"] == 3, "three results not pending")
+        plc.stop()
+        time.sleep(2)
+        plc.restart()
+        plc.memory.connect()
+        waiting = [plc.result() for _ in range(3)]  # rewritten into the fresh memory, oldest first
+        plc.until(lambda s: s["pending"] == 0 and not s["result"], "acknowledged results still pending")
+    finally:
+        server.shutdown()
+        plc.stop()
+    lines = [x for x in result_lines(server) if x["label"] in ("OK", "NG", "ERROR")]
+    assert [x["seq"] for x in received + waiting] == [x["seq"] for x in lines] and len(lines) == 33
+    assert [x.get("part_id") for x in lines] == [f"M{i}" for i in range(33)]
+    codes = {"OK": 0, "NG": 1, "ERROR": 2}
+    for got, line in zip(received + waiting, lines):
+        assert (got["code"], got["frame"], got["reject"]) == (
+            codes[line["label"]],
+            line["frame_id"] & 0xFFFF,
+            line["label"] != "OK",
+        )
+        assert got["reason"] == (1 if line["label"] == "ERROR" else 0)

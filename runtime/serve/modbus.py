@@ -23,7 +23,7 @@ next write brings them up to date).
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse
 
 from .plc import VERDICTS, Redial, integer, options, plain_url, port_of, require, score_of, verdict
 from .sinks import Sink
@@ -99,3 +99,13 @@ class ModbusSink(Sink):
 
     def shutdown(self) -> None:
         self.client.close()
+
+
+def modbus_sink(spec: str, metrics, maxsize: int) -> Sink:
+    """modbus://...: the verdict registers (ModbusSink), or with handshake=REGISTER the PLC handshake
+    (modbus_handshake.py), which polls the PLC's registers as well as writing its own."""
+    if "handshake" in dict(parse_qsl(urlparse(spec).query, keep_blank_values=True)):
+        from .modbus_handshake import ModbusHandshakeSink
+
+        return ModbusHandshakeSink(spec, metrics, maxsize)
+    return ModbusSink(spec, metrics, maxsize)

@@ -320,7 +320,7 @@ def _plc_sink(scheme: str):
 
         return OpcUaWriteSink
     if scheme == "modbus":
-        from .modbus import ModbusSink
+        from .modbus import modbus_sink  # the verdict registers, or the handshake with handshake=
 
-        return ModbusSink
+        return modbus_sink
     return None
