@@ -203,3 +203,21 @@ def test_who_taught_a_frame_is_in_the_chain_and_changing_it_is_caught(controlled
     raw[2] = raw[2].replace(b'"by": "Ana"', b'"by": "Bo"')
     path.write_bytes(b"".join(raw))
     assert _problems(path) == ["line 3: seq 3: its content does not match its hash: the line was changed"]
+
+
+def test_an_int8_graph_carries_its_parity_verdict_measured_on_this_machine(tiny_bundle, tmp_path):
+    """The random-weight tiny bundle's int8 image graph, allowed as runtime.check's tests allow it: the audit
+    says what this box measured (the cache serve filled at start), not what export claimed."""
+    from runtime.serve.provenance import Provenance
+
+    settings = dict(precision="int8", allow_unverified_precision=True, precision_cache_dir=tmp_path / "parity")
+    detector = Detector.from_bundle(tiny_bundle, text_cache_dir=tmp_path / "text", **settings)
+    trail = Provenance.of(detector)
+    int8 = {name: v for name, v in trail.precisions.items() if v["precision"] == "int8"}
+    assert int8, trail.precisions
+    for name, said in int8.items():
+        assert said["verdict"] in ("holds its bound here", "outside its bound, allowed")
+        assert (
+            isinstance(said["cosine_here"], float)
+            and trail.models[name] == Bundle.open(tiny_bundle).component(name).files["int8"].sha256
+        )
