@@ -238,6 +238,9 @@ class Camera:
             return False, problem
         if not self.capture.connected.is_set():
             return False, self.capture.problem or "source not connected"
+        blind = self.capture.blind()
+        if blind:
+            return False, f"source {self.source.spec!r}: {blind}"
         if not self.inspector.is_alive():
             return False, "inspector stopped"
         return True, ""
@@ -271,7 +274,8 @@ class Camera:
             return None
         if capture.frame_at is not None and now - capture.frame_at < bound:
             return f"inspector stalled: nothing inspected for {idle:.0f} s while the source delivers"
-        return f"nothing inspected for {idle:.0f} s: source {self.source.spec!r} delivers no frames"
+        why = f": {blind}" if (blind := capture.blind()) else " delivers no frames"
+        return f"nothing inspected for {idle:.0f} s: source {self.source.spec!r}{why}"
 
     def condition(self) -> tuple[str, str]:
         """(online | degraded | offline, why) for the MQTT status topic; ("", "") while it is starting and
