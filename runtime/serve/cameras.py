@@ -81,7 +81,8 @@ def read_cameras(path: Path, base: Settings) -> list[CameraSpec]:
             raise ValueError(f"cameras file {path}: over {MAX_FILE // 1024} kB; is it the cameras file?")
         data = yaml.load(raw.decode("utf-8"), Loader=_yaml_loader())  # a safe loader, stricter
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"cameras file {path}: {e}") from e
+        # YAML's message spans lines ("...\n  in <unicode string>, line 3"): serve refuses in one
+        raise ValueError(f"cameras file {path}: {' '.join(str(e).split())}") from e
     entries = data.get("cameras") if isinstance(data, dict) else data
     if isinstance(data, dict) and set(data) != {"cameras"}:
         raise ValueError(f"cameras file {path}: only a `cameras:` list at the top, got {sorted(map(str, data))}")
