@@ -82,3 +82,15 @@ def test_a_cameras_file_yaml_refuses_is_refused_in_one_line(tmp_path, text):
     with pytest.raises(ValueError, match="cameras file") as e:
         read_cameras(path, Settings.of(source="0"))
     clear_error(e.value)
+
+
+def test_null_for_a_setting_that_needs_a_value_is_refused_in_one_line(tmp_path):
+    """Found by the fuzzer: {"min_region_frac": null} reached the bounds check (TypeError: '<' not supported
+    between instances of 'NoneType' and 'float')."""
+    path = tmp_path / "config.json"
+    path.write_text('{"min_region_frac": null}')
+    with pytest.raises(ValueError, match="setting min_region_frac: null is not a valid float") as e:
+        options.load(config_file=path, environ={})
+    clear_error(e.value)
+    path.write_text('{"references": null}')  # a setting that may be unset takes null
+    assert options.load(config_file=path, environ={}).job.references is None
