@@ -98,7 +98,10 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
 def convert(name: str, value: Any, where: str = "settings") -> Any:
     """`value` (text from a flag or variable, or a JSON value) as the type the setting declares."""
     cls = SECTIONS[owner_of[name]]
-    kind = _base_type(typing.get_type_hints(cls)[name])
+    hint = typing.get_type_hints(cls)[name]
+    kind = _base_type(hint)
+    if value is None and type(None) not in typing.get_args(hint):  # JSON null for a setting that must have a value
+        raise ValueError(f"setting {name}: null is not a valid {kind.__name__} (from {where}); leave it out instead")
     try:
         return _convert(kind, value)
     except (KeyError, TypeError, ValueError, OverflowError) as e:

@@ -1,9 +1,11 @@
 """GigE Vision through Aravis, against Aravis's own simulated camera (arv-fake-gv-camera-0.8) on loopback:
 settings applied to the camera, free-running inspection, one inspection per software trigger fired on the
-camera, the hardware trigger configured, a missing camera waited for, refused settings refused at start."""
+camera, the hardware trigger configured, a missing camera waited for, refused settings refused at start, and a
+camera whose frames all arrive incomplete (the simulator losing packets) counted as dropping them and not ready."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -14,12 +16,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
 
 from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
 from runtime.serve.__main__ import main as serve_main
 from runtime.serve.aravis import PIXEL_FORMATS, to_bgr
+from tests.brokers import Broker
 from tests.controlled import CATEGORY
 from tests.serving import result_lines, wait_for
 
@@ -45,31 +49,42 @@ def _aravis():
     return Aravis
 
 
-@pytest.fixture
-def fake_camera():
-    """Aravis's simulated GigE Vision camera on 127.0.0.1, found by discovery before the test uses it.
-
-    A new one for each test: the simulator resumes a frame cut short by the previous test's stop,
-    so that the next session's first frame would arrive incomplete (an ERROR line, as it should be).
-    """
+def start_fake_camera(*args: str) -> subprocess.Popen:
+    """Aravis's simulated GigE Vision camera on 127.0.0.1 (its own options `args`), once discovery finds it."""
     exe = shutil.which("arv-fake-gv-camera-0.8")
     if exe is None:
         pytest.fail("arv-fake-gv-camera-0.8 is not installed: .ci/run installs Debian's aravis-tools")
     aravis = _aravis()
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    proc = subprocess.Popen([exe, "-i", "127.0.0.1", "-s", SERIAL], **quiet)
+    proc = subprocess.Popen([exe, "-i", "127.0.0.1", "-s", SERIAL, *args], **quiet)
+    deadline = time.time() + 15
+    while True:
+        aravis.update_device_list()
+        if f"Aravis-Fake-{SERIAL}" in [aravis.get_device_id(i) for i in range(aravis.get_n_devices())]:
+            return proc
+        if time.time() > deadline or proc.poll() is not None:
+            proc.terminate()
+            pytest.fail("the fake camera was not discovered")
+        time.sleep(0.2)
+
+
+def stop_fake_camera(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def fake_camera():
+    """The simulated camera, found by discovery before the test uses it.
+
+    A new one for each test: the simulator resumes a frame cut short by the previous test's stop,
+    so that the next session's first frame would arrive incomplete (an ERROR line, as it should be).
+    """
+    proc = start_fake_camera()
     try:
-        deadline = time.time() + 15
-        while True:
-            aravis.update_device_list()
-            if f"Aravis-Fake-{SERIAL}" in [aravis.get_device_id(i) for i in range(aravis.get_n_devices())]:
-                break
-            assert time.time() < deadline and proc.poll() is None, "the fake camera was not discovered"
-            time.sleep(0.2)
         yield CAMERA
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_fake_camera(proc)
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +212,73 @@ def test_the_bayer_frames_match_opencvs_own_demosaic():
     gradient = np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))
     expected = cv2.cvtColor(gradient, cv2.COLOR_BayerRGGB2BGR)
     assert (to_bgr(gradient.tobytes(), 64, 48, "BayerRG8") == expected).all()
+
+
+def _http(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _statuses(client_messages: list, lock) -> list[dict]:
+    with lock:
+        return [json.loads(payload) for topic, payload in client_messages if topic.endswith("/status")]
+
+
+def test_a_camera_sending_only_incomplete_frames_drops_them_and_is_not_ready_until_a_complete_one_comes(
+    controlled, detector, tmp_path
+):
+    """-r 300: the simulator loses 30% of its packets, so no 256 KB frame (180 packets) arrives whole (it does not
+    resend them). Then the same camera without losses: serve reconnects and is ready again."""
+    import threading
+
+    (tmp_path / "broker").mkdir()
+    with Broker(tmp_path / "broker") as broker:
+        got, lock = [], threading.Lock()
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+
+        def message(client, userdata, m) -> None:
+            with lock:
+                got.append((m.topic, m.payload.decode()))
+
+        sub.on_message = message
+        sub.on_connect = lambda c, u, f, rc, p=None: c.subscribe("plant/#", qos=1)
+        sub.connect("127.0.0.1", broker.port)
+        sub.loop_start()
+        lossy = start_fake_camera("-r", "300")
+        settings = _settings(controlled, tmp_path, sink=[f"mqtt://127.0.0.1:{broker.port}/plant"])
+        server = Server(settings, detector=detector)
+        server.capture.blind_after_s = 1.0  # the test's patience, not the product's (capture.BLIND_AFTER_S)
+        server.start()
+        try:
+            port = server.web.port
+            wait_for(lambda: not server.ready()[0] and "incomplete" in server.ready()[1], 30, "blind, not ready")
+            status, body = _http(port, "/readyz")
+            assert status == 503 and "only incomplete frames from the camera for" in body, body
+            api = json.loads(_http(port, "/api/status")[1])
+            assert not api["ready"] and "only incomplete frames" in api["problem"] and api["counters"]["dropped"] > 0
+            metrics = _http(port, "/metrics")[1]
+            dropped = [x for x in metrics.splitlines() if x.startswith('lineside_frames_dropped_total{camera=""}')]
+            assert dropped and float(dropped[0].split()[-1]) > 0, metrics
+            wait_for(lambda: 'lineside_ready{camera=""} 0.0' in _http(port, "/metrics")[1], 5, "ready gauge 0")
+            wait_for(
+                lambda: any(
+                    s["state"] == "degraded" and "only incomplete" in s["problem"] for s in _statuses(got, lock)
+                ),
+                10,
+                "the MQTT status says degraded, naming the incomplete frames",
+            )
+            assert result_lines(server) == []  # nothing to inspect, nothing reported as OK
+
+            stop_fake_camera(lossy)
+            lossy = start_fake_camera()  # the same camera, its packets whole again
+            wait_for(lambda: server.ready()[0] and len(result_lines(server)) >= 2, 60, "ready again on whole frames")
+            assert _http(port, "/readyz")[0] == 200
+            wait_for(lambda: _statuses(got, lock)[-1]["state"] == "online", 10, "the MQTT status back online")
+        finally:
+            server.shutdown()
+            stop_fake_camera(lossy)
+            sub.loop_stop()
+    assert all(x["label"] in ("OK", "NG", "ERROR") for x in result_lines(server))

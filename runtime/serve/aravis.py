@@ -87,7 +87,8 @@ class AravisSource(FrameSource):
         self.camera = self.stream = self._watch = None
         self.format = ""  # the camera's pixel format, read at open
         self.lost = False
-        self.incomplete = 0  # frames the camera sent incomplete (free-running: skipped)
+        self.incomplete = 0  # frames sent incomplete since start (capture counts them; free-running: skipped)
+        self._told = 0  # of those, the ones the log has counted already
 
     @property
     def waits(self) -> bool:
@@ -195,7 +196,9 @@ class AravisSource(FrameSource):
                 log.debug("camera %s: stop: %s", self.spec, e)
             if self._watch is not None:  # the handler holds this source: without this the camera is never freed
                 self.camera.get_device().disconnect(self._watch)
-        if self.incomplete:
-            log.warning("camera %s: %d incomplete frames (network or camera too slow?)", self.spec, self.incomplete)
-            self.incomplete = 0
+        if self.incomplete > self._told:
+            log.warning(
+                "camera %s: %d incomplete frames (network or camera too slow?)", self.spec, self.incomplete - self._told
+            )
+            self._told = self.incomplete
         self.camera = self.stream = self._watch = None

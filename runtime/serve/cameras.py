@@ -81,7 +81,8 @@ def read_cameras(path: Path, base: Settings) -> list[CameraSpec]:
             raise ValueError(f"cameras file {path}: over {MAX_FILE // 1024} kB; is it the cameras file?")
         data = yaml.load(raw.decode("utf-8"), Loader=_yaml_loader())  # a safe loader, stricter
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"cameras file {path}: {e}") from e
+        # YAML's message spans lines ("...\n  in <unicode string>, line 3"): serve refuses in one
+        raise ValueError(f"cameras file {path}: {' '.join(str(e).split())}") from e
     entries = data.get("cameras") if isinstance(data, dict) else data
     if isinstance(data, dict) and set(data) != {"cameras"}:
         raise ValueError(f"cameras file {path}: only a `cameras:` list at the top, got {sorted(map(str, data))}")
@@ -238,6 +239,9 @@ class Camera:
             return False, problem
         if not self.capture.connected.is_set():
             return False, self.capture.problem or "source not connected"
+        blind = self.capture.blind()
+        if blind:
+            return False, f"source {self.source.spec!r}: {blind}"
         if not self.inspector.is_alive():
             return False, "inspector stopped"
         return True, ""
@@ -271,7 +275,8 @@ class Camera:
             return None
         if capture.frame_at is not None and now - capture.frame_at < bound:
             return f"inspector stalled: nothing inspected for {idle:.0f} s while the source delivers"
-        return f"nothing inspected for {idle:.0f} s: source {self.source.spec!r} delivers no frames"
+        why = f": {blind}" if (blind := capture.blind()) else " delivers no frames"
+        return f"nothing inspected for {idle:.0f} s: source {self.source.spec!r}{why}"
 
     def condition(self) -> tuple[str, str]:
         """(online | degraded | offline, why) for the MQTT status topic; ("", "") while it is starting and

@@ -5,6 +5,9 @@ the newest frame and the ones it could not keep up with are dropped and
 counted. Recordings (files, folders) wait for the inspector instead, also while
 serve shuts down, so every frame captured from them is inspected. A live source
 that fails is reopened with exponential backoff while /readyz says not ready;
+so is one that is connected but blind: a GigE camera whose frames all arrive
+incomplete (packets lost) delivers nothing to inspect, and after BLIND_AFTER_S
+of that /readyz names it (its skipped frames are counted as dropped);
 an error nobody foresaw stops serve (non-zero exit, /healthz failing) instead of
 leaving a process that looks alive and inspects nothing.
 """
@@ -20,6 +23,8 @@ from .codes import PartPattern
 from .sources import Frame, FrameSource
 
 log = logging.getLogger("lineside.serve")
+
+BLIND_AFTER_S = 5.0  # only incomplete frames this long: not ready (a free-running camera sends 100+ meanwhile)
 
 
 class LatestFrameSlot:
@@ -141,6 +146,11 @@ class Capture(threading.Thread):
         self.tried = threading.Event()
         self.lost_at: float | None = time.monotonic()
         self.frame_at: float | None = None
+        self.blind_after_s = BLIND_AFTER_S
+        self._incomplete_seen = source.incomplete
+        # the run of incomplete frames since the last complete one: when it began and last grew (monotonic), its length
+        self.incomplete_since: float | None = None
+        self.incomplete_last, self.incomplete_run, self._blind_said = 0.0, 0, False
         self.outage = Outage(
             source.spec,
             "waiting for it (not ready, and /healthz unhealthy after health_stall_s); check the camera index, "
@@ -214,6 +224,7 @@ class Capture(threading.Thread):
         next_at = time.monotonic()
         while not self.stop.is_set():
             ok, image, note = self.source.read()
+            self._count_incomplete(image, note)
             if not ok:
                 return note
             if image is None and not note:
@@ -244,6 +255,46 @@ class Capture(threading.Thread):
                 next_at += period
                 self.stop.wait(max(0.0, next_at - time.monotonic()))
         return "serve stopping"
+
+    def _count_incomplete(self, image, note: str) -> None:
+        """The frames the source received broken since the last read: dropped when it skipped them (a free-running
+        camera; a triggered one hands each over, to become an ERROR line), and a run that only a complete frame
+        ends. The log says when the run makes the source blind and when it ends."""
+        fresh = self.source.incomplete - self._incomplete_seen
+        if fresh > 0:
+            self._incomplete_seen += fresh
+            self.metrics.incomplete.inc(fresh)
+            if image is None and not note:
+                self.metrics.dropped.inc(fresh)
+            now = time.monotonic()
+            if self.incomplete_since is None:
+                self.incomplete_run, self.incomplete_last, self.incomplete_since = 0, now, now
+            self.incomplete_run += fresh
+            self.incomplete_last = now
+            if not self._blind_said and (why := self.blind()):
+                self._blind_said = True
+                log.warning("source %r: %s; not ready until a complete frame comes", self.source.spec, why)
+        elif image is not None and self.incomplete_since is not None:
+            if self._blind_said:
+                log.info(
+                    "source %r: a complete frame again, after %d incomplete ones in %.0f s",
+                    self.source.spec,
+                    self.incomplete_run,
+                    time.monotonic() - self.incomplete_since,
+                )
+            self.incomplete_since, self._blind_said = None, False
+
+    def blind(self) -> str | None:
+        """Why a connected source gives nothing to inspect: for longer than blind_after_s every frame it received
+        was incomplete (None otherwise, and once a complete frame came)."""
+        since, last = self.incomplete_since, self.incomplete_last
+        if since is None or last - since <= self.blind_after_s:
+            return None
+        return (
+            f"only incomplete frames from the camera for {time.monotonic() - since:.0f} s ({self.incomplete_run} "
+            "frames, none complete): packets are lost on the way (network load or errors, MTU, the camera's packet "
+            "size or frame rate)"
+        )
 
     def part_of(self, name: str) -> str | None:
         """The part id part_id_pattern finds in a file name: its first group, or the whole match; None without."""

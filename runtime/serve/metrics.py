@@ -33,7 +33,17 @@ class Metrics:
         self.captured = Counter("lineside_frames_captured", "frames read from the source", cam, registry=r)
         self.inspected = Counter("lineside_frames_inspected", "frames that got a result line", cam, registry=r)
         self.dropped = Counter(
-            "lineside_frames_dropped", "stale live frames replaced before inspection", cam, registry=r
+            "lineside_frames_dropped",
+            "live frames never inspected: stale ones replaced, incomplete ones a free-running camera sent",
+            cam,
+            registry=r,
+        )
+        self.incomplete = Counter(
+            "lineside_frames_incomplete",
+            "frames the camera sent incomplete (GigE packets lost): skipped when free-running, ERROR lines when "
+            "triggered",
+            cam,
+            registry=r,
         )
         self.reconnects = Counter(
             "lineside_source_reconnects", "reopenings of a lost live source and failed openings", cam, registry=r
@@ -91,7 +101,7 @@ class CameraMetrics:
 
     def __init__(self, metrics: Metrics, camera: str):
         self.parent, self.name = metrics, camera
-        for name in ("captured", "inspected", "dropped", "reconnects", "ready", "since_inspection"):
+        for name in ("captured", "inspected", "dropped", "incomplete", "reconnects", "ready", "since_inspection"):
             setattr(self, name, getattr(metrics, name).labels(camera))
         self.results = _Bound(metrics.results, camera)
         self.stage_seconds = _Bound(metrics.stage_seconds, camera)
@@ -103,7 +113,7 @@ class CameraMetrics:
 
     def count(self, name: str, **labels) -> int:
         """A counter's value for this camera (0 before it was counted), e.g. count("results", label="NG")."""
-        sample = {"captured": "frames_captured", "inspected": "frames_inspected", "dropped": "frames_dropped"}
+        sample = {f: f"frames_{f}" for f in ("captured", "inspected", "dropped", "incomplete")}
         metric = f"lineside_{sample.get(name, name)}_total"
         return int(self.parent.registry.get_sample_value(metric, {"camera": self.name, **labels}) or 0)
 

@@ -53,6 +53,7 @@ class FrameSource:
     last_file = ""  # the file the last read() came from, if the source reads files
     last_time: float | None = None  # when the last read()'s frame was taken (unix seconds), if the source knows
     last_index: int | None = None  # the last read()'s 0-based place in a video file or folder (recordings only)
+    incomplete = 0  # frames received broken since the source was made (a GigE frame missing packets), if it knows
 
     @property
     def waits(self) -> bool:
