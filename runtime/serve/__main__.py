@@ -19,7 +19,7 @@ import numpy as np
 
 from ..bundle.manifest import BundleError
 from ..options import add_arguments, load
-from . import descriptors, logs
+from . import descriptors, logs, notify
 from .server import Server
 
 log = logging.getLogger("lineside.serve")
@@ -77,10 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = server.settings.serve
     print(f"serving on http://{settings.host}:{server.web.port}  (results -> {settings.results})", flush=True)
+    watch = notify.Watch(server.health, server.stop).start()  # systemd: READY=1, a watchdog on health (notify.py)
     if settings.show:
         show(server)
     else:
         server.wait()
+    watch.close()
     server.shutdown()
     counts = server.counters()
     print(" ".join(f"{k}={v}" for k, v in counts.items()), flush=True)

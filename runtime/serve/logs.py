@@ -83,7 +83,11 @@ def quiet_native() -> None:
     os.environ["OPENCV_LOG_LEVEL"] = "SILENT"
     import cv2
 
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    levels = getattr(cv2.utils, "logging", None)  # OpenCV 4.8 (JetPack 6's) has only cv2.setLogLevel
+    if levels is not None:
+        levels.setLogLevel(levels.LOG_LEVEL_SILENT)
+    else:
+        cv2.setLogLevel(0)  # 0: LOG_LEVEL_SILENT
 
 
 class _Stderr(logging.StreamHandler):

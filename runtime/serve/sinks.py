@@ -251,6 +251,8 @@ def check_url(spec: str) -> ParseResult:
     try:
         url = urlparse(spec)
         port = url.port
+        if "[" in url.netloc:  # Python 3.10's urlparse leaves what is between the brackets unchecked; 3.11's checks
+            ipaddress.ip_address(url.hostname or "")
     except ValueError as e:  # [zz]: brackets around what is no IPv6 address; :abc, :99999
         why = str(e) if "port" not in str(e).lower() else "the port must be a number in 1..65535"
         raise ValueError(f"--sink {shown!r}: {why}") from e
