@@ -201,7 +201,7 @@ def _check_image_config(folder: Path, component: Component) -> None:
         )
     for i, tap in enumerate(taps):
         name = tap.get("output") if isinstance(tap, dict) else None
-        if name not in outputs:
+        if not isinstance(name, str) or name not in outputs:
             raise BundleError(
                 f"{at}.config.taps[{i}] names output {describe(name)}, which is not among the graph's "
                 f"outputs ({', '.join(outputs)}); {REBUILD}"
@@ -232,7 +232,12 @@ def _check_branches(at: str, cfg: dict) -> None:
     """`branches`: which detector branches the embeddings serve; "language" (CLIP's joint space, scored
     against text) needs the checkpoint's `logit_scale`, the temperature the detector scores with."""
     branches = cfg.get("branches")
-    if not isinstance(branches, list) or not branches or not set(branches) <= set(BRANCHES):
+    if (
+        not isinstance(branches, list)
+        or not branches
+        or not all(isinstance(b, str) for b in branches)
+        or not set(branches) <= set(BRANCHES)
+    ):
         raise BundleError(
             f"{at}.config.branches must be a non-empty list of {' and/or '.join(BRANCHES)}, "
             f"not {describe(branches)}; {REBUILD}"

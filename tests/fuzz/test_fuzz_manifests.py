@@ -55,3 +55,20 @@ def test_a_mutated_manifest_loads_or_is_refused_in_one_line(damaged, data):
         Bundle.open(folder, verify_hashes=False)
     except CLEAR as e:
         clear_error(e)
+
+
+@pytest.mark.parametrize("key", ["branches", "taps"])
+def test_a_list_where_the_image_config_wants_a_name_is_refused_naming_the_field(damaged, key):
+    """Found by the 1,000-case run: `[]` as a branch or a tap's output raised TypeError (unhashable list)."""
+    folder, manifest = damaged
+    manifest = json.loads(json.dumps(manifest))
+    image = next(c for c in manifest["components"].values() if "taps" in c.get("config", {}))
+    if key == "branches":
+        image["config"]["branches"][0] = []
+    else:
+        image["config"]["taps"][0]["output"] = []
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CLEAR) as refused:
+        Bundle.open(folder, verify_hashes=False)
+    clear_error(refused.value)
+    assert f"config.{key}" in str(refused.value)
