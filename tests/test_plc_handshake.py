@@ -162,7 +162,8 @@ def loop():
     thread.stop()
 
 
-def _serve(controlled, detector, tmp_path, port: int, **kw) -> Server:
+def _serve(controlled, detector, tmp_path, sink: str, **kw) -> Server:
+    """A software-triggered serve on the controlled line whose one sink is `sink` (the PLC transport)."""
     settings = Settings.of(
         source="line-camera",
         bundle=controlled,
@@ -171,10 +172,14 @@ def _serve(controlled, detector, tmp_path, port: int, **kw) -> Server:
         explain=False,
         trigger="software",
         results=tmp_path / "results.jsonl",
-        sink=[f"opcua-server://127.0.0.1:{port}/lineside?handshake=1"],
+        sink=[sink],
         **kw,
     )
     return Server(settings, detector=detector, source=Line()).start()
+
+
+def _opcua(port: int) -> str:
+    return f"opcua-server://127.0.0.1:{port}/lineside?handshake=1"
 
 
 FIELDS = ("ResultReady", "ResultId", "ResultVerdict", "ResultReject", "ResultReason", "ResultFrameId")
@@ -253,7 +258,7 @@ def _matches(received: list[dict], lines: list[dict]) -> None:
 
 def test_100_parts_through_the_opcua_handshake_equal_the_results_log(controlled, detector, tmp_path, loop):
     port = free_port()
-    server = _serve(controlled, detector, tmp_path, port)
+    server = _serve(controlled, detector, tmp_path, _opcua(port))
     plc = UaPlc(loop, port)
     try:
         received = [plc.part(f"SN-{i:04d}") for i in range(100)]
@@ -270,7 +275,7 @@ def test_100_parts_through_the_opcua_handshake_equal_the_results_log(controlled,
 
 def test_a_plc_away_for_10_s_gets_its_5_results_in_order_none_twice(controlled, detector, tmp_path, loop):
     port = free_port()
-    server = _serve(controlled, detector, tmp_path, port)
+    server = _serve(controlled, detector, tmp_path, _opcua(port))
     plc = UaPlc(loop, port)
     try:
         for i in range(5):  # five parts triggered, none acknowledged
@@ -296,7 +301,7 @@ def test_a_plc_away_for_10_s_gets_its_5_results_in_order_none_twice(controlled, 
 
 def test_a_full_queue_refuses_the_trigger_and_says_why(controlled, detector, tmp_path, loop):
     port = free_port()
-    server = _serve(controlled, detector, tmp_path, port, plc_results=2)
+    server = _serve(controlled, detector, tmp_path, _opcua(port), plc_results=2)
     plc = UaPlc(loop, port)
     try:
         for i in range(2):
@@ -388,17 +393,7 @@ def test_parts_through_the_modbus_handshake_equal_the_log_and_survive_a_plc_rest
 ):
     port = free_port()
     plc = ModbusPlc(loop, port)
-    settings = Settings.of(
-        source="line-camera",
-        bundle=controlled,
-        category=CATEGORY,
-        port=0,
-        explain=False,
-        trigger="software",
-        results=tmp_path / "results.jsonl",
-        sink=[f"modbus://127.0.0.1:{port}?unit=1&handshake={H}&poll_ms=5"],
-    )
-    server = Server(settings, detector=detector, source=Line()).start()
+    server = _serve(controlled, detector, tmp_path, f"modbus://127.0.0.1:{port}?unit=1&handshake={H}&poll_ms=5")
     try:
         received = [plc.part(f"M{i}") for i in range(30)]
         for i in range(30, 33):  # three more, not acknowledged, then the PLC restarts with its memory cleared
