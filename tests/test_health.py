@@ -137,3 +137,44 @@ def test_a_missing_camera_leaves_a_few_json_log_lines(controlled, tmp_path, sour
     about = [r["message"] for r in records if source in r["message"]]
     assert len(about) <= 3 and len(records) - start <= 3, records  # some 40 retries, counted and not logged
     assert any("cannot be opened at start" in m for m in about), about
+
+
+def test_a_looping_recording_stays_ready_between_passes_and_says_why_when_it_goes(tmp_path):
+    """CI caught the MQTT status above going degraded with "source not connected": between two passes of a
+    looping folder capture cleared `connected` before anything set a problem, so readiness flapped every pass
+    and a folder that went away could first be reported without its name."""
+    from runtime.serve.capture import Capture, LatestFrameSlot
+    from runtime.serve.metrics import Metrics
+    from runtime.serve.sources import open_source
+
+    folder = parts_folder(tmp_path / "frames", 2)
+    source, slot, stop = open_source(str(folder)), LatestFrameSlot(), threading.Event()
+    capture = Capture(source, slot, stop, Metrics().camera("0"), loop=True, backoff_max=0.2)
+    at_reopen, lost, plain_open = [], [], source.open
+
+    def open_and_note():  # runs in the capture thread as each opening begins: what it sees is exact, no polling
+        if capture.frames:
+            at_reopen.append(capture.connected.is_set())
+        plain_open()
+
+    def drain():  # the inspector's part: take every frame; note the problem the moment readiness drops
+        while not stop.is_set():
+            slot.get(0.01)
+            if at_reopen and not capture.connected.is_set() and not lost:
+                lost.append(capture.problem)
+
+    source.open = open_and_note
+    reader = threading.Thread(target=drain, daemon=True)
+    capture.start()
+    reader.start()
+    try:
+        wait_for(lambda: len(at_reopen) >= 3, 20, "the folder was not looped over")
+        assert all(at_reopen), at_reopen  # connected through every pass
+        shutil.rmtree(folder)
+        wait_for(lambda: lost, 20, "losing the folder did not make the camera not connected")
+        assert str(folder) in lost[0] and "retrying" in lost[0], lost
+    finally:
+        stop.set()
+        slot.abandon()
+        capture.join(5)
+        reader.join(5)

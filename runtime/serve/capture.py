@@ -192,17 +192,19 @@ class Capture(threading.Thread):
             self.tried.set()
             before = self.frames
             note = self._pump()
-            self.connected.clear()
-            self.lost_at = time.monotonic()
+            if self.source.live and not self.stop.is_set():
+                why = "opened, then no frame" if self.frames == before else "stopped delivering"
+                self.problem = f"source {self.source.spec!r} {why} ({note})"  # said before readiness drops
+                self.outage.failed(f"{why} ({note})")
+            if self.source.live or not self.loop or self.stop.is_set():
+                # a looping recording between two passes stays connected: it is lost only when reopening fails
+                self.connected.clear()
+                self.lost_at = time.monotonic()
             self.source.close()
             if not self.source.live and not self.loop:
                 break  # a recording has ended
             if self.stop.is_set():
                 break
-            if self.source.live:
-                why = "opened, then no frame" if self.frames == before else "stopped delivering"
-                self.problem = f"source {self.source.spec!r} {why} ({note})"
-                self.outage.failed(f"{why} ({note})")
             if self.frames == before:  # opened but delivered nothing: back off too
                 self.stop.wait(delay)
                 delay = min(delay * 2, self.backoff_max)
@@ -213,6 +215,9 @@ class Capture(threading.Thread):
 
     def _wait_retry(self, why: str, delay: float) -> None:
         self.problem = f"{why}; retrying in {delay:.1f}s"
+        if self.connected.is_set():  # a looping recording gone between passes: lost now, its problem said first
+            self.connected.clear()
+            self.lost_at = time.monotonic()
         self.outage.failed(why)
         self.tried.set()
         self.metrics.reconnects.inc()
