@@ -7,7 +7,14 @@ import pytest
 
 from benchmarks.synthetic import SIZE, texture
 from runtime.detect.references import ReferenceMemory
-from runtime.detect.registration import AUTO, REGISTERED_RATIO, REGISTERED_WINDOW, alignment, resolve_window
+from runtime.detect.registration import (
+    AUTO,
+    MIN_REGISTERED_REFERENCES,
+    REGISTERED_RATIO,
+    REGISTERED_WINDOW,
+    alignment,
+    resolve_window,
+)
 from runtime.detect.scoring import l2_normalize
 
 CELL = 8  # pixels per grid cell of the patch encoder below
@@ -53,13 +60,13 @@ def shifted(count: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def test_registered_parts_are_compared_in_place():
-    memory = ReferenceMemory.build(PixelPatchEncoder(), registered(6), coreset_ratio=0.1, window=AUTO)
+    memory = ReferenceMemory.build(PixelPatchEncoder(), registered(MIN_REGISTERED_REFERENCES), coreset_ratio=0.1, window=AUTO)
     assert memory.window == REGISTERED_WINDOW
     assert memory.coreset_ratio == 1.0 and memory.index == "numpy"  # in place: every patch, exact
 
 
 def test_shifted_parts_are_compared_anywhere():
-    memory = ReferenceMemory.build(PixelPatchEncoder(), shifted(6), coreset_ratio=0.1, window=AUTO)
+    memory = ReferenceMemory.build(PixelPatchEncoder(), shifted(MIN_REGISTERED_REFERENCES), coreset_ratio=0.1, window=AUTO)
     assert memory.window == 0
     assert memory.coreset_ratio == 0.1  # anywhere: the coreset the settings asked for
 
@@ -77,6 +84,12 @@ def test_one_reference_cannot_tell_and_is_compared_anywhere():
     assert np.isnan(alignment([[np.ones((4, 2), np.float32)]], (2, 2)))
 
 
+def test_a_few_aligned_references_are_still_compared_anywhere():
+    """Too few places to compare with: a good part laid out a little differently would be a defect."""
+    few = ReferenceMemory.build(PixelPatchEncoder(), registered(MIN_REGISTERED_REFERENCES - 1), window=AUTO)
+    assert few.window == 0
+
+
 def test_a_set_window_is_kept_and_a_negative_one_refused():
     assert resolve_window(2, [], None) == 2
     assert resolve_window(0, [], None) == 0
@@ -86,9 +99,9 @@ def test_a_set_window_is_kept_and_a_negative_one_refused():
 
 def test_an_auto_memory_is_read_back_from_the_cache(tmp_path):
     enc = PixelPatchEncoder()
-    first = ReferenceMemory.build(enc, registered(3), window=AUTO, cache=tmp_path)
+    first = ReferenceMemory.build(enc, registered(MIN_REGISTERED_REFERENCES), window=AUTO, cache=tmp_path)
     calls = enc.calls
-    again = ReferenceMemory.build(enc, registered(3), window=AUTO, cache=tmp_path)
+    again = ReferenceMemory.build(enc, registered(MIN_REGISTERED_REFERENCES), window=AUTO, cache=tmp_path)
     assert enc.calls == calls  # not encoded again
     assert again.window == first.window == REGISTERED_WINDOW
 
