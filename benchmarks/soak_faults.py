@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.serve.sources import CaptureSource
+from runtime.serve.frames.sources import CaptureSource
 
 
 def make_video(path: Path, frames: int, seed: int = 0) -> Path:

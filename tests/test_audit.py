@@ -18,7 +18,7 @@ from runtime import audit
 from runtime.bundle.loader import Bundle
 from runtime.detect.detector import Detector
 from runtime.serve import Server
-from runtime.serve.records import ResultsLog
+from runtime.serve.results.records import ResultsLog
 from tests.controlled import part
 from tests.serving import parts_folder, serve_settings, strict_lines, wait_for
 
@@ -208,7 +208,7 @@ def test_who_taught_a_frame_is_in_the_chain_and_changing_it_is_caught(controlled
 def test_an_int8_graph_carries_its_parity_verdict_measured_on_this_machine(tiny_bundle, tmp_path):
     """The random-weight tiny bundle's int8 image graph, allowed as runtime.check's tests allow it: the audit
     says what this box measured (the cache serve filled at start), not what export claimed."""
-    from runtime.serve.provenance import Provenance
+    from runtime.serve.results.provenance import Provenance
 
     settings = dict(precision="int8", allow_unverified_precision=True, precision_cache_dir=tmp_path / "parity")
     detector = Detector.from_bundle(tiny_bundle, text_cache_dir=tmp_path / "text", **settings)

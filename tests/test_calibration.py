@@ -131,7 +131,7 @@ def test_guarantee_is_as_tight_as_it_may_be():
 
 
 def test_serve_refuses_a_guarantee_its_calibration_images_cannot_give_at_start():
-    from runtime.serve.teaching import Operating
+    from runtime.serve.judging.teaching import Operating
 
     images = [np.zeros((32, 32, 3), np.uint8)] * 20
     with pytest.raises(ValueError, match=r"needs at least 59 good images.*holds 20 images"):

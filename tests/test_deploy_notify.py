@@ -1,4 +1,4 @@
-"""Issue 29, item 4: serve speaks systemd's notification protocol (runtime/serve/notify.py) to a real unix
+"""Issue 29, item 4: serve speaks systemd's notification protocol (runtime/serve/process/notify.py) to a real unix
 datagram socket, as systemd's would be: READY=1 once it serves, WATCHDOG=1 only while /healthz answers 200,
 STOPPING=1 when SIGTERM (or the end of a recording) starts the drain. The serve here is a real process."""
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.serve.notify import Notifier, Watch
+from runtime.serve.process.notify import Notifier, Watch
 from tests.controlled import CATEGORY
 from tests.serving import http_get, parts_folder, strict_lines, wait_for
 

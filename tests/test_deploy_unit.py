@@ -58,7 +58,7 @@ def test_the_unit_has_the_hardening_of_a_line_box():
             key, _, value = line.partition("=")
             keys.setdefault(key, []).append(value)
     wanted = {
-        "Type": "notify",  # READY=1 from serve (runtime/serve/notify.py)
+        "Type": "notify",  # READY=1 from serve (runtime/serve/process/notify.py)
         "User": "lineside",
         "ProtectSystem": "strict",
         "ReadWritePaths": "/var/lib/lineside",

@@ -217,12 +217,12 @@ def test_serve_explains_every_ng_frame_in_its_line_and_sends_the_models_word_eve
 def test_no_ng_frame_is_left_without_a_word_when_the_queue_is_full_or_serve_stops(controlled, tmp_path):
     """Frames the explainer cannot take (queue full) or never reaches (serve stopped) get an EXPLANATION
     line with origin skipped and the reason, in the log and at every sink; the page keeps the rules."""
-    from runtime.serve.explainer import Explainer
-    from runtime.serve.metrics import Metrics
-    from runtime.serve.records import ResultsLog, record_of
-    from runtime.serve.sinks import JsonlSink
-    from runtime.serve.sources import Frame
-    from runtime.serve.state import State
+    from runtime.serve.frames.sources import Frame
+    from runtime.serve.interfaces.metrics import Metrics
+    from runtime.serve.judging.explainer import Explainer
+    from runtime.serve.judging.state import State
+    from runtime.serve.results.records import ResultsLog, record_of
+    from runtime.serve.results.sinks import JsonlSink
 
     detector = Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path / "text")
     image = part(red_box=DEFECT)

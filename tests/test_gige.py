@@ -22,7 +22,7 @@ import pytest
 from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
 from runtime.serve.__main__ import main as serve_main
-from runtime.serve.aravis import PIXEL_FORMATS, to_bgr
+from runtime.serve.frames.aravis import PIXEL_FORMATS, to_bgr
 from tests.brokers import Broker
 from tests.controlled import CATEGORY
 from tests.serving import result_lines, wait_for

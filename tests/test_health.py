@@ -143,9 +143,9 @@ def test_a_looping_recording_stays_ready_between_passes_and_says_why_when_it_goe
     """CI caught the MQTT status above going degraded with "source not connected": between two passes of a
     looping folder capture cleared `connected` before anything set a problem, so readiness flapped every pass
     and a folder that went away could first be reported without its name."""
-    from runtime.serve.capture import Capture, LatestFrameSlot
-    from runtime.serve.metrics import Metrics
-    from runtime.serve.sources import open_source
+    from runtime.serve.frames.capture import Capture, LatestFrameSlot
+    from runtime.serve.frames.sources import open_source
+    from runtime.serve.interfaces.metrics import Metrics
 
     folder = parts_folder(tmp_path / "frames", 2)
     source, slot, stop = open_source(str(folder)), LatestFrameSlot(), threading.Event()

@@ -20,7 +20,7 @@ import pytest
 from runtime.detect.detector import Detector
 from runtime.serve import Server
 from runtime.serve.__main__ import main as serve_main
-from runtime.serve.ngstore import INDEX, NgIndex
+from runtime.serve.results.ngstore import INDEX, NgIndex
 from tests.controlled import part
 from tests.serving import DEFECT, parts_folder, serve_settings, strict_lines
 

@@ -23,9 +23,9 @@ import pytest
 from runtime.detect.detector import Detector
 from runtime.serve import Server
 from runtime.serve.__main__ import main as serve_main
-from runtime.serve.metrics import Metrics
-from runtime.serve.mqtt import MqttOptions, MqttSink, from_spec
-from runtime.serve.sinks import WebhookSink, parse_sink
+from runtime.serve.interfaces.metrics import Metrics
+from runtime.serve.results.mqtt import MqttOptions, MqttSink, from_spec
+from runtime.serve.results.sinks import WebhookSink, parse_sink
 from tests.brokers import Broker, free_port
 from tests.controlled import CATEGORY
 from tests.serving import http_get, parts_folder, serve_settings, strict_lines, wait_for
@@ -271,8 +271,8 @@ def test_a_jsonl_sink_cut_short_mid_line_starts_its_next_line_fresh(tmp_path):
     code = (
         "import resource, sys\n"
         "from pathlib import Path\n"
-        "from runtime.serve.metrics import Metrics\n"
-        "from runtime.serve.sinks import JsonlSink\n"
+        "from runtime.serve.interfaces.metrics import Metrics\n"
+        "from runtime.serve.results.sinks import JsonlSink\n"
         "sink = JsonlSink(Path(sys.argv[1]), Metrics(), 8)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (20, resource.RLIM_INFINITY))\n"
         "try:\n"

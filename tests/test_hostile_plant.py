@@ -18,12 +18,12 @@ import pytest
 from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
 from runtime.serve.cameras import read_cameras
-from runtime.serve.capture import Capture
-from runtime.serve.codes import PartPattern
-from runtime.serve.metrics import Metrics
-from runtime.serve.ngstore import ng_stem
-from runtime.serve.sinks import parse_sink
-from runtime.serve.triggers import MqttTriggers, TriggerQueue, trigger_fields
+from runtime.serve.frames.capture import Capture
+from runtime.serve.frames.codes import PartPattern
+from runtime.serve.frames.triggers import MqttTriggers, TriggerQueue, trigger_fields
+from runtime.serve.interfaces.metrics import Metrics
+from runtime.serve.results.ngstore import ng_stem
+from runtime.serve.results.sinks import parse_sink
 from runtime.settings import ServeSettings
 from tests.brokers import Broker
 from tests.controlled import CATEGORY, part
@@ -166,7 +166,7 @@ def test_a_part_id_pattern_that_backtracks_without_end_is_cut_short(caplog):
 
 
 def test_part_ids_from_file_names_are_ids_or_nothing(tmp_path):
-    from runtime.serve.sources import open_source
+    from runtime.serve.frames.sources import open_source
 
     source = open_source(str(tmp_path))  # a real (empty) folder source: capture names it in its log lines
     capture = Capture(source, None, threading.Event(), Metrics(), 0, False, 1.0, "", r"SN-(.*)\.png")

@@ -22,8 +22,8 @@ import pytest
 from runtime.detect.detector import Detector
 from runtime.serve import Server
 from runtime.serve.__main__ import main as serve_main
-from runtime.serve.capture import LatestFrameSlot
-from runtime.serve.sources import Frame, FrameSource
+from runtime.serve.frames.capture import LatestFrameSlot
+from runtime.serve.frames.sources import Frame, FrameSource
 from tests.controlled import CATEGORY, part
 from tests.serving import DEFECT, http_get, parts_folder, serve_settings, strict_lines
 

@@ -18,8 +18,8 @@ import pytest
 from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
 from runtime.serve.__main__ import main as serve_main
-from runtime.serve.folders import FolderSource
-from runtime.serve.sources import CaptureSource, csi_pipeline, open_source
+from runtime.serve.frames.folders import FolderSource
+from runtime.serve.frames.sources import CaptureSource, csi_pipeline, open_source
 from tests.controlled import CATEGORY, part
 
 GSTREAMER = bool(re.search(r"^\s*GStreamer:\s+YES", cv2.getBuildInformation(), re.M))

@@ -10,9 +10,9 @@ import pytest
 
 from runtime.detect.lines import SCHEMA, FrameRef, explanation_line, result_line, teach_line
 from runtime.detect.result import Region, Result
-from runtime.serve.pipeline import Inspector
-from runtime.serve.records import ResultsLog
-from runtime.serve.sources import Frame
+from runtime.serve.frames.sources import Frame
+from runtime.serve.judging.pipeline import Inspector
+from runtime.serve.results.records import ResultsLog
 
 WHERE = FrameRef("20260101T000000-1", 3, 1767225600.5, "line1/", "0003.png")
 SETTINGS = {"threshold": 0.5, "use_sam": True}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cv2
 
-from runtime.serve.logs import JsonFormatter
+from runtime.serve.process.logs import JsonFormatter
 from tests.controlled import CATEGORY, part
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.serve.metrics import Metrics
-from runtime.serve.mqtt import MqttOptions, from_spec
-from runtime.serve.sinks import parse_sink
+from runtime.serve.interfaces.metrics import Metrics
+from runtime.serve.results.mqtt import MqttOptions, from_spec
+from runtime.serve.results.sinks import parse_sink
 from runtime.settings import ServeSettings
 from tests.brokers import PASSWORD, USER, Broker, free_port, make_pki, tls_client
 
@@ -145,8 +145,8 @@ def test_the_broker_announces_offline_when_serve_dies_without_goodbye(broker, pk
     """The last will: a sink process killed with SIGKILL leaves a retained "offline" written by the broker."""
     code = (
         "import sys, time\n"
-        "from runtime.serve.metrics import Metrics\n"
-        "from runtime.serve.mqtt import MqttOptions, from_spec\n"
+        "from runtime.serve.interfaces.metrics import Metrics\n"
+        "from runtime.serve.results.mqtt import MqttOptions, from_spec\n"
         "from pathlib import Path\n"
         "pki = Path(sys.argv[2])\n"
         "o = MqttOptions(line='line7', username=sys.argv[3], password=sys.argv[4], ca=pki / 'ca.crt',\n"

@@ -20,7 +20,7 @@ import pytest
 
 from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
-from runtime.serve.gallery import Layers
+from runtime.serve.judging.gallery import Layers
 from tests.browser import Chromium, Tab
 from tests.controlled import CATEGORY, part
 from tests.serving import result_lines, wait_for
@@ -320,7 +320,7 @@ def test_the_gallery_keeps_the_last_ng_frames_small_and_bounded():
     import numpy as np
 
     from runtime.detect.result import Region, Result
-    from runtime.serve.state import State
+    from runtime.serve.judging.state import State
 
     state = State(recent=10, gallery=3)
     frame = part(1000, red_box=(400, 400, 600, 600))

@@ -19,9 +19,9 @@ import pytest
 from runtime.detect.detector import Detector
 from runtime.serve import Server
 from runtime.serve.__main__ import main as serve_main
-from runtime.serve.metrics import Metrics
-from runtime.serve.plc import LoopThread
-from runtime.serve.sinks import parse_sink
+from runtime.serve.interfaces.metrics import Metrics
+from runtime.serve.results.plc.plc import LoopThread
+from runtime.serve.results.sinks import parse_sink
 from tests.brokers import free_port
 from tests.controlled import CATEGORY, part
 from tests.serving import result_lines, serve_settings, wait_for
@@ -392,8 +392,8 @@ def test_opcua_clients_that_would_eat_the_descriptor_reserve_refuse_the_sink(tmp
     code = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))\n"
-        "from runtime.serve.metrics import Metrics\n"
-        "from runtime.serve.sinks import parse_sink\n"
+        "from runtime.serve.interfaces.metrics import Metrics\n"
+        "from runtime.serve.results.sinks import parse_sink\n"
         "sink = parse_sink(f'opcua-server://127.0.0.1:{sys.argv[1]}/x?clients=100', Metrics(), 4)\n"
         "try:\n"
         "    sink.start()\n"
@@ -406,12 +406,12 @@ def test_opcua_clients_that_would_eat_the_descriptor_reserve_refuse_the_sink(tmp
 
 
 def test_serve_raises_its_soft_open_file_limit_to_the_hard_one():
-    from runtime.serve.descriptors import raise_limit
+    from runtime.serve.process.descriptors import raise_limit
 
     code = (
         "import resource\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 2048))\n"
-        "from runtime.serve.descriptors import raise_limit\n"
+        "from runtime.serve.process.descriptors import raise_limit\n"
         "print(raise_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

@@ -10,9 +10,9 @@ import pytest
 
 from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
-from runtime.serve.handshake import REASONS, Handshake, Refused, reason_code
-from runtime.serve.plc import LoopThread
-from runtime.serve.sources import FrameSource
+from runtime.serve.frames.sources import FrameSource
+from runtime.serve.results.plc.handshake import REASONS, Handshake, Refused, reason_code
+from runtime.serve.results.plc.plc import LoopThread
 from tests.brokers import free_port
 from tests.controlled import CATEGORY, part
 from tests.serving import DEFECT, result_lines
@@ -369,7 +369,7 @@ class ModbusPlc:
         return seen
 
     def trigger(self, part_id: str) -> None:
-        from runtime.serve.modbus_handshake import part_registers
+        from runtime.serve.results.plc.modbus_handshake import part_registers
 
         before = self.until(lambda s: s["ready"], "never ready for the next part")
         self.memory.write_registers(H + 18, part_registers(part_id), device_id=1)

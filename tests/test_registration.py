@@ -60,13 +60,17 @@ def shifted(count: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def test_registered_parts_are_compared_in_place():
-    memory = ReferenceMemory.build(PixelPatchEncoder(), registered(MIN_REGISTERED_REFERENCES), coreset_ratio=0.1, window=AUTO)
+    memory = ReferenceMemory.build(
+        PixelPatchEncoder(), registered(MIN_REGISTERED_REFERENCES), coreset_ratio=0.1, window=AUTO
+    )
     assert memory.window == REGISTERED_WINDOW
     assert memory.coreset_ratio == 1.0 and memory.index == "numpy"  # in place: every patch, exact
 
 
 def test_shifted_parts_are_compared_anywhere():
-    memory = ReferenceMemory.build(PixelPatchEncoder(), shifted(MIN_REGISTERED_REFERENCES), coreset_ratio=0.1, window=AUTO)
+    memory = ReferenceMemory.build(
+        PixelPatchEncoder(), shifted(MIN_REGISTERED_REFERENCES), coreset_ratio=0.1, window=AUTO
+    )
     assert memory.window == 0
     assert memory.coreset_ratio == 0.1  # anywhere: the coreset the settings asked for
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from runtime import audit
-from runtime.serve.records import TAIL_CHUNK, ResultsLog
+from runtime.serve.results.records import TAIL_CHUNK, ResultsLog
 from tests.controlled import CATEGORY
 from tests.serving import parts_folder, strict_lines
 

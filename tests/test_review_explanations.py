@@ -11,7 +11,7 @@ import pytest
 from runtime.detect.detector import Detector
 from runtime.prompts.agent import PromptAgent
 from runtime.prompts.checks import check_sentence
-from runtime.serve.gallery import Layers, keep
+from runtime.serve.judging.gallery import Layers, keep
 from tests.controlled import CATEGORY, part
 
 DEFECT = (96, 64, 144, 112)
@@ -45,11 +45,11 @@ def _twelve_bit(image: np.ndarray) -> np.ndarray:
 
 
 def test_a_twelve_bit_ng_frame_keeps_its_picture_and_gets_the_rules_not_a_skip(controlled, detector, tmp_path):
-    from runtime.serve.explainer import Explainer
-    from runtime.serve.metrics import Metrics
-    from runtime.serve.records import ResultsLog
-    from runtime.serve.sources import Frame
-    from runtime.serve.state import State
+    from runtime.serve.frames.sources import Frame
+    from runtime.serve.interfaces.metrics import Metrics
+    from runtime.serve.judging.explainer import Explainer
+    from runtime.serve.judging.state import State
+    from runtime.serve.results.records import ResultsLog
 
     twelve = detector.with_settings(replace(detector.settings, input_bits=12))
     image = _twelve_bit(part(red_box=DEFECT))
@@ -79,7 +79,7 @@ def test_grey_and_sixteen_bit_frames_are_kept_for_the_gallery(detector):
 
 
 def test_a_final_word_after_its_frame_left_the_recent_results_reaches_the_gallery(detector):
-    from runtime.serve.state import State
+    from runtime.serve.judging.state import State
 
     state = State(recent=2, gallery=3)
     image = part(red_box=DEFECT)
@@ -140,11 +140,11 @@ def test_an_ng_frame_offered_while_the_explainer_closes_still_gets_its_line(dete
     import queue
     import threading
 
-    from runtime.serve.explainer import Explainer
-    from runtime.serve.metrics import Metrics
-    from runtime.serve.records import ResultsLog, record_of
-    from runtime.serve.sources import Frame
-    from runtime.serve.state import State
+    from runtime.serve.frames.sources import Frame
+    from runtime.serve.interfaces.metrics import Metrics
+    from runtime.serve.judging.explainer import Explainer
+    from runtime.serve.judging.state import State
+    from runtime.serve.results.records import ResultsLog, record_of
 
     image = part(red_box=DEFECT)
     result = detector.detect(image, CATEGORY)

@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 
-from runtime.serve.folders import FolderSource
+from runtime.serve.frames.folders import FolderSource
 
 
 def test_read_ahead_keeps_name_order_and_each_bad_file_in_its_place(tmp_path):

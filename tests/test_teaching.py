@@ -13,7 +13,7 @@ from runtime.detect.detector import Detector
 from runtime.detect.lines import FrameRef, teach_line
 from runtime.detect.screening import screen
 from runtime.serve import Server
-from runtime.serve.teaching import Operating
+from runtime.serve.judging.teaching import Operating
 from tests.controlled import CATEGORY, part
 from tests.serving import http_get, serve_settings
 

@@ -13,9 +13,9 @@ import pytest
 
 from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
-from runtime.serve.metrics import Metrics, version
-from runtime.serve.ngstore import NgImageSink, ng_stem
-from runtime.serve.triggers import trigger_fields
+from runtime.serve.frames.triggers import trigger_fields
+from runtime.serve.interfaces.metrics import Metrics, version
+from runtime.serve.results.ngstore import NgImageSink, ng_stem
 from tests.controlled import CATEGORY, part
 from tests.serving import result_lines, wait_for
 

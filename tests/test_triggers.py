@@ -19,8 +19,8 @@ import pytest
 from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
 from runtime.serve.__main__ import main as serve_main
-from runtime.serve.sources import FrameSource
-from runtime.serve.triggers import trigger_id
+from runtime.serve.frames.sources import FrameSource
+from runtime.serve.frames.triggers import trigger_id
 from tests.brokers import PASSWORD, USER, Broker, make_pki, tls_client
 from tests.controlled import CATEGORY, part
 from tests.serving import result_lines, wait_for
@@ -262,9 +262,9 @@ def test_the_trigger_topic_takes_the_sinks_credentials_and_tls(controlled, detec
 
 
 def test_a_trigger_topic_whose_broker_refuses_the_password_says_so(tmp_path, pki, caplog):
-    from runtime.serve.metrics import Metrics
-    from runtime.serve.mqtt import MqttOptions
-    from runtime.serve.triggers import MqttTriggers, TriggerQueue
+    from runtime.serve.frames.triggers import MqttTriggers, TriggerQueue
+    from runtime.serve.interfaces.metrics import Metrics
+    from runtime.serve.results.mqtt import MqttOptions
 
     (tmp_path / "broker").mkdir()
     broker = Broker(tmp_path / "broker", pki)
@@ -299,9 +299,9 @@ def test_a_trigger_topic_whose_broker_refuses_the_password_says_so(tmp_path, pki
 def test_bad_trigger_topics_and_tls_settings_are_refused_naming_them(url, options, message):
     from pathlib import Path
 
-    from runtime.serve.metrics import Metrics
-    from runtime.serve.mqtt import MqttOptions
-    from runtime.serve.triggers import MqttTriggers, TriggerQueue
+    from runtime.serve.frames.triggers import MqttTriggers, TriggerQueue
+    from runtime.serve.interfaces.metrics import Metrics
+    from runtime.serve.results.mqtt import MqttOptions
 
     given = MqttOptions(**{k: Path(v) for k, v in options.items()})
     with pytest.raises(ValueError) as e:
@@ -310,9 +310,9 @@ def test_bad_trigger_topics_and_tls_settings_are_refused_naming_them(url, option
 
 
 def test_the_trigger_topic_and_the_sink_take_mqtts_own_port_when_the_url_names_none():
-    from runtime.serve.metrics import Metrics
-    from runtime.serve.mqtt import MqttOptions, from_spec
-    from runtime.serve.triggers import parse_mqtt_url
+    from runtime.serve.frames.triggers import parse_mqtt_url
+    from runtime.serve.interfaces.metrics import Metrics
+    from runtime.serve.results.mqtt import MqttOptions, from_spec
 
     urls = ("mqtt://h/t", "mqtts://h/t", "mqtt://h:1884/t")
     assert [parse_mqtt_url(url).port for url in urls] == [1883, 8883, 1884]
@@ -364,7 +364,7 @@ def test_serve_beyond_loopback_without_a_token_refuses_in_one_line(controlled, d
 
 
 def test_loopback_addresses_are_told_apart_from_reachable_ones():
-    from runtime.serve.web import loopback
+    from runtime.serve.interfaces.web import loopback
 
     assert all(loopback(h) for h in ("127.0.0.1", "127.3.0.1", "::1", "[::1]", "localhost", "LOCALHOST"))
     assert not any(loopback(h) for h in ("0.0.0.0", "::", "192.168.0.10", "box.local", ""))

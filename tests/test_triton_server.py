@@ -21,7 +21,7 @@ from runtime.bundle.loader import Bundle
 from runtime.bundle.triton_repo import RepoOptions, write_repository
 from runtime.bundle.triton_session import BACKOFF_FIRST_S, TritonMismatch
 from runtime.detect.detector import Detector
-from runtime.serve.web import graph_lines
+from runtime.serve.interfaces.web import graph_lines
 from tests.triton_server import TritonServer, python_twin
 
 QUEUE_DELAY_US = 100_000  # long enough that four requests sent together wait for each other

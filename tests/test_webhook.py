@@ -12,8 +12,8 @@ import time
 import pytest
 from aiohttp import web
 
-from runtime.serve.metrics import Metrics
-from runtime.serve.sinks import WebhookSink, parse_sink
+from runtime.serve.interfaces.metrics import Metrics
+from runtime.serve.results.sinks import WebhookSink, parse_sink
 from runtime.settings import ServeSettings
 
 

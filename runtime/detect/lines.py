@@ -22,7 +22,7 @@ full, serve stopped before it was reached, the model failed), `text` is "" and
 with origin "rules" and `model_rejected` saying why.
 
 serve adds two things detect cannot know: an `audit` block on OK / NG / ERROR lines
-(runtime/serve/provenance.py: image and model hashes, precision verdicts, calibration
+(runtime/serve/results/provenance.py: image and model hashes, precision verdicts, calibration
 id) and, on every line of its results log, the hash chain's seq, prev and hash
 (runtime/audit.py).
 

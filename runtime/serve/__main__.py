@@ -19,7 +19,7 @@ import numpy as np
 
 from ..bundle.manifest import BundleError
 from ..options import add_arguments, load
-from . import descriptors, logs, notify
+from .process import descriptors, logs, notify
 from .server import Server
 
 log = logging.getLogger("lineside.serve")

@@ -30,14 +30,14 @@ from ..detect.encoders import SESSION_SETTINGS
 from ..detect.frames import list_images, read_image
 from ..options import convert
 from ..settings import SECTIONS, Settings, owner_of
-from .capture import Capture, LatestFrameSlot
-from .codes import CodeReader
-from .mqtt import MqttOptions
-from .pipeline import Inspector
-from .sources import FrameSource
-from .state import State
-from .teaching import Operating
-from .triggers import MqttTriggers, TriggerQueue
+from .frames.capture import Capture, LatestFrameSlot
+from .frames.codes import CodeReader
+from .frames.sources import FrameSource
+from .frames.triggers import MqttTriggers, TriggerQueue
+from .judging.pipeline import Inspector
+from .judging.state import State
+from .judging.teaching import Operating
+from .results.mqtt import MqttOptions
 
 log = logging.getLogger("lineside.serve")
 

@@ -23,16 +23,16 @@ from pathlib import Path
 from ..check import start_check
 from ..detect.detector import Detector
 from ..settings import AgentSettings, Settings
-from . import logs
 from .cameras import Camera, CameraSpec, Serialised, read_cameras
-from .explainer import Explainer
-from .metrics import Metrics
-from .ngstore import NgImageSink
-from .records import ResultsLog
-from .sinks import parse_sink
-from .sources import open_source
-from .triggers import parse_mqtt_url
-from .web import WebThread, create_app, loopback
+from .frames.sources import open_source
+from .frames.triggers import parse_mqtt_url
+from .interfaces.metrics import Metrics
+from .interfaces.web import WebThread, create_app, loopback
+from .judging.explainer import Explainer
+from .process import logs
+from .results.ngstore import NgImageSink
+from .results.records import ResultsLog
+from .results.sinks import parse_sink
 
 log = logging.getLogger("lineside.serve")
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime.serve.metrics import Metrics
-from runtime.serve.sinks import parse_sink
+from runtime.serve.interfaces.metrics import Metrics
+from runtime.serve.results.sinks import parse_sink
 from tests.fuzz.invariants import clear_error
 
 pytestmark = pytest.mark.fuzz

@@ -15,10 +15,10 @@ import time
 
 from aiohttp import web
 
+from ..frames.triggers import MAX_BODY
+from ..judging.gallery import Layers
+from ..results.records import strict_json
 from .feedback import Feedback, Refused, authorised
-from .gallery import Layers
-from .records import strict_json
-from .triggers import MAX_BODY
 
 
 def _json(data, status: int = 200, headers: dict | None = None) -> web.Response:

@@ -34,9 +34,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..detect.lines import DECISIONS, FrameRef, feedback_line, teach_line
-from ..detect.screening import screen_joining
-from .state import State
+from ...detect.lines import DECISIONS, FrameRef, feedback_line, teach_line
+from ...detect.screening import screen_joining
+from ..judging.state import State
 
 log = logging.getLogger("lineside.serve")
 

@@ -17,12 +17,12 @@ import queue
 import threading
 import time
 
-from ..detect.explanation import skipped
-from ..detect.lines import explanation_line
-from ..detect.result import Result
+from ...detect.explanation import skipped
+from ...detect.lines import explanation_line
+from ...detect.result import Result
+from ..frames.sources import Frame
+from ..results.records import ResultsLog, frame_ref
 from .gallery import shown_rgb
-from .records import ResultsLog, frame_ref
-from .sources import Frame
 from .state import State
 
 log = logging.getLogger("lineside.serve")

@@ -15,8 +15,8 @@ import time
 import cv2
 import numpy as np
 
-from ..detect.overlay import render
-from ..detect.result import Result
+from ...detect.overlay import render
+from ...detect.result import Result
 from .gallery import Gallery, Layers, shown_rgb
 
 HISTORY = 120  # verdicts in /api/status's history strip

@@ -20,8 +20,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 import cv2
 import numpy as np
 
-from ..detect.frames import printable
-from ..settings import MAX_IMAGE_PIXELS
+from ...detect.frames import printable
+from ...settings import MAX_IMAGE_PIXELS
 
 log = logging.getLogger("lineside.serve")
 

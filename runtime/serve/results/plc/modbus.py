@@ -25,8 +25,8 @@ from __future__ import annotations
 import logging
 from urllib.parse import parse_qsl, urlparse
 
+from ..sinks import Sink
 from .plc import VERDICTS, Redial, integer, options, plain_url, port_of, require, score_of, verdict
-from .sinks import Sink
 
 log = logging.getLogger("lineside.serve")
 

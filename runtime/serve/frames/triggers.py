@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
-from .mqtt import MqttOptions, broker_port, client_id, configure, connect_failure, one_topic, redact, refusal
+from ..results.mqtt import MqttOptions, broker_port, client_id, configure, connect_failure, one_topic, redact, refusal
 from .sources import Frame
 
 log = logging.getLogger("lineside.serve")

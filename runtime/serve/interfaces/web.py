@@ -22,11 +22,11 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from ..frames.triggers import MAX_BODY, TriggerRefused, trigger_fields
+from ..judging.gallery import Layers
+from ..results.records import strict_json
 from .feedback import authorised
-from .gallery import Layers
 from .operator import OperatorPage, unauthorised
-from .records import strict_json
-from .triggers import MAX_BODY, TriggerRefused, trigger_fields
 
 log = logging.getLogger("lineside.serve")
 

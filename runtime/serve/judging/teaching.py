@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..detect.calibration import (
+from ...detect.calibration import (
     CONFIDENCE,
     OperatingPoint,
     calibrate_detector,
@@ -25,9 +25,9 @@ from ..detect.calibration import (
     leave_one_out,
     require_enough,
 )
-from ..detect.detector import Detector
-from ..detect.references import ReferenceMemory, content_key
-from ..detect.screening import screen
+from ...detect.detector import Detector
+from ...detect.references import ReferenceMemory, content_key
+from ...detect.screening import screen
 
 log = logging.getLogger("lineside.serve")
 

@@ -31,9 +31,9 @@ import threading
 import time
 from urllib.parse import urlparse
 
+from ..sinks import Sink
 from .handshake import RESULTS, Handshake, Refused
 from .plc import Redial, integer, options, plain_url, port_of, require
-from .sinks import Sink
 
 log = logging.getLogger("lineside.serve")
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlparse
 
+from ..sinks import Sink
 from .plc import VERDICTS, LoopThread, Redial, options, plain_url, port_of, require, score_of, verdict
-from .sinks import Sink
 
 log = logging.getLogger("lineside.serve")
 

@@ -29,9 +29,9 @@ import threading
 import time
 from pathlib import Path
 
-from .. import audit
-from ..detect.lines import FrameRef, error_line, result_line, strict_json
-from ..detect.result import Result
+from ... import audit
+from ...detect.lines import FrameRef, error_line, result_line, strict_json
+from ...detect.result import Result
 from .provenance import Provenance
 
 __all__ = ["ResultsLog", "bare_error", "frame_ref", "record_of", "strict_json"]

@@ -23,7 +23,7 @@ from urllib.parse import ParseResult, urljoin, urlparse
 
 import aiohttp
 
-from ..settings import ServeSettings
+from ...settings import ServeSettings
 from .records import end_partial_line, strict_json
 
 log = logging.getLogger("lineside.serve")
@@ -314,15 +314,15 @@ def parse_sink(spec: str, metrics, maxsize: int, serve: ServeSettings | None = N
 def _plc_sink(scheme: str):
     """The PLC output class for a --sink scheme, imported only when asked for (asyncua, pymodbus are optional)."""
     if scheme == "opcua-server":
-        from .opcua import OpcUaServerSink
+        from .plc.opcua import OpcUaServerSink
 
         return OpcUaServerSink
     if scheme == "opcua-write":
-        from .opcua_write import OpcUaWriteSink
+        from .plc.opcua_write import OpcUaWriteSink
 
         return OpcUaWriteSink
     if scheme == "modbus":
-        from .modbus import modbus_sink  # the verdict registers, or the handshake with handshake=
+        from .plc.modbus import modbus_sink  # the verdict registers, or the handshake with handshake=
 
         return modbus_sink
     return None

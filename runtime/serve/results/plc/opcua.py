@@ -32,12 +32,12 @@ import re
 import socket
 from urllib.parse import urlparse
 
-from . import logs
-from .descriptors import make_room
+from ...process import logs
+from ...process.descriptors import make_room
+from ..sinks import Sink
 from .handshake import RESULTS, Handshake
 from .opcua_handshake import POLL_S, UaConversation
 from .plc import LoopThread, camera_of, integer, options, plain_url, port_of, require, score_of, verdict
-from .sinks import Sink
 
 log = logging.getLogger("lineside.serve")
 

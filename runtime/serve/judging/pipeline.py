@@ -14,14 +14,14 @@ import logging
 import threading
 import time
 
-from ..detect.detector import Detector
-from ..detect.frames import to_rgb_uint8
-from ..detect.lines import new_run, teach_line
-from ..detect.result import Result
-from .capture import LatestFrameSlot
-from .provenance import Provenance
-from .records import ResultsLog, bare_error, frame_ref, record_of, strict_json
-from .sources import Frame
+from ...detect.detector import Detector
+from ...detect.frames import to_rgb_uint8
+from ...detect.lines import new_run, teach_line
+from ...detect.result import Result
+from ..frames.capture import LatestFrameSlot
+from ..frames.sources import Frame
+from ..results.provenance import Provenance
+from ..results.records import ResultsLog, bare_error, frame_ref, record_of, strict_json
 from .state import State
 from .teaching import Operating, Teaching
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..detect.frames import IMAGE_SUFFIXES, ImageError, printable, read_frame
-from ..settings import MAX_IMAGE_PIXELS
+from ...detect.frames import IMAGE_SUFFIXES, ImageError, printable, read_frame
+from ...settings import MAX_IMAGE_PIXELS
 from .sources import FrameSource
 
 

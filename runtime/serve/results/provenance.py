@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle.verify import Probe, verdict
+from ...bundle.verify import Probe, verdict
 
 log = logging.getLogger("lineside.serve")
 

@@ -22,9 +22,9 @@ import threading
 import cv2
 import numpy as np
 
-from ..detect.frames import ImageError, to_rgb_uint8
-from ..detect.overlay import render
-from ..detect.result import Result
+from ...detect.frames import ImageError, to_rgb_uint8
+from ...detect.overlay import render
+from ...detect.result import Result
 
 log = logging.getLogger("lineside.serve")
 

@@ -1,0 +1,1 @@
+"""People and machines looking in: the HTTP API, the operator's page and its feedback, and the metrics."""
