@@ -17,9 +17,14 @@ registered namespace is index 2), under Objects/Lineside/<camera>:
 
 Beside them, Objects/Lineside/System holds the server's OPC 40100 State, its
 StateReason, the verdict counts and inspection times since the last reset, and the
-ResetDiagnostics method (opcua_system.py, docs/plc.md). Variables are read-only to clients. The endpoint offers security mode None
-(anonymous, unsigned): keep it on the cell network. A camera's folder exists
-from the start when it is named in `cameras`, else from its first verdict.
+ResetDiagnostics method (opcua_system.py, docs/plc.md). Variables are read-only to clients.
+
+Security (opcua_security.py): on a loopback host, or with security=none, anonymous
+unsigned sessions; with users (users=FILE or $LINESIDE_OPCUA_USERS), Basic256Sha256
+SignAndEncrypt with the server's own certificate from the pki folder. Any other host
+without users is refused at start: anonymous clients are never taken there.
+
+A camera's folder exists from the start when it is named in `cameras`, else from its first verdict.
 
 At most `clients` connections (and as many sessions) are served at once; more
 are closed as they come, so that idle or hostile clients can never take the
@@ -38,6 +43,7 @@ from . import logs
 from .descriptors import make_room
 from .handshake import RESULTS, Handshake
 from .opcua_handshake import POLL_S, UaConversation
+from .opcua_security import USERS_ENV, Users, certificate, loopback, policy
 from .opcua_system import Diagnostics, UaSystem, system_state
 from .plc import LoopThread, camera_of, integer, options, plain_url, port_of, require, score_of, verdict
 from .sinks import Sink
@@ -52,6 +58,9 @@ KNOWN = {
     "cameras": "comma-separated camera ids whose nodes exist from the start; default 0",
     "clients": f"most client connections (and sessions) at once, 1..{MAX_CLIENTS}; default {CLIENTS}",
     "handshake": "1: the PLC handshake nodes per camera (trigger, result, acknowledgement: docs/plc.md); default 0",
+    "users": f"file of NAME:PASSWORD lines, the users of the encrypted endpoint; default ${USERS_ENV}",
+    "pki": "folder of the server's certificate and key, made on first start; default opcua-pki",
+    "security": "none: anonymous, unsigned sessions off loopback too; default basic256sha256",
 }
 VARIABLES = {  # name -> (OPC UA type, value before the first verdict)
     "Verdict": ("String", ""),
@@ -138,6 +147,8 @@ class OpcUaServerSink(Sink):
                 f"--sink {spec!r}: cameras must be up to {MAX_CAMERAS} different camera ids (letters, digits, "
                 f"'.', '-', '_'), got {len(self.cameras)}" + (f", such as {bad}" if bad else "")
             )
+        self.policy = policy(spec, self.host, opts)  # last: the other options' own errors come first
+        self.pair = None  # (certificate, key, application URI) once start has read or made them
         super().__init__(f"opcua-server://{self.host}:{self.port}{url.path}", metrics, maxsize)
         self.loop = LoopThread(f"opcua-server-{self.port}")
         self.server, self.beat, self.ns, self.beats = None, None, 0, 0
@@ -165,6 +176,11 @@ class OpcUaServerSink(Sink):
 
     def start(self) -> None:
         """Listen before inspection starts: a port in use refuses serve at start, not later."""
+        if self.policy.secure:
+            try:
+                self.pair = certificate(self.policy.pki)
+            except ValueError as e:
+                raise OSError(f"--sink {self.label}: {e}") from None
         make_room(self.clients, f"--sink {self.label}", "lower clients= or raise LimitNOFILE")
         self.loop.start()
         try:
@@ -173,18 +189,39 @@ class OpcUaServerSink(Sink):
         except Exception as e:
             self.loop.stop()
             raise OSError(f"--sink {self.label}: cannot serve OPC UA on {self.endpoint}: {e}") from e
-        log.info("OPC UA server on %s, namespace %s (index %d)", self.endpoint, self.namespace, self.ns)
+        offered = [f"Basic256Sha256 SignAndEncrypt for {len(self.policy.users)} users"] if self.policy.secure else []
+        offered += ["anonymous, unsigned"] if self.policy.anonymous else []
+        log.info(
+            "OPC UA server on %s, namespace %s (index %d); sessions: %s",
+            self.endpoint,
+            self.namespace,
+            self.ns,
+            " or ".join(offered),
+        )
         super().start()
 
     async def _open(self) -> None:
         ua = self.asyncua.ua
-        server = self.asyncua.Server()
+        p = self.policy
+        server = self.asyncua.Server(user_manager=Users(self.asyncua, p.users, p.anonymous, loopback(self.host)))
         await server.init()
         server.iserver.max_connections = self.clients  # past it asyncua closes a connection as it comes
         _quiet_refusals()
         server.set_endpoint(self.endpoint)
         server.set_server_name("lineside")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        policies, tokens = [], []
+        if p.secure:
+            cert, key, uri = self.pair
+            await server.load_certificate(str(cert))
+            await server.load_private_key(str(key))
+            await server.set_application_uri(uri)
+            policies.append(ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt)
+            tokens.append(ua.UserNameIdentityToken)
+        if p.anonymous:
+            policies.append(ua.SecurityPolicyType.NoSecurity)
+            tokens.append(ua.AnonymousIdentityToken)
+        server.set_security_policy(policies)
+        server.set_identity_tokens(tokens)
         self.ns = await server.register_namespace(self.namespace)
         self.root = await server.nodes.objects.add_folder(
             ua.NodeId("Lineside", self.ns), ua.QualifiedName("Lineside", self.ns)
@@ -195,6 +232,7 @@ class OpcUaServerSink(Sink):
         await server.start()
         _cap_sessions(self.asyncua, self.clients)  # given back in _close
         self.server = server
+        await self._write_system()  # Initialized before start returns, not one step later
         self.beat = asyncio.ensure_future(self._beat())
         self.converse = asyncio.ensure_future(self._converse())
 
