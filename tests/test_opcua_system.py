@@ -214,3 +214,22 @@ def test_the_state_in_words_of_opc_40100():
     both = system_state(True, False, {"0": ("online", ""), "1": ("degraded", "blind")}, {"0": View("Executing", True)})
     assert both == {"StateReason": "camera 1: blind", "State": "Error"}
     assert system_state(True, True, {"1": ("degraded", "blind")}, {})["State"] == "Halted"
+
+
+def test_a_subscribed_client_sees_halted_when_serve_stops(loop):
+    from runtime.serve.metrics import Metrics
+    from runtime.serve.sinks import parse_sink
+
+    port = free_port()
+    sink = parse_sink(f"opcua-server://127.0.0.1:{port}/lineside", Metrics(), 4)
+    sink.start()
+    watcher = Watcher(loop, port)
+    try:
+        assert watcher.read()["State"] == "Initialized"  # listening, no camera has said it is ready
+        watcher.subscribe()
+        time.sleep(0.2)
+    finally:
+        sink.close()
+        time.sleep(0.2)
+    states = watcher.states.list()
+    assert states == ["Initialized", "Halted"], states
