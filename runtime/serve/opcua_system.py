@@ -80,7 +80,10 @@ class Diagnostics:
             self.low, self.high, self.total = min(self.low, ms), max(self.high, ms), self.total + ms
 
     def reset(self, refused_now: int) -> None:
-        self.__init__(refused_before=refused_now)
+        """Zero everything; the handshakes' own refusal counters run on, so their value now is the new zero."""
+        fresh = Diagnostics(refused_before=refused_now)
+        self.counts, self.low, self.high, self.total = fresh.counts, fresh.low, fresh.high, fresh.total
+        self.since, self.refused_before = fresh.since, fresh.refused_before
 
     def values(self, refused_now: int) -> dict:
         timed = self.counts["InspectionsTimed"]
