@@ -15,9 +15,16 @@ registered namespace is index 2), under Objects/Lineside/<camera>:
     NgPulse   Boolean  True for pulse_ms after each NG (a later NG extends it); pulse_ms=0: the
                        last verdict was NG, held until the next verdict
 
-Variables are read-only to clients. The endpoint offers security mode None
-(anonymous, unsigned): keep it on the cell network. A camera's folder exists
-from the start when it is named in `cameras`, else from its first verdict.
+Beside them, Objects/Lineside/System holds the server's OPC 40100 State, its
+StateReason, the verdict counts and inspection times since the last reset, and the
+ResetDiagnostics method (opcua_system.py, docs/plc.md). Variables are read-only to clients.
+
+Security (opcua_security.py): on a loopback host, or with security=none, anonymous
+unsigned sessions; with users (users=FILE or $LINESIDE_OPCUA_USERS), Basic256Sha256
+SignAndEncrypt with the server's own certificate from the pki folder. Any other host
+without users is refused at start: anonymous clients are never taken there.
+
+A camera's folder exists from the start when it is named in `cameras`, else from its first verdict.
 
 At most `clients` connections (and as many sessions) are served at once; more
 are closed as they come, so that idle or hostile clients can never take the
@@ -37,6 +44,8 @@ from ...process.descriptors import make_room
 from ..sinks import Sink
 from .handshake import RESULTS, Handshake
 from .opcua_handshake import POLL_S, UaConversation
+from .opcua_security import USERS_ENV, Users, certificate, loopback, policy
+from .opcua_system import Diagnostics, UaSystem, system_state
 from .plc import LoopThread, camera_of, integer, options, plain_url, port_of, require, score_of, verdict
 
 log = logging.getLogger("lineside.serve")
@@ -49,6 +58,9 @@ KNOWN = {
     "cameras": "comma-separated camera ids whose nodes exist from the start; default 0",
     "clients": f"most client connections (and sessions) at once, 1..{MAX_CLIENTS}; default {CLIENTS}",
     "handshake": "1: the PLC handshake nodes per camera (trigger, result, acknowledgement: docs/plc.md); default 0",
+    "users": f"file of NAME:PASSWORD lines, the users of the encrypted endpoint; default ${USERS_ENV}",
+    "pki": "folder of the server's certificate and key, made on first start; default opcua-pki",
+    "security": "none: anonymous, unsigned sessions off loopback too; default basic256sha256",
 }
 VARIABLES = {  # name -> (OPC UA type, value before the first verdict)
     "Verdict": ("String", ""),
@@ -135,6 +147,8 @@ class OpcUaServerSink(Sink):
                 f"--sink {spec!r}: cameras must be up to {MAX_CAMERAS} different camera ids (letters, digits, "
                 f"'.', '-', '_'), got {len(self.cameras)}" + (f", such as {bad}" if bad else "")
             )
+        self.policy = policy(spec, self.host, opts)  # last: the other options' own errors come first
+        self.pair = None  # (certificate, key, application URI) once start has read or made them
         super().__init__(f"opcua-server://{self.host}:{self.port}{url.path}", metrics, maxsize)
         self.loop = LoopThread(f"opcua-server-{self.port}")
         self.server, self.beat, self.ns, self.beats = None, None, 0, 0
@@ -144,6 +158,9 @@ class OpcUaServerSink(Sink):
         self.handshakes: dict[str, Handshake] = {}  # camera -> its conversation with the PLC (handshake=1)
         self.conversations: dict[str, UaConversation] = {}
         self.converse = None
+        self.system, self.diagnostics = UaSystem(self.asyncua), Diagnostics()
+        self.conditions: dict[str, tuple[str, str]] = {}  # camera -> (state, why), as serve's watchdog tells them
+        self.halted, self.accepted = False, 0  # accepted: the handshakes' triggers taken, at the last write
 
     def attach(self, camera: str, submit, bound: int = RESULTS, timeout_s: float = 30.0) -> None:
         """Before start: `camera`'s handshake, its triggers handed to serve by `submit` (None: none taken)."""
@@ -159,6 +176,11 @@ class OpcUaServerSink(Sink):
 
     def start(self) -> None:
         """Listen before inspection starts: a port in use refuses serve at start, not later."""
+        if self.policy.secure:
+            try:
+                self.pair = certificate(self.policy.pki)
+            except ValueError as e:
+                raise OSError(f"--sink {self.label}: {e}") from None
         make_room(self.clients, f"--sink {self.label}", "lower clients= or raise LimitNOFILE")
         self.loop.start()
         try:
@@ -167,30 +189,52 @@ class OpcUaServerSink(Sink):
         except Exception as e:
             self.loop.stop()
             raise OSError(f"--sink {self.label}: cannot serve OPC UA on {self.endpoint}: {e}") from e
-        log.info("OPC UA server on %s, namespace %s (index %d)", self.endpoint, self.namespace, self.ns)
+        offered = [f"Basic256Sha256 SignAndEncrypt for {len(self.policy.users)} users"] if self.policy.secure else []
+        offered += ["anonymous, unsigned"] if self.policy.anonymous else []
+        log.info(
+            "OPC UA server on %s, namespace %s (index %d); sessions: %s",
+            self.endpoint,
+            self.namespace,
+            self.ns,
+            " or ".join(offered),
+        )
         super().start()
 
     async def _open(self) -> None:
         ua = self.asyncua.ua
-        server = self.asyncua.Server()
+        p = self.policy
+        server = self.asyncua.Server(user_manager=Users(self.asyncua, p.users, p.anonymous, loopback(self.host)))
         await server.init()
         server.iserver.max_connections = self.clients  # past it asyncua closes a connection as it comes
         _quiet_refusals()
         server.set_endpoint(self.endpoint)
         server.set_server_name("lineside")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        policies, tokens = [], []
+        if p.secure:
+            cert, key, uri = self.pair
+            await server.load_certificate(str(cert))
+            await server.load_private_key(str(key))
+            await server.set_application_uri(uri)
+            policies.append(ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt)
+            tokens.append(ua.UserNameIdentityToken)
+        if p.anonymous:
+            policies.append(ua.SecurityPolicyType.NoSecurity)
+            tokens.append(ua.AnonymousIdentityToken)
+        server.set_security_policy(policies)
+        server.set_identity_tokens(tokens)
         self.ns = await server.register_namespace(self.namespace)
         self.root = await server.nodes.objects.add_folder(
             ua.NodeId("Lineside", self.ns), ua.QualifiedName("Lineside", self.ns)
         )
+        await self.system.add(self.root, self.ns, self._reset)
         for camera in self.cameras:
             await self._add_camera(camera)
         await server.start()
         _cap_sessions(self.asyncua, self.clients)  # given back in _close
         self.server = server
+        await self._write_system()  # Initialized before start returns, not one step later
         self.beat = asyncio.ensure_future(self._beat())
-        if self.handshake:
-            self.converse = asyncio.ensure_future(self._converse())
+        self.converse = asyncio.ensure_future(self._converse())
 
     async def _add_camera(self, camera: str) -> dict:
         ua = self.asyncua.ua
@@ -212,7 +256,8 @@ class OpcUaServerSink(Sink):
         return nodes
 
     async def _converse(self) -> None:
-        """The handshakes' step every POLL_S: what the PLC wrote read, what changed written."""
+        """Every POLL_S the handshakes' step (what the PLC wrote read, what changed written), then the
+        system nodes, so that a trigger just taken shows as Executing at once."""
         while True:
             await asyncio.sleep(POLL_S)
             for camera, conversation in list(self.conversations.items()):
@@ -220,6 +265,33 @@ class OpcUaServerSink(Sink):
                     await conversation.step()
                 except Exception as e:  # one bad step must not end the conversation
                     log.warning("OPC UA handshake of camera %s: %s: %s", camera, type(e).__name__, e)
+            try:
+                await self._write_system()
+            except Exception as e:
+                log.warning("OPC UA system nodes: %s: %s", type(e).__name__, e)
+
+    def _views(self) -> dict:
+        return {camera: h.view() for camera, h in list(self.handshakes.items())} if self.handshake else {}
+
+    async def _write_system(self) -> None:
+        views = self._views()
+        refused, accepted = sum(v.refused for v in views.values()), sum(v.accepted for v in views.values())
+        state = system_state(self.server is not None, self.halted, dict(self.conditions), views)
+        if accepted != self.accepted and state["State"] == "Ready" and self.system.written.get("State") == "Ready":
+            await self.system.write({"State": "Executing"})  # a part done within one step was still executed
+        self.accepted = accepted
+        await self.system.write(state | self.diagnostics.values(refused))
+
+    async def _reset(self) -> None:
+        """ResetDiagnostics, on the server's loop; the nodes read zero once the call has returned."""
+        self.diagnostics.reset(sum(v.refused for v in self._views().values()))
+        await self._write_system()
+        log.info("OPC UA server %s: diagnostics reset by a client", self.endpoint)
+
+    def camera_condition(self, camera: str, state: str, problem: str = "") -> None:
+        """The camera's condition changed (serve's watchdog: online, degraded or offline, and why); the
+        system State follows it on the next step."""
+        self.conditions[camera or "0"] = (state, problem)
 
     async def _beat(self) -> None:
         while True:
@@ -237,6 +309,7 @@ class OpcUaServerSink(Sink):
 
     async def _show(self, label: str, record: dict) -> None:
         kinds, camera = self.asyncua.ua.VariantType, camera_of(record)
+        self.diagnostics.add(label, record)
         nodes = self.nodes.get(camera) or await self._add_camera(camera)
         if label == "NG":
             self.ng_counts[camera] = (self.ng_counts[camera] + 1) % 2**32
@@ -275,6 +348,12 @@ class OpcUaServerSink(Sink):
         for task in [self.beat, self.converse, *self.pulses.values()]:
             if task is not None:
                 task.cancel()
+        self.halted = True
+        try:
+            await self._write_system()  # Halted, for a client subscribed to the state
+            await asyncio.sleep(0.1)  # a publishing cycle, so that it reaches one
+        except Exception as e:
+            log.warning("OPC UA system nodes: %s: %s", type(e).__name__, e)
         await self.server.stop()
         self.server = None
         _cap_sessions(self.asyncua, -self.clients)
