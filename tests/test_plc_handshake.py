@@ -1,10 +1,19 @@
-"""The PLC handshake (issue 27, items 1 and 2): the state machine alone, then a real serve over OPC UA with a
-real asyncua client as the PLC on loopback: 100 parts whose results equal the results log, a PLC away for
-10 s that finds its 5 results waiting in order and none twice, a full queue that refuses the trigger."""
+"""The PLC handshake (issue 27, items 1, 2 and 6): the state machine alone, then a real serve over OPC UA with a
+real asyncua client as the PLC on loopback: 100 parts whose results equal the results log, a full queue that
+refuses the trigger; a real pymodbus server as the PLC; and `lineside plc-sim`, the simulator, run as its
+command against a real serve: 100 parts over OPC UA, a handful as the Modbus PLC, a PLC away with 5 results
+pending that gets them in order and none twice, and the exit codes of a serve that breaks the rules or is
+not there."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -273,32 +282,6 @@ def test_100_parts_through_the_opcua_handshake_equal_the_results_log(controlled,
     assert {x["label"] for x in lines} == {"OK", "NG", "ERROR"}  # the camera's mix reached the PLC
 
 
-def test_a_plc_away_for_10_s_gets_its_5_results_in_order_none_twice(controlled, detector, tmp_path, loop):
-    port = free_port()
-    server = _serve(controlled, detector, tmp_path, _opcua(port))
-    plc = UaPlc(loop, port)
-    try:
-        for i in range(5):  # five parts triggered, none acknowledged
-            plc.until(lambda s: s["TriggerReady"], "never ready")
-            assert plc.trigger(f"P{i}")
-        plc.until(lambda s: s["Pending"] == 5, "five results not pending")
-        plc.disconnect()
-        time.sleep(10)  # the PLC is away; lineside keeps the five
-        plc.connect()
-        received = [plc.result() for _ in range(5)]
-        seen = plc.until(lambda s: s["Pending"] == 0, "acknowledged results still pending")
-        assert not seen["ResultReady"] and seen["TriggerReady"] and seen["State"] == "Ready"
-    finally:
-        plc.disconnect()
-        server.shutdown()
-    lines = [x for x in result_lines(server) if x["label"] in ("OK", "NG", "ERROR")]
-    assert [x["ResultPartId"] for x in received] == [f"P{i}" for i in range(5)]
-    assert [x["ResultSeq"] for x in received] == [x["seq"] for x in lines] and len(
-        {x["ResultId"] for x in received}
-    ) == 5
-    _matches(received, lines)
-
-
 def test_a_full_queue_refuses_the_trigger_and_says_why(controlled, detector, tmp_path, loop):
     port = free_port()
     server = _serve(controlled, detector, tmp_path, _opcua(port), plc_results=2)
@@ -419,3 +402,132 @@ def test_parts_through_the_modbus_handshake_equal_the_log_and_survive_a_plc_rest
             line["label"] != "OK",
         )
         assert got["reason"] == (1 if line["label"] == "ERROR" else 0)
+
+
+# --- lineside plc-sim, the simulator, as the PLC --------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _plc_sim(*args: str, timeout: float = 120) -> subprocess.Popen:
+    """`lineside plc-sim ARGS --json` started as its own process, the way an integrator runs it."""
+    command = [sys.executable, "-m", "lineside", "plc-sim", *args, "--json"]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finished(sim: subprocess.Popen, timeout: float = 120) -> tuple[int, list[dict], dict, str]:
+    out, err = sim.communicate(timeout=timeout)
+    rows = [json.loads(x) for x in out.splitlines() if x.strip()]
+    summary = rows.pop()["summary"] if rows and "summary" in rows[-1] else {}
+    return sim.returncode, rows, summary, err
+
+
+def _printed_equal_the_log(printed: list[dict], lines: list[dict]) -> None:
+    """The simulator's lines are the log's verdict lines, in order, each once: seq, verdict, frame, part id."""
+    assert [x["seq"] for x in printed] == [x["seq"] for x in lines]
+    codes = {"OK": 0, "NG": 1, "ERROR": 2}
+    for got, line in zip(printed, lines):
+        assert (got["verdict"], got["part_id"]) == (line["label"], line.get("part_id", ""))
+        assert got["frame_id"] in (line["frame_id"], line["frame_id"] & 0xFFFF)
+        assert got["reason"] == (REASONS["frame"] if line["label"] == "ERROR" else 0) and codes[got["verdict"]] >= 0
+    assert len({x["result_id"] for x in printed}) == len(printed)
+
+
+def test_plc_sim_over_opcua_runs_100_parts_and_prints_the_results_log(controlled, detector, tmp_path):
+    port = free_port()
+    server = _serve(controlled, detector, tmp_path, _opcua(port))
+    try:
+        code, printed, summary, err = _finished(
+            _plc_sim(f"opcua://127.0.0.1:{port}/lineside", "--parts", "100", "--part-id-prefix", "SN-")
+        )
+    finally:
+        server.shutdown()
+    assert code == 0, err
+    lines = [x for x in result_lines(server) if x["label"] in ("OK", "NG", "ERROR")]
+    assert [x["part_id"] for x in printed] == [f"SN-{i:04d}" for i in range(1, 101)]
+    _printed_equal_the_log(printed, lines)
+    counts = {v: sum(x["label"] == v for x in lines) for v in ("OK", "NG", "ERROR")}
+    assert summary == summary | {"parts": 100, **counts, "refused_triggers": 0} and min(counts.values()) > 0
+    assert 0 < summary["result_ms_min"] <= summary["result_ms_avg"] <= summary["result_ms_max"]
+
+
+def test_plc_sim_away_with_5_results_pending_gets_them_in_order_none_twice(controlled, detector, tmp_path):
+    port = free_port()
+    server = _serve(controlled, detector, tmp_path, _opcua(port))
+    args = ("--parts", "8", "--disconnect-after", "2", "--hold", "5", "--away", "3", "--part-id-prefix", "P")
+    try:
+        code, printed, summary, err = _finished(_plc_sim(f"opcua://127.0.0.1:{port}/lineside", *args))
+    finally:
+        server.shutdown()
+    assert code == 0, err
+    lines = [x for x in result_lines(server) if x["label"] in ("OK", "NG", "ERROR")]
+    assert [x["part_id"] for x in printed] == [f"P{i:04d}" for i in range(1, 9)]
+    assert [x["held"] for x in printed] == [False] * 2 + [True] * 5 + [False]  # collected after coming back
+    _printed_equal_the_log(printed, lines)
+    assert summary["parts"] == 8 and len(lines) == 8
+
+
+def test_plc_sim_as_the_modbus_plc_runs_parts_equal_to_the_log(controlled, detector, tmp_path):
+    port = free_port()
+    sim = _plc_sim("modbus", "--listen", f"127.0.0.1:{port}", "--handshake", str(H), "--unit", "1", "--parts", "6")
+    time.sleep(1.0)  # serve dials the PLC again within a second either way; this only saves that second
+    server = _serve(controlled, detector, tmp_path, f"modbus://127.0.0.1:{port}?unit=1&handshake={H}&poll_ms=5")
+    try:
+        code, printed, summary, err = _finished(sim, timeout=60)
+    finally:
+        server.shutdown()
+        if sim.poll() is None:
+            sim.kill()
+    assert code == 0, err
+    lines = [x for x in result_lines(server) if x["label"] in ("OK", "NG", "ERROR")]
+    assert [x["part_id"] for x in printed] == [f"SIM-{i:04d}" for i in range(1, 7)]
+    _printed_equal_the_log(printed, lines)
+    assert summary["parts"] == 6
+
+
+def test_plc_sim_without_a_serve_is_exit_2_in_one_line():
+    code, printed, _, err = _finished(_plc_sim(f"opcua://127.0.0.1:{free_port()}/lineside", "--parts", "1"))
+    assert code == 2 and not printed
+    assert err.strip().count("\n") == 0 and "cannot connect to serve at opc.tcp://127.0.0.1:" in err
+
+
+class Forgetful(Handshake):
+    """A serve that breaks rule 4: its first acknowledged result comes back under a new ResultId."""
+
+    def ack(self, result_id: int) -> bool:
+        head = self.pending[0] if self.pending else None
+        if not super().ack(result_id):
+            return False
+        if self.delivered == 1:
+            with self.lock:
+                self.pending.append(dataclasses.replace(head, id=self.next_id))
+                self.next_id += 1
+                self._changed()
+        return True
+
+
+def test_plc_sim_seeing_a_result_presented_again_after_its_ack_is_exit_1():
+    from runtime.serve.metrics import Metrics
+    from runtime.serve.sinks import parse_sink
+
+    port, triggers = free_port(), []
+    sink = parse_sink(f"opcua-server://127.0.0.1:{port}/lineside?handshake=1", Metrics(), 16)
+    machine = sink.handshakes["0"] = Forgetful(8, lambda part_id: triggers.append(part_id) or f"plc-{len(triggers)}")
+    sink.start()
+
+    def inspector():  # each trigger's result, as serve's inspector would give it, outside the handshake's lock
+        done = 0
+        while sink.server is not None and done < 3:
+            if len(triggers) > done:
+                done += 1
+                machine.result({"label": "OK", "frame_id": done, "trigger_id": f"plc-{done}", "seq": done})
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=inspector, daemon=True)
+    thread.start()
+    try:
+        code, printed, _, err = _finished(_plc_sim(f"opcua://127.0.0.1:{port}/lineside", "--parts", "3"), 60)
+    finally:
+        sink.shutdown()
+    assert code == 1 and [x["seq"] for x in printed] == [1]
+    assert "protocol violation: the result of seq 1 presented again after its acknowledgement, as ResultId 2" in err
