@@ -492,7 +492,7 @@ def parser() -> argparse.ArgumentParser:
 def _text(part: Part) -> str:
     result = "after away" if part.result_ms is None else f"{part.result_ms:g} ms"
     return (
-        f"{part.part_id}  id {part.result_id}  {part.verdict}  reason {part.reason}  seq {part.seq}"
+        f"{part.part_id or '-'}  id {part.result_id}  {part.verdict}  reason {part.reason}  seq {part.seq}"
         f"  accept {part.accept_ms:g} ms  result {result}  ack {part.ack_ms:g} ms"
     )
 

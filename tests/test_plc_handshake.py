@@ -232,9 +232,9 @@ H = 200  # the Modbus handshake block's first register
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _plc_sim(*args: str, timeout: float = 120) -> subprocess.Popen:
+def _plc_sim(*args: str, json_lines: bool = True) -> subprocess.Popen:
     """`lineside plc-sim ARGS --json` started as its own process, the way an integrator runs it."""
-    command = [sys.executable, "-m", "lineside", "plc-sim", *args, "--json"]
+    command = [sys.executable, "-m", "lineside", "plc-sim", *args, *(["--json"] if json_lines else [])]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -347,14 +347,18 @@ def test_plc_sim_seeing_a_result_presented_again_after_its_ack_is_exit_1():
         while sink.server is not None and done < 3:
             if len(triggers) > done:
                 done += 1
-                machine.result({"label": "OK", "frame_id": done, "trigger_id": f"plc-{done}", "seq": done})
+                record = {"label": "OK", "frame_id": done, "trigger_id": f"plc-{done}", "seq": done}
+                machine.result(record | {"part_id": triggers[done - 1]})
             time.sleep(0.005)
 
     thread = threading.Thread(target=inspector, daemon=True)
     thread.start()
     try:
-        code, printed, _, err = _finished(_plc_sim(f"opcua://127.0.0.1:{port}/lineside", "--parts", "3"), 60)
+        sim = _plc_sim(f"opcua://127.0.0.1:{port}/lineside", "--parts", "3", json_lines=False)
+        out, err = sim.communicate(timeout=60)
     finally:
         sink.shutdown()
-    assert code == 1 and [x["seq"] for x in printed] == [1]
+    printed = out.splitlines()  # the text lines: the one part done, then the summary
+    assert sim.returncode == 1 and len(printed) == 2 and printed[0].startswith("SIM-0001  id 1  OK  reason 0  seq 1  ")
+    assert printed[1].startswith("1 parts: 1 OK, 0 NG, 0 ERROR; 0 triggers refused; trigger to result min/avg/max ")
     assert "protocol violation: the result of seq 1 presented again after its acknowledgement, as ResultId 2" in err
