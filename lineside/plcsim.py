@@ -22,6 +22,7 @@ server stops and comes back with its memory cleared, a PLC restart), and then co
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import logging
 import sys
@@ -94,10 +95,12 @@ class UaPeer:
         self.client = None
 
     def _run(self, coroutine, what: str):
+        """The coroutine's answer; a connection that failed or went away is Unreachable, said once."""
         try:
             return self.loop.run_sync(coroutine, self.timeout + 5)
-        except (OSError, TimeoutError, ConnectionError) as e:
-            raise Unreachable(f"plc-sim: {what} {self.endpoint}: {type(e).__name__}: {e}") from None
+        except (OSError, TimeoutError, self.ua.UaError, concurrent.futures.CancelledError) as e:
+            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            raise Unreachable(f"plc-sim: {what} {self.endpoint}: {why}") from None
 
     def connect(self) -> None:
         self.client = self.asyncua.Client(self.endpoint, timeout=self.timeout)
@@ -109,13 +112,15 @@ class UaPeer:
         self.nodes = {n: self.client.get_node(f"ns={ns};s=Lineside.{self.camera}.{n}") for n in self.FIELDS}
         for name in ("Trigger", "TriggerPartId", "ResultAck"):
             self.nodes[name] = self.client.get_node(f"ns={ns};s=Lineside.{self.camera}.{name}")
-        try:
-            self.read()
-        except self.ua.UaStatusCodeError:
+        names = (*self.FIELDS, "Trigger", "TriggerPartId", "ResultAck")
+        read = self._run(self.client.read_attributes([self.nodes[n] for n in names]), "cannot read the nodes of")
+        missing = [n for n, r in zip(names, read) if not r.StatusCode.is_good()]
+        if missing:
             raise Unreachable(
-                f"plc-sim: {self.endpoint} has no handshake nodes for camera {self.camera!r}"
-                " (start serve with --sink opcua-server://...?handshake=1 and --trigger software)"
-            ) from None
+                f"plc-sim: {self.endpoint} has no handshake nodes for camera {self.camera!r} ({missing[0]}:"
+                f" {read[names.index(missing[0])].StatusCode.name}); start serve with"
+                " --sink opcua-server://...?handshake=1 and --trigger software"
+            )
 
     def disconnect(self) -> None:
         if self.client is not None:
@@ -130,7 +135,9 @@ class UaPeer:
         self.loop.stop()
 
     def read(self) -> Signals:
-        got = dict(zip(self.FIELDS, self._run(self.client.read_values([self.nodes[n] for n in self.FIELDS]), "lost")))
+        got = dict(
+            zip(self.FIELDS, self._run(self.client.read_values([self.nodes[n] for n in self.FIELDS]), "lost serve at"))
+        )
         return Signals(
             bool(got["TriggerReady"]),
             bool(got["ResultReady"]),
@@ -151,7 +158,7 @@ class UaPeer:
 
     def _write(self, name: str, value, kind: str) -> None:
         variant = self.ua.DataValue(self.ua.Variant(value, getattr(self.ua.VariantType, kind)))
-        self._run(self.nodes[name].write_value(variant), "lost")
+        self._run(self.nodes[name].write_value(variant), "lost serve at")
 
     def trigger(self, level: bool, part_id: str = "") -> None:
         if level:
@@ -219,13 +226,25 @@ class ModbusPeer:
         self.disconnect()
         self.loop.stop()
 
+    def _ask(self, request, *args, what: str, **kw):
+        """One request to its own memory; a server gone (the loop stopped, the port lost) is Unreachable."""
+        from pymodbus.exceptions import ModbusException
+
+        try:
+            answer = request(*args, device_id=self.unit, **kw)
+        except (ModbusException, OSError) as e:
+            raise Unreachable(
+                f"plc-sim modbus: its own server at {self.host}:{self.port} failed the {what}: {e}"
+            ) from None
+        return self._check(answer, what)
+
     def _check(self, answer, what: str):
         if answer.isError():
             raise Unreachable(f"plc-sim modbus: its own server refused the {what}: {answer}")
         return answer
 
     def read(self) -> Signals:
-        r = self._check(self.memory.read_holding_registers(self.base, count=13, device_id=self.unit), "read").registers
+        r = self._ask(self.memory.read_holding_registers, self.base, count=13, what="read").registers
         bits = r[0]
         why = (
             ""
@@ -261,7 +280,7 @@ class ModbusPeer:
         self._check(self.memory.write_register(self.base + 16, int(level), device_id=self.unit), "write")
 
     def ack(self, result_id: int) -> None:
-        self._check(self.memory.write_register(self.base + 17, result_id, device_id=self.unit), "write")
+        self._ask(self.memory.write_register, self.base + 17, result_id, what="write")
 
 
 # --- the PLC program ------------------------------------------------------------------------------------
@@ -356,8 +375,10 @@ class Simulator:
     def _name(self, index: int) -> str:
         return f"{self.prefix}{index + 1:04d}"
 
-    def _until(self, condition, what: str, timeout: float | None = None) -> Signals:
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+    def _until(self, condition, what: str, holding: int = 0) -> Signals:
+        """The first Signals that meet `condition`; a serve that cannot be used as asked is Unreachable, one
+        that does not answer within --timeout broke a rule (serve promises an ERROR by plc_timeout_s)."""
+        deadline = time.monotonic() + self.timeout
         while True:
             seen = self.peer.read()
             if condition(seen):
@@ -366,14 +387,21 @@ class Simulator:
                 raise Unreachable(
                     "plc-sim: serve takes no PLC trigger on this camera (start it with --trigger software)"
                 )
+            if holding and seen.state == "Full":
+                raise Unreachable(
+                    f"plc-sim: --hold {holding}: serve holds only {seen.pending} results unacknowledged"
+                    " (its plc_results setting); lower --hold"
+                )
             if time.monotonic() > deadline:
+                if seen.why.startswith("serve has not written"):
+                    raise Unreachable(f"plc-sim modbus: after {self.timeout:g} s {seen.why}")
                 raise Violation(f"{what} within {self.timeout:g} s (lineside shows {_brief(seen)})")
             time.sleep(self.poll_s)
 
-    def _trigger(self, part: str) -> tuple[float, float]:
+    def _trigger(self, part: str, holding: int = 0) -> tuple[float, float]:
         """Raise Trigger for `part` until it is taken; refusals are counted and the trigger raised again."""
         while True:
-            before = self._until(lambda s: s.trigger_ready, "TriggerReady never came")
+            before = self._until(lambda s: s.trigger_ready, "TriggerReady never came", holding)
             self.peer.trigger(True, part)
             started = time.monotonic()
             counts = (before.accepted, before.refused)
@@ -442,7 +470,7 @@ class Simulator:
         held = []
         for i in range(count):
             part = self._name(done + i)
-            held.append((part, *self._trigger(part)))
+            held.append((part, *self._trigger(part, holding=count)))
         self._until(lambda s: s.pending >= count, f"the {count} held results never all waited")
         self.peer.disconnect()
         time.sleep(self.away)

@@ -362,3 +362,25 @@ def test_plc_sim_seeing_a_result_presented_again_after_its_ack_is_exit_1():
     assert sim.returncode == 1 and len(printed) == 2 and printed[0].startswith("SIM-0001  id 1  OK  reason 0  seq 1  ")
     assert printed[1].startswith("1 parts: 1 OK, 0 NG, 0 ERROR; 0 triggers refused; trigger to result min/avg/max ")
     assert "protocol violation: the result of seq 1 presented again after its acknowledgement, as ResultId 2" in err
+
+
+def test_plc_sim_against_a_serve_without_the_handshake_or_one_that_stops_is_exit_2(controlled, detector, tmp_path):
+    port = free_port()
+    server = _serve(controlled, detector, tmp_path, f"opcua-server://127.0.0.1:{port}/lineside")  # no handshake=1
+    try:
+        code, printed, _, err = _finished(_plc_sim(f"opcua://127.0.0.1:{port}/lineside", "--parts", "1"), 60)
+    finally:
+        server.shutdown()
+    assert code == 2 and not printed and err.strip().count("\n") == 0 and "has no handshake nodes" in err
+    assert "?handshake=1" in err
+    port = free_port()
+    server = _serve(controlled, detector, tmp_path / "stops", _opcua(port))
+    sim = _plc_sim(f"opcua://127.0.0.1:{port}/lineside", "--parts", "1000", "--interval", "0.01")
+    try:
+        first = [json.loads(sim.stdout.readline()) for _ in range(3)]  # three parts done, then serve goes
+    finally:
+        server.shutdown()
+    code, printed, summary, err = _finished(sim, 60)
+    assert [x["part_id"] for x in first] == ["SIM-0001", "SIM-0002", "SIM-0003"] and code == 2
+    assert err.strip().count("\n") == 0 and f"lost serve at opc.tcp://127.0.0.1:{port}/lineside" in err, err
+    assert summary["parts"] == 3 + len(printed)  # what was done before is still summed up
