@@ -50,7 +50,7 @@ class Signals:
     trigger_ready: bool
     result_ready: bool
     result_id: int
-    verdict: str  # "" when the transport gives only the code (Modbus)
+    verdict: str | None  # None where the transport gives only the code (Modbus)
     code: int
     reject: bool
     reason: int
@@ -256,7 +256,7 @@ class ModbusPeer:
             bool(bits & 1),
             bool(bits & 4),
             r[3],
-            "",
+            None,
             r[4],
             bool(r[5]),
             r[7],
@@ -416,7 +416,10 @@ class Simulator:
             self.summary.refused += 1
 
     def _collect(self, part: str, started: float | None, accept_ms: float, held: bool = False) -> Part:
-        seen = self._until(lambda s: s.result_ready and s.result_id != self.acked, "no new result presented")
+        def fresh(s: Signals) -> bool:  # a new ResultId, or one of 0 (a broken rule, said by _check)
+            return s.result_ready and (s.result_id != self.acked or s.result_id == 0)
+
+        seen = self._until(fresh, "no new result presented")
         result_ms = None if started is None else (time.monotonic() - started) * 1000
         self._check(seen)
         if self.ack_delay:
@@ -454,7 +457,8 @@ class Simulator:
         """What serve promises of a presented result (docs/plc.md, rules 3 to 6)."""
         if seen.result_id == 0:
             raise Violation(f"ResultReady with ResultId 0 (lineside shows {_brief(seen)})")
-        if seen.code not in VERDICT_CODES.values() or seen.verdict and VERDICT_CODES.get(seen.verdict) != seen.code:
+        transported = seen.verdict is not None  # Modbus gives only the code
+        if seen.code not in VERDICT_CODES.values() or transported and VERDICT_CODES.get(seen.verdict) != seen.code:
             raise Violation(f"ResultReady without its result fields (lineside shows {_brief(seen)})")
         if seen.reject != (seen.code != 0):
             raise Violation(f"ResultReject does not follow the verdict (lineside shows {_brief(seen)})")

@@ -333,13 +333,43 @@ class Forgetful(Handshake):
         return True
 
 
-def test_plc_sim_seeing_a_result_presented_again_after_its_ack_is_exit_1():
+class ZeroId(Handshake):
+    """A serve that breaks rule 3: its second result is presented with ResultId 0."""
+
+    def view(self):
+        view = super().view()
+        if view.result is not None and view.result.seq == 2:
+            return dataclasses.replace(view, result=dataclasses.replace(view.result, id=0))
+        return view
+
+
+class Fieldless(Handshake):
+    """A serve that breaks rule 3: its second result is ResultReady without its fields (no verdict)."""
+
+    def view(self):
+        view = super().view()
+        if view.result is not None and view.result.seq == 2:
+            return dataclasses.replace(view, result=dataclasses.replace(view.result, verdict=""))
+        return view
+
+
+@pytest.mark.parametrize(
+    "broken, why",
+    [
+        (Forgetful, "the result of seq 1 presented again after its acknowledgement, as ResultId 2"),
+        (ZeroId, "ResultReady with ResultId 0"),
+        (Fieldless, "ResultReady without its result fields"),
+    ],
+)
+def test_plc_sim_seeing_serve_break_a_rule_is_exit_1_saying_which(broken, why):
+    """serve's own OPC UA sink, its handshake swapped for one that breaks a rule, and no camera: plc-sim's
+    checks are the thing tested, so the broken peer is the real server with a wrong state machine in it."""
     from runtime.serve.metrics import Metrics
     from runtime.serve.sinks import parse_sink
 
     port, triggers = free_port(), []
     sink = parse_sink(f"opcua-server://127.0.0.1:{port}/lineside?handshake=1", Metrics(), 16)
-    machine = sink.handshakes["0"] = Forgetful(8, lambda part_id: triggers.append(part_id) or f"plc-{len(triggers)}")
+    machine = sink.handshakes["0"] = broken(8, lambda part_id: triggers.append(part_id) or f"plc-{len(triggers)}")
     sink.start()
 
     def inspector():  # each trigger's result, as serve's inspector would give it, outside the handshake's lock
@@ -361,7 +391,7 @@ def test_plc_sim_seeing_a_result_presented_again_after_its_ack_is_exit_1():
     printed = out.splitlines()  # the text lines: the one part done, then the summary
     assert sim.returncode == 1 and len(printed) == 2 and printed[0].startswith("SIM-0001  id 1  OK  reason 0  seq 1  ")
     assert printed[1].startswith("1 parts: 1 OK, 0 NG, 0 ERROR; 0 triggers refused; trigger to result min/avg/max ")
-    assert "protocol violation: the result of seq 1 presented again after its acknowledgement, as ResultId 2" in err
+    assert err.strip().count("\n") == 0 and f"plc-sim: protocol violation: {why}" in err, err
 
 
 def test_plc_sim_against_a_serve_without_the_handshake_or_one_that_stops_is_exit_2(controlled, detector, tmp_path):
