@@ -550,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     except Unreachable as e:
         print(e, file=sys.stderr)
         return 2
+    except ImportError as e:  # asyncua, pymodbus: the plant extra
+        print(f"plc-sim: {e} (install the plant extra: pip install -c constraints.txt -e '.[plant]')", file=sys.stderr)
+        return 2
     sim = Simulator(
         peer,
         args.parts,
