@@ -294,7 +294,8 @@ def test_plc_sim_as_the_modbus_plc_runs_parts_equal_to_the_log_across_a_plc_rest
     """The simulator is the pymodbus server; 3 results wait while it restarts with its memory cleared."""
     port = free_port()
     args = ("--listen", f"127.0.0.1:{port}", "--handshake", str(H), "--unit", "1", "--parts", "10")
-    sim = _plc_sim("modbus", *args, "--disconnect-after", "6", "--hold", "3", "--away", "2", "--part-id-prefix", "M")
+    away = ("--disconnect-after", "6", "--hold", "3", "--away", "2", "--ack-delay", "0.02")
+    sim = _plc_sim("modbus", *args, *away, "--part-id-prefix", "M")
     time.sleep(1.0)  # serve dials the PLC again within a second either way; this only saves that second
     server = _serve(controlled, detector, tmp_path, f"modbus://127.0.0.1:{port}?unit=1&handshake={H}&poll_ms=5")
     try:
