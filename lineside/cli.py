@@ -16,6 +16,7 @@ COMMANDS = {  # subcommand -> (module with main(argv), what it does)
     "prompts": ("runtime.prompts.__main__", "build a category's prompt bank with the language model"),
     "export": ("export.__main__", "build a bundle from checkpoints (needs the export extra: torch)"),
     "audit": ("runtime.audit", "check a results log's hash chain: lineside audit verify LOG"),
+    "plc-sim": ("lineside.plcsim", "be the PLC: run the handshake against a running serve (docs/plc.md)"),
 }
 # `lineside export triton`: a Triton model repository from a bundle, written without torch (the GPU
 # server's box need not have the export extra).

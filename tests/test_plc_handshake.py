@@ -1,24 +1,32 @@
-"""The PLC handshake (issue 27, items 1 and 2): the state machine alone, then a real serve over OPC UA with a
-real asyncua client as the PLC on loopback: 100 parts whose results equal the results log, a PLC away for
-10 s that finds its 5 results waiting in order and none twice, a full queue that refuses the trigger."""
+"""The PLC handshake (issue 27, items 1, 2 and 6): the state machine alone, then a real serve on loopback with
+`lineside plc-sim` as its PLC, run as its command: 100 parts over OPC UA (an asyncua client) equal to the
+results log, a PLC away with 5 results pending that gets them in order and none twice, the Modbus PLC (a
+pymodbus server) across a restart that cleared its memory; the simulator's client a step at a time into a
+full queue that refuses the trigger; and the simulator's exit codes for a serve that breaks a rule or is
+not there."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from lineside.plcsim import UaPeer
 from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
 from runtime.serve.frames.sources import FrameSource
 from runtime.serve.results.plc.handshake import REASONS, Handshake, Refused, reason_code
-from runtime.serve.results.plc.plc import LoopThread
 from tests.brokers import free_port
 from tests.controlled import CATEGORY, part
 from tests.serving import DEFECT, result_lines
 
 asyncua = pytest.importorskip("asyncua")  # the plant extra is part of dev; test_plc.py fails loudly without it
-ua = asyncua.ua
 
 
 # --- the state machine, no transport ---------------------------------------------------------------------
@@ -154,14 +162,6 @@ def detector(controlled, tmp_path_factory) -> Detector:
     return Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp_path_factory.mktemp("text"))
 
 
-@pytest.fixture
-def loop():
-    thread = LoopThread("test-plc")
-    thread.start()
-    yield thread
-    thread.stop()
-
-
 def _serve(controlled, detector, tmp_path, sink: str, **kw) -> Server:
     """A software-triggered serve on the controlled line whose one sink is `sink` (the PLC transport)."""
     settings = Settings.of(
@@ -182,240 +182,236 @@ def _opcua(port: int) -> str:
     return f"opcua-server://127.0.0.1:{port}/lineside?handshake=1"
 
 
-FIELDS = ("ResultReady", "ResultId", "ResultVerdict", "ResultReject", "ResultReason", "ResultFrameId")
-FIELDS += ("ResultPartId", "ResultSeq", "TriggerReady", "TriggersAccepted", "TriggersRefused", "State", "StateWhy")
-FIELDS += ("Pending",)
+def _until(plc: UaPeer, condition, what: str, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not condition(seen := plc.read()):
+        assert time.monotonic() < deadline, f"{what}; the PLC reads {seen}"
+        time.sleep(0.003)
+    return seen
 
 
-class UaPlc:
-    """The PLC's side of the handshake, as its program would run it, over a real OPC UA client."""
-
-    def __init__(self, loop: LoopThread, port: int, camera: str = "0"):
-        self.loop, self.port, self.camera, self.acked = loop, port, camera, 0
-        self.connect()
-
-    def connect(self) -> None:
-        self.client = asyncua.Client(f"opc.tcp://127.0.0.1:{self.port}/lineside", timeout=5)
-        self.loop.run_sync(self.client.connect(), 10)
-        ns = self.loop.run_sync(self.client.get_namespace_index("urn:lineside"), 5)
-        self.node = lambda name: self.client.get_node(f"ns={ns};s=Lineside.{self.camera}.{name}")
-
-    def disconnect(self) -> None:
-        self.loop.run_sync(self.client.disconnect(), 5)
-
-    def read(self) -> dict:
-        values = self.loop.run_sync(self.client.read_values([self.node(n) for n in FIELDS]), 5)
-        return dict(zip(FIELDS, values))
-
-    def write(self, name: str, value, kind: str) -> None:
-        self.loop.run_sync(
-            self.node(name).write_value(ua.DataValue(ua.Variant(value, getattr(ua.VariantType, kind)))), 5
-        )
-
-    def until(self, condition, what: str, timeout: float = 10.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while not condition(seen := self.read()):
-            assert time.monotonic() < deadline, f"{what}; the PLC reads {seen}"
-            time.sleep(0.003)
-        return seen
-
-    def trigger(self, part_id: str) -> bool:
-        """Raise Trigger with a part id, held until lineside counts it: True when taken, False when refused."""
-        before = self.read()
-        counts = lambda s: (s["TriggersAccepted"], s["TriggersRefused"])  # noqa: E731
-        self.write("TriggerPartId", part_id, "String")
-        self.write("Trigger", True, "Boolean")
-        seen = self.until(lambda s: counts(s) != counts(before), "trigger neither taken nor refused")
-        self.write("Trigger", False, "Boolean")
-        return seen["TriggersAccepted"] != before["TriggersAccepted"]
-
-    def result(self) -> dict:
-        """The presented result, acknowledged."""
-        seen = self.until(lambda s: s["ResultReady"] and s["ResultId"] != self.acked, "no new result")
-        self.write("ResultAck", seen["ResultId"], "UInt32")
-        self.acked = seen["ResultId"]
-        return seen
-
-    def part(self, part_id: str) -> dict:
-        self.until(lambda s: s["TriggerReady"], "never ready for the next part")
-        assert self.trigger(part_id)
-        return self.result()
+def _trigger(plc: UaPeer, part_id: str) -> bool:
+    """Raise Trigger with a part id, held until lineside counts it: True when taken, False when refused."""
+    before = plc.read()
+    plc.trigger(True, part_id)
+    counts = lambda s: (s.accepted, s.refused)  # noqa: E731
+    seen = _until(plc, lambda s: counts(s) != counts(before), "trigger neither taken nor refused")
+    plc.trigger(False)
+    return seen.accepted != before.accepted
 
 
-def _matches(received: list[dict], lines: list[dict]) -> None:
-    """Each result the PLC acknowledged is its line in the results log: same seq, verdict, frame and part."""
-    by_seq = {x["seq"]: x for x in lines}
-    for got in received:
-        line = by_seq[got["ResultSeq"]]
-        assert (got["ResultVerdict"], got["ResultFrameId"], got["ResultPartId"]) == (
-            line["label"],
-            line["frame_id"],
-            line.get("part_id", ""),
-        )
-        assert got["ResultReject"] == (line["label"] != "OK")
-        assert got["ResultReason"] == (REASONS["frame"] if line["label"] == "ERROR" else 0)
-
-
-def test_100_parts_through_the_opcua_handshake_equal_the_results_log(controlled, detector, tmp_path, loop):
-    port = free_port()
-    server = _serve(controlled, detector, tmp_path, _opcua(port))
-    plc = UaPlc(loop, port)
-    try:
-        received = [plc.part(f"SN-{i:04d}") for i in range(100)]
-    finally:
-        plc.disconnect()
-        server.shutdown()
-    lines = [x for x in result_lines(server) if x["label"] in ("OK", "NG", "ERROR")]
-    assert len(lines) == 100 and [x["ResultPartId"] for x in received] == [f"SN-{i:04d}" for i in range(100)]
-    assert [x["ResultSeq"] for x in received] == [x["seq"] for x in lines]  # in order, each once
-    assert len({x["ResultId"] for x in received}) == 100
-    _matches(received, lines)
-    assert {x["label"] for x in lines} == {"OK", "NG", "ERROR"}  # the camera's mix reached the PLC
-
-
-def test_a_plc_away_for_10_s_gets_its_5_results_in_order_none_twice(controlled, detector, tmp_path, loop):
-    port = free_port()
-    server = _serve(controlled, detector, tmp_path, _opcua(port))
-    plc = UaPlc(loop, port)
-    try:
-        for i in range(5):  # five parts triggered, none acknowledged
-            plc.until(lambda s: s["TriggerReady"], "never ready")
-            assert plc.trigger(f"P{i}")
-        plc.until(lambda s: s["Pending"] == 5, "five results not pending")
-        plc.disconnect()
-        time.sleep(10)  # the PLC is away; lineside keeps the five
-        plc.connect()
-        received = [plc.result() for _ in range(5)]
-        seen = plc.until(lambda s: s["Pending"] == 0, "acknowledged results still pending")
-        assert not seen["ResultReady"] and seen["TriggerReady"] and seen["State"] == "Ready"
-    finally:
-        plc.disconnect()
-        server.shutdown()
-    lines = [x for x in result_lines(server) if x["label"] in ("OK", "NG", "ERROR")]
-    assert [x["ResultPartId"] for x in received] == [f"P{i}" for i in range(5)]
-    assert [x["ResultSeq"] for x in received] == [x["seq"] for x in lines] and len(
-        {x["ResultId"] for x in received}
-    ) == 5
-    _matches(received, lines)
-
-
-def test_a_full_queue_refuses_the_trigger_and_says_why(controlled, detector, tmp_path, loop):
+def test_a_full_queue_refuses_the_trigger_and_says_why(controlled, detector, tmp_path):
+    """The simulator's own client driven a step at a time: a trigger into a full queue, which plc-sim never sends."""
     port = free_port()
     server = _serve(controlled, detector, tmp_path, _opcua(port), plc_results=2)
-    plc = UaPlc(loop, port)
+    plc = UaPeer(f"opcua://127.0.0.1:{port}/lineside")
+    plc.connect()
     try:
         for i in range(2):
-            plc.until(lambda s: s["TriggerReady"], "never ready")
-            assert plc.trigger(f"P{i}")
-        seen = plc.until(lambda s: s["Pending"] == 2, "two results not pending")
-        assert seen["State"] == "Full" and not seen["TriggerReady"] and "plc_results=2" in seen["StateWhy"]
-        assert not plc.trigger("P2")  # refused: counted, not inspected
-        assert plc.read()["TriggersRefused"] == 1
-        first = plc.result()
-        seen = plc.until(lambda s: s["TriggerReady"], "a free place never made ready")
-        assert seen["State"] == "Ready" and seen["Pending"] == 1 and first["ResultPartId"] == "P0"
+            _until(plc, lambda s: s.trigger_ready, "never ready")
+            assert _trigger(plc, f"P{i}")
+        seen = _until(plc, lambda s: s.pending == 2, "two results not pending")
+        assert seen.state == "Full" and not seen.trigger_ready and "plc_results=2" in seen.why
+        assert not _trigger(plc, "P2")  # refused: counted, not inspected
+        assert plc.read().refused == 1
+        first = _until(plc, lambda s: s.result_ready, "no result presented")
+        plc.ack(first.result_id)
+        seen = _until(plc, lambda s: s.trigger_ready, "a free place never made ready")
+        assert seen.state == "Ready" and seen.pending == 1 and first.part_id == "P0"
     finally:
-        plc.disconnect()
+        plc.close()
         server.shutdown()
     assert [x.get("part_id") for x in result_lines(server)] == ["P0", "P1"]  # P2 never inspected
 
 
-# --- serve over Modbus TCP, a real pymodbus server as the PLC ---------------------------------------------
-
-H = 200  # the handshake block's first register
+H = 200  # the Modbus handshake block's first register
 
 
-async def _modbus_plc(port: int):
-    from pymodbus.server import ModbusTcpServer
-    from pymodbus.simulator import DataType, SimData, SimDevice
+# --- lineside plc-sim, the simulator, as the PLC --------------------------------------------------------
 
-    coils = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
-    registers = [SimData(0, count=300, values=0, datatype=DataType.REGISTERS)]
-    server = ModbusTcpServer(
-        SimDevice(id=1, simdata=(coils, list(coils), registers, list(registers))), address=("127.0.0.1", port)
-    )
-    await server.serve_forever(background=True)
-    return server
+ROOT = Path(__file__).resolve().parent.parent
 
 
-class ModbusPlc:
-    """The PLC: a pymodbus server holding both blocks; its program's reads and writes go through a client."""
-
-    def __init__(self, loop: LoopThread, port: int):
-        import pymodbus.client
-
-        self.loop, self.port, self.acked = loop, port, 0
-        self.server = loop.run_sync(_modbus_plc(port), 10)
-        self.memory = pymodbus.client.ModbusTcpClient("127.0.0.1", port=port, timeout=2)
-
-    def stop(self) -> None:
-        self.loop.run_sync(self.server.shutdown(), 10)
-        self.memory.close()
-
-    def restart(self) -> None:
-        self.server = self.loop.run_sync(_modbus_plc(self.port), 10)
-
-    def read(self) -> dict:
-        r = self.memory.read_holding_registers(H, count=13, device_id=1).registers
-        names = ("status", "accepted", "refused", "id", "code", "reject", "score", "reason", "frame")
-        seen = dict(zip(names, r))
-        return seen | {"seq": r[9] | r[10] << 16, "pending": r[11], "ready": bool(r[0] & 1), "result": bool(r[0] & 4)}
-
-    def until(self, condition, what: str, timeout: float = 10.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while not condition(seen := self.read()):
-            assert time.monotonic() < deadline, f"{what}; the PLC holds {seen}"
-            time.sleep(0.003)
-        return seen
-
-    def trigger(self, part_id: str) -> None:
-        from runtime.serve.results.plc.modbus_handshake import part_registers
-
-        before = self.until(lambda s: s["ready"], "never ready for the next part")
-        self.memory.write_registers(H + 18, part_registers(part_id), device_id=1)
-        self.memory.write_register(H + 16, 1, device_id=1)
-        self.until(lambda s: s["accepted"] != before["accepted"], "trigger not taken")
-        self.memory.write_register(H + 16, 0, device_id=1)
-
-    def part(self, part_id: str) -> dict:
-        self.trigger(part_id)
-        return self.result()
-
-    def result(self) -> dict:
-        seen = self.until(lambda s: s["result"] and s["id"] != self.acked, "no new result")
-        self.memory.write_register(H + 17, seen["id"], device_id=1)
-        self.acked = seen["id"]
-        return seen
+def _plc_sim(*args: str, json_lines: bool = True) -> subprocess.Popen:
+    """`lineside plc-sim ARGS --json` started as its own process, the way an integrator runs it."""
+    command = [sys.executable, "-m", "lineside", "plc-sim", *args, *(["--json"] if json_lines else [])]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_parts_through_the_modbus_handshake_equal_the_log_and_survive_a_plc_restart(
-    controlled, detector, tmp_path, loop
-):
+def _finished(sim: subprocess.Popen, timeout: float = 120) -> tuple[int, list[dict], dict, str]:
+    out, err = sim.communicate(timeout=timeout)
+    rows = [json.loads(x) for x in out.splitlines() if x.strip()]
+    summary = rows.pop()["summary"] if rows and "summary" in rows[-1] else {}
+    return sim.returncode, rows, summary, err
+
+
+def _printed_equal_the_log(printed: list[dict], lines: list[dict]) -> None:
+    """The simulator's lines are the log's verdict lines, in order, each once: seq, verdict, frame, part id."""
+    assert [x["seq"] for x in printed] == [x["seq"] for x in lines]
+    codes = {"OK": 0, "NG": 1, "ERROR": 2}
+    for got, line in zip(printed, lines):
+        assert (got["verdict"], got["part_id"]) == (line["label"], line.get("part_id", ""))
+        assert got["frame_id"] in (line["frame_id"], line["frame_id"] & 0xFFFF)
+        assert got["reason"] == (REASONS["frame"] if line["label"] == "ERROR" else 0) and codes[got["verdict"]] >= 0
+    assert len({x["result_id"] for x in printed}) == len(printed)
+
+
+def test_plc_sim_over_opcua_runs_100_parts_and_prints_the_results_log(controlled, detector, tmp_path):
     port = free_port()
-    plc = ModbusPlc(loop, port)
-    server = _serve(controlled, detector, tmp_path, f"modbus://127.0.0.1:{port}?unit=1&handshake={H}&poll_ms=5")
+    server = _serve(controlled, detector, tmp_path, _opcua(port))
     try:
-        received = [plc.part(f"M{i}") for i in range(30)]
-        for i in range(30, 33):  # three more, not acknowledged, then the PLC restarts with its memory cleared
-            plc.trigger(f"M{i}")
-        plc.until(lambda s: s["pending"] == 3, "three results not pending")
-        plc.stop()
-        time.sleep(2)
-        plc.restart()
-        plc.memory.connect()
-        waiting = [plc.result() for _ in range(3)]  # rewritten into the fresh memory, oldest first
-        plc.until(lambda s: s["pending"] == 0 and not s["result"], "acknowledged results still pending")
+        code, printed, summary, err = _finished(
+            _plc_sim(f"opcua://127.0.0.1:{port}/lineside", "--parts", "100", "--part-id-prefix", "SN-")
+        )
     finally:
         server.shutdown()
-        plc.stop()
+    assert code == 0, err
     lines = [x for x in result_lines(server) if x["label"] in ("OK", "NG", "ERROR")]
-    assert [x["seq"] for x in received + waiting] == [x["seq"] for x in lines] and len(lines) == 33
-    assert [x.get("part_id") for x in lines] == [f"M{i}" for i in range(33)]
-    codes = {"OK": 0, "NG": 1, "ERROR": 2}
-    for got, line in zip(received + waiting, lines):
-        assert (got["code"], got["frame"], got["reject"]) == (
-            codes[line["label"]],
-            line["frame_id"] & 0xFFFF,
-            line["label"] != "OK",
-        )
-        assert got["reason"] == (1 if line["label"] == "ERROR" else 0)
+    assert [x["part_id"] for x in printed] == [f"SN-{i:04d}" for i in range(1, 101)]
+    _printed_equal_the_log(printed, lines)
+    counts = {v: sum(x["label"] == v for x in lines) for v in ("OK", "NG", "ERROR")}
+    assert summary == summary | {"parts": 100, **counts, "refused_triggers": 0} and min(counts.values()) > 0
+    assert 0 < summary["result_ms_min"] <= summary["result_ms_avg"] <= summary["result_ms_max"]
+
+
+def test_plc_sim_away_with_5_results_pending_gets_them_in_order_none_twice(controlled, detector, tmp_path):
+    port = free_port()
+    server = _serve(controlled, detector, tmp_path, _opcua(port))
+    args = ("--parts", "8", "--disconnect-after", "2", "--hold", "5", "--away", "3", "--part-id-prefix", "P")
+    try:
+        code, printed, summary, err = _finished(_plc_sim(f"opcua://127.0.0.1:{port}/lineside", *args))
+    finally:
+        server.shutdown()
+    assert code == 0, err
+    lines = [x for x in result_lines(server) if x["label"] in ("OK", "NG", "ERROR")]
+    assert [x["part_id"] for x in printed] == [f"P{i:04d}" for i in range(1, 9)]
+    assert [x["held"] for x in printed] == [False] * 2 + [True] * 5 + [False]  # collected after coming back
+    _printed_equal_the_log(printed, lines)
+    assert summary["parts"] == 8 and len(lines) == 8
+
+
+def test_plc_sim_as_the_modbus_plc_runs_parts_equal_to_the_log_across_a_plc_restart(controlled, detector, tmp_path):
+    """The simulator is the pymodbus server; 3 results wait while it restarts with its memory cleared."""
+    port = free_port()
+    args = ("--listen", f"127.0.0.1:{port}", "--handshake", str(H), "--unit", "1", "--parts", "10")
+    away = ("--disconnect-after", "6", "--hold", "3", "--away", "2", "--ack-delay", "0.02")
+    sim = _plc_sim("modbus", *args, *away, "--part-id-prefix", "M")
+    time.sleep(1.0)  # serve dials the PLC again within a second either way; this only saves that second
+    server = _serve(controlled, detector, tmp_path, f"modbus://127.0.0.1:{port}?unit=1&handshake={H}&poll_ms=5")
+    try:
+        code, printed, summary, err = _finished(sim, timeout=60)
+    finally:
+        server.shutdown()
+        if sim.poll() is None:
+            sim.kill()
+    assert code == 0, err
+    lines = [x for x in result_lines(server) if x["label"] in ("OK", "NG", "ERROR")]
+    assert [x["part_id"] for x in printed] == [f"M{i:04d}" for i in range(1, 11)]
+    assert [x["held"] for x in printed] == [False] * 6 + [True] * 3 + [False]
+    assert [x.get("part_id") for x in lines] == [f"M{i:04d}" for i in range(1, 11)]  # the ids the PLC wrote
+    _printed_equal_the_log(printed, lines)
+    assert summary["parts"] == 10
+
+
+def test_plc_sim_without_a_serve_is_exit_2_in_one_line():
+    code, printed, _, err = _finished(_plc_sim(f"opcua://127.0.0.1:{free_port()}/lineside", "--parts", "1"))
+    assert code == 2 and not printed
+    assert err.strip().count("\n") == 0 and "cannot connect to serve at opc.tcp://127.0.0.1:" in err
+
+
+class Forgetful(Handshake):
+    """A serve that breaks rule 4: its first acknowledged result comes back under a new ResultId."""
+
+    def ack(self, result_id: int) -> bool:
+        head = self.pending[0] if self.pending else None
+        if not super().ack(result_id):
+            return False
+        if self.delivered == 1:
+            with self.lock:
+                self.pending.append(dataclasses.replace(head, id=self.next_id))
+                self.next_id += 1
+                self._changed()
+        return True
+
+
+class ZeroId(Handshake):
+    """A serve that breaks rule 3: its second result is presented with ResultId 0."""
+
+    def view(self):
+        view = super().view()
+        if view.result is not None and view.result.seq == 2:
+            return dataclasses.replace(view, result=dataclasses.replace(view.result, id=0))
+        return view
+
+
+class Fieldless(Handshake):
+    """A serve that breaks rule 3: its second result is ResultReady without its fields (no verdict)."""
+
+    def view(self):
+        view = super().view()
+        if view.result is not None and view.result.seq == 2:
+            return dataclasses.replace(view, result=dataclasses.replace(view.result, verdict=""))
+        return view
+
+
+@pytest.mark.parametrize(
+    "broken, why",
+    [
+        (Forgetful, "the result of seq 1 presented again after its acknowledgement, as ResultId 2"),
+        (ZeroId, "ResultReady with ResultId 0"),
+        (Fieldless, "ResultReady without its result fields"),
+    ],
+)
+def test_plc_sim_seeing_serve_break_a_rule_is_exit_1_saying_which(broken, why):
+    """serve's own OPC UA sink, its handshake swapped for one that breaks a rule, and no camera: plc-sim's
+    checks are the thing tested, so the broken peer is the real server with a wrong state machine in it."""
+    from runtime.serve.interfaces.metrics import Metrics
+    from runtime.serve.results.sinks import parse_sink
+
+    port, triggers = free_port(), []
+    sink = parse_sink(f"opcua-server://127.0.0.1:{port}/lineside?handshake=1", Metrics(), 16)
+    machine = sink.handshakes["0"] = broken(8, lambda part_id: triggers.append(part_id) or f"plc-{len(triggers)}")
+    sink.start()
+
+    def inspector():  # each trigger's result, as serve's inspector would give it, outside the handshake's lock
+        done = 0
+        while sink.server is not None and done < 3:
+            if len(triggers) > done:
+                done += 1
+                record = {"label": "OK", "frame_id": done, "trigger_id": f"plc-{done}", "seq": done}
+                machine.result(record | {"part_id": triggers[done - 1]})
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=inspector, daemon=True)
+    thread.start()
+    try:
+        sim = _plc_sim(f"opcua://127.0.0.1:{port}/lineside", "--parts", "3", json_lines=False)
+        out, err = sim.communicate(timeout=60)
+    finally:
+        sink.shutdown()
+    printed = out.splitlines()  # the text lines: the one part done, then the summary
+    assert sim.returncode == 1 and len(printed) == 2 and printed[0].startswith("SIM-0001  id 1  OK  reason 0  seq 1  ")
+    assert printed[1].startswith("1 parts: 1 OK, 0 NG, 0 ERROR; 0 triggers refused; trigger to result min/avg/max ")
+    assert err.strip().count("\n") == 0 and f"plc-sim: protocol violation: {why}" in err, err
+
+
+def test_plc_sim_against_a_serve_without_the_handshake_or_one_that_stops_is_exit_2(controlled, detector, tmp_path):
+    port = free_port()
+    server = _serve(controlled, detector, tmp_path, f"opcua-server://127.0.0.1:{port}/lineside")  # no handshake=1
+    try:
+        code, printed, _, err = _finished(_plc_sim(f"opcua://127.0.0.1:{port}/lineside", "--parts", "1"), 60)
+    finally:
+        server.shutdown()
+    assert code == 2 and not printed and err.strip().count("\n") == 0 and "has no handshake nodes" in err
+    assert "?handshake=1" in err
+    port = free_port()
+    server = _serve(controlled, detector, tmp_path / "stops", _opcua(port))
+    sim = _plc_sim(f"opcua://127.0.0.1:{port}/lineside", "--parts", "1000", "--interval", "0.01")
+    try:
+        first = [json.loads(sim.stdout.readline()) for _ in range(3)]  # three parts done, then serve goes
+    finally:
+        server.shutdown()
+    code, printed, summary, err = _finished(sim, 60)
+    assert [x["part_id"] for x in first] == ["SIM-0001", "SIM-0002", "SIM-0003"] and code == 2
+    assert err.strip().count("\n") == 0 and f"lost serve at opc.tcp://127.0.0.1:{port}/lineside" in err, err
+    assert summary["parts"] == 3 + len(printed)  # what was done before is still summed up
