@@ -12,16 +12,41 @@ import time
 
 import pytest
 
+from lineside.plcsim import UaPeer
 from runtime.detect.detector import Detector
 from runtime.serve import Server
 from runtime.serve.results.plc.opcua_system import system_state
 from runtime.serve.results.plc.plc import LoopThread
 from tests.brokers import free_port
 from tests.serving import parts_folder, result_lines, serve_settings
-from tests.test_plc_handshake import UaPlc, _opcua, _serve
+from tests.test_plc_handshake import _opcua, _serve, _trigger, _until
 
 asyncua = pytest.importorskip("asyncua")
 ua = asyncua.ua
+
+
+def _plc(port: int) -> UaPeer:
+    """The PLC: plc-sim's own OPC UA client, connected."""
+    plc = UaPeer(f"opcua://127.0.0.1:{port}/lineside")
+    plc.connect()
+    return plc
+
+
+def _acknowledge(plc: UaPeer, acked: int = 0):
+    """The next presented result (an id other than `acked`), acknowledged."""
+    seen = _until(plc, lambda s: s.result_ready and s.result_id != acked, "no new result")
+    plc.ack(seen.result_id)
+    return seen
+
+
+def _parts(plc: UaPeer, count: int) -> list:
+    received, acked = [], 0
+    for i in range(count):
+        _until(plc, lambda s: s.trigger_ready, "never ready for the next part")
+        assert _trigger(plc, f"SN-{i:02d}")
+        received.append(_acknowledge(plc, acked))
+        acked = received[-1].result_id
+    return received
 
 
 @pytest.fixture(scope="module")
@@ -111,19 +136,19 @@ def _diagnostics(lines: list[dict]) -> dict:
 def test_the_state_follows_each_part_and_the_diagnostics_equal_the_results_log(controlled, detector, tmp_path, loop):
     port = free_port()
     server = _serve(controlled, detector, tmp_path, _opcua(port))
-    plc, watcher = UaPlc(loop, port), Watcher(loop, port)
+    plc, watcher = _plc(port), Watcher(loop, port)
     try:
         watcher.until(lambda s: s["State"] == "Ready", "never Ready")
         watcher.subscribe()
         time.sleep(0.2)  # the subscription's first notification: Ready
-        received = [plc.part(f"SN-{i:02d}") for i in range(21)]
+        received = _parts(plc, 21)
         seen = watcher.until(lambda s: s["OkCount"] + s["NgCount"] + s["ErrorCount"] == 21, "not all counted")
         time.sleep(0.2)
         states = watcher.states.list()
         watcher.reset()
         zeroed = watcher.read()
     finally:
-        plc.disconnect()
+        plc.close()
         watcher.close()
         server.shutdown()
     lines = [x for x in result_lines(server) if x["label"] in ("OK", "NG", "ERROR")]
@@ -151,22 +176,22 @@ def test_the_state_follows_each_part_and_the_diagnostics_equal_the_results_log(c
 def test_a_full_plc_queue_is_an_error_with_its_reason_and_refusals_count(controlled, detector, tmp_path, loop):
     port = free_port()
     server = _serve(controlled, detector, tmp_path, _opcua(port), plc_results=2)
-    plc, watcher = UaPlc(loop, port), Watcher(loop, port)
+    plc, watcher = _plc(port), Watcher(loop, port)
     try:
         for i in range(2):
-            plc.until(lambda s: s["TriggerReady"], "never ready")
-            assert plc.trigger(f"P{i}")
+            _until(plc, lambda s: s.trigger_ready, "never ready")
+            assert _trigger(plc, f"P{i}")
         seen = watcher.until(lambda s: s["State"] == "Error", "a full queue never an Error")
         assert "PLC result queue full" in seen["StateReason"] and "plc_results=2" in seen["StateReason"], seen
-        assert not plc.trigger("P2")
+        assert not _trigger(plc, "P2")
         assert watcher.until(lambda s: s["TriggersRefused"] == 1, "the refusal not counted")["State"] == "Error"
         watcher.reset()
         assert watcher.read()["TriggersRefused"] == 0  # zeroed, though the handshake's own counter stays
-        plc.result()
+        _acknowledge(plc)
         seen = watcher.until(lambda s: s["State"] == "Ready", "a free place never Ready again")
-        assert seen["StateReason"] == "" and plc.read()["TriggersRefused"] == 1
+        assert seen["StateReason"] == "" and plc.read().refused == 1
     finally:
-        plc.disconnect()
+        plc.close()
         watcher.close()
         server.shutdown()
 
