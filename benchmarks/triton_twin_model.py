@@ -1,4 +1,4 @@
-"""model.py of the Python-backend twin of an exported repository (tests/triton_server.py copies it).
+"""model.py of the Python-backend twin of an exported repository (benchmarks/tritonserver.py copies it).
 
 The tritonserver that PyPI carries (nvidia-pytriton's) has the Python backend only, so each model
 of the repository `lineside export triton` wrote runs its own ONNX graph through onnxruntime here,
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-# The stub's embedded interpreter ignores PYTHONPATH: the twin names the test environment's packages beside
+# The stub's embedded interpreter ignores PYTHONPATH: the twin names the calling environment's packages beside
 # this file, read before anything imports numpy (the stub imports this module first).
 sys.path[:0] = json.loads((Path(__file__).parent / "sys_path.json").read_text(encoding="utf-8"))
 

@@ -1,5 +1,6 @@
-"""A real tritonserver on loopback for the Triton tests: the one nvidia-pytriton's wheel carries (2.51,
-Python backend only), serving the Python-backend twin of a repository `lineside export triton` wrote.
+"""A real tritonserver on loopback, for the Triton tests and the cameras benchmark: the one nvidia-pytriton's
+wheel carries (2.51, Python backend only), serving the Python-backend twin of a repository `lineside export
+triton` wrote.
 
 The twin is the exported repository with each config's platform swapped for the Python backend and a
 model.py (triton_twin_model.py) that runs the model's own ONNX graph: same names, dims, batching and
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -21,12 +23,18 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
-from tests.brokers import free_port
-
 TWIN_MODEL = Path(__file__).with_name("triton_twin_model.py")
 INSTALL = "pip install --no-deps nvidia-pytriton==0.7.0 (.ci/run does)"
+
+
+class TritonUnavailable(RuntimeError):
+    """No tritonserver to start here, or it did not come up: the message says why and what to install."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def server_files() -> Path:
@@ -34,10 +42,10 @@ def server_files() -> Path:
     own dependencies are not installed: only its server is used)."""
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        pytest.fail(f"nvidia-pytriton is not installed: {INSTALL}")
+        raise TritonUnavailable(f"nvidia-pytriton is not installed: {INSTALL}")
     folder = Path(spec.submodule_search_locations[0]) / "tritonserver"
     if not (folder / "bin" / "tritonserver").is_file():
-        pytest.fail(f"{folder} has no bin/tritonserver: {INSTALL}")
+        raise TritonUnavailable(f"{folder} has no bin/tritonserver: {INSTALL}")
     return folder
 
 
@@ -127,12 +135,12 @@ class TritonServer:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"tritonserver exited with {self.proc.returncode}:\n{self.tail()}")
+                raise TritonUnavailable(f"tritonserver exited with {self.proc.returncode}:\n{self.tail()}")
             if self.ready():
                 return
             time.sleep(0.2)
         self.stop()
-        pytest.fail(f"tritonserver not ready after {wait_s:.0f} s:\n{self.tail()}")
+        raise TritonUnavailable(f"tritonserver not ready after {wait_s:.0f} s:\n{self.tail()}")
 
     def ready(self) -> bool:
         try:

@@ -203,6 +203,20 @@ def test_the_cameras_benchmark_measures_one_process_against_the_number_of_camera
     assert "| one process | 2 |" in (out / "cameras.md").read_text()
 
 
+def test_the_cameras_benchmark_measures_the_cameras_through_a_real_triton_server(controlled, tmp_path):
+    """--triton: the bundle exported, served by nvidia-pytriton's tritonserver, every frame inspected there."""
+    from benchmarks.cameras import main as bench
+
+    out = tmp_path / "report"
+    argv = ["--bundle", str(controlled), "--category", CATEGORY, "--cameras", "2", "--frames", "3", "--triton"]
+    assert bench([*argv, "--seconds", "1", "--repeats", "1", "--out", str(out)]) == 0
+    rows = {r["how"]: r for r in json.loads((out / "cameras.json").read_text())["rows"]}
+    remote = rows["one process, Triton"]
+    assert remote["cameras"] == 2 and remote["slowest_camera_fps"] > 0 and remote["errors"] == 0, remote
+    assert remote["p99_ms"] >= remote["p50_ms"] > 0
+    assert remote["rss_mb"] > rows["one process"]["rss_mb"] + 50  # tritonserver and its stubs counted in
+
+
 def test_a_trigger_names_its_camera_and_only_that_camera_inspects(controlled, detector, tmp_path):
     cameras = _cameras_file(
         tmp_path / "cameras.yaml",

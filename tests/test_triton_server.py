@@ -1,4 +1,4 @@
-"""The detector through a real tritonserver on 127.0.0.1 (tests/triton_server.py): results equal to
+"""The detector through a real tritonserver on 127.0.0.1 (benchmarks/tritonserver.py): results equal to
 local sessions over gRPC and HTTP, concurrent requests batched by the server (its statistics say so),
 a repository of another bundle or other shapes refused at start, ERROR while the server is stopped or
 hung, and OK again once it is back."""
@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from benchmarks.tritonserver import TritonServer, python_twin
 from runtime.bundle.loader import Bundle
 from runtime.bundle.triton_repo import RepoOptions, write_repository
 from runtime.bundle.triton_session import BACKOFF_FIRST_S, TritonMismatch
 from runtime.detect.detector import Detector
 from runtime.serve.interfaces.web import graph_lines
-from tests.triton_server import TritonServer, python_twin
 
 QUEUE_DELAY_US = 100_000  # long enough that four requests sent together wait for each other
 
