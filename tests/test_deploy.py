@@ -146,7 +146,7 @@ def test_the_deploy_files_and_the_readme_name_one_topic_tree():
     """Issue 30: mosquitto.conf named lineside/results while compose and the README used lineside/line1/0/result.
     Every topic the deploy files and the README's Deploy section name is one of mqtt.py's tree, under the
     prefix and line that compose gives serve (a trigger topic goes beside the camera's result)."""
-    from runtime.serve import mqtt
+    from runtime.serve.results import mqtt
 
     serve = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["serve"]["environment"]
     prefix = serve["LINESIDE_SINK"].split("mqtt://mosquitto:1883/", 1)[1]
