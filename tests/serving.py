@@ -70,3 +70,11 @@ def http_get(port, path, timeout=5):
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def looping_server(controlled, detector, tmp_path, sink: str) -> tuple[Path, Server]:
+    """serve started over a looping folder of 4 parts at 10 fps, reconnecting within 0.2 s, with one sink:
+    the folder is returned for the tests that take it away."""
+    folder = parts_folder(tmp_path / "frames", 4)
+    settings = serve_settings(controlled, folder, tmp_path, loop=True, max_fps=10, reconnect_max_s=0.2, sink=(sink,))
+    return folder, Server(settings, detector=detector).start()

@@ -23,7 +23,7 @@ from runtime.serve import Server
 from runtime.serve.__main__ import main as serve_main
 from tests.brokers import Broker
 from tests.controlled import CATEGORY
-from tests.serving import http_get, parts_folder, serve_settings, wait_for
+from tests.serving import http_get, looping_server, parts_folder, serve_settings, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 MISSING = "v4l2:///dev/lineside-no-such-camera"  # a V4L2 device that is not there
@@ -76,7 +76,6 @@ def test_without_waiting_a_source_missing_at_start_refuses_serve_in_one_line(con
 def test_the_mqtt_status_goes_degraded_when_a_cameras_folder_disappears(controlled, detector, tmp_path):
     import paho.mqtt.client as mqtt
 
-    folder = parts_folder(tmp_path / "frames", 4)
     statuses, lock = [], threading.Lock()
     with Broker(tmp_path) as broker:
         sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="an-independent-subscriber")
@@ -89,16 +88,7 @@ def test_the_mqtt_status_goes_degraded_when_a_cameras_folder_disappears(controll
         sub.connect("127.0.0.1", broker.port)
         sub.subscribe("plant/line1/+/status", qos=1)
         sub.loop_start()
-        settings = serve_settings(
-            controlled,
-            folder,
-            tmp_path,
-            loop=True,
-            max_fps=10,
-            reconnect_max_s=0.2,
-            sink=(f"mqtt://127.0.0.1:{broker.port}/plant",),
-        )
-        server = Server(settings, detector=detector).start()
+        folder, server = looping_server(controlled, detector, tmp_path, f"mqtt://127.0.0.1:{broker.port}/plant")
         try:
 
             def states():

@@ -14,11 +14,10 @@ import pytest
 
 from lineside.plcsim import UaPeer
 from runtime.detect.detector import Detector
-from runtime.serve import Server
 from runtime.serve.results.plc.opcua_system import system_state
 from runtime.serve.results.plc.plc import LoopThread
 from tests.brokers import free_port
-from tests.serving import parts_folder, result_lines, serve_settings
+from tests.serving import looping_server, result_lines
 from tests.test_plc_handshake import _opcua, _serve, _trigger, _until
 
 asyncua = pytest.importorskip("asyncua")
@@ -199,18 +198,8 @@ def test_a_full_plc_queue_is_an_error_with_its_reason_and_refusals_count(control
 def test_the_state_is_an_error_naming_the_folder_when_the_cameras_folder_disappears(
     controlled, detector, tmp_path, loop
 ):
-    folder = parts_folder(tmp_path / "frames", 4)
     port = free_port()
-    settings = serve_settings(
-        controlled,
-        folder,
-        tmp_path,
-        loop=True,
-        max_fps=10,
-        reconnect_max_s=0.2,
-        sink=(f"opcua-server://127.0.0.1:{port}/lineside",),
-    )
-    server = Server(settings, detector=detector).start()
+    folder, server = looping_server(controlled, detector, tmp_path, f"opcua-server://127.0.0.1:{port}/lineside")
     watcher = Watcher(loop, port)
     try:
         watcher.until(lambda s: s["State"] == "Ready" and s["OkCount"] > 0, "never Ready")
