@@ -72,10 +72,22 @@ def trial(mode: str, index: int, frames: int, wall_s: float, cpu_s: float, **ext
 
 
 def detect_trial(detector: Detector, images: list[np.ndarray], memory, index: int) -> dict:
+    stages: dict[str, float] = {}
     c, t = cpu_seconds(), time.perf_counter()
     for image in images:
-        detector.detect(image, "part", memory, colour="BGR")
-    return trial("detect", index, len(images), time.perf_counter() - t, cpu_seconds() - c)
+        for stage, ms in detector.detect(image, "part", memory, colour="BGR").timings_ms.items():
+            stages[stage] = stages.get(stage, 0.0) + ms
+    wall, cpu, n = time.perf_counter() - t, cpu_seconds() - c, len(images)
+    return trial(
+        "detect",
+        index,
+        n,
+        wall,
+        cpu,
+        inspector_ms_per_frame=1e3 * wall / n,  # nothing to wait for: the next frame is in memory
+        results_write_ms_per_frame=0.0,
+        stage_ms_per_frame={k: v / n for k, v in stages.items()},
+    )
 
 
 def decode_trial(files: list[Path], index: int) -> dict:
@@ -272,17 +284,18 @@ def summarise(runs: list[dict], preprocess_ms: float, budget: dict, precision: s
             "cpu_ratio": serve["cpu_ms_per_frame"]["median"] / expected_cpu,
         },
         "targets": {"fps_ratio_at_least": 0.9, "cpu_ratio_at_most": 1.10},
-        "timeline_ms_per_frame": timeline(by_mode["serve"], preprocess_ms, decode["fps"]["median"]),
+        "timeline_ms_per_frame": {m: timeline(by_mode[m], preprocess_ms) for m in ("serve", "detect")},
+        "decode_ms_per_frame": 1e3 / decode["fps"]["median"],  # on one thread, decode-only
         "threads": budget,
     }
 
 
-def timeline(serves: list[dict], preprocess_ms: float, decode_fps: float) -> dict:
-    """Where a serve frame's milliseconds go (the median serve trial by fps): the inspector's stages as the
-    runtime recorded them, the results-log write, the rest of its frame, and the time it waited for a frame;
-    these rows sum to the trial's wall ms per frame. Decoding runs beside them on the decode threads."""
-    median_fps = statistics.median_low([r["fps"] for r in serves])
-    run = next(r for r in serves if r["fps"] == median_fps)
+def timeline(runs: list[dict], preprocess_ms: float) -> dict:
+    """Where a frame's milliseconds go in the median trial (by fps) of a mode: the detector's stages as the
+    runtime recorded them, the results-log write, the rest of the frame, and the time serve's inspector waited
+    for a frame; these rows sum to the trial's wall ms per frame. Serve decodes beside them, on its threads."""
+    median_fps = statistics.median_low([r["fps"] for r in runs])
+    run = next(r for r in runs if r["fps"] == median_fps)
     stages = run["stage_ms_per_frame"]
     wall = 1e3 / run["fps"]
     detect_total = stages.get("total", 0.0)
@@ -304,7 +317,6 @@ def timeline(serves: list[dict], preprocess_ms: float, decode_fps: float) -> dic
         "wall_ms_per_frame": wall,
         "rows": rows,
         "accounted_ms_per_frame": sum(rows.values()),
-        "decode_beside_ms_per_frame": 1e3 / decode_fps,
     }
 
 
@@ -337,17 +349,24 @@ def markdown(c: dict) -> list[str]:
         table(rows, ["mode", "figure", "median", "min", "max", "p25", "p75"]),
         "",
     ]
-    tl = c["timeline_ms_per_frame"]
-    trows = [{"stage": k, "ms per frame": v} for k, v in tl["rows"].items()]
-    trows.append({"stage": "sum (the trial's wall ms per frame)", "ms per frame": tl["accounted_ms_per_frame"]})
+    serve, detect = c["timeline_ms_per_frame"]["serve"], c["timeline_ms_per_frame"]["detect"]
+    trows = [{"stage": k, "serve": v, "detect-only": detect["rows"].get(k, 0.0)} for k, v in serve["rows"].items()]
+    trows.append(
+        {
+            "stage": "sum (the trial's wall ms per frame)",
+            "serve": serve["accounted_ms_per_frame"],
+            "detect-only": detect["accounted_ms_per_frame"],
+        }
+    )
     lines += [
-        f"Serve stage timeline (the median serve trial, {tl['wall_ms_per_frame']:.1f} ms per frame of wall "
-        "time): the inspector's stages as serve records them (lineside_stage_seconds), preprocessing timed "
-        "apart and taken out of the encoder's stage, the results-log write and the inspector's whole frame "
-        "timed at their calls, the rest waiting. Decoding runs beside these on the decode threads "
-        f"({tl['decode_beside_ms_per_frame']:.1f} ms per frame on one thread, decode-only median).",
+        "Stage timeline, ms per frame (the median trial of each mode): the detector's stages as serve records "
+        "them (lineside_stage_seconds; detect-only: the same `Result.timings_ms`), preprocessing timed apart "
+        "and taken out of the encoder's stage, the results-log write and serve's whole inspection of a frame "
+        "timed at their calls, the rest of serve's wall time its inspector waiting for a frame. Serve decodes "
+        f"beside these on its decode threads ({c['decode_ms_per_frame']:.1f} ms per frame on one thread, "
+        "decode-only median).",
         "",
-        table(trows, ["stage", "ms per frame"]),
+        table(trows, ["stage", "serve", "detect-only"]),
         "",
         f"Thread budget: {b['cores']} cores; onnxruntime intra-op threads: setting "
         f"{b['intra_op_threads_setting'] if b['intra_op_threads_setting'] else 'unset'}, so onnxruntime's "
