@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from runtime.bundle.preprocess import clip_input
+from runtime.bundle.sessions import INTRA_OP_SPINNING
 from runtime.detect.detector import Detector
 from runtime.detect.frames import read_frame, read_image
 from runtime.machine import describe
@@ -165,6 +166,7 @@ def thread_budget(detector: Detector, settings: Settings) -> dict:
         "intra_op_threads_observed": _ort_threads(detector),
         "decode_threads": settings.serve.decode_threads,
         "opencv_threads": cv2.getNumThreads(),
+        "intra_op_spinning": INTRA_OP_SPINNING == "1",
         "decided_from_core_count": False,
     }
 
@@ -371,7 +373,8 @@ def markdown(c: dict) -> list[str]:
         f"Thread budget: {b['cores']} cores; onnxruntime intra-op threads: setting "
         f"{b['intra_op_threads_setting'] if b['intra_op_threads_setting'] else 'unset'}, so onnxruntime's "
         f"default, {b['intra_op_threads_observed']} (counted from the threads a fresh session starts, plus "
-        f"the caller's); decode threads {b['decode_threads']} (the decode_threads setting); OpenCV "
+        f"the caller's), {'spinning' if b['intra_op_spinning'] else 'not spinning'} between runs; "
+        f"decode threads {b['decode_threads']} (the decode_threads setting); OpenCV "
         f"{b['opencv_threads']}. Nothing in the runtime chooses these from the core count.",
         "",
     ]
