@@ -149,6 +149,7 @@ def run(args) -> dict:
         "bundle_id": bundle.bundle_id,
         "profile": bundle.manifest.profile,
         "machine": reporting.machine(),
+        "caveats": list(args.caveat or []),
         "matmul_peak_gflops": peak,
         "image_graph_gflop": gflop,
         "runs": [],
@@ -185,6 +186,8 @@ def markdown(data: dict) -> str:
         f"{peak_line(data)} Image graph: {data['image_graph_gflop']:.2f} GFLOP per frame.",
         "",
     ]
+    if data.get("caveats"):
+        lines[1:1] = ["", "Caveats:", "", *[f"- {c}" for c in data["caveats"]]]
     rows = []
     for run_ in data["runs"]:
         enc = run_["ok_frames"]["image_encoder"]
@@ -283,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer", action="store_true", help="time anomalib's WinCLIP beside (extra: lineside[peer])")
     ap.add_argument("--torch-fp16", action="store_true", help="the torch reference in fp16 (GPU)")
     ap.add_argument("--allow-unverified-precision", action="store_true", help="time graphs outside their bound")
+    ap.add_argument("--caveat", action="append", help="a sentence the report is to be read with (repeatable)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     try:

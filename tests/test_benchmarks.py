@@ -19,6 +19,7 @@ def test_latency_runs_and_reports_ratios(tiny_bundle, tmp_path):
         trials=1,
         trial_frames=2,
         serve_precision=None,
+        caveat=["plumbing: the tiny bundle"],
         threads=None,
         torch=True,
         torch_device="cpu",
@@ -33,6 +34,7 @@ def test_latency_runs_and_reports_ratios(tiny_bundle, tmp_path):
     assert data["serve_vs_detect"]["precision"] == "fp32" and data["torch_eager"]["image_encoder_ms"]["p50"] > 0
     md = latency.markdown(data)
     assert "ORT fp32 vs torch eager float32 on cpu" in md and "## Serve against the detector (fp32" in md
+    assert "Caveats:\n\n- plumbing: the tiny bundle" in md
     assert index._serve_fps(data, run) == data["serve_vs_detect"]["modes"]["serve"]["fps"]["median"] > 0
 
 
