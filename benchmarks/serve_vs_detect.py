@@ -4,7 +4,8 @@ One wall-clock run per mode, minutes apart, measures the neighbours as much as s
 with other jobs, serve / detect-only fps came out anywhere from 0.43 to 1.09. So trials alternate
 (detect-only, serve, decode-only, detect-only, serve, ...) over the same image files, and each reports its fps
 and the process's CPU time per frame (user + system of every thread, from the OS), which a busy neighbour
-slows but does not inflate. The comparison is of medians, each with its spread.
+moves less than it moves wall time (not nothing: threads that spin while they wait for each other burn more
+of it under contention). The comparison is of medians, each with its spread, and of the rounds' paired ratios.
 
 - detect-only: `Detector.detect` on the frames decoded beforehand, one after the other on one thread.
 - serve: the real `runtime.serve.Server` over the folder, results log on, started and waited for in this
@@ -19,6 +20,7 @@ account for the serve trial's milliseconds per frame: what the inspector did not
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import tempfile
@@ -68,6 +70,7 @@ def trial(mode: str, index: int, frames: int, wall_s: float, cpu_s: float, **ext
         "cpu_s": cpu_s,
         "fps": frames / wall_s,
         "cpu_ms_per_frame": 1e3 * cpu_s / frames,
+        "load_1min": os.getloadavg()[0],  # the machine's run queue (all its users) as the trial ended
         **extra,
     }
 
@@ -286,6 +289,7 @@ def summarise(runs: list[dict], preprocess_ms: float, budget: dict, precision: s
             "cpu_ratio": serve["cpu_ms_per_frame"]["median"] / expected_cpu,
         },
         "targets": {"fps_ratio_at_least": 0.9, "cpu_ratio_at_most": 1.10},
+        "load_1min": spread([r["load_1min"] for r in runs]),
         "timeline_ms_per_frame": {m: timeline(by_mode[m], preprocess_ms) for m in ("serve", "detect")},
         "decode_ms_per_frame": 1e3 / decode["fps"]["median"],  # on one thread, decode-only
         "threads": budget,
@@ -340,7 +344,11 @@ def markdown(c: dict) -> list[str]:
         "(detect-only, serve, decode-only; then again), the same PNG files each trial, OK frames (SAM gated off). "
         "The machine is shared with other jobs, so one wall-clock run per mode would measure them too: hence the interleaving, "
         "the medians with their spread, and CPU time per frame "
-        "(user + system of the whole process over the trial, from getrusage), which a busy neighbour slows but does not inflate.",
+        "(user + system of the whole process over the trial, from getrusage). CPU time is less sensitive to "
+        "neighbours than wall time, not immune: threads that spin while they wait for each other (numpy's BLAS) "
+        "burn more of it when a neighbour takes their core. The machine's 1-minute load average over the trials: "
+        f"{c['load_1min']['min']:.1f}-{c['load_1min']['max']:.1f} (median {c['load_1min']['median']:.1f}) "
+        f"on {c['threads']['cores']} cores.",
         "",
         f"- **serve / detect-only fps: {h['fps_ratio']:.2f}** (medians; paired per round: median "
         f"{p['median']:.2f}, {p['min']:.2f}-{p['max']:.2f}); target >= {t['fps_ratio_at_least']}: {fps_ok} it.",

@@ -59,6 +59,7 @@ def test_serve_and_detect_trials_alternate_and_account_for_cpu(tiny_bundle):
     for timeline in compared["timeline_ms_per_frame"].values():  # serve's and detect-only's
         assert {"preprocess", "encoder", "results write", "waiting for a frame"} <= set(timeline["rows"])
         assert abs(timeline["accounted_ms_per_frame"] - timeline["wall_ms_per_frame"]) < 1e-6
+    assert compared["load_1min"]["n"] == 6 and compared["load_1min"]["min"] >= 0
     assert compared["threads"]["intra_op_threads_observed"] >= 1 and compared["threads"]["decode_threads"] == 2
     md = "\n".join(serve_vs_detect.markdown(compared))
     assert "serve / detect-only fps" in md and "detect-only + decoding" in md and "Thread budget" in md
