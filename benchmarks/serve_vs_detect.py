@@ -61,15 +61,29 @@ def spread(values: list[float]) -> dict:
     }
 
 
-def trial(mode: str, index: int, frames: int, wall_s: float, cpu_s: float, **extra) -> dict:
+def mark() -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) now."""
+    return time.perf_counter(), cpu_seconds()
+
+
+def trial(mode: str, index: int, marks: list[tuple[float, float]], **extra) -> dict:
+    """A trial's figures from its marks: one before it began and one as each frame was done. fps and CPU per frame
+    are of the steady part, from the first frame done to the last (serve's start-up and the pipeline's fill are
+    not per-frame costs, and a short trial would spread them over its frames); `first_frame_*` is the rest."""
+    (t0, c0), (t1, c1), (tn, cn) = marks[0], marks[1], marks[-1]
+    steady = len(marks) - 2
     return {
         "mode": mode,
         "index": index,
-        "frames": frames,
-        "wall_s": wall_s,
-        "cpu_s": cpu_s,
-        "fps": frames / wall_s,
-        "cpu_ms_per_frame": 1e3 * cpu_s / frames,
+        "frames": len(marks) - 1,
+        "steady_frames": steady,
+        "wall_s": tn - t1,
+        "cpu_s": cn - c1,
+        "fps": steady / (tn - t1),
+        "cpu_ms_per_frame": 1e3 * (cn - c1) / steady,
+        "first_frame_ms": 1e3 * (t1 - t0),
+        "first_frame_cpu_ms": 1e3 * (c1 - c0),
+        "whole_wall_s": tn - t0,
         "load_1min": os.getloadavg()[0],  # the machine's run queue (all its users) as the trial ended
         **extra,
     }
@@ -77,17 +91,16 @@ def trial(mode: str, index: int, frames: int, wall_s: float, cpu_s: float, **ext
 
 def detect_trial(detector: Detector, images: list[np.ndarray], memory, index: int) -> dict:
     stages: dict[str, float] = {}
-    c, t = cpu_seconds(), time.perf_counter()
+    marks = [mark()]
     for image in images:
         for stage, ms in detector.detect(image, "part", memory, colour="BGR").timings_ms.items():
             stages[stage] = stages.get(stage, 0.0) + ms
-    wall, cpu, n = time.perf_counter() - t, cpu_seconds() - c, len(images)
+        marks.append(mark())
+    n, wall = len(images), marks[-1][0] - marks[0][0]
     return trial(
         "detect",
         index,
-        n,
-        wall,
-        cpu,
+        marks,
         inspector_ms_per_frame=1e3 * wall / n,  # nothing to wait for: the next frame is in memory
         results_write_ms_per_frame=0.0,
         stage_ms_per_frame={k: v / n for k, v in stages.items()},
@@ -95,17 +108,19 @@ def detect_trial(detector: Detector, images: list[np.ndarray], memory, index: in
 
 
 def decode_trial(files: list[Path], index: int) -> dict:
-    c, t = cpu_seconds(), time.perf_counter()
+    marks = [mark()]
     for path in files:
         read_frame(path)
-    return trial("decode", index, len(files), time.perf_counter() - t, cpu_seconds() - c)
+        marks.append(mark())
+    return trial("decode", index, marks)
 
 
 class _Timed:
-    """Seconds spent in one bound method of a live object, summed (instrumentation, the call itself unchanged)."""
+    """Seconds spent in one bound method of a live object, summed, and a mark as each call ended
+    (instrumentation: the call itself is unchanged)."""
 
     def __init__(self, owner, name: str):
-        self.inner, self.seconds, self.calls = getattr(owner, name), 0.0, 0
+        self.inner, self.seconds, self.marks = getattr(owner, name), 0.0, []
         setattr(owner, name, self)
 
     def __call__(self, *args, **kwargs):
@@ -114,7 +129,7 @@ class _Timed:
             return self.inner(*args, **kwargs)
         finally:
             self.seconds += time.perf_counter() - t
-            self.calls += 1
+            self.marks.append(mark())
 
 
 def stage_seconds(metrics) -> dict[str, float]:
@@ -133,25 +148,23 @@ def serve_trial(settings: Settings, detector: Detector, index: int, frames: int)
 
     server = Server(settings, detector=detector)  # the references are encoded here, before the trial
     handle, write = _Timed(server.inspector, "handle"), _Timed(server.results_log, "write_line")
-    c, t = cpu_seconds(), time.perf_counter()
+    began = mark()
     try:
         server.start()
         server.wait(poll=0.005)
-        wall, cpu = time.perf_counter() - t, cpu_seconds() - c
     finally:
         server.shutdown()
     if server.failure() or server.inspector.handled != frames:
         raise RuntimeError(
             f"serve trial {index}: {server.inspector.handled} of {frames} frames inspected ({server.failure()})"
         )
-    lines = sum(1 for _ in open(settings.serve.results, encoding="utf-8"))
+    with open(settings.serve.results, encoding="utf-8") as results:
+        lines = sum(1 for _ in results)
     stages = stage_seconds(server.metrics)
     return trial(
         "serve",
         index,
-        frames,
-        wall,
-        cpu,
+        [began, *handle.marks],
         result_lines=lines,
         inspector_ms_per_frame=1e3 * handle.seconds / frames,
         results_write_ms_per_frame=1e3 * write.seconds / frames,
@@ -290,6 +303,8 @@ def summarise(runs: list[dict], preprocess_ms: float, budget: dict, precision: s
         },
         "targets": {"fps_ratio_at_least": 0.9, "cpu_ratio_at_most": 1.10},
         "load_1min": spread([r["load_1min"] for r in runs]),
+        "first_frame_ms": {m: spread([r["first_frame_ms"] for r in rs]) for m, rs in by_mode.items()},
+        "first_frame_cpu_ms": {m: spread([r["first_frame_cpu_ms"] for r in rs]) for m, rs in by_mode.items()},
         "timeline_ms_per_frame": {m: timeline(by_mode[m], preprocess_ms) for m in ("serve", "detect")},
         "decode_ms_per_frame": 1e3 / decode["fps"]["median"],  # on one thread, decode-only
         "threads": budget,
@@ -303,7 +318,7 @@ def timeline(runs: list[dict], preprocess_ms: float) -> dict:
     median_fps = statistics.median_low([r["fps"] for r in runs])
     run = next(r for r in runs if r["fps"] == median_fps)
     stages = run["stage_ms_per_frame"]
-    wall = 1e3 / run["fps"]
+    wall = 1e3 * run["whole_wall_s"] / run["frames"]  # the whole trial, start-up included, as the stages are
     detect_total = stages.get("total", 0.0)
     encoder = stages.get("image_encoder", 0.0)
     scoring = {f"scoring: {k}": v for k, v in stages.items() if k not in ("total", "image_encoder", "explanation")}
@@ -342,6 +357,10 @@ def markdown(c: dict) -> list[str]:
         "",
         f"{c['trials_per_mode']} trials per mode of {c['frames_per_trial']} frames each, interleaved in rounds "
         "(detect-only, serve, decode-only; then again), the same PNG files each trial, OK frames (SAM gated off). "
+        "fps and CPU per frame are of each trial's steady part, from its first frame done to its last: serve's "
+        f"start to its first result line (median {c['first_frame_ms']['serve']['median']:.0f} ms, "
+        f"{c['first_frame_cpu_ms']['serve']['median']:.0f} ms CPU; detect-only's first frame "
+        f"{c['first_frame_ms']['detect']['median']:.0f} ms) is start-up, not a per-frame cost. "
         "The machine is shared with other jobs, so one wall-clock run per mode would measure them too: hence the interleaving, "
         "the medians with their spread, and CPU time per frame "
         "(user + system of the whole process over the trial, from getrusage). CPU time is less sensitive to "

@@ -44,12 +44,13 @@ def test_serve_and_detect_trials_alternate_and_account_for_cpu(tiny_bundle):
     assert [t["index"] for t in compared["trials"]] == [0, 0, 0, 1, 1, 1]
     serves = [t for t in compared["trials"] if t["mode"] == "serve"]
     assert all(t["result_lines"] == t["frames"] == 3 for t in serves)  # the results log was on, one line a frame
+    assert all(t["steady_frames"] == 2 and t["first_frame_ms"] > 0 for t in compared["trials"])
     for mode in ("detect", "serve", "decode"):
         for figure in ("fps", "cpu_ms_per_frame"):
             s = compared["modes"][mode][figure]
             assert s["n"] == 2 and 0 < s["min"] <= s["p25"] <= s["median"] <= s["p75"] <= s["max"]
         trials = [t for t in compared["trials"] if t["mode"] == mode]
-        cpu = sorted(1e3 * t["cpu_s"] / t["frames"] for t in trials)
+        cpu = sorted(1e3 * t["cpu_s"] / t["steady_frames"] for t in trials)
         assert compared["modes"][mode]["cpu_ms_per_frame"]["median"] == (cpu[0] + cpu[1]) / 2
     h = compared["headline"]
     detect, serve = compared["modes"]["detect"], compared["modes"]["serve"]
