@@ -56,6 +56,7 @@ def test_serve_and_detect_trials_alternate_and_account_for_cpu(tiny_bundle):
     detect, serve = compared["modes"]["detect"], compared["modes"]["serve"]
     assert h["fps_ratio"] == serve["fps"]["median"] / detect["fps"]["median"]
     both = detect["cpu_ms_per_frame"]["median"] + compared["modes"]["decode"]["cpu_ms_per_frame"]["median"]
+    assert h["cpu_bound_fps"]["serve"] == compared["threads"]["cores"] * 1e3 / serve["cpu_ms_per_frame"]["median"]
     assert h["detect_plus_decode_cpu_ms_per_frame"] == both and h["cpu_ratio"] == h["serve_cpu_ms_per_frame"] / both
     for timeline in compared["timeline_ms_per_frame"].values():  # serve's and detect-only's
         assert {"preprocess", "encoder", "results write", "waiting for a frame"} <= set(timeline["rows"])
