@@ -1,11 +1,12 @@
-"""python -m benchmarks.latency --bundle DIR [--precisions fp32,int8] [--providers cpu]
+"""python -m benchmarks.latency --bundle DIR [--precisions fp32,int8] [--providers cpu] [--trials 5]
 
 Per-stage p50/p90/p99 of the detector on OK frames (CLIP only) and on suspicious
-frames (SAM runs), cold start apart from warm, sequential and pipelined
-throughput, peak RSS, the image graph's GFLOPs against a matmul peak measured
-in the same run, and, side by side, torch eager on the same architecture and
-resolution (when the export extra is installed). Speed claims are ratios from
-this one run.
+frames (SAM runs), cold start apart from warm, sequential throughput, peak RSS,
+the image graph's GFLOPs against a matmul peak measured in the same run, and,
+side by side, torch eager on the same architecture and resolution (when the
+export extra is installed). Serve against the detector alone is measured in
+interleaved trials with CPU time per frame (serve_vs_detect.py), which is what
+holds on a shared machine. Speed claims are ratios from this one run.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from runtime.bundle.manifest import BundleError
 from runtime.detect.detector import Detector
 from runtime.detect.encoders import image_component
 
-from . import reporting
+from . import reporting, serve_vs_detect
 from .flops import graph_flops, matmul_peak_gflops
 from .metrics import percentiles, stage_table
 from .peaks import compiled_ms, gemm_peak_gflops, on_gpu, peak_line, percent_of_peak
@@ -73,70 +74,6 @@ def measure(bundle: Path, precision: str, providers: tuple[str, ...], n: int, re
         "ok_frames": stage_table(ok_results),
         "suspicious_frames": stage_table(suspicious),
         "sequential_fps": n / sequential_s,
-    }
-
-
-def pipelined_fps(bundle: Path, precision: str, providers, n: int, refs_dir: Path | None, work: Path, allow=False):
-    """Serve over a folder (reading, inspection, logging in parallel threads) against the
-    same steps one after the other, with each step timed."""
-    from runtime.detect.frames import read_image
-    from runtime.detect.lines import FrameRef, new_run, result_line, strict_json
-    from runtime.serve import Server, Settings
-
-    folder = work / "frames"
-    folder.mkdir(exist_ok=True)
-    for i, f in enumerate(frames(n)):
-        cv2.imwrite(str(folder / f"{i:04d}.png"), f)
-    make = lambda: Detector.from_bundle(
-        bundle,
-        precision=precision,
-        providers=providers,
-        sam_gate=1.0,  # noqa: E731
-        text_cache_dir=work / "t",
-        allow_unverified_precision=allow,
-    )
-    detector = make()
-    refs = detector.remember([read_image(p) for p in sorted(refs_dir.iterdir())], "RGB") if refs_dir else None
-    detector.detect(read_image(folder / "0000.png"), "part", refs, colour="RGB")  # warm
-    steps = {"read": [], "detect": [], "log": []}
-    started = time.perf_counter()
-    run = new_run()
-    with open(work / "seq.jsonl", "w") as log:
-        for i, path in enumerate(sorted(folder.iterdir()), 1):
-            t0 = time.perf_counter()
-            image = read_image(path)
-            t1 = time.perf_counter()
-            result = detector.detect(image, "part", refs, colour="RGB")
-            t2 = time.perf_counter()
-            log.write(strict_json(result_line(FrameRef(run, i, time.time(), str(folder), path.name), result)) + "\n")
-            log.flush()
-            t3 = time.perf_counter()
-            for k, a, b in (("read", t0, t1), ("detect", t1, t2), ("log", t2, t3)):
-                steps[k].append((b - a) * 1e3)
-    sequential = n / (time.perf_counter() - started)
-    settings = Settings.of(
-        source=str(folder),
-        bundle=bundle,
-        category="part",
-        port=0,
-        precision=precision,
-        providers=tuple(providers),
-        results=work / "r.jsonl",
-        explain=False,
-        references=refs_dir,
-        threshold=1.0,
-    )
-    server = Server(settings, detector=make()).start()
-    t = time.perf_counter()
-    server.wait()
-    seconds = time.perf_counter() - t
-    server.shutdown()
-    slowest = max(statistics.median(v) for v in steps.values())
-    return {
-        "fps": n / seconds,
-        "sequential_fps": sequential,
-        "step_p50_ms": {k: statistics.median(v) for k, v in steps.items()},
-        "slowest_step_ms": slowest,
     }
 
 
@@ -212,27 +149,26 @@ def run(args) -> dict:
         "bundle_id": bundle.bundle_id,
         "profile": bundle.manifest.profile,
         "machine": reporting.machine(),
+        "caveats": list(args.caveat or []),
         "matmul_peak_gflops": peak,
         "image_graph_gflop": gflop,
         "runs": [],
     }
-    with tempfile.TemporaryDirectory() as work:
-        refs_dir = None
-        if refs:
-            refs_dir = Path(work) / "refs"
-            refs_dir.mkdir()
-            for i, r in enumerate(refs):
-                cv2.imwrite(str(refs_dir / f"{i}.png"), r)
-        for precision in args.precisions:
-            if precision not in image.files:
-                continue
-            providers, allow = tuple(args.providers), args.allow_unverified_precision
-            entry = measure(args.bundle, precision, providers, args.frames, refs, allow)
-            entry["pipeline"] = pipelined_fps(
-                args.bundle, precision, providers, args.frames, refs_dir, Path(work), allow
-            )
-            entry["image_encoder_gflops"] = gflop / (entry["ok_frames"]["image_encoder"]["p50"] / 1e3)
-            data["runs"].append(entry)
+    providers, allow = tuple(args.providers), args.allow_unverified_precision
+    for precision in args.precisions:
+        if precision not in image.files:
+            continue
+        entry = measure(args.bundle, precision, providers, args.frames, refs, allow)
+        entry["image_encoder_gflops"] = gflop / (entry["ok_frames"]["image_encoder"]["p50"] / 1e3)
+        data["runs"].append(entry)
+    serve_precision = args.serve_precision or next((r["precision"] for r in data["runs"]), None)
+    data["serve_vs_detect"] = (
+        serve_vs_detect.compare(
+            args.bundle, frames(args.trial_frames or args.frames), refs, args.trials, serve_precision, providers, allow
+        )
+        if args.trials and serve_precision
+        else None
+    )
     gpu = args.torch and any(on_gpu(r) for r in data["runs"])  # the GPU's own fp16 peak for its rows
     data["gpu_gemm_peak_gflops"] = gemm_peak_gflops(args.torch_device) if gpu else None
     data["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -250,6 +186,8 @@ def markdown(data: dict) -> str:
         f"{peak_line(data)} Image graph: {data['image_graph_gflop']:.2f} GFLOP per frame.",
         "",
     ]
+    if data.get("caveats"):
+        lines[1:1] = ["", "Caveats:", "", *[f"- {c}" for c in data["caveats"]]]
     rows = []
     for run_ in data["runs"]:
         enc = run_["ok_frames"]["image_encoder"]
@@ -262,7 +200,6 @@ def markdown(data: dict) -> str:
                 "encoder p99": enc["p99"],
                 "OK frame total p50": run_["ok_frames"]["total"]["p50"],
                 "detect-only fps": run_["sequential_fps"],
-                "serve fps": run_["pipeline"]["fps"],
                 "GFLOP/s": run_["image_encoder_gflops"],
                 "% of peak": percent_of_peak(run_, data),
                 "cold load ms": run_["cold"]["load_ms"],
@@ -279,6 +216,8 @@ def markdown(data: dict) -> str:
                 reporting.table(srows, ["stage", "p50", "p90", "p99", "n"]),
                 "",
             ]
+    if data.get("serve_vs_detect"):
+        lines += serve_vs_detect.markdown(data["serve_vs_detect"])
     lines += ["## Ratios (this run)", "", *_ratios(data), "", f"Peak RSS: {data['peak_rss_mb']:.0f} MB.", ""]
     return "\n".join(lines)
 
@@ -318,13 +257,6 @@ def _ratios(data: dict) -> list[str]:
                 f"- SAM encoder ORT fp32 vs torch eager: "
                 f"{eager['sam_encoder_ms'] / fp32['suspicious_frames']['sam_encoder']['p50']:.2f}x"
             )
-    p = fp32["pipeline"]
-    slowest, share = max(p["step_p50_ms"], key=p["step_p50_ms"].get), p["fps"] * p["slowest_step_ms"] / 1e3
-    out.append(
-        f"- serve (threads) {p['fps']:.1f} fps vs the same steps in sequence {p['sequential_fps']:.1f} fps; "
-        f"1 / slowest step ({slowest}, {p['slowest_step_ms']:.1f} ms) "
-        f"= {1e3 / p['slowest_step_ms']:.1f} fps -> pipelined at {100 * share:.0f}% of it"
-    )
     peer = data.get("peer")
     if peer:
         out += [
@@ -346,11 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--providers", type=lambda s: s.split(","), default=["cpu"])
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--trials", type=int, default=5, help="interleaved detect-only / serve trials per mode (0: none)")
+    ap.add_argument("--trial-frames", type=int, help="frames per serve / detect-only trial (default: --frames)")
+    ap.add_argument("--serve-precision", help="the precision serve is compared at (default: the first measured)")
     ap.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True, help="torch eager side by side")
     ap.add_argument("--torch-device", default="cpu", help="cpu or cuda (a GPU box)")
     ap.add_argument("--peer", action="store_true", help="time anomalib's WinCLIP beside (extra: lineside[peer])")
     ap.add_argument("--torch-fp16", action="store_true", help="the torch reference in fp16 (GPU)")
     ap.add_argument("--allow-unverified-precision", action="store_true", help="time graphs outside their bound")
+    ap.add_argument("--caveat", action="append", help="a sentence the report is to be read with (repeatable)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     try:

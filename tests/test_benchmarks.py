@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks import accuracy, index, latency, parity, reporting
+from benchmarks import accuracy, index, latency, parity, reporting, serve_vs_detect
 from benchmarks.flops import graph_flops, matmul_peak_gflops
 from runtime.bundle.loader import Bundle
 
@@ -16,6 +16,10 @@ def test_latency_runs_and_reports_ratios(tiny_bundle, tmp_path):
         precisions=["fp32", "int8"],
         providers=["cpu"],
         frames=4,
+        trials=1,
+        trial_frames=2,
+        serve_precision=None,
+        caveat=["plumbing: the tiny bundle"],
         threads=None,
         torch=True,
         torch_device="cpu",
@@ -27,9 +31,40 @@ def test_latency_runs_and_reports_ratios(tiny_bundle, tmp_path):
     assert [r["precision"] for r in data["runs"]] == ["fp32", "int8"]
     run = data["runs"][0]
     assert {"image_encoder", "total"} <= set(run["ok_frames"]) and "sam_encoder" in run["suspicious_frames"]
-    assert run["pipeline"]["fps"] > 0 and data["torch_eager"]["image_encoder_ms"]["p50"] > 0
+    assert data["serve_vs_detect"]["precision"] == "fp32" and data["torch_eager"]["image_encoder_ms"]["p50"] > 0
     md = latency.markdown(data)
-    assert "ORT fp32 vs torch eager float32 on cpu" in md and "pipelined at" in md
+    assert "ORT fp32 vs torch eager float32 on cpu" in md and "## Serve against the detector (fp32" in md
+    assert "Caveats:\n\n- plumbing: the tiny bundle" in md
+    assert index._serve_fps(data, run) == data["serve_vs_detect"]["modes"]["serve"]["fps"]["median"] > 0
+
+
+def test_serve_and_detect_trials_alternate_and_account_for_cpu(tiny_bundle):
+    compared = serve_vs_detect.compare(tiny_bundle, latency.frames(3), latency.frames(2, seed=9), trials=2)
+    assert compared["order"] == ["detect", "serve", "decode"] * 2
+    assert [t["index"] for t in compared["trials"]] == [0, 0, 0, 1, 1, 1]
+    serves = [t for t in compared["trials"] if t["mode"] == "serve"]
+    assert all(t["result_lines"] == t["frames"] == 3 for t in serves)  # the results log was on, one line a frame
+    assert all(t["steady_frames"] == 2 and t["first_frame_ms"] > 0 for t in compared["trials"])
+    for mode in ("detect", "serve", "decode"):
+        for figure in ("fps", "cpu_ms_per_frame"):
+            s = compared["modes"][mode][figure]
+            assert s["n"] == 2 and 0 < s["min"] <= s["p25"] <= s["median"] <= s["p75"] <= s["max"]
+        trials = [t for t in compared["trials"] if t["mode"] == mode]
+        cpu = sorted(1e3 * t["cpu_s"] / t["steady_frames"] for t in trials)
+        assert compared["modes"][mode]["cpu_ms_per_frame"]["median"] == (cpu[0] + cpu[1]) / 2
+    h = compared["headline"]
+    detect, serve = compared["modes"]["detect"], compared["modes"]["serve"]
+    assert h["fps_ratio"] == serve["fps"]["median"] / detect["fps"]["median"]
+    both = detect["cpu_ms_per_frame"]["median"] + compared["modes"]["decode"]["cpu_ms_per_frame"]["median"]
+    assert h["cpu_bound_fps"]["serve"] == compared["threads"]["cores"] * 1e3 / serve["cpu_ms_per_frame"]["median"]
+    assert h["detect_plus_decode_cpu_ms_per_frame"] == both and h["cpu_ratio"] == h["serve_cpu_ms_per_frame"] / both
+    for timeline in compared["timeline_ms_per_frame"].values():  # serve's and detect-only's
+        assert {"preprocess", "encoder", "results write", "waiting for a frame"} <= set(timeline["rows"])
+        assert abs(timeline["accounted_ms_per_frame"] - timeline["wall_ms_per_frame"]) < 1e-6
+    assert compared["load_1min"]["n"] == 6 and compared["load_1min"]["min"] >= 0
+    assert compared["threads"]["intra_op_threads_observed"] >= 1 and compared["threads"]["decode_threads"] == 2
+    md = "\n".join(serve_vs_detect.markdown(compared))
+    assert "serve / detect-only fps" in md and "detect-only + decoding" in md and "Thread budget" in md
 
 
 def test_flops_of_a_known_graph(tiny_bundle):

@@ -15,6 +15,12 @@ import numpy as np
 
 log = logging.getLogger("lineside.session")
 
+# onnxruntime's intra-op threads spin for a while after each run by default, waiting for the next; between
+# runs serve decodes files and scores maps in numpy on the same cores, and a spinning pool takes their CPU
+# (on the 2-core VM, detect-only and serve spent some 40% more CPU per frame with spinning on, measured by
+# benchmarks/serve_vs_detect.py). Off, the threads sleep and wake for the next run (microseconds each).
+INTRA_OP_SPINNING = "0"
+
 PROVIDER_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -146,6 +152,7 @@ class OnnxSession:
         options.log_severity_level = 3  # errors only; our own logger says what ran where
         if threads:
             options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", INTRA_OP_SPINNING)
         self.requested = providers
         _preload_gpu_libraries(ort, providers)
         entries = provider_list(providers, trt_cache_dir, trt_fp16, trt_profile, self.cuda_graph)
