@@ -123,6 +123,30 @@ def _static(session) -> bool:
     return all(isinstance(d, int) for t in (*session.get_inputs(), *session.get_outputs()) for d in t.shape)
 
 
+def session_options(ort, threads: int | None = None):
+    """The onnxruntime SessionOptions every graph is opened with. The memory ones (CPU arena, memory
+    pattern) are onnxruntime's defaults, left on: benchmarks/memory.py reports them with peak RSS."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only; our own logger says what ran where
+    if threads:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", INTRA_OP_SPINNING)
+    return options
+
+
+def memory_options(threads: int | None = None) -> dict:
+    """The session options that decide how much memory a graph holds beyond its weights, as set here."""
+    options = session_options(_import_ort(), threads)
+    return {
+        "enable_cpu_mem_arena": options.enable_cpu_mem_arena,
+        "enable_mem_pattern": options.enable_mem_pattern,
+        "enable_mem_reuse": options.enable_mem_reuse,
+        "graph_optimization_level": str(options.graph_optimization_level),
+        "loaded_from": "path (onnxruntime reads the file itself; Python holds no copy of its bytes)",
+    }
+
+
 class OnnxSession:
     """One graph, loaded once. `run` takes and returns dicts of numpy arrays by name."""
 
@@ -147,12 +171,7 @@ class OnnxSession:
     def _open(self, providers: tuple[str, ...]) -> None:
         ort = _import_ort()
         threads, trt_cache_dir, trt_fp16, trt_profile = self._options
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only; our own logger says what ran where
-        if threads:
-            options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", INTRA_OP_SPINNING)
+        options = session_options(ort, threads)
         self.requested = providers
         _preload_gpu_libraries(ort, providers)
         entries = provider_list(providers, trt_cache_dir, trt_fp16, trt_profile, self.cuda_graph)
