@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ..frames.triggers import MAX_BODY, TriggerRefused, trigger_fields
@@ -29,6 +30,25 @@ from .feedback import authorised
 from .operator import OperatorPage, unauthorised
 
 log = logging.getLogger("lineside.serve")
+
+
+class MalformedInOneLine(logging.Filter):
+    """aiohttp logs a request it cannot parse (a method it does not know, a broken header line) at ERROR with
+    its parser's traceback: garbage a client sent, answered 400, not a fault of serve's. It becomes one warning
+    line that names it, so anyone on the network cannot fill serve's log with tracebacks; any other error keeps
+    its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            why = " ".join(str(error.message).split())[:160]
+            record.msg, record.args = "HTTP: a malformed request refused (%s): %s", (error.code, why)
+            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.WARNING, "WARNING"
+        return True
+
+
+HTTP_LOG = logging.getLogger("lineside.serve.http")  # aiohttp's request handler logs here (WebThread.run)
+HTTP_LOG.addFilter(MalformedInOneLine())
 
 HERE = Path(__file__).parent
 PAGE = (HERE / "page.html").read_text(encoding="utf-8")
@@ -297,7 +317,7 @@ class WebThread(threading.Thread):
 
     def run(self) -> None:
         self.loop = asyncio.new_event_loop()
-        runner = web.AppRunner(self.app, handle_signals=False, keepalive_timeout=self.read_timeout)
+        runner = web.AppRunner(self.app, handle_signals=False, keepalive_timeout=self.read_timeout, logger=HTTP_LOG)
         try:
             self.loop.run_until_complete(runner.setup())
             self.guard = ConnectionGuard(runner.server, self.max_connections, self.refused_counter)
