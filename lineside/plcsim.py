@@ -62,6 +62,7 @@ class Signals:
     refused: int
     state: str
     why: str
+    recipe_active: int = 0  # the recipe in force (RecipeActive)
 
 
 # --- the two transports ---------------------------------------------------------------------------------
@@ -72,7 +73,7 @@ class UaPeer:
 
     FIELDS = ("TriggerReady", "ResultReady", "ResultId", "ResultVerdict", "ResultCode", "ResultReject")
     FIELDS += ("ResultReason", "ResultFrameId", "ResultPartId", "ResultSeq", "Pending", "TriggersAccepted")
-    FIELDS += ("TriggersRefused", "State", "StateWhy")
+    FIELDS += ("TriggersRefused", "State", "StateWhy", "RecipeActive")
     part_chars = None  # a String node: any length
 
     def __init__(self, url: str, camera: str = "0", namespace: str = "urn:lineside", timeout: float = 5.0):
@@ -110,9 +111,9 @@ class UaPeer:
         except ValueError:
             raise Unreachable(f"plc-sim: {self.endpoint} has no namespace {self.namespace!r}") from None
         self.nodes = {n: self.client.get_node(f"ns={ns};s=Lineside.{self.camera}.{n}") for n in self.FIELDS}
-        for name in ("Trigger", "TriggerPartId", "ResultAck"):
+        for name in ("Trigger", "TriggerPartId", "ResultAck", "RecipeIndex"):
             self.nodes[name] = self.client.get_node(f"ns={ns};s=Lineside.{self.camera}.{name}")
-        names = (*self.FIELDS, "Trigger", "TriggerPartId", "ResultAck")
+        names = (*self.FIELDS, "Trigger", "TriggerPartId", "ResultAck", "RecipeIndex")
         read = self._run(self.client.read_attributes([self.nodes[n] for n in names]), "cannot read the nodes of")
         missing = [n for n, r in zip(names, read) if not r.StatusCode.is_good()]
         if missing:
@@ -154,6 +155,7 @@ class UaPeer:
             int(got["TriggersRefused"] or 0),
             str(got["State"] or ""),
             str(got["StateWhy"] or ""),
+            int(got["RecipeActive"] or 0),
         )
 
     def _write(self, name: str, value, kind: str) -> None:
@@ -167,6 +169,9 @@ class UaPeer:
 
     def ack(self, result_id: int) -> None:
         self._write("ResultAck", result_id, "UInt32")
+
+    def recipe(self, index: int) -> None:
+        self._write("RecipeIndex", index, "UInt16")
 
 
 class ModbusPeer:

@@ -10,9 +10,10 @@ reported (its own readiness, the log) and stopped; the others go on.
 The cameras file is YAML: a list of cameras under `cameras:` (or the list
 alone), each an `id` and any setting a camera may have of its own (the job's,
 the serve settings about one camera, the detector settings that need no
-sessions of their own, such as the threshold). What is one for the process (the
-bundle, the HTTP address, the sessions' settings, the agent's) is refused there,
-naming it.
+sessions of their own, such as the threshold), and its `recipes:`, the
+configurations a PLC selects by index (judging/recipes.py). What is one for
+the process (the bundle, the HTTP address, the sessions' settings, the agent's)
+is refused there, naming it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .frames.codes import CodeReader
 from .frames.sources import FrameSource
 from .frames.triggers import MqttTriggers, TriggerQueue
 from .judging.pipeline import Inspector
+from .judging.recipes import prepare, read_recipes
 from .judging.state import State
 from .judging.teaching import Operating
 from .results.mqtt import MqttOptions
@@ -63,6 +65,7 @@ class CameraSpec:
     id: str  # "" for the one unnamed camera of a process without a cameras file
     settings: Settings  # the process's settings with this camera's own over them
     own: dict  # the settings the cameras file gave this camera (converted)
+    recipes: tuple = ()  # RecipeSpec, those the PLC may select by index (judging/recipes.py)
 
     def detector_for(self, shared: Detector) -> Detector:
         """The shared detector (its sessions) with this camera's own detector settings, if it has any."""
@@ -108,7 +111,7 @@ def _camera(path: Path, n: int, entry, base: Settings) -> CameraSpec:
         raise ValueError(f"{where}: id {camera!r} must be 1 to 64 letters, digits, '.', '-' or '_'")
     if "source" not in entry:
         raise ValueError(f"{where}: no source (a camera index, URL, video file or image folder)")
-    given = {str(k): v for k, v in entry.items() if k != "id"}
+    given = {str(k): v for k, v in entry.items() if k not in ("id", "recipes")}
     unknown = sorted(set(given) - set(owner_of))
     if unknown:
         raise ValueError(f"{where}: unknown settings {unknown}; see python -m runtime.serve --help for the names")
@@ -120,7 +123,8 @@ def _camera(path: Path, n: int, entry, base: Settings) -> CameraSpec:
         settings = base.replace(**own, camera_id=camera, cameras=None)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from e
-    return CameraSpec(camera, settings, own)
+    recipes = read_recipes(entry["recipes"], where, settings) if "recipes" in entry else ()
+    return CameraSpec(camera, settings, own, recipes)
 
 
 def _converted(name: str, value, where: str):
@@ -217,6 +221,7 @@ class Camera:
             live=source.live,
             camera=spec.id,
             codes=CodeReader(s.part_id_code) if s.part_id_code != "off" else None,
+            recipes=[prepare(r, detector, max_pixels) for r in spec.recipes],  # screened at start
         )
         self.metrics.since_inspection.set_function(lambda: time.monotonic() - self.inspector.progressed)
 

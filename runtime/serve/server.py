@@ -144,9 +144,10 @@ class Server:
         its results until the PLC acknowledges each (handshake.py)."""
         s, queue = camera.settings.serve, camera.triggers
         submit = (lambda part: queue.offer(None, "plc", part).id) if queue is not None else None
+        select = camera.inspector.select_recipe if camera.inspector.recipes else None
         for sink in camera.sinks:
             if hasattr(sink, "attach"):
-                sink.attach(camera.id or "0", submit, s.plc_results, s.plc_timeout_s)
+                sink.attach(camera.id or "0", submit, s.plc_results, s.plc_timeout_s, select)
 
     def _sinks_of(self, spec: CameraSpec) -> list:
         """The camera's sinks; cameras naming the same sink (or NG folder) share one."""

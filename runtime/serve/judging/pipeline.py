@@ -22,6 +22,7 @@ from ..frames.capture import LatestFrameSlot
 from ..frames.sources import Frame
 from ..results.provenance import Provenance
 from ..results.records import ResultsLog, bare_error, frame_ref, record_of, strict_json
+from .recipes import Recipe
 from .state import State
 from .teaching import Operating, Teaching
 
@@ -58,6 +59,7 @@ class Inspector(threading.Thread):
         live: bool = True,
         camera: str = "",
         codes=None,
+        recipes=(),
     ):
         super().__init__(name=f"inspector-{camera}" if camera else "inspector", daemon=True)
         self.codes = codes  # a CodeReader: the part id read from a code in each inspected frame (None: not read)
@@ -70,9 +72,20 @@ class Inspector(threading.Thread):
         self.screen = screen  # teach_screen: also for false alarms taught later (feedback.py)
         self.teaching = Teaching(detector, screen) if teach > 0 else None
         self.operating = operating  # how the threshold is set (None: the detector's, as it is)
+        self.point = None  # the OperatingPoint in force, once settled
         self.provenance = Provenance.of(detector)  # each verdict line's audit block
         if operating is not None and not teach:
             self._settle()  # the threshold in force from the first frame (calibration fails here, at start)
+        # Recipes (recipes.py): index -> Recipe; 0 is what serve started with. `wanted` is put in force by
+        # this thread between two frames, so a frame is judged wholly by one recipe.
+        self.recipes = {r.index: r for r in recipes}
+        if self.recipes:
+            if teach:
+                raise ValueError("recipes and teach: a recipe brings its own references; leave teach at 0")
+            self.recipes[0] = self._recipe_now()
+            self.provenance.recipe = "0"
+        self.recipe_lock = threading.Lock()
+        self.wanted = None  # a Recipe to put in force before the next frame
         self.done = threading.Event()
         self.failure: str | None = None
         # Frame ids restart with every process; (run, frame_id) names a frame for good.
@@ -111,7 +124,43 @@ class Inspector(threading.Thread):
             return self.slot.get(timeout=0.2)
         return self.triggers.next_frame(self.slot, self.live, self.stop)
 
+    def select_recipe(self, index: int) -> str | None:
+        """Put recipe `index` in force from the next frame on: None when it will be, else why not (unknown, or
+        its references failed screening at start); the recipe in force then stays. Any thread may call it."""
+        recipe = self.recipes.get(index)
+        if recipe is None:
+            known = ", ".join(map(str, sorted(self.recipes))) or "none (no recipes: in the cameras file)"
+            return f"recipe {index} is not configured (recipes: {known})"
+        if recipe.refused:
+            return f"recipe {index}: {recipe.refused}"
+        with self.recipe_lock:
+            self.wanted = recipe
+        return None
+
+    def _recipe_now(self):
+        """The configuration in force, as a Recipe (recipe 0: the camera's own settings)."""
+        return Recipe(0, self.category, self.detector, self.references, self.memory, self.point, "")
+
+    def _switch(self) -> None:
+        with self.recipe_lock:
+            recipe, self.wanted = self.wanted, None
+        if recipe is None:
+            return
+        self.detector, self.category = recipe.detector, recipe.category
+        self.references, self.memory = recipe.references, recipe.memory
+        self.provenance.recipe = recipe.name
+        if recipe.point is not None:
+            self.state.operating_point = recipe.point.to_dict()
+        log.info(
+            "recipe %d in force: category %s, threshold %g",
+            recipe.index,
+            recipe.category,
+            recipe.detector.settings.threshold,
+        )
+
     def handle(self, frame: Frame) -> None:
+        if self.wanted is not None:
+            self._switch()
         if self.teach > 0 and self._learn(frame):
             return
         if self.codes is not None and frame.image is not None and frame.part_from != "trigger":
@@ -161,8 +210,8 @@ class Inspector(threading.Thread):
         """The detector with the threshold in force (setting, --calibrate DIR or the taught frames)."""
         if self.operating is None:
             return
-        self.detector, point = self.operating.settle(self.detector, self.category, self.memory, taught)
-        self.state.operating_point = point.to_dict()
+        self.detector, self.point = self.operating.settle(self.detector, self.category, self.memory, taught)
+        self.state.operating_point = self.point.to_dict()
 
     def _line(self, frame: Frame, result: Result) -> tuple[dict, str]:
         """(record, its strict JSON line); a result that cannot be strict JSON becomes an ERROR line."""

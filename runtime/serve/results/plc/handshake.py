@@ -20,7 +20,13 @@ not be decoded, an inference that failed, no result within `timeout_s`) is a res
 other: presented as a reject with its reason code, never as silence. Verdicts that no PLC
 trigger asked for (a camera's hardware trigger, HTTP and MQTT triggers) are queued the same way.
 
-The transports (opcua.py, modbus_handshake.py) feed `trigger_level`, `ack` and `tick` with what
+Recipes: the PLC writes RecipeIndex; a new index is put in force between parts, never while a part
+is in work (then as soon as its result is in), by `select(index)` (serve's inspector: None when it
+will judge the next frame by that recipe, else why not). RecipeActive is the index in force; a
+refused index (not configured, its references failed screening at start) leaves the recipe in force
+as it was, and StateWhy says why until the PLC writes another index.
+
+The transports (opcua.py, modbus_handshake.py) feed `trigger_level`, `ack`, `recipe_index` and `tick` with what
 the PLC wrote, `result` with each verdict line, and write `view()` back whenever `version` moves.
 """
 
@@ -84,7 +90,9 @@ class View:
     refused: int  # triggers refused since start
     delivered: int  # results acknowledged since start
     state: str  # Ready, Executing, Full, Blocked (no trigger side)
-    why: str  # why a trigger would be refused now, "" when it would be taken
+    why: str  # why a trigger would be refused now, "" when it would be taken (and why a recipe was refused)
+    recipe_active: int = 0  # the recipe in force (0: the camera's own settings)
+    recipe_refused: str = ""  # why the recipe the PLC asked for last is not in force; "" when it is
 
 
 class Refused(Exception):
@@ -95,10 +103,13 @@ class Handshake:
     """One camera's conversation. `submit(part_id) -> trigger id` hands a trigger to serve's queue
     (None: this camera takes no triggers, its results are still presented)."""
 
-    def __init__(self, bound: int = RESULTS, submit=None, timeout_s: float = 30.0, clock=time.monotonic):
+    def __init__(self, bound: int = RESULTS, submit=None, timeout_s: float = 30.0, clock=time.monotonic, select=None):
         if bound < 1:
             raise ValueError(f"setting plc_results: {bound} must be >= 1")
         self.bound, self.submit, self.timeout_s, self.clock = bound, submit, timeout_s, clock
+        self.select = select  # index -> None (in force from the next frame) or why not; None: no recipes
+        self.recipe_wanted, self.recipe_active, self.recipe_refused = 0, 0, ""
+        self.recipe_due = False  # RecipeIndex moved and is not tried yet (a part was in work)
         self.lock = threading.Lock()
         self.pending: collections.deque[Presented] = collections.deque()
         self.current: tuple[str, str, float] | None = None  # (trigger id, part id, when taken) of the part in work
@@ -146,6 +157,32 @@ class Handshake:
             self._changed()
             return True
 
+    def recipe_index(self, index: int) -> None:
+        """The PLC's RecipeIndex as read now: a new index is tried at once, or after the part in work."""
+        with self.lock:
+            if index == self.recipe_wanted:
+                return
+            self.recipe_wanted, self.recipe_due = int(index), True
+            self._recipe()
+
+    def _recipe(self) -> None:
+        """Try the index asked for, if one is due and no part is in work (the lock held)."""
+        if not self.recipe_due or self.current is not None:
+            return
+        self.recipe_due = False
+        wanted = self.recipe_wanted
+        if wanted == self.recipe_active:
+            why = None
+        elif self.select is None:
+            why = "this camera has no recipes (give it recipes: in the cameras file)"
+        else:
+            why = self.select(wanted)
+        if why:
+            self.recipe_refused = f"recipe {wanted} refused: {why}; recipe {self.recipe_active} stays in force"
+        else:
+            self.recipe_active, self.recipe_refused = wanted, ""
+        self._changed()
+
     # --- what serve does ---------------------------------------------------------------
 
     def result(self, record: dict) -> Presented | None:
@@ -160,7 +197,9 @@ class Handshake:
                 return None
             if self.current is not None and trigger == self.current[0]:
                 self.current = None
-            return self._queue(label, record)
+            presented = self._queue(label, record)
+            self._recipe()  # a change asked for while the part was in work, now that it is done
+            return presented
 
     def tick(self) -> None:
         """Called often by the transport: a part in work for longer than timeout_s gets an ERROR result."""
@@ -173,6 +212,7 @@ class Handshake:
             why = f"no result within {self.timeout_s:g} s of trigger {trigger} (camera or inspector not answering)"
             record = {"label": "ERROR", "image_score": None, "error": why, "trigger_id": trigger, "part_id": part}
             self._queue("ERROR", record)
+            self._recipe()
 
     def _queue(self, label: str, record: dict) -> Presented | None:
         if len(self.pending) >= self.bound:  # only results no PLC trigger asked for can find it full
@@ -221,6 +261,8 @@ class Handshake:
                 state = "Full" if why else "Ready"
             if self.lost:
                 why = (why + "; " if why else "") + f"{self.lost} results came while the queue was full (in the log)"
+            if self.recipe_refused:
+                why = (why + "; " if why else "") + self.recipe_refused
             head = self.pending[0] if self.pending else None
             return View(
                 not self._why() and not self.level,  # back only once the PLC has lowered Trigger
@@ -233,6 +275,8 @@ class Handshake:
                 self.delivered,
                 state,
                 why,
+                self.recipe_active,
+                self.recipe_refused,
             )
 
     def _changed(self) -> None:

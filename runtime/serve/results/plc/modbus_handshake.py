@@ -112,9 +112,9 @@ class ModbusHandshakeSink(Sink):
         self.acked, self.written, self.wrote_at, self.beat = 0, None, 0.0, 0
         self.poller = threading.Thread(target=self._poll, name=f"modbus-handshake-{self.base}", daemon=True)
 
-    def attach(self, camera: str, submit, bound: int = RESULTS, timeout_s: float = 30.0) -> None:
+    def attach(self, camera: str, submit, bound: int = RESULTS, timeout_s: float = 30.0, select=None) -> None:
         if camera == self.camera:
-            self.handshake = Handshake(bound, submit, timeout_s)
+            self.handshake = Handshake(bound, submit, timeout_s, select=select)
 
     def start(self) -> None:
         super().start()

@@ -162,10 +162,11 @@ class OpcUaServerSink(Sink):
         self.conditions: dict[str, tuple[str, str]] = {}  # camera -> (state, why), as serve's watchdog tells them
         self.halted, self.accepted = False, 0  # accepted: the handshakes' triggers taken, at the last write
 
-    def attach(self, camera: str, submit, bound: int = RESULTS, timeout_s: float = 30.0) -> None:
-        """Before start: `camera`'s handshake, its triggers handed to serve by `submit` (None: none taken)."""
+    def attach(self, camera: str, submit, bound: int = RESULTS, timeout_s: float = 30.0, select=None) -> None:
+        """Before start: `camera`'s handshake, its triggers handed to serve by `submit` (None: none taken),
+        its recipes selected by `select` (None: it has none)."""
         if self.handshake:
-            self.handshakes[camera] = Handshake(bound, submit, timeout_s)
+            self.handshakes[camera] = Handshake(bound, submit, timeout_s, select=select)
             if camera not in self.cameras:
                 self.cameras.append(camera)
 

@@ -3,14 +3,15 @@
 Beside the verdict variables (opcua.py), under Objects/Lineside/<camera>, node ids
 `ns=<index>;s=Lineside.<camera>.<Name>`; docs/plc.md has the table and the timing:
 
-    written by the PLC   Trigger (Boolean), TriggerPartId (String), ResultAck (UInt32)
+    written by the PLC   Trigger (Boolean), TriggerPartId (String), ResultAck (UInt32), RecipeIndex (UInt16)
     read by the PLC      TriggerReady, Busy, ResultReady (Boolean), ResultId (UInt32), ResultVerdict
                          (String), ResultCode (UInt16: 0 OK, 1 NG, 2 ERROR), ResultReject (Boolean),
                          ResultScore (Double, -1 without one), ResultReason (UInt16), ResultReasonText
                          (String), ResultFrameId (Int64), ResultPartId (String), ResultSeq (Int64: the
                          line's seq in the results log), Pending (UInt16), TriggersAccepted and
                          TriggersRefused (UInt32),
-                         State (String: Ready, Executing, Full, Blocked), StateWhy (String)
+                         State (String: Ready, Executing, Full, Blocked), StateWhy (String),
+                         RecipeActive (UInt16: the recipe in force)
 
 The PLC's nodes are read every POLL_S on the server's own loop, so a write is seen
 within that (hold Trigger until TriggersAccepted or TriggersRefused moves). The result
@@ -28,6 +29,7 @@ log = logging.getLogger("lineside.serve")
 
 POLL_S = 0.01
 INPUTS = {"Trigger": ("Boolean", False), "TriggerPartId": ("String", ""), "ResultAck": ("UInt32", 0)}
+INPUTS["RecipeIndex"] = ("UInt16", 0)
 OUTPUTS = {
     "TriggerReady": ("Boolean", False),
     "Busy": ("Boolean", False),
@@ -47,6 +49,7 @@ OUTPUTS = {
     "TriggersRefused": ("UInt32", 0),
     "State": ("String", ""),
     "StateWhy": ("String", ""),
+    "RecipeActive": ("UInt16", 0),
 }
 RESULT_FIELDS = ("ResultVerdict", "ResultCode", "ResultReject", "ResultScore", "ResultReason", "ResultReasonText")
 RESULT_FIELDS += ("ResultFrameId", "ResultPartId", "ResultSeq", "ResultId", "ResultReady")  # the order they go in
@@ -74,6 +77,7 @@ def values(view) -> dict:
         "TriggersRefused": view.refused % 2**32,
         "State": view.state,
         "StateWhy": view.why,
+        "RecipeActive": view.recipe_active,
     }
 
 
@@ -102,7 +106,9 @@ class UaConversation:
         await self._write(self.handshake.view())
 
     async def step(self) -> None:
-        """Read what the PLC wrote, feed the handshake, write what changed."""
+        """Read what the PLC wrote, feed the handshake, write what changed. RecipeIndex first: an index and a
+        trigger written together mean that part in that recipe."""
+        self.handshake.recipe_index(int(await self.nodes["RecipeIndex"].read_value() or 0))
         level = bool(await self.nodes["Trigger"].read_value())
         part = str(await self.nodes["TriggerPartId"].read_value() or "")
         try:
