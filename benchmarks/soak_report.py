@@ -67,7 +67,11 @@ def soak_figures(
             "unexpected_received": tally.unexpected + len(delivered - written),
             "not_delivered": missing,
             # MQTT at QoS 1 must deliver all it did not drop at its bound; the webhook must count what it lost.
-            "lost": missing - dropped if name == "mqtt" else missing - failed - dropped,
+            # A POST whose answer never came back (the peer went down after reading it, or its reply was
+            # late under load) is counted failed though it arrived: HTTP cannot tell the sink otherwise.
+            # Those show as failed_but_arrived; lost is what went missing without being counted.
+            "lost": missing - dropped if name == "mqtt" else max(0, missing - failed - dropped),
+            "failed_but_arrived": 0 if name == "mqtt" else max(0, failed + dropped - missing),
         }
     outage = None
     if events.get("broker_restarted_inspected") is not None and events.get("broker_killed_inspected") is not None:
@@ -223,7 +227,17 @@ def markdown(figures: dict, command: str) -> str:
     ]
     rows = [{"fault": k, "what happened": _show(v)} for k, v in f["faults"].items()]
     out += ["## Faults injected", "", reporting.table(rows, ["fault", "what happened"]), ""]
-    columns = ["sink", "written", "delivered", "failed", "dropped", "duplicates_received", "not_delivered", "lost"]
+    columns = [
+        "sink",
+        "written",
+        "delivered",
+        "failed",
+        "dropped",
+        "duplicates_received",
+        "not_delivered",
+        "failed_but_arrived",
+        "lost",
+    ]
     out += [
         "## Sinks",
         "",
