@@ -184,8 +184,8 @@ class ModbusPeer:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise Unreachable(f"plc-sim modbus --listen {listen!r}: use HOST:PORT, e.g. 0.0.0.0:5020")
-        if not 0 <= handshake <= 65536 - 26:
-            raise Unreachable(f"plc-sim modbus --handshake {handshake}: the block H+0..H+25 must fit 0..65535")
+        if not 0 <= handshake <= 65536 - 27:
+            raise Unreachable(f"plc-sim modbus --handshake {handshake}: the block H+0..H+26 must fit 0..65535")
         if not 0 <= unit <= 247:
             raise Unreachable(f"plc-sim modbus --unit {unit}: a unit id is 0..247")
         import pymodbus.client
@@ -203,7 +203,7 @@ class ModbusPeer:
         from pymodbus.server import ModbusTcpServer
         from pymodbus.simulator import DataType, SimData, SimDevice
 
-        size = self.base + 26
+        size = self.base + 27  # H+26: RecipeIndex
         bits = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
         registers = [SimData(0, count=size, values=0, datatype=DataType.REGISTERS)]
         device = SimDevice(id=self.unit, simdata=(bits, list(bits), registers, list(registers)))
@@ -249,10 +249,12 @@ class ModbusPeer:
         return answer
 
     def read(self) -> Signals:
-        r = self._ask(self.memory.read_holding_registers, self.base, count=13, what="read").registers
+        r = self._ask(self.memory.read_holding_registers, self.base, count=15, what="read").registers
         bits = r[0]
         why = (
-            ""
+            f"recipe refused: reason {r[14]} (1 not configured, 2 references failed at start, 3 no recipes)"
+            if r[14]
+            else ""
             if any(r)
             else "serve has not written its block yet (is its --sink modbus://THIS-HOST:PORT?unit=U&handshake=H?)"
         )
@@ -273,6 +275,7 @@ class ModbusPeer:
             r[2],
             state,
             why,
+            r[13],
         )
 
     def trigger(self, level: bool, part_id: str = "") -> None:
@@ -286,6 +289,9 @@ class ModbusPeer:
 
     def ack(self, result_id: int) -> None:
         self._ask(self.memory.write_register, self.base + 17, result_id, what="write")
+
+    def recipe(self, index: int) -> None:
+        self._ask(self.memory.write_register, self.base + 26, index, what="write")
 
 
 # --- the PLC program ------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 the cameras file's recipes checked at start, then a real serve on loopback with a real asyncua client as
 the PLC: a recipe change between parts changes the next result's category, threshold and audit.recipe and
 RecipeActive; an unknown index and a recipe whose references failed screening are refused with the reason
-and the recipe in force stays; a change written while a part is in work comes into force after it."""
+and the recipe in force stays; a change written while a part is in work comes into force after it. The same
+over Modbus, plc-sim's pymodbus server as the PLC's memory: RecipeIndex H+26, RecipeActive H+13, the
+refusal's code H+14."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lineside.plcsim import UaPeer
+from lineside.plcsim import ModbusPeer, UaPeer
 from runtime.detect.detector import Detector
 from runtime.serve import Server, Settings
 from runtime.serve.cameras import read_cameras
@@ -253,3 +255,50 @@ def test_a_recipe_asked_for_while_a_part_is_in_work_comes_into_force_after_it(li
     _until(plc, lambda s: s.recipe_active == 2, "recipe 2 never in force after the part")
     _part(plc, "Q2")
     assert _judged(server) == {"Q1": (CATEGORY, 0.5, "0"), "Q2": ("other_part", 0.2, "2")}
+
+
+# --- serve over Modbus, plc-sim's pymodbus server as the PLC's memory --------------------------------------
+
+
+def test_over_modbus_a_recipe_change_between_parts_changes_the_next_result_and_an_unknown_one_is_refused(
+    controlled, detector, tmp_path
+):
+    port = free_port()
+    plc = ModbusPeer(f"127.0.0.1:{port}", 200, 1)
+    plc.connect()
+    settings = Settings.of(
+        cameras=_cameras(tmp_path, RECIPES),
+        bundle=controlled,
+        category=CATEGORY,
+        port=0,
+        explain=False,
+        trigger="software",
+        results=tmp_path / "results.jsonl",
+        sink=[f"modbus://127.0.0.1:{port}?unit=1&handshake=200&poll_ms=5"],
+    )
+    server = Server(settings, detector=detector, source=Gated()).start()
+    try:
+        assert _part(plc, "M1").recipe_active == 0
+        plc.recipe(2)
+        _until(plc, lambda s: s.recipe_active == 2, "recipe 2 never in force (H+13)")
+        _part(plc, "M2")
+        plc.recipe(7)
+        seen = _until(plc, lambda s: s.why.startswith("recipe refused"), "recipe 7 not refused (H+14)")
+        assert seen.recipe_active == 2 and "reason 1 " in seen.why, seen  # 1: not configured
+        _part(plc, "M3")
+        plc.recipe(3)
+        seen = _until(plc, lambda s: "reason 2 " in s.why, "recipe 3 not refused for its references")
+        assert seen.recipe_active == 2
+        plc.recipe(1)
+        seen = _until(plc, lambda s: s.recipe_active == 1, "recipe 1 never in force")
+        assert seen.why == ""
+        _part(plc, "M4")
+        assert _judged(server) == {
+            "M1": (CATEGORY, 0.5, "0"),
+            "M2": ("other_part", 0.2, "2"),
+            "M3": ("other_part", 0.2, "2"),  # the unknown index left recipe 2 in force
+            "M4": (CATEGORY, 0.9, "1"),
+        }
+    finally:
+        server.shutdown()
+        plc.close()

@@ -6,7 +6,7 @@ lineside stays the Modbus client, as for the verdict registers (modbus.py); the 
 is the server and holds both blocks, 0-based holding-register addresses from
 `handshake` (H). docs/plc.md has the tables and the timing.
 
-    written by lineside (one write, function 16, of H+0..H+12)
+    written by lineside (one write, function 16, of H+0..H+14)
       H+0   status bits: 1 TriggerReady, 2 Busy, 4 ResultReady, 8 Full (results wait), 16 Blocked
       H+1   TriggersAccepted, H+2 TriggersRefused (each low 16 bits)
       H+3   ResultId (1..65535; 0: none presented)
@@ -14,9 +14,14 @@ is the server and holds both blocks, 0-based holding-register addresses from
       H+7   reason code (0 none, 1 frame, 2 inference, 3 time-out, 9 other)
       H+8   frame id low 16 bits;  H+9, H+10 the line's seq in the results log, low then high 16 bits
       H+11  results pending;  H+12 heartbeat, +1 a second
-    written by the PLC (read with function 3, H+16..H+25)
+      H+13  RecipeActive: the recipe in force;  H+14 why the RecipeIndex written was refused (RECIPE_REFUSALS)
+    written by the PLC (read with function 3, H+16..H+26)
       H+16  Trigger (non-zero: high);  H+17 ResultAck (the ResultId read)
       H+18..H+25  part id: up to 16 ASCII characters, two a register, high byte first, NUL-padded
+      H+26  RecipeIndex: the recipe the PLC selects (0: the camera's own settings)
+
+The recipe registers came last, in the gap after lineside's block and after the part id, so that no
+register a PLC program already uses moved.
 
 Every poll the PLC's block is read and, when anything changed (or a second passed,
 or the PLC came back), lineside's block is written whole. A PLC that drops is dialled
@@ -39,14 +44,24 @@ log = logging.getLogger("lineside.serve")
 
 KNOWN = {
     "unit": "unit (slave) id 0..247, default 1",
-    "handshake": "first register of the handshake block (H+0..H+25)",
+    "handshake": "first register of the handshake block (H+0..H+26)",
     "camera": "the camera whose handshake this is; default 0 (an unnamed camera)",
     "poll_ms": "how often the PLC's registers are read, 5..1000 ms; default 20",
 }
-OUT, IN = 13, 10  # registers written, registers read
+OUT, IN = 15, 11  # registers written, registers read
 PLC_OFFSET = 16  # the PLC's block starts at H+16
 PART_CHARS = 16
 NO_SCORE = 65535
+# Why a RecipeIndex was refused, as a number a PLC program can branch on (the words are in serve's log).
+RECIPE_REFUSALS = {"not configured": 1, "fail screening": 2, "holds no image": 2, "has no recipes": 3}
+
+
+def recipe_refusal(why: str) -> int:
+    """H+14 for the handshake's recipe_refused text: 0 none, 1 not configured, 2 its references failed at
+    start, 3 this camera has no recipes, 9 other."""
+    if not why:
+        return 0
+    return next((code for words, code in RECIPE_REFUSALS.items() if words in why), 9)
 
 
 def status(view) -> int:
@@ -55,7 +70,7 @@ def status(view) -> int:
 
 
 def block(view, beat: int) -> list[int]:
-    """lineside's registers H+0..H+12 for a handshake View."""
+    """lineside's registers H+0..H+14 for a handshake View."""
     r = view.result
     score = NO_SCORE if r is None or r.score is None else min(max(round(r.score * 1000), 0), NO_SCORE - 1)
     seq = r.seq if r else 0
@@ -73,6 +88,8 @@ def block(view, beat: int) -> list[int]:
         (seq >> 16) & 0xFFFF,
         min(view.pending, 0xFFFF),
         beat & 0xFFFF,
+        view.recipe_active & 0xFFFF,
+        recipe_refusal(view.recipe_refused),
     ]
 
 
@@ -148,7 +165,8 @@ class ModbusHandshakeSink(Sink):
         read = self.client.read_holding_registers(self.base + PLC_OFFSET, count=IN, device_id=self.unit)
         if read.isError():
             raise RuntimeError(f"PLC {self.label} refused the read: {read} (check unit and handshake)")
-        trigger, ack, *part = read.registers
+        trigger, ack, *part, recipe = read.registers
+        self.handshake.recipe_index(recipe)  # first: an index and a trigger written together mean that part in it
         try:
             self.handshake.trigger_level(trigger != 0, part_id(part))
         except Refused as e:
