@@ -258,3 +258,136 @@ def test_every_trigger_taken_is_one_result_line_and_every_result_shown_is_one_of
     assert plc.shown and all(by_seq.get(seq) == shown for seq, shown in plc.shown.items()), plc.shown
     _healthy(server)
     assert not captured.bad, captured.bad[:5]
+
+
+# --- the same over Modbus: serve the client, polling a PLC's registers that hold generated values ----------
+
+H = 200  # the handshake block's first register: serve's H+0..H+12, the PLC's H+16..H+25
+
+
+class ModbusPlc:
+    """The PLC's memory (plc-sim's pymodbus server), written and read through a loopback client."""
+
+    def __init__(self, port: int):
+        from lineside.plcsim import ModbusPeer
+
+        self.peer = ModbusPeer(f"127.0.0.1:{port}", H, 1)
+        self.peer.connect()
+        self.parts: set[str] = set()  # every part id the PLC's registers held, as serve reads them
+        self.shown: dict[int, str] = {}  # ResultSeq -> the part id of that result, as the PLC was shown them
+
+    def write(self, offset: int, values: list[int]) -> None:
+        answer = self.peer.memory.write_registers(H + offset, values, device_id=1)
+        assert not answer.isError(), answer
+        if offset == 18:
+            from runtime.serve.results.plc.modbus_handshake import part_id
+
+            self.parts.add(part_id(values))
+
+    def look(self) -> list[int]:
+        """serve's block now (H+0..H+12)."""
+        answer = self.peer.memory.read_holding_registers(H, count=13, device_id=1)
+        assert not answer.isError(), answer
+        return answer.registers
+
+    def close(self) -> None:
+        self.peer.close()
+
+
+@pytest.fixture(scope="module")
+def served_modbus(controlled, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz-plc-modbus")
+    captured = Captured()
+    logging.getLogger().addHandler(captured)
+    port = free_port()
+    plc = ModbusPlc(port)
+    settings = Settings.of(
+        source="line-camera",
+        bundle=controlled,
+        category=CATEGORY,
+        port=0,
+        explain=False,
+        trigger="software",
+        results=tmp / "results.jsonl",
+        sink=[f"modbus://127.0.0.1:{port}?unit=1&handshake={H}&poll_ms=5"],
+        plc_results=BOUND,
+    )
+    detector = Detector.from_bundle(controlled, map_weight=1.0, text_cache_dir=tmp / "text")
+    server = Server(settings, detector=detector, source=Line()).start()
+    try:
+        wait_for(lambda: server.web.port and any(plc.look()), 20, "serve's port and its first block")
+        yield server, plc, captured
+    finally:
+        server.shutdown()
+        plc.close()
+        logging.getLogger().removeHandler(captured)
+
+
+REGISTER = st.integers(0, 2**16 - 1)
+
+
+@st.composite
+def register_writes(draw) -> tuple[int, list[int] | str]:
+    """One write of the PLC's block: Trigger, ResultAck ('current': the presented id) or the part id's registers."""
+    what = draw(st.sampled_from(["trigger", "trigger", "ack", "ack", "part", "part", "block"]))
+    if what == "trigger":
+        return 16, [draw(st.sampled_from([0, 1]) | REGISTER)]
+    if what == "ack":
+        return 17, draw(st.just("current") | st.lists(REGISTER, min_size=1, max_size=1))
+    if what == "part":  # any bytes: non-ASCII, control characters, no NUL at the end
+        return 18, draw(st.lists(REGISTER, min_size=8, max_size=8))
+    return 16, draw(st.lists(REGISTER, min_size=10, max_size=10))  # the whole block at once
+
+
+def test_any_register_values_a_plc_holds_leave_serve_healthy(served_modbus):
+    server, plc, captured = served_modbus
+
+    @given(st.lists(register_writes(), min_size=1, max_size=8))
+    def one(steps):
+        seen = len(captured.bad)
+        for offset, values in steps:
+            if values == "current":
+                values = [plc.look()[3]]
+            if offset == 16 and len(values) == 10:
+                plc.write(16, values[:2])
+                plc.write(18, values[2:])
+            else:
+                plc.write(offset, values)
+            _remember(plc, plc.look())
+        time.sleep(0.03)  # a few of serve's polls over what was written
+        _remember(plc, plc.look())
+        _healthy(server)
+        assert not captured.bad[seen:], captured.bad[seen:]
+
+    one()
+
+
+def _remember(plc: ModbusPlc, block: list[int]) -> None:
+    if block[0] & 4 and block[3]:  # ResultReady, a ResultId: the presented result's seq (no part id in the block)
+        plc.shown.setdefault(block[9] | block[10] << 16, "")
+
+
+def test_over_modbus_every_trigger_taken_is_one_result_line(served_modbus):
+    server, plc, captured = served_modbus
+    plc.write(16, [0])
+    deadline = time.monotonic() + 60
+    while True:  # every result acknowledged until none waits and no part is in work
+        block = plc.look()
+        if not block[11] and not block[0] & 2:
+            break
+        assert time.monotonic() < deadline, f"results never all acknowledged; serve's block reads {block}"
+        if block[0] & 4:
+            plc.write(17, [block[3]])
+        time.sleep(0.02)
+    accepted = plc.look()[1]  # TriggersAccepted, low 16 bits: far fewer here
+    assert accepted > 0, "no trigger was ever taken: the fuzz did not reach the handshake"
+    wait_for(lambda: len(result_lines(server)) >= accepted, 30, f"{accepted} result lines")
+    lines = [x for x in result_lines(server) if x["label"] in ("OK", "NG", "ERROR")]
+    triggers = collections.Counter(x.get("trigger_id") for x in lines)
+    assert len(lines) == accepted and max(triggers.values()) == 1, triggers
+    assert None not in triggers and "" not in triggers
+    assert {x.get("part_id") or "" for x in lines} <= plc.parts | {""}  # no part id invented
+    seqs = {x["seq"] for x in lines}
+    assert plc.shown and set(plc.shown) <= seqs, sorted(set(plc.shown) - seqs)[:5]
+    _healthy(server)
+    assert not captured.bad, captured.bad[:5]
