@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+
 CLEAR = (ValueError, FileNotFoundError)
 
 
@@ -10,3 +13,18 @@ def clear_error(error: BaseException) -> None:
     text = str(error)
     assert text.strip(), f"{type(error).__name__} with an empty message"
     assert "Traceback" not in text and "\n" not in text.strip(), f"not one line: {text!r}"
+
+
+class Captured(logging.Handler):
+    """Every log record while the module's serve runs, to find a traceback or an exception's record."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.bad: list[str] = []
+        self.lock_ = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.levelno >= logging.INFO and (record.exc_info or "Traceback" in text):
+            with self.lock_:
+                self.bad.append(f"{record.name}: {text[:200]} ({record.exc_info and record.exc_info[0]})")

@@ -10,7 +10,6 @@ import collections
 import http.client
 import json
 import logging
-import threading
 
 import cv2
 import pytest
@@ -21,6 +20,7 @@ from runtime.detect.detector import Detector
 from runtime.detect.lines import DECISIONS
 from runtime.serve import Server, Settings
 from tests.controlled import CATEGORY, part
+from tests.fuzz.invariants import Captured
 from tests.serving import DEFECT, result_lines, wait_for
 
 pytestmark = pytest.mark.fuzz
@@ -38,21 +38,6 @@ class Ledger:
         self.frames = frames
         self.triggers: collections.Counter = collections.Counter()  # accepted trigger id -> times
         self.decisions = 0  # feedback answered 200: one FEEDBACK line each
-
-
-class Captured(logging.Handler):
-    """Every log record while the module's serve runs, to find a traceback or an exception's record."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.bad: list[str] = []
-        self.lock_ = threading.Lock()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if record.levelno >= logging.INFO and (record.exc_info or "Traceback" in text):
-            with self.lock_:
-                self.bad.append(f"{record.name}: {text[:200]} ({record.exc_info and record.exc_info[0]})")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import collections
 import datetime
 import http.client
 import logging
-import threading
 import time
 
 import pytest
@@ -28,6 +27,7 @@ from runtime.serve.results.plc.opcua_system import NODES
 from runtime.serve.results.plc.plc import LoopThread
 from tests.brokers import free_port
 from tests.controlled import CATEGORY, part
+from tests.fuzz.invariants import Captured
 from tests.serving import DEFECT, result_lines, wait_for
 
 asyncua = pytest.importorskip("asyncua")
@@ -76,21 +76,6 @@ class Line(FrameSource):
         time.sleep(0.01)
         self.n += 1
         return True, part(red_box=DEFECT if self.n % 3 == 0 else None), ""
-
-
-class Captured(logging.Handler):
-    """Every log record while the module's serve runs, to find a traceback or an exception's record."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.bad: list[str] = []
-        self.lock_ = threading.Lock()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if record.levelno >= logging.INFO and (record.exc_info or "Traceback" in text):
-            with self.lock_:
-                self.bad.append(f"{record.name}: {text[:200]} ({record.exc_info and record.exc_info[0]})")
 
 
 class Plc:
